@@ -1,0 +1,52 @@
+"""The stage contract shared by every executor."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from clipforge.spec import StageExecution, VideoCurationJobSpec
+from clipforge.tasks import VideoTask
+
+log = logging.getLogger(__name__)
+
+
+class Stage(ABC):
+    """One pipeline step.
+
+    `setup()` runs once per worker (actor) and loads what is expensive; `process()` maps one
+    task to zero or more tasks and touches nothing but that task (and, for the writer, storage).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, spec: VideoCurationJobSpec):
+        self.spec = spec
+
+    @property
+    def execution(self) -> StageExecution:
+        return getattr(self.spec.execution.stages, self.name)
+
+    def setup(self) -> None:
+        """Load models and open clients; called once per worker before any process()."""
+
+    @abstractmethod
+    def process(self, task: VideoTask) -> list[VideoTask]:
+        ...
+
+    def run(self, task: VideoTask) -> list[VideoTask]:
+        """process() with the failure contract: a broken video is recorded, never raised.
+
+        A video that already failed passes through untouched so the writer can report it.
+        """
+        if task.failed:
+            return [task]
+        try:
+            return self.process(task)
+        except Exception as exc:  # noqa: BLE001 - any failure of one video must not stop the run
+            log.warning("%s failed on %s: %s", self.name, task.source, exc)
+            log.debug("%s", traceback.format_exc())
+            task.errors[self.name] = f"{type(exc).__name__}: {exc}"
+            return [task]

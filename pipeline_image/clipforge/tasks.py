@@ -1,0 +1,83 @@
+"""What flows between stages: one VideoTask per video, then one per chunk of its clips.
+
+Tasks are plain dataclasses so Ray can pickle them between actors; clip bytes travel
+inside them through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+
+def clip_uuid(source: str, start_frame: int, end_frame: int) -> str:
+    # The same id scheme as NeMo Curator, so reruns and other tools agree on clip identity.
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}_{start_frame}_{end_frame}"))
+
+
+@dataclass
+class VideoMeta:
+    container: str
+    size_bytes: int
+    duration_s: float
+    width: int
+    height: int
+    framerate: float
+    num_frames: int
+    video_codec: str
+    pix_fmt: str
+    bit_rate: int | None
+    has_audio: bool
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Clip:
+    uuid: str
+    source_video: str
+    # Half-open span of source frame indices [start, end) and the same span in seconds.
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    # Filled by transcode.
+    encoded: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    framerate: float | None = None
+    num_frames: int | None = None
+    video_codec: str | None = None
+    # Stream copy snaps the span to keyframes: the span actually written, when it differs.
+    keyframe_aligned: bool = False
+    # Filled by motion.
+    motion_score_global_mean: float | None = None
+    motion_score_per_patch_min: float | None = None
+    filtered_by: str | None = None
+    # Filled by preview.
+    preview: bytes | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass
+class VideoTask:
+    source: str  # URI of the input video (a local path or s3://...)
+    relative_path: str  # path below the input root; names its processed_videos/ record
+    meta: VideoMeta | None = None
+    # stage name -> message; a video with errors skips the remaining work and is reported failed.
+    errors: dict[str, str] = field(default_factory=dict)
+    clips: list[Clip] = field(default_factory=list)
+    chunk_index: int = 0
+    num_chunks: int = 1
+    num_clips_total: int = 0
+    # Which splitter produced the spans, recorded in processed_videos/.
+    split_algorithm: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
