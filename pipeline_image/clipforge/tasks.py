@@ -77,6 +77,10 @@ class VideoTask:
     num_clips_total: int = 0
     # Which splitter produced the spans, recorded in processed_videos/.
     split_algorithm: str | None = None
+    # True when an interrupted earlier run already wrote this chunk: nothing to redo.
+    resumed: bool = False
+    # Set by the writer: the chunk's record as written to processed_clip_chunks/.
+    chunk_record: dict | None = None
 
     @property
     def failed(self) -> bool:

@@ -25,9 +25,9 @@ class Stage(ABC):
     def __init__(self, spec: VideoCurationJobSpec):
         self.spec = spec
 
-    @property
-    def execution(self) -> StageExecution:
-        return getattr(self.spec.execution.stages, self.name)
+    @classmethod
+    def execution(cls, spec: VideoCurationJobSpec) -> StageExecution:
+        return getattr(spec.execution.stages, cls.name)
 
     def setup(self) -> None:
         """Load models and open clients; called once per worker before any process()."""

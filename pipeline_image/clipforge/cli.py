@@ -1,0 +1,134 @@
+"""`clipforge`: run a VideoCurationJob manifest, validate one, or write sample videos."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from clipforge.spec import InvalidJobError, load_job
+
+EXIT_OK, EXIT_VIDEOS_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _format_summary(summary: dict) -> str:
+    videos, clips = summary["videos"], summary["clips"]
+    hours = summary["videoSecondsProcessed"] / 3600
+    lines = [
+        f"videos: {videos['total']} total, {videos['done'] - videos['skipped']} curated, "
+        f"{videos['skipped']} already done, {videos['failed']} failed",
+        f"clips: {clips['passed']} passed, {clips['filtered']} filtered, {clips['failed']} failed",
+        f"input: {hours:.3f} h of video in {summary['elapsedSeconds']:.1f} s: "
+        f"{summary['throughputVideoSecondsPerSecond']:.2f} video-s/s, {summary['clipsPerSecond']:.2f} clips/s",
+    ]
+    for failure in summary["failures"]:
+        reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure["errors"].items())
+        lines.append(f"FAILED {failure['video']}: {reasons}")
+    lines.append(f"output: {summary['output']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)  # InvalidJobError before any work
+    from tqdm import tqdm
+
+    from clipforge.runner import JobRun, ProgressWriter
+    from clipforge.storage import StorageError
+
+    spec = job.spec
+    executor = args.executor or spec.execution.executor
+    run = JobRun(job, overwrite=args.overwrite)
+    try:
+        tasks = run.prepare()
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    started_ray = False
+    bar = tqdm(total=len(tasks), unit="video", disable=args.no_progress or None, desc=job.metadata.name)
+
+    def on_video(record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(clips=run.stats.clips_passed, filtered=run.stats.clips_filtered, failed=run.stats.failed)
+
+    state = "failed"
+    try:
+        with ProgressWriter(run.storage, run.root, run.stats):
+            if executor == "local":
+                from clipforge.executors.local import run_local
+
+                results = run_local(spec, tasks)
+            else:
+                from clipforge.executors.ray_data import run_ray, start_ray
+
+                started_ray = start_ray(spec, args.ray_address)
+                results = run_ray(spec, tasks)
+            if tasks:
+                run.consume(results, on_video)
+        state = "failed" if run.stats.failed else "succeeded"
+    finally:
+        bar.close()
+        summary = run.summary(state)
+        run_progress = ProgressWriter(run.storage, run.root, run.stats)
+        run_progress.write(state)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    print(_format_summary(summary))
+    return EXIT_VIDEOS_FAILED if run.stats.failed else EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    print(f"{args.job}: valid VideoCurationJob {job.metadata.name}")
+    return EXIT_OK
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from clipforge.samples import write_samples
+
+    for path in write_samples(Path(args.directory)):
+        print(path)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a VideoCurationJob manifest")
+    run.add_argument("job", help="the job manifest (the same file kubectl applies)")
+    run.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="join this Ray cluster (default: $RAY_ADDRESS; unset starts a local Ray for this run)",
+    )
+    run.add_argument("--executor", choices=["ray", "local"], help="override spec.execution.executor")
+    run.add_argument("--overwrite", action="store_true", help="redo videos already recorded in processed_videos/")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a manifest and list every problem")
+    validate.add_argument("job")
+    validate.set_defaults(func=cmd_validate)
+
+    samples = sub.add_parser("samples", help="write synthetic sample videos with known cuts")
+    samples.add_argument("directory")
+    samples.set_defaults(func=cmd_samples)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InvalidJobError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

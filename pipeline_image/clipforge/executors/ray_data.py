@@ -1,0 +1,74 @@
+"""Ray Data streaming executor: each stage is a streaming operator backed by an actor pool.
+
+Actor pools autoscale between the stage's min and max workers; actors are restarted and
+their tasks retried when a worker dies (Ray Data's defaults for actor pools), and since the
+writer is idempotent a retried chunk rewrites the same objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+
+import ray
+
+from clipforge.spec import VideoCurationJobSpec, stage_resource_name
+from clipforge.stages import Stage, pipeline_stages
+from clipforge.tasks import VideoTask
+
+log = logging.getLogger(__name__)
+
+# What a pinned stage's actor asks of its node's custom resource; groups advertise plenty.
+PINNED_RESOURCE_AMOUNT = 0.01
+
+
+class _StageWorker:
+    def __init__(self, stage_cls: type[Stage], spec: VideoCurationJobSpec):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self.stage = stage_cls(spec)
+        self.stage.setup()
+
+    def __call__(self, row: dict) -> list[dict]:
+        return [{"task": task} for task in self.stage.run(row["task"])]
+
+
+def local_cpus_needed(spec: VideoCurationJobSpec) -> int:
+    """Logical CPUs a local Ray needs so that every stage's minimum workers can start at once."""
+    minimum = sum(stage.execution(spec).cpus * stage.execution(spec).min_workers for stage in pipeline_stages())
+    return max(os.cpu_count() or 1, math.ceil(minimum))
+
+
+def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
+    """Joins `address` or starts a private local Ray; returns True when we started it."""
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    num_cpus = local_cpus_needed(spec)
+    if num_cpus > (os.cpu_count() or 1):
+        log.info("local Ray: %d logical CPUs so each stage gets its minimum workers (%d cores)", num_cpus, os.cpu_count())
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask]) -> Iterator[VideoTask]:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the CLI draws its own, per video
+    ctx.verbose_stats_logs = False
+    # One block per video so videos stream through independently.
+    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, len(tasks)))
+    for stage_cls in pipeline_stages():
+        execution = stage_cls.execution(spec)
+        ds = ds.flat_map(
+            _StageWorker,
+            fn_constructor_args=(stage_cls, spec),
+            concurrency=(execution.min_workers, execution.max_workers),
+            num_cpus=execution.cpus,
+            num_gpus=execution.gpus or None,
+            resources={stage_resource_name(stage_cls.name): PINNED_RESOURCE_AMOUNT} if execution.pinned else None,
+        )
+    for row in ds.iter_rows():
+        yield row["task"]

@@ -1,0 +1,37 @@
+"""The output dataset's layout: every path the pipeline writes is named here."""
+
+from __future__ import annotations
+
+from clipforge.storage import join
+
+CLIPS = "clips"
+FILTERED_CLIPS = "filtered_clips"
+PREVIEWS = "previews"
+METAS = "metas/v0"
+PROCESSED_VIDEOS = "processed_videos"
+PROCESSED_CHUNKS = "processed_clip_chunks"
+# Reserved for the embedding stages.
+EMBEDDINGS = "ce1_embd"
+EMBEDDINGS_PARQUET = "ce1_embd_parquet"
+PROGRESS = "progress.json"
+SUMMARY = "summary.json"
+
+
+def clip_file(root: str, clip_id: str, filtered: bool) -> str:
+    return join(root, FILTERED_CLIPS if filtered else CLIPS, f"{clip_id}.mp4")
+
+
+def preview_file(root: str, clip_id: str) -> str:
+    return join(root, PREVIEWS, f"{clip_id}.webp")
+
+
+def clip_meta(root: str, clip_id: str) -> str:
+    return join(root, METAS, f"{clip_id}.json")
+
+
+def video_record(root: str, relative_path: str) -> str:
+    return join(root, PROCESSED_VIDEOS, f"{relative_path}.json")
+
+
+def chunk_record(root: str, relative_path: str, chunk_index: int) -> str:
+    return join(root, PROCESSED_CHUNKS, f"{relative_path}_{chunk_index}.json")

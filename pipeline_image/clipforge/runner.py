@@ -1,0 +1,189 @@
+"""Runs one VideoCurationJob: discover, skip what is done, execute, record, summarise.
+
+The driver sees only small per-chunk records. It writes a video's processed_videos/ record
+once all its chunks are in, and progress.json / summary.json at the output root, which is
+what the operator reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from clipforge import layout
+from clipforge.spec import VideoCurationJob, VideoCurationJobSpec
+from clipforge.storage import Storage
+from clipforge.tasks import VideoTask
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 5.0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _json(document: dict) -> bytes:
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+@dataclass
+class RunStats:
+    total: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    clips_passed: int = 0
+    clips_filtered: int = 0
+    clips_failed: int = 0
+    video_seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    failures: list[dict] = field(default_factory=list)
+
+    def to_json(self, state: str) -> dict:
+        elapsed = time.monotonic() - self.started
+        return {
+            "state": state,
+            "updatedAt": _now(),
+            "elapsedSeconds": round(elapsed, 3),
+            "videos": {
+                "total": self.total,
+                "done": self.done + self.skipped,
+                "failed": self.failed,
+                "skipped": self.skipped,
+            },
+            "clips": {"passed": self.clips_passed, "filtered": self.clips_filtered, "failed": self.clips_failed},
+            "videoSecondsProcessed": round(self.video_seconds, 3),
+            "throughputVideoSecondsPerSecond": round(self.video_seconds / elapsed, 4) if elapsed else 0.0,
+            "clipsPerSecond": round((self.clips_passed + self.clips_filtered) / elapsed, 4) if elapsed else 0.0,
+        }
+
+
+class ProgressWriter:
+    """Writes progress.json on a timer, so it stays fresh while a long video is in flight."""
+
+    def __init__(self, storage: Storage, root: str, stats: RunStats):
+        self.storage, self.uri, self.stats = storage, layout.join(root, layout.PROGRESS), stats
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="clipforge-progress", daemon=True)
+
+    def __enter__(self) -> ProgressWriter:
+        self.write("running")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(PROGRESS_INTERVAL_S):
+            try:
+                self.write("running")
+            except OSError as exc:  # a storage hiccup must not kill the run; the next tick retries
+                log.warning("could not write progress: %s", exc)
+
+    def write(self, state: str) -> dict:
+        with self._lock:
+            document = self.stats.to_json(state)
+            self.storage.write_bytes(self.uri, _json(document))
+            return document
+
+
+def _already_processed(storage: Storage, root: str, relative_path: str) -> bool:
+    uri = layout.video_record(root, relative_path)
+    if not storage.exists(uri):
+        return False
+    # Failed videos are recorded too, but retried: their failure may have been transient.
+    return not json.loads(storage.read_bytes(uri)).get("errors")
+
+
+def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool) -> tuple[list[VideoTask], int, int]:
+    """(tasks to run, total inputs, inputs skipped as already processed)."""
+    inputs = storage.list_files(spec.input.uri, spec.input.patterns)
+    if spec.input.limit:
+        inputs = inputs[: spec.input.limit]
+    tasks, skipped = [], 0
+    for uri, relative_path, _size in inputs:
+        if not overwrite and _already_processed(storage, spec.output.uri, relative_path):
+            skipped += 1
+            continue
+        tasks.append(VideoTask(source=uri, relative_path=relative_path))
+    return tasks, len(inputs), skipped
+
+
+def video_record(chunks: list[VideoTask]) -> dict:
+    first = chunks[0]
+    meta = next((c.meta for c in chunks if c.meta is not None), None)
+    errors: dict[str, str] = {}
+    for chunk in chunks:
+        for stage, message in chunk.errors.items():
+            errors[stage if chunk.num_chunks == 1 else f"{stage}[chunk {chunk.chunk_index}]"] = message
+    records = sorted((c.chunk_record for c in chunks if c.chunk_record), key=lambda r: r["chunk_index"])
+    return {
+        "video": first.source,
+        "relative_path": first.relative_path,
+        "metadata": meta.to_json() if meta else None,
+        "split_algorithm": first.split_algorithm,
+        "num_chunks": first.num_chunks,
+        "num_clips": first.num_clips_total,
+        "num_clips_passed": sum(r["num_clips_passed"] for r in records),
+        "num_clips_filtered": sum(r["num_clips_filtered"] for r in records),
+        "num_clips_failed": sum(r["num_clips_failed"] for r in records),
+        "clip_chunks": [layout.chunk_record("", first.relative_path, r["chunk_index"]).lstrip("/") for r in records],
+        "errors": errors,
+        "processed_at": _now(),
+    }
+
+
+class JobRun:
+    def __init__(self, job: VideoCurationJob, overwrite: bool = False):
+        self.spec = job.spec
+        self.storage = Storage.from_spec(self.spec.storage)
+        self.root = self.spec.output.uri
+        self.overwrite = overwrite
+        self.stats = RunStats()
+
+    def prepare(self) -> list[VideoTask]:
+        """Checks the output and lists the inputs: storage problems surface here, before any work."""
+        self.storage.check_writable(self.root)
+        tasks, self.stats.total, self.stats.skipped = discover(self.spec, self.storage, self.overwrite)
+        return tasks
+
+    def consume(self, results: Iterator[VideoTask], on_video=None) -> None:  # noqa: ANN001
+        pending: dict[str, list[VideoTask]] = {}
+        for chunk in results:
+            chunks = pending.setdefault(chunk.relative_path, [])
+            chunks.append(chunk)
+            if len(chunks) < chunk.num_chunks:
+                continue
+            del pending[chunk.relative_path]
+            record = video_record(chunks)
+            self.storage.write_bytes(layout.video_record(self.root, chunk.relative_path), _json(record))
+            self._count(record)
+            if on_video is not None:
+                on_video(record)
+
+    def _count(self, record: dict) -> None:
+        stats = self.stats
+        stats.clips_passed += record["num_clips_passed"]
+        stats.clips_filtered += record["num_clips_filtered"]
+        stats.clips_failed += record["num_clips_failed"]
+        if record["errors"]:
+            stats.failed += 1
+            stats.failures.append({"video": record["video"], "errors": record["errors"]})
+        else:
+            stats.done += 1
+            stats.video_seconds += record["metadata"]["duration_s"]
+
+    def summary(self, state: str) -> dict:
+        document = {**self.stats.to_json(state), "failures": self.stats.failures, "output": self.root}
+        self.storage.write_bytes(layout.join(self.root, layout.SUMMARY), _json(document))
+        return document

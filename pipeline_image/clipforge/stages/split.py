@@ -1,0 +1,77 @@
+"""Split: clip spans for one video, then one task per chunk of clips.
+
+Chunking bounds the memory of everything downstream: a two-hour video becomes many small
+tasks instead of one huge one. A chunk already recorded under processed_clip_chunks/ by an
+interrupted earlier run is passed on empty, marked resumed, so its clips are not redone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from clipforge import layout
+from clipforge.spec import FixedStrideSpec, SplitAlgorithm
+from clipforge.stages.base import Stage
+from clipforge.storage import Storage
+from clipforge.tasks import Clip, VideoTask, clip_uuid
+
+
+def fixed_stride_spans(num_frames: int, fps: float, spec: FixedStrideSpec) -> list[tuple[int, int]]:
+    length = max(1, round(spec.clip_length_s * fps))
+    stride = max(1, round(spec.stride_s * fps))
+    min_frames = spec.min_clip_length_s * fps
+    spans = []
+    for start in range(0, num_frames, stride):
+        end = min(start + length, num_frames)
+        if end - start >= min_frames and end > start:
+            spans.append((start, end))
+    return spans
+
+
+class SplitStage(Stage):
+    name = "split"
+
+    def setup(self) -> None:
+        self.storage = Storage.from_spec(self.spec.storage)
+        algorithm = self.spec.splitting.algorithm
+        self.detector = None
+        if algorithm == SplitAlgorithm.transnetv2.value:
+            from clipforge.scenes import TransNetV2Detector
+
+            self.detector = TransNetV2Detector(self.spec.splitting.transnetv2)
+        elif algorithm == SplitAlgorithm.scenedetect.value:
+            from clipforge.scenes import SceneDetectDetector
+
+            self.detector = SceneDetectDetector(self.spec.splitting.scenedetect)
+
+    def spans(self, task: VideoTask) -> list[tuple[int, int]]:
+        meta = task.meta
+        if self.detector is None:
+            return fixed_stride_spans(meta.num_frames, meta.framerate, self.spec.splitting.fixed_stride)
+        with self.storage.open_read(task.source) as reader:
+            return self.detector.detect_spans(reader, meta.framerate)
+
+    def process(self, task: VideoTask) -> list[VideoTask]:
+        fps = task.meta.framerate
+        clips = [
+            Clip(
+                uuid=clip_uuid(task.source, start, end),
+                source_video=task.source,
+                start_frame=start,
+                end_frame=end,
+                start_s=start / fps,
+                end_s=end / fps,
+            )
+            for start, end in sorted(self.spans(task))
+        ]
+        task.split_algorithm = self.spec.splitting.algorithm
+        size = self.spec.execution.clips_per_chunk
+        groups = [clips[i : i + size] for i in range(0, len(clips), size)] or [[]]
+        out_root = self.spec.output.uri
+        chunks = []
+        for index, group in enumerate(groups):
+            chunk = replace(task, clips=group, chunk_index=index, num_chunks=len(groups), num_clips_total=len(clips))
+            if group and self.storage.exists(layout.chunk_record(out_root, task.relative_path, index)):
+                chunk = replace(chunk, clips=[], resumed=True)
+            chunks.append(chunk)
+        return chunks

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh machine, then runs the whole suite.
+# `.ci/run` calls this file exactly; so does the README's second command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# torch first and pinned: anything looser pulls a multi-GB CUDA build.
+python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e '.[pipeline,operator,dev]'
+bash scripts/install-ceph.sh
+bash scripts/install-kube-tools.sh
+
+python3 -m pytest "$@"
