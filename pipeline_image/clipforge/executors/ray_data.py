@@ -47,6 +47,10 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
+    # Ray 2.60 turns token auth on for a new local cluster and writes a token under ~/.ray.
+    # This private cluster has no dashboard or job server and lives only for this run, so
+    # auth is off unless the user chose a mode. Joined clusters keep whatever they use.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     num_cpus = local_cpus_needed(spec)
     if num_cpus > (os.cpu_count() or 1):
         log.info("local Ray: %d logical CPUs so each stage gets its minimum workers (%d cores)", num_cpus, os.cpu_count())

@@ -1,0 +1,64 @@
+"""Helpers for tests that run whole jobs: manifests, output listings, clip decoding."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import av
+import yaml
+
+from clipforge.samples import SampleVideo, Segment
+
+
+def small_samples() -> list[SampleVideo]:
+    """Short, low-resolution videos with cuts and a static scene: a full job runs in seconds."""
+    return [
+        SampleVideo("moving_then_static", 320, 180, 24, (Segment(5, True, 11), Segment(5, False, 12))),
+        SampleVideo("sub/three_scenes", 320, 180, 25, (Segment(4, True, 13), Segment(4, True, 14), Segment(3, True, 15))),
+    ]
+
+
+def manifest(input_uri: str, output_uri: str, name: str = "test-job", **spec: object) -> dict:
+    document = {
+        "apiVersion": "clipforge.dev/v1alpha1",
+        "kind": "VideoCurationJob",
+        "metadata": {"name": name},
+        "spec": {"input": {"uri": input_uri}, "output": {"uri": output_uri}},
+    }
+    for key, value in spec.items():
+        document["spec"][key] = value
+    return document
+
+
+def write_manifest(path: Path, document: dict) -> Path:
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def tree(root: Path) -> dict[str, int]:
+    """Relative path -> size of every file under root, except progress/summary (timestamps)."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if rel not in ("progress.json", "summary.json"):
+                out[rel] = path.stat().st_size
+    return out
+
+
+def decode_clip(data_or_path) -> tuple[int, str, int, int]:  # noqa: ANN001
+    """(frames decoded, codec, width, height) of a clip file or bytes."""
+    import io
+
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else str(data_or_path)
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, stream.codec_context.name, stream.codec_context.width, stream.codec_context.height
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text())

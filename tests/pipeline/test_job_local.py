@@ -1,0 +1,156 @@
+"""Whole jobs through the CLI with the in-process executor: layout, ids, reruns, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from jobs import decode_clip, load_json, manifest, small_samples, tree, write_manifest
+
+from clipforge.cli import main
+from clipforge.samples import write_samples
+from clipforge.tasks import clip_uuid
+
+FIVE_SECOND_CLIPS = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5, "minClipLengthS": 2}}
+
+
+@pytest.fixture(scope="module")
+def samples_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("samples")
+    write_samples(directory, small_samples())
+    return directory
+
+
+def expected_spans(samples_dir: Path) -> dict[str, tuple[str, int, int]]:
+    """uuid -> (relative path, start, end) for 5 s fixed-stride clips of small_samples()."""
+    spans = {
+        "moving_then_static.mp4": [(0, 120), (120, 240)],  # 24 fps, 10 s
+        "sub/three_scenes.mp4": [(0, 125), (125, 250)],  # 25 fps, 11 s: the 1 s tail is dropped
+    }
+    return {
+        clip_uuid(str(samples_dir / rel), start, end): (rel, start, end)
+        for rel, pairs in spans.items()
+        for start, end in pairs
+    }
+
+
+def run_job(tmp_path: Path, input_uri: str, output: Path, *extra: str, **spec) -> int:
+    spec.setdefault("splitting", FIVE_SECOND_CLIPS)
+    spec.setdefault("execution", {"executor": "local", "clipsPerChunk": 1})
+    job = write_manifest(tmp_path / "job.yaml", manifest(input_uri, str(output), **spec))
+    return main(["run", str(job), "--no-progress", *extra])
+
+
+def test_local_job_writes_the_dataset_layout(tmp_path, samples_dir):
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(samples_dir), out) == 0
+
+    expected = expected_spans(samples_dir)
+    static_clip = clip_uuid(str(samples_dir / "moving_then_static.mp4"), 120, 240)
+    assert {p.stem for p in (out / "clips").glob("*.mp4")} == set(expected) - {static_clip}
+    assert {p.stem for p in (out / "filtered_clips").glob("*.mp4")} == {static_clip}
+    assert {p.stem for p in (out / "previews").glob("*.webp")} == set(expected)
+    assert {p.stem for p in (out / "metas" / "v0").glob("*.json")} == set(expected)
+
+    for clip_id, (rel, start, end) in expected.items():
+        meta = load_json(out / "metas" / "v0" / f"{clip_id}.json")
+        assert meta["span_uuid"] == clip_id
+        assert meta["source_video"] == str(samples_dir / rel)
+        assert meta["span_frames"] == [start, end]
+        assert meta["num_frames"] == end - start
+        assert meta["valid"] is True and meta["errors"] == {}
+        clip_path = Path(meta["clip_location"])
+        assert clip_path.exists() and clip_path.stat().st_size == meta["num_bytes"]
+        frames, codec, width, height = decode_clip(clip_path)
+        assert (frames, codec, width, height) == (end - start, "h264", 320, 180)
+        assert meta["motion_score"]["global_mean"] is not None
+
+    record = load_json(out / "processed_videos" / "sub" / "three_scenes.mp4.json")
+    assert record["errors"] == {} and record["num_clips"] == 2 and record["num_chunks"] == 2
+    assert record["metadata"]["num_frames"] == 275 and record["metadata"]["framerate"] == 25
+    chunk = load_json(out / "processed_clip_chunks" / "moving_then_static.mp4_1.json")
+    assert chunk["filtered_clips"] == [static_clip] and chunk["clips"] == []
+
+    summary = load_json(out / "summary.json")
+    assert summary["state"] == "succeeded"
+    assert summary["videos"] == {"total": 2, "done": 2, "failed": 0, "skipped": 0}
+    assert summary["clips"] == {"passed": 3, "filtered": 1, "failed": 0}
+    assert summary["videoSecondsProcessed"] == pytest.approx(21.0, abs=0.1)
+    assert load_json(out / "progress.json")["state"] == "succeeded"
+
+
+def test_rerun_skips_processed_videos_and_overwrite_reproduces_ids(tmp_path, samples_dir):
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(samples_dir), out) == 0
+    first = tree(out)
+    assert run_job(tmp_path, str(samples_dir), out) == 0
+    assert load_json(out / "summary.json")["videos"]["skipped"] == 2
+    assert tree(out) == first
+    assert run_job(tmp_path, str(samples_dir), out, "--overwrite") == 0
+    assert load_json(out / "summary.json")["videos"]["skipped"] == 0
+    assert set(tree(out)) == set(first)
+
+
+def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, samples_dir, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = samples_dir / "moving_then_static.mp4"
+    (inputs / "good.mp4").write_bytes(good.read_bytes())
+    (inputs / "empty.mp4").write_bytes(b"")
+    (inputs / "notes.mp4").write_text("these are not video frames\n" * 50)
+    data = good.read_bytes()
+    (inputs / "corrupt.mp4").write_bytes(data[:1024] + bytes(len(data) - 1024))
+
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(inputs), out) == 1
+
+    summary = load_json(out / "summary.json")
+    assert summary["state"] == "failed"
+    assert summary["videos"]["failed"] == 3 and summary["videos"]["done"] == 1
+    failures = {Path(f["video"]).name: f["errors"] for f in summary["failures"]}
+    assert set(failures) == {"empty.mp4", "notes.mp4", "corrupt.mp4"}
+    assert "empty file" in failures["empty.mp4"]["probe"]
+    assert "not a readable video" in failures["notes.mp4"]["probe"]
+    printed = capsys.readouterr().out
+    for name in failures:
+        assert f"FAILED {inputs / name}: probe:" in printed
+    # The good video is complete: both clips, their metadata, its record without errors.
+    assert len(list((out / "metas" / "v0").glob("*.json"))) == 2
+    assert load_json(out / "processed_videos" / "good.mp4.json")["errors"] == {}
+    assert load_json(out / "processed_videos" / "empty.mp4.json")["errors"]["probe"]
+
+
+def test_failed_videos_are_retried_on_rerun(tmp_path, samples_dir):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "late.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(inputs), out) == 1
+    # The upload finishes later: a rerun picks the video up instead of skipping its failure.
+    (inputs / "late.mp4").write_bytes((samples_dir / "moving_then_static.mp4").read_bytes())
+    assert run_job(tmp_path, str(inputs), out) == 0
+    assert load_json(out / "summary.json")["videos"] == {"total": 1, "done": 1, "failed": 0, "skipped": 0}
+
+
+def test_missing_input_prefix_is_an_error_naming_it(tmp_path, capsys):
+    missing = tmp_path / "no-such-dir"
+    assert run_job(tmp_path, str(missing), tmp_path / "out") == 2
+    assert f"input {missing} does not exist" in capsys.readouterr().err
+
+
+def test_invalid_manifest_lists_every_problem_before_any_work(tmp_path, capsys):
+    document = manifest("", str(tmp_path / "out"))
+    document["spec"]["splitting"] = {"algorithm": "magic"}
+    document["spec"]["transcoding"] = {"crf": 99}
+    job = write_manifest(tmp_path / "job.yaml", document)
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    for path in ("spec.input.uri", "spec.splitting.algorithm", "spec.transcoding.crf"):
+        assert path in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_command(tmp_path, capsys):
+    job = write_manifest(tmp_path / "job.yaml", manifest("in", "out"))
+    assert main(["validate", str(job)]) == 0
+    assert "valid VideoCurationJob test-job" in capsys.readouterr().out

@@ -1,0 +1,135 @@
+"""Whole jobs on real Ray: the streaming executor, worker loss, interrupted runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from jobs import decode_clip, load_json, manifest, small_samples, tree, write_manifest
+
+from clipforge.samples import write_samples
+
+pytestmark = pytest.mark.slow
+
+FIVE_SECOND_CLIPS = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5, "minClipLengthS": 2}}
+
+
+@pytest.fixture(scope="module")
+def samples_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("samples")
+    write_samples(directory, small_samples())
+    return directory
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory, samples_dir) -> Path:
+    """Enough videos (and chunks) that a run can be interrupted half way."""
+    directory = tmp_path_factory.mktemp("many")
+    for i in range(6):
+        for src in samples_dir.rglob("*.mp4"):
+            shutil.copy(src, directory / f"{i}_{src.name}")
+    return directory
+
+
+def job_file(tmp_path: Path, input_uri: str, output: Path, executor: str, name: str = "job.yaml") -> Path:
+    spec = {"splitting": FIVE_SECOND_CLIPS, "execution": {"executor": executor, "clipsPerChunk": 1}}
+    return write_manifest(tmp_path / name, manifest(input_uri, str(output), **spec))
+
+
+def clipforge(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    return subprocess.run([sys.executable, "-m", "clipforge.cli", *args], env=env, capture_output=True, text=True, **kwargs)
+
+
+def assert_complete(out: Path, expected_clips: int) -> None:
+    """Every expected clip exactly once, every clip file decodes, every video recorded."""
+    metas = [load_json(p) for p in (out / "metas" / "v0").glob("*.json")]
+    assert len(metas) == expected_clips
+    passed = {p.stem for p in (out / "clips").glob("*.mp4")}
+    filtered = {p.stem for p in (out / "filtered_clips").glob("*.mp4")}
+    assert not passed & filtered
+    assert passed | filtered == {m["span_uuid"] for m in metas}
+    for meta in metas:
+        frames, codec, _, _ = decode_clip(Path(meta["clip_location"]))
+        assert frames == meta["num_frames"] and codec == "h264"
+
+
+def test_ray_job_writes_the_same_dataset_as_the_local_executor(tmp_path, samples_dir):
+    ray_out, local_out = tmp_path / "ray", tmp_path / "local"
+    result = clipforge("run", str(job_file(tmp_path, str(samples_dir), ray_out, "ray", "ray.yaml")), "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "clips: 3 passed, 1 filtered, 0 failed" in result.stdout
+    result = clipforge("run", str(job_file(tmp_path, str(samples_dir), local_out, "local", "local.yaml")), "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(tree(ray_out)) == set(tree(local_out))
+    for meta in (local_out / "metas" / "v0").glob("*.json"):
+        ray_meta = load_json(ray_out / "metas" / "v0" / meta.name)
+        local_meta = load_json(meta)
+        for key in ("span_frames", "num_frames", "filtered_by", "motion_score", "valid"):
+            assert ray_meta[key] == local_meta[key]
+    assert_complete(ray_out, 4)
+
+
+def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
+    import ray
+    from ray.util.state import list_actors
+
+    from clipforge.cli import main
+
+    out = tmp_path / "out"
+    job = job_file(tmp_path, str(many_videos), out, "ray")
+    killed: list[int] = []
+
+    def kill_workers_once_work_is_written() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list((out / "processed_clip_chunks").glob("*.json")):
+            time.sleep(0.1)
+        for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+            if "MapWorker" in actor.class_name and actor.pid:
+                os.kill(actor.pid, signal.SIGKILL)
+                killed.append(actor.pid)
+
+    ray.init(num_cpus=4, include_dashboard=False)
+    try:
+        killer = threading.Thread(target=kill_workers_once_work_is_written)
+        killer.start()
+        assert main(["run", str(job), "--no-progress"]) == 0
+        killer.join()
+    finally:
+        ray.shutdown()
+    assert killed, "no worker was killed: the run finished before the test could interrupt it"
+    summary = load_json(out / "summary.json")
+    assert summary["videos"]["done"] == 12 and summary["videos"]["failed"] == 0
+    assert_complete(out, 24)
+
+
+def test_interrupted_run_then_rerun_completes_without_duplicates(tmp_path, many_videos):
+    out = tmp_path / "out"
+    job = job_file(tmp_path, str(many_videos), out, "local")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipforge.cli", "run", str(job), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((out / "processed_clip_chunks").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    chunks_before = len(list((out / "processed_clip_chunks").glob("*.json")))
+    assert 3 <= chunks_before < 24, "the run was not interrupted half way"
+    assert load_json(out / "progress.json")["state"] == "running"
+
+    result = clipforge("run", str(job), "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete(out, 24)
+    assert len(list((out / "processed_clip_chunks").glob("*.json"))) == 24
+    assert len(list((out / "processed_videos").glob("*.json"))) == 12
+    assert load_json(out / "summary.json")["videos"]["failed"] == 0
