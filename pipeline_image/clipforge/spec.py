@@ -13,6 +13,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+from datetime import datetime
+from importlib import metadata as _metadata
+
+from pydantic import BeforeValidator, WithJsonSchema
 
 API_GROUP = "clipforge.dev"
 API_VERSION = "v1alpha1"
@@ -222,6 +226,179 @@ class ExecutionSpec(SpecModel):
     stages: StagesExecution = _f(default_factory=StagesExecution, description="Per-stage execution hints.")
 
 
+# ---------------------------------------------------------------------------------------------
+# Operator settings: how the Ray cluster for a job is shaped, retried and cleaned up.
+# The pipeline ignores these; `clipforge run job.yaml` on a laptop never reads them.
+
+
+def _package_version() -> str:
+    try:
+        return _metadata.version("clipforge")
+    except _metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0.0.0"
+
+
+DEFAULT_IMAGE = f"clipforge/pipeline:{_package_version()}"
+DEFAULT_RAY_VERSION = "2.60.0"
+# A Kubernetes resource quantity as written in manifests: 2, 500m, 1.5, 4Gi, 512M.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+def _quantity_to_str(value: Any) -> Any:
+    # YAML turns `cpu: 2` into an int; Kubernetes accepts both, so do we.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return format(value, "g")
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_to_str),
+    Field(pattern=QUANTITY_PATTERN),
+    # What the CRD (and kubectl) accept: an integer or a string, like Kubernetes' own quantities.
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}),
+]
+
+
+class ImagePullPolicy(str, Enum):
+    always = "Always"
+    if_not_present = "IfNotPresent"
+    never = "Never"
+
+
+class TolerationOperator(str, Enum):
+    exists = "Exists"
+    equal = "Equal"
+
+
+class TaintEffect(str, Enum):
+    no_schedule = "NoSchedule"
+    prefer_no_schedule = "PreferNoSchedule"
+    no_execute = "NoExecute"
+
+
+class Toleration(SpecModel):
+    key: str | None = _f(None, "Taint key to tolerate; unset with operator Exists tolerates every taint.")
+    operator: TolerationOperator = _f(TolerationOperator.equal, "Exists: any value; Equal: the value must match.")
+    value: str | None = _f(None, "Taint value to match when the operator is Equal.")
+    effect: TaintEffect | None = _f(None, "Taint effect to tolerate; unset tolerates every effect.")
+    toleration_seconds: int | None = _f(
+        None, "For NoExecute taints: how long the pod stays bound after the taint appears; unset is forever.", ge=0
+    )
+
+
+class ResourceAmounts(SpecModel):
+    cpu: Quantity | None = _f(None, "CPU cores, such as 2 or 500m.")
+    memory: Quantity | None = _f(None, "Memory, such as 8Gi.")
+
+
+class PodResources(SpecModel):
+    requests: ResourceAmounts = _f(
+        default_factory=ResourceAmounts, description="What the scheduler reserves for the Ray container."
+    )
+    limits: ResourceAmounts = _f(
+        default_factory=ResourceAmounts,
+        description="The Ray container's ceiling; Ray sizes its CPU count and object store from these.",
+    )
+
+
+def _resources(cpu: str, memory: str) -> Any:
+    return lambda: PodResources(
+        requests=ResourceAmounts(cpu=cpu, memory=memory), limits=ResourceAmounts(cpu=cpu, memory=memory)
+    )
+
+
+def _node_selector() -> Any:
+    return Field(default_factory=dict, description="Node labels the group's pods must match (pod nodeSelector).")
+
+
+def _tolerations() -> Any:
+    return Field(default_factory=list, description="Taints the group's pods tolerate.")
+
+
+class HeadGroupSpec(SpecModel):
+    resources: PodResources = _f(
+        default_factory=_resources("1", "4Gi"),
+        description="Head pod resources. The head runs the driver and no stage workers (Ray num-cpus 0).",
+    )
+    node_selector: dict[str, str] = _node_selector()
+    tolerations: list[Toleration] = _tolerations()
+
+
+class WorkerGroupSpec(SpecModel):
+    min_replicas: int | None = _f(
+        None,
+        "Fewest pods in the group. Unset: enough pods for the minWorkers of the stages this group runs.",
+        ge=0,
+    )
+    max_replicas: int | None = _f(
+        None,
+        "Most pods the Ray autoscaler may start. Unset: enough pods for the maxWorkers of the stages this group runs.",
+        ge=1,
+    )
+    resources: PodResources = _f(default_factory=_resources("4", "8Gi"), description="Resources of each pod.")
+    node_selector: dict[str, str] = _node_selector()
+    tolerations: list[Toleration] = _tolerations()
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> WorkerGroupSpec:
+        if self.min_replicas is not None and self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas must be >= minReplicas")
+        return self
+
+
+class GpuWorkerGroupSpec(WorkerGroupSpec):
+    gpus: int = _f(1, "NVIDIA GPUs per pod (the nvidia.com/gpu limit).", ge=1)
+    resources: PodResources = _f(default_factory=_resources("8", "32Gi"), description="Resources of each pod.")
+
+
+def _gpu_group(stage: str) -> Any:
+    return Field(
+        None,
+        description=f"GPU worker group for the {stage} stage, used when execution.stages.{stage}.gpus > 0;"
+        " unset uses the defaults.",
+    )
+
+
+class GpuWorkerGroups(SpecModel):
+    # One optional entry per stage, so the CRD itself rejects a misspelt stage name.
+    probe: GpuWorkerGroupSpec | None = _gpu_group("probe")
+    split: GpuWorkerGroupSpec | None = _gpu_group("split")
+    transcode: GpuWorkerGroupSpec | None = _gpu_group("transcode")
+    motion: GpuWorkerGroupSpec | None = _gpu_group("motion")
+    preview: GpuWorkerGroupSpec | None = _gpu_group("preview")
+    write: GpuWorkerGroupSpec | None = _gpu_group("write")
+
+
+class ClusterSpec(SpecModel):
+    image: str = _f(DEFAULT_IMAGE, "Container image of every Ray pod; it must contain clipforge and Ray.", min_length=1)
+    image_pull_policy: ImagePullPolicy = _f(ImagePullPolicy.if_not_present, "Image pull policy of every Ray pod.")
+    ray_version: str = _f(DEFAULT_RAY_VERSION, "Ray version inside the image (KubeRay uses it to pick features).")
+    service_account_name: str | None = _f(
+        None, "Service account of the Ray pods (for example one bound to cloud storage); unset: the namespace default."
+    )
+    head: HeadGroupSpec = _f(default_factory=HeadGroupSpec, description="The Ray head pod.")
+    cpu_workers: WorkerGroupSpec = _f(
+        default_factory=WorkerGroupSpec,
+        description="The CPU worker group: runs every stage that asks for no GPU.",
+    )
+    gpu_workers: GpuWorkerGroups = _f(
+        default_factory=GpuWorkerGroups,
+        description="One GPU worker group per stage that asks for GPUs (execution.stages.<stage>.gpus > 0).",
+    )
+
+
+class RetryBackoffSpec(SpecModel):
+    initial_seconds: int = _f(30, "Wait before the first retry; each later retry waits twice as long.", ge=0)
+    max_seconds: int = _f(600, "Longest wait between retries.", ge=0)
+
+    def delay(self, retry: int) -> int:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        return min(self.max_seconds, self.initial_seconds * 2 ** max(0, retry - 1))
+
+
 class VideoCurationJobSpec(SpecModel):
     input: InputSpec = _f(description="The raw videos.")
     output: OutputSpec = _f(description="The curated dataset's location.")
@@ -231,6 +408,23 @@ class VideoCurationJobSpec(SpecModel):
     motion_filter: MotionFilterSpec = _f(default_factory=MotionFilterSpec, description="Motion filter.")
     previews: PreviewSpec = _f(default_factory=PreviewSpec, description="Animated WebP previews.")
     execution: ExecutionSpec = _f(default_factory=ExecutionSpec, description="How the pipeline runs.")
+    # Operator-only settings (ignored by `clipforge run`).
+    cluster: ClusterSpec = _f(default_factory=ClusterSpec, description="The Ray cluster the operator provisions.")
+    max_retries: int = _f(
+        2, "Times the operator re-runs a failed job (a retry skips videos already done).", ge=0, le=20
+    )
+    retry_backoff: RetryBackoffSpec = _f(
+        default_factory=RetryBackoffSpec, description="Waits between retries (exponential)."
+    )
+    pending_deadline_seconds: int = _f(
+        900,
+        "A job whose Ray cluster is not up and running the pipeline after this many seconds fails"
+        " (for example: pods that cannot be scheduled, images that cannot be pulled).",
+        ge=1,
+    )
+    ttl_seconds_after_finished: int = _f(
+        300, "Seconds the finished Ray cluster is kept (for its logs) before KubeRay deletes it.", ge=0
+    )
 
 
 class ObjectMeta(BaseModel):
@@ -283,3 +477,64 @@ def load_job(path: str | Path) -> VideoCurationJob:
     if len(jobs) != 1:
         raise InvalidJobError(str(path), [f"expected exactly one {KIND} document, found {len(jobs)}"])
     return parse_job(jobs[0], str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Status: written by the operator only (the CRD's status subresource).
+
+
+class JobPhase(str, Enum):
+    pending = "Pending"
+    provisioning = "Provisioning"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    cancelled = "Cancelled"
+
+
+TERMINAL_PHASES = (JobPhase.succeeded.value, JobPhase.failed.value, JobPhase.cancelled.value)
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(SpecModel):
+    type: str = _f(description="Condition type, such as Submitted, Running, Succeeded or Failed.", min_length=1)
+    status: ConditionStatus = _f(description="True, False or Unknown.")
+    reason: str = _f("", "One CamelCase word saying why the condition last changed.")
+    message: str = _f("", "Human-readable details.")
+    last_transition_time: datetime | None = _f(None, "When the status last changed (RFC 3339).")
+    observed_generation: int | None = _f(None, "metadata.generation the condition was set for.", ge=0)
+
+
+class JobProgress(SpecModel):
+    videos_done: int = _f(0, "Videos finished (including those a previous attempt had finished).", ge=0)
+    videos_failed: int = _f(0, "Videos that failed in at least one stage.", ge=0)
+    videos_skipped: int = _f(0, "Videos skipped because a previous attempt had finished them.", ge=0)
+    videos_total: int = _f(0, "Videos the job curates.", ge=0)
+    clips_passed: int = _f(0, "Clips written to the dataset.", ge=0)
+    clips_filtered: int = _f(0, "Clips moved aside by the filters.", ge=0)
+    throughput_video_seconds_per_second: float = _f(
+        0.0, "Seconds of input video processed per second of wall time.", ge=0
+    )
+    updated_at: datetime | None = _f(None, "When the pipeline last wrote its progress (RFC 3339).")
+
+
+class VideoCurationJobStatus(SpecModel):
+    phase: JobPhase = _f(JobPhase.pending, "Pending, Provisioning, Running, Succeeded, Failed or Cancelled.")
+    message: str = _f("", "Human-readable summary of the phase.")
+    conditions: list[Condition] = _f(
+        default_factory=list, description="Latest observations of the job's state (Kubernetes conventions)."
+    )
+    observed_generation: int | None = _f(None, "metadata.generation the operator last acted on.", ge=0)
+    ray_job_name: str | None = _f(None, "Name of the current attempt's RayJob.")
+    ray_cluster_name: str | None = _f(None, "Name of the RayCluster KubeRay created for the current attempt.")
+    dashboard_url: str | None = Field(None, alias="dashboardURL", description="Ray dashboard of the current attempt.")
+    start_time: datetime | None = _f(None, "When the operator started the job's first attempt (RFC 3339).")
+    completion_time: datetime | None = _f(None, "When the job reached a terminal phase (RFC 3339).")
+    retries: int = _f(0, "Attempts made after the first one failed.", ge=0)
+    next_retry_time: datetime | None = _f(None, "When the next attempt starts, while waiting out a retry backoff.")
+    progress: JobProgress | None = _f(None, "The pipeline's latest progress report.")
