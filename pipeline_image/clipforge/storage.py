@@ -164,6 +164,10 @@ class _RawNativeFile(io.RawIOBase):
         buffer[:n] = data
         return n
 
+    def readall(self) -> bytes:
+        # One read to the end: RawIOBase.readall would issue one S3 range request per 8 KiB.
+        return self._f.read()
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return self._f.seek(offset, whence)
 
