@@ -73,29 +73,38 @@ def test_ray_job_writes_the_same_dataset_as_the_local_executor(tmp_path, samples
     for meta in (local_out / "metas" / "v0").glob("*.json"):
         ray_meta = load_json(ray_out / "metas" / "v0" / meta.name)
         local_meta = load_json(meta)
-        for key in ("span_frames", "num_frames", "filtered_by", "motion_score", "valid"):
+        for key in ("span_frames", "num_frames", "filtered_by", "valid"):
             assert ray_meta[key] == local_meta[key]
+        # x264 with another thread count encodes slightly differently: close, not equal.
+        for score, value in local_meta["motion_score"].items():
+            assert ray_meta["motion_score"][score] == pytest.approx(value, rel=0.2)
     assert_complete(ray_out, 4)
 
 
 def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
     import ray
-    from ray.util.state import list_actors
 
     from clipforge.cli import main
 
     out = tmp_path / "out"
     job = job_file(tmp_path, str(many_videos), out, "ray")
     killed: list[int] = []
+    chunks_at_kill: list[int] = []
 
     def kill_workers_once_work_is_written() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not list((out / "processed_clip_chunks").glob("*.json")):
             time.sleep(0.1)
-        for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-            if "MapWorker" in actor.class_name and actor.pid:
-                os.kill(actor.pid, signal.SIGKILL)
-                killed.append(actor.pid)
+        chunks_at_kill.append(len(list((out / "processed_clip_chunks").glob("*.json"))))
+        # Ray titles each actor's process `ray::<class>...`; Ray Data's stage actors are MapWorkers.
+        for pid in os.listdir("/proc"):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::") and "MapWorker" in title:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
 
     ray.init(num_cpus=4, include_dashboard=False)
     try:
@@ -105,7 +114,7 @@ def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
         killer.join()
     finally:
         ray.shutdown()
-    assert killed, "no worker was killed: the run finished before the test could interrupt it"
+    assert killed and chunks_at_kill[0] < 24, "the run finished before the test could interrupt it"
     summary = load_json(out / "summary.json")
     assert summary["videos"]["done"] == 12 and summary["videos"]["failed"] == 0
     assert_complete(out, 24)
