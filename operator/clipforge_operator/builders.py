@@ -1,0 +1,666 @@
+"""Pure functions from a VideoCurationJob to the objects and patches the operator applies.
+
+Nothing here talks to Kubernetes: the handlers read, call these, compare and patch.
+
+- names: deterministic, DNS-1035, short enough for KubeRay (a RayJob name is at most 47 characters);
+- the ConfigMap with the job manifest the pipeline runs (every stage pinned to its worker group);
+- the RayJob (KubeRay ray.io/v1) with a head group, one CPU worker group for the CPU stages and
+  one GPU worker group per GPU stage, each advertising the custom Ray resources of its stages;
+- the JSON patch that rescales a live RayCluster, and the rule for which spec changes are allowed
+  on a running job;
+- the phase a RayJob's status means for the VideoCurationJob, and Kubernetes-style conditions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from clipforge.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    STAGES,
+    GpuWorkerGroupSpec,
+    JobPhase,
+    PodResources,
+    Toleration,
+    VideoCurationJob,
+    VideoCurationJobSpec,
+    WorkerGroupSpec,
+    stage_resource_name,
+)
+
+RAY_GROUP, RAY_VERSION = "ray.io", "v1"
+RAYJOB_PLURAL, RAYCLUSTER_PLURAL = "rayjobs", "rayclusters"
+
+OPERATOR_NAME = "clipforge-operator"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB = f"{API_GROUP}/job"
+LABEL_JOB_UID = f"{API_GROUP}/job-uid"
+LABEL_ATTEMPT = f"{API_GROUP}/attempt"
+ANNOTATION_JOB_NAME = f"{API_GROUP}/job-name"
+
+JOB_MOUNT_DIR = "/etc/clipforge"
+JOB_FILE = "job.yaml"
+JOB_PATH = f"{JOB_MOUNT_DIR}/{JOB_FILE}"
+ENTRYPOINT = f"clipforge run {JOB_PATH}"
+
+# Ray 2.52+ can require a token for every call to the dashboard/GCS (RAY_AUTH_MODE=token), and the
+# Ray release this project pins turns that on for job submission unless told otherwise. Inside a
+# RayJob's own cluster the submitter, the head and the workers are the only clients, the cluster's
+# services are not exposed outside the namespace, and Kubernetes RBAC already guards who can create
+# RayJobs; a token would only add a Secret to distribute. So every Ray container (head, workers,
+# autoscaler, submitter) gets RAY_AUTH_MODE=disabled explicitly, rather than by Ray's default.
+RAY_AUTH_MODE = "disabled"
+
+# Each pinned stage's actor asks for 0.01 of its stage resource (see clipforge.executors.ray_data);
+# a group advertises far more than its pods could ever run actors, so the resource never limits.
+ADVERTISED_STAGE_RESOURCE = 1000
+
+MAX_RAYJOB_NAME = 47  # KubeRay: RayCluster name (RayJob name + 6) must fit in 53 characters
+MAX_RETRY_SUFFIX = len("-retry-99")
+CPU_GROUP = "cpu"
+
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+OPTIONAL_CREDENTIAL_KEYS = ("AWS_SESSION_TOKEN",)
+
+
+class BuildError(ValueError):
+    """The spec cannot be turned into a RayJob (for example a stage wants more GPUs than a pod has)."""
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+
+def _hash(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def base_name(job_name: str) -> str:
+    """A DNS-1035 label derived from the job name, leaving room for a retry suffix.
+
+    Names that had to change (dots, a leading digit, too long) get a hash of the original so
+    that two jobs never map to the same children.
+    """
+    budget = MAX_RAYJOB_NAME - MAX_RETRY_SUFFIX
+    clean = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-")
+    clean = re.sub(r"-{2,}", "-", clean)
+    if not clean or not clean[0].isalpha():
+        clean = f"vcj-{clean}".rstrip("-")
+    if clean == job_name and len(clean) <= budget:
+        return clean
+    return f"{clean[: budget - 9].rstrip('-')}-{_hash(job_name)}"
+
+
+def rayjob_name(job_name: str, attempt: int = 0) -> str:
+    """The RayJob of attempt `attempt` (0 is the first run, n the n-th retry)."""
+    if not 0 <= attempt <= 99:
+        raise ValueError(f"attempt out of range: {attempt}")
+    base = base_name(job_name)
+    return base if attempt == 0 else f"{base}-retry-{attempt}"
+
+
+def configmap_name(job_name: str) -> str:
+    return f"{base_name(job_name)}-config"
+
+
+def labels(job_name: str, job_uid: str, attempt: int | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "clipforge",
+        "app.kubernetes.io/component": "pipeline",
+        LABEL_MANAGED_BY: OPERATOR_NAME,
+        LABEL_JOB: base_name(job_name),
+        LABEL_JOB_UID: job_uid,
+    }
+    if attempt is not None:
+        out[LABEL_ATTEMPT] = str(attempt)
+    return out
+
+
+def owner_reference(name: str, uid: str) -> dict:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(name: str, namespace: str, job_name: str, job_uid: str, attempt: int | None = None) -> dict:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(job_name, job_uid, attempt),
+        "annotations": {ANNOTATION_JOB_NAME: job_name},
+        "ownerReferences": [owner_reference(job_name, job_uid)],
+    }
+
+
+# ------------------------------------------------------------------------------------- job manifest
+
+
+def pinned_spec(spec: VideoCurationJobSpec) -> VideoCurationJobSpec:
+    """The spec with every stage pinned, so each stage's actors land on its worker group."""
+    data = spec.model_dump(by_alias=True, mode="json")
+    for stage in STAGES:
+        data["execution"]["stages"][stage]["pinned"] = True
+    return VideoCurationJobSpec.model_validate(data)
+
+
+def job_document(job: VideoCurationJob, namespace: str) -> dict:
+    """The manifest the pipeline runs in the cluster: pinned stages, defaults spelled out."""
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": job.metadata.name, "namespace": namespace},
+        # Nothing excluded: a null that overrides a default (crf: null) must stay null.
+        "spec": pinned_spec(job.spec).model_dump(by_alias=True, mode="json"),
+    }
+
+
+def build_configmap(job: VideoCurationJob, namespace: str, uid: str) -> dict:
+    text = yaml.safe_dump(job_document(job, namespace), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(configmap_name(job.metadata.name), namespace, job.metadata.name, uid),
+        "data": {JOB_FILE: text},
+    }
+
+
+def spec_from_configmap(configmap: Mapping) -> VideoCurationJobSpec:
+    """The spec a ConfigMap built by build_configmap carries (the spec the job was started with)."""
+    document = yaml.safe_load(configmap["data"][JOB_FILE])
+    return VideoCurationJobSpec.model_validate(document["spec"])
+
+
+# ---------------------------------------------------------------------------------- worker groups
+
+
+_SI = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+       "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def parse_quantity(value: str | int | float | None) -> float | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", str(value))
+    if not match or match.group(2) not in _SI:
+        raise BuildError(f"not a resource quantity: {value!r}")
+    return float(match.group(1)) * _SI[match.group(2)]
+
+
+def _pod_cpus(resources: PodResources) -> float:
+    cpus = parse_quantity(resources.limits.cpu) or parse_quantity(resources.requests.cpu)
+    return cpus or 1.0
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One Ray worker group: which stages it runs and how far it may scale."""
+
+    name: str
+    stages: tuple[str, ...]
+    settings: WorkerGroupSpec
+    gpus: int
+    min_replicas: int
+    max_replicas: int
+
+    @property
+    def ray_resources(self) -> dict[str, int]:
+        return {stage_resource_name(s): ADVERTISED_STAGE_RESOURCE for s in self.stages}
+
+
+def _bounds(settings: WorkerGroupSpec, derived_min: int, derived_max: int) -> tuple[int, int]:
+    low = settings.min_replicas if settings.min_replicas is not None else derived_min
+    high = settings.max_replicas if settings.max_replicas is not None else max(derived_max, low, 1)
+    if settings.max_replicas is not None and settings.min_replicas is None:
+        low = min(low, high)
+    return low, high
+
+
+def gpu_group_settings(spec: VideoCurationJobSpec, stage: str) -> GpuWorkerGroupSpec:
+    return getattr(spec.cluster.gpu_workers, stage) or GpuWorkerGroupSpec()
+
+
+def worker_groups(spec: VideoCurationJobSpec) -> list[GroupPlan]:
+    """The CPU group (every stage without GPUs) first, then one GPU group per GPU stage.
+
+    Unset replica bounds are derived from the stages' minWorkers/maxWorkers and what one pod fits.
+    """
+    stages = spec.execution.stages
+    cpu_stages = tuple(s for s in STAGES if getattr(stages, s).gpus == 0)
+    gpu_stages = tuple(s for s in STAGES if getattr(stages, s).gpus > 0)
+    plans: list[GroupPlan] = []
+    if cpu_stages:
+        settings = spec.cluster.cpu_workers
+        pod_cpus = _pod_cpus(settings.resources)
+        need_min = sum(getattr(stages, s).cpus * getattr(stages, s).min_workers for s in cpu_stages)
+        need_max = sum(getattr(stages, s).cpus * getattr(stages, s).max_workers for s in cpu_stages)
+        low, high = _bounds(settings, math.ceil(need_min / pod_cpus - 1e-9), math.ceil(need_max / pod_cpus - 1e-9))
+        plans.append(GroupPlan(CPU_GROUP, cpu_stages, settings, 0, low, high))
+    for stage in gpu_stages:
+        hints = getattr(stages, stage)
+        settings = gpu_group_settings(spec, stage)
+        if hints.gpus > settings.gpus:
+            raise BuildError(
+                f"execution.stages.{stage}.gpus is {hints.gpus:g} but a pod of its GPU group has"
+                f" {settings.gpus} (cluster.gpuWorkers.{stage}.gpus)"
+            )
+        per_pod = math.floor(settings.gpus / hints.gpus + 1e-9)
+        if hints.cpus > 0:
+            per_pod = min(per_pod, max(1, math.floor(_pod_cpus(settings.resources) / hints.cpus + 1e-9)))
+        low, high = _bounds(settings, math.ceil(hints.min_workers / per_pod), math.ceil(hints.max_workers / per_pod))
+        plans.append(GroupPlan(f"gpu-{stage}", (stage,), settings, settings.gpus, low, high))
+    return plans
+
+
+# ------------------------------------------------------------------------------------- pod specs
+
+
+def _resource_list(amounts: Any) -> dict[str, str]:
+    return {k: v for k, v in (("cpu", amounts.cpu), ("memory", amounts.memory)) if v is not None}
+
+
+def container_resources(resources: PodResources, gpus: int = 0) -> dict:
+    out: dict[str, dict[str, str]] = {}
+    requests, limits = _resource_list(resources.requests), _resource_list(resources.limits)
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+        requests["nvidia.com/gpu"] = str(gpus)
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(items: Iterable[Toleration]) -> list[dict]:
+    return [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in items]
+
+
+def ray_env(spec: VideoCurationJobSpec) -> list[dict]:
+    """Environment of every Ray container. Credentials are references to the Secret, never values."""
+    env: list[dict] = [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}]
+    secret = spec.storage.credentials_secret
+    if secret:
+        for key in CREDENTIAL_KEYS:
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        for key in OPTIONAL_CREDENTIAL_KEYS:
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
+    return env
+
+
+def _pod_template(
+    spec: VideoCurationJobSpec, pod_labels: dict, container: str, resources: dict,
+    node_selector: dict, tolerations: list[dict], job_configmap: str | None = None,
+) -> dict:
+    cluster = spec.cluster
+    ray = {
+        "name": container,
+        "image": cluster.image,
+        "imagePullPolicy": cluster.image_pull_policy,
+        "env": ray_env(spec),
+        "resources": resources,
+    }
+    pod: dict[str, Any] = {"containers": [ray]}
+    if job_configmap:
+        ray["volumeMounts"] = [{"name": "job", "mountPath": JOB_MOUNT_DIR, "readOnly": True}]
+        pod["volumes"] = [{"name": "job", "configMap": {"name": job_configmap}}]
+    if cluster.service_account_name:
+        pod["serviceAccountName"] = cluster.service_account_name
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    return {"metadata": {"labels": pod_labels}, "spec": pod}
+
+
+def _worker_group(spec: VideoCurationJobSpec, plan: GroupPlan, pod_labels: dict) -> dict:
+    params = {"resources": json.dumps(plan.ray_resources, sort_keys=True)}
+    if plan.gpus:
+        params["num-gpus"] = str(plan.gpus)
+    return {
+        "groupName": plan.name,
+        "replicas": plan.min_replicas,
+        "minReplicas": plan.min_replicas,
+        "maxReplicas": plan.max_replicas,
+        "rayStartParams": params,
+        "template": _pod_template(
+            spec, {**pod_labels, f"{API_GROUP}/group": plan.name}, "ray-worker",
+            container_resources(plan.settings.resources, plan.gpus),
+            plan.settings.node_selector, _tolerations(plan.settings.tolerations),
+        ),
+    }
+
+
+def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int = 0) -> dict:
+    """The RayJob for one attempt. KubeRay retries nothing (backoffLimit 0): the operator does."""
+    spec = job.spec
+    name = job.metadata.name
+    pod_labels = labels(name, uid, attempt)
+    head = spec.cluster.head
+    cluster_spec = {
+        "rayVersion": spec.cluster.ray_version,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {
+            "upscalingMode": "Default",
+            "idleTimeoutSeconds": 60,
+            "env": [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}],
+        },
+        "headGroupSpec": {
+            # The head schedules no stage work (num-cpus 0); it runs the driver and Ray's services.
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            "template": _pod_template(
+                spec, {**pod_labels, f"{API_GROUP}/group": "head"}, "ray-head",
+                container_resources(head.resources), head.node_selector, _tolerations(head.tolerations),
+                job_configmap=configmap_name(name),
+            ),
+        },
+        "workerGroupSpecs": [_worker_group(spec, plan, pod_labels) for plan in worker_groups(spec)],
+    }
+    submitter = {
+        "metadata": {"labels": {**labels(name, uid, attempt), f"{API_GROUP}/group": "submitter"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                # No command: KubeRay fills in `ray job submit ... -- <entrypoint>`.
+                "name": "ray-job-submitter",
+                "image": spec.cluster.image,
+                "imagePullPolicy": spec.cluster.image_pull_policy,
+                "env": [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}],
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                              "limits": {"cpu": "1", "memory": "1Gi"}},
+            }],
+        },
+    }
+    if spec.cluster.service_account_name:
+        submitter["spec"]["serviceAccountName"] = spec.cluster.service_account_name
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayJob",
+        "metadata": _meta(rayjob_name(name, attempt), namespace, name, uid, attempt),
+        "spec": {
+            # The manifest is mounted from the ConfigMap into the head pod, where the driver runs.
+            "entrypoint": ENTRYPOINT,
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+            "backoffLimit": 0,
+            "rayClusterSpec": cluster_spec,
+            "submitterPodTemplate": submitter,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------- scaling changes
+
+
+def scaling_patch(live: Mapping, spec: VideoCurationJobSpec, prefix: str = "/spec") -> list[dict]:
+    """JSON patch moving the live object's worker-group bounds to the spec's.
+
+    `live` is a RayCluster (prefix /spec) or a RayJob (prefix /spec/rayClusterSpec). Groups are
+    addressed by index, each guarded by a `test` of its groupName so a reordered list fails the
+    whole patch instead of rescaling the wrong group. Replicas are clamped into the new bounds.
+    """
+    node: Any = live
+    for part in prefix.strip("/").split("/"):
+        node = (node or {}).get(part, {})
+    desired = {plan.name: plan for plan in worker_groups(spec)}
+    ops: list[dict] = []
+    for index, group in enumerate((node or {}).get("workerGroupSpecs") or []):
+        plan = desired.get(group.get("groupName"))
+        if plan is None:
+            continue
+        path = f"{prefix}/workerGroupSpecs/{index}"
+        changes = []
+        if group.get("minReplicas") != plan.min_replicas:
+            changes.append({"op": "replace", "path": f"{path}/minReplicas", "value": plan.min_replicas})
+        if group.get("maxReplicas") != plan.max_replicas:
+            changes.append({"op": "replace", "path": f"{path}/maxReplicas", "value": plan.max_replicas})
+        replicas = group.get("replicas")
+        clamped = min(max(replicas if replicas is not None else plan.min_replicas, plan.min_replicas), plan.max_replicas)
+        if replicas != clamped:
+            changes.append({"op": "replace" if replicas is not None else "add", "path": f"{path}/replicas",
+                            "value": clamped})
+        if changes:
+            ops.append({"op": "test", "path": f"{path}/groupName", "value": plan.name})
+            ops.extend(changes)
+    return ops
+
+
+_SCALING = re.compile(r"^cluster\.(cpuWorkers|gpuWorkers\.[a-z]+)\.(minReplicas|maxReplicas)$")
+_OPERATOR_ONLY = re.compile(r"^(maxRetries|retryBackoff\.[A-Za-z]+|pendingDeadlineSeconds|ttlSecondsAfterFinished)$")
+_IGNORED = re.compile(r"^execution\.stages\.[a-z]+\.pinned$")  # the operator pins every stage itself
+
+
+def _normalized(spec: VideoCurationJobSpec) -> dict:
+    data = spec.model_dump(by_alias=True, mode="json")
+    for stage in STAGES:  # an absent GPU group means the default one
+        if data["cluster"]["gpuWorkers"][stage] is None:
+            data["cluster"]["gpuWorkers"][stage] = GpuWorkerGroupSpec().model_dump(by_alias=True, mode="json")
+    return data
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: data}
+
+
+@dataclass(frozen=True)
+class SpecChange:
+    """A spec update sorted by what the operator may do with it on a started job."""
+
+    scaling: tuple[str, ...] = ()  # worker-group bounds: patched onto the live cluster
+    operator: tuple[str, ...] = ()  # retry/deadline/TTL settings: take effect from now on
+    refused: tuple[str, ...] = ()  # everything the running pipeline or cluster shape depends on
+
+    @property
+    def allowed(self) -> bool:
+        return not self.refused
+
+    @property
+    def empty(self) -> bool:
+        return not (self.scaling or self.operator or self.refused)
+
+
+def classify_spec_change(old: VideoCurationJobSpec, new: VideoCurationJobSpec) -> SpecChange:
+    before, after = _flatten(_normalized(old)), _flatten(_normalized(new))
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p) and not _IGNORED.match(p))
+    return SpecChange(
+        scaling=tuple(p for p in changed if _SCALING.match(p)),
+        operator=tuple(p for p in changed if _OPERATOR_ONLY.match(p)),
+        refused=tuple(p for p in changed if not _SCALING.match(p) and not _OPERATOR_ONLY.match(p)),
+    )
+
+
+def merge_allowed(accepted: VideoCurationJobSpec, requested: VideoCurationJobSpec) -> VideoCurationJobSpec:
+    """`accepted` with the scaling and operator-only fields of `requested`; refused fields stay as accepted."""
+    change = classify_spec_change(accepted, requested)
+    data, source = _normalized(accepted), _normalized(requested)
+    for path in change.scaling + change.operator:
+        *parents, leaf = path.split(".")
+        src, dst = source, data
+        for part in parents:
+            src, dst = src[part], dst[part]
+        dst[leaf] = src[leaf]
+    return VideoCurationJobSpec.model_validate(data)
+
+
+# ------------------------------------------------------------------------------ RayJob -> phase
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a RayJob's status means for the VideoCurationJob."""
+
+    phase: str
+    reason: str
+    message: str
+    terminal: bool = False
+    ray_cluster_name: str | None = None
+    dashboard_url: str | None = None
+    ray_start_time: datetime | None = None
+    deployment_status: str = ""
+    job_status: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == JobPhase.failed.value
+
+
+_PROVISIONING_REASONS = {
+    "": "RayJobCreated", "Initializing": "ClusterStarting", "Suspending": "Suspended", "Suspended": "Suspended",
+    "Retrying": "KubeRayRetrying", "Waiting": "WaitingForSubmission", "Scheduling": "Scheduling",
+    "Scheduled": "Scheduling",
+}
+
+
+def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int) -> Observation:
+    """The VideoCurationJob phase a RayJob status implies.
+
+    KubeRay's jobDeploymentStatus tracks the cluster and the submission (Initializing -> Running
+    -> Complete | Failed, with Suspended/Retrying/Waiting on the side); jobStatus is the Ray job's
+    own (PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED). Only Complete+SUCCEEDED is success;
+    a STOPPED job was stopped on purpose (Cancelled); every other terminal state is a failure with
+    KubeRay's reason and message carried over. A job not yet RUNNING after the pending deadline
+    (counted from the RayJob's start) fails with PendingDeadlineExceeded.
+    """
+    status = rayjob.get("status") or {}
+    deployment = status.get("jobDeploymentStatus") or ""
+    job_status = status.get("jobStatus") or ""
+    reason, message = status.get("reason") or "", status.get("message") or ""
+    common = {
+        "ray_cluster_name": status.get("rayClusterName") or None,
+        "dashboard_url": status.get("dashboardURL") or None,
+        "ray_start_time": parse_time((status.get("rayJobInfo") or {}).get("startTime")),
+        "deployment_status": deployment,
+        "job_status": job_status,
+    }
+    name = (rayjob.get("metadata") or {}).get("name", "RayJob")
+    if deployment == "Complete" and job_status == "SUCCEEDED":
+        return Observation(JobPhase.succeeded.value, "JobSucceeded", message or "the pipeline finished", True, **common)
+    if deployment == "Complete" and job_status == "STOPPED":
+        return Observation(JobPhase.cancelled.value, reason or "JobStopped",
+                           message or f"the Ray job of {name} was stopped", True, **common)
+    if deployment in ("Complete", "Failed"):
+        # Failed: SubmissionFailed, DeadlineExceeded, AppFailed, ...; Complete+FAILED from older KubeRay.
+        default_reason = "AppFailed" if job_status == "FAILED" else "SubmissionFailed" if not job_status else "JobFailed"
+        return Observation(JobPhase.failed.value, reason or default_reason,
+                           message or f"RayJob {name}: {deployment}, Ray job {job_status or 'never started'}",
+                           True, **common)
+    if deployment == "Running" and job_status == "RUNNING":
+        return Observation(JobPhase.running.value, "JobRunning", message or "the pipeline is running", **common)
+
+    since = parse_time(status.get("startTime")) or parse_time((rayjob.get("metadata") or {}).get("creationTimestamp"))
+    if since is not None and (now - since).total_seconds() > pending_deadline_seconds:
+        return Observation(
+            JobPhase.failed.value, "PendingDeadlineExceeded",
+            f"RayJob {name} was not running after {pending_deadline_seconds}s"
+            f" (deployment {deployment or 'New'}, Ray job {job_status or 'not submitted'}){': ' + message if message else ''}",
+            True, **common,
+        )
+    if deployment == "Running":  # cluster up, submitter created; the Ray job is PENDING or unknown yet
+        return Observation(JobPhase.provisioning.value, "JobPending", message or "waiting for the Ray job to start",
+                           **common)
+    return Observation(JobPhase.provisioning.value, _PROVISIONING_REASONS.get(deployment, deployment or "RayJobCreated"),
+                       message or f"Ray cluster {deployment.lower() or 'starting'}", **common)
+
+
+# --------------------------------------------------------------------------------- conditions
+
+
+def set_condition(
+    conditions: list[dict], type_: str, status: bool | str, reason: str, message: str,
+    now: datetime, generation: int | None = None,
+) -> list[dict]:
+    """Conditions with `type_` set; lastTransitionTime moves only when the status flips."""
+    value = ("True" if status else "False") if isinstance(status, bool) else status
+    out, found = [], False
+    for cond in conditions:
+        if cond.get("type") != type_:
+            out.append(cond)
+            continue
+        found = True
+        changed = cond.get("status") != value
+        out.append({
+            "type": type_, "status": value, "reason": reason, "message": message,
+            "lastTransitionTime": rfc3339(now) if changed else cond.get("lastTransitionTime") or rfc3339(now),
+            "observedGeneration": generation,
+        })
+    if not found:
+        out.append({"type": type_, "status": value, "reason": reason, "message": message,
+                    "lastTransitionTime": rfc3339(now), "observedGeneration": generation})
+    return out
+
+
+def get_condition(conditions: Iterable[Mapping], type_: str) -> Mapping | None:
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+PHASE_CONDITIONS = {
+    JobPhase.running.value: "Running",
+    JobPhase.succeeded.value: "Succeeded",
+    JobPhase.failed.value: "Failed",
+    JobPhase.cancelled.value: "Cancelled",
+}
+
+
+def phase_conditions(
+    conditions: list[dict], phase: str, reason: str, message: str, now: datetime, generation: int | None,
+) -> list[dict]:
+    """Running/Succeeded/Failed/Cancelled consistent with `phase`: the matching one True, any
+    others already present False (a condition appears the first time it becomes True)."""
+    for ptype in PHASE_CONDITIONS.values():
+        on = PHASE_CONDITIONS.get(phase) == ptype
+        if on:
+            conditions = set_condition(conditions, ptype, True, reason, message, now, generation)
+        elif get_condition(conditions, ptype) is not None:
+            conditions = set_condition(conditions, ptype, False, reason, message, now, generation)
+    return conditions
+
+
+@dataclass
+class EventRecord:
+    """A Kubernetes Event to post on the VideoCurationJob."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class StatusUpdate:
+    """The status fields to merge-patch, and the Events that go with the change."""
+
+    patch: dict = field(default_factory=dict)
+    events: list[EventRecord] = field(default_factory=list)

@@ -1,0 +1,458 @@
+"""Pure builders: names, ConfigMap, RayJob, scaling patches, spec-change rules, RayJob -> phase."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jsonpatch
+import pytest
+import yaml
+
+from clipforge.spec import STAGES, VideoCurationJob, parse_job, stage_resource_name
+from clipforge_operator import builders as b
+from clipforge_operator.progress import (
+    Credentials,
+    ProgressUnavailable,
+    credentials_from_secret,
+    progress_from_report,
+    read_progress,
+)
+
+NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+UID = "0b8f9a52-1111-2222-3333-444455556666"
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def job(name: str = "demo", **spec: Any) -> VideoCurationJob:
+    doc = {
+        "apiVersion": "clipforge.dev/v1alpha1",
+        "kind": "VideoCurationJob",
+        "metadata": {"name": name, "namespace": "videos"},
+        "spec": {"input": {"uri": "s3://raw/in/"}, "output": {"uri": "s3://sets/out/"}, **spec},
+    }
+    return parse_job(doc)
+
+
+def gpu_job(**extra: Any) -> VideoCurationJob:
+    return job(
+        storage={"credentialsSecret": "s3-creds"},
+        execution={"stages": {"split": {"gpus": 1, "cpus": 2, "maxWorkers": 4},
+                              "transcode": {"gpus": 0.5, "cpus": 1, "minWorkers": 2, "maxWorkers": 8}}},
+        cluster={"gpuWorkers": {"transcode": {
+            "gpus": 1, "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "resources": {"requests": {"cpu": 4, "memory": "16Gi"}, "limits": {"cpu": 4, "memory": "16Gi"}},
+        }}},
+        **extra,
+    )
+
+
+def containers(rayjob: dict) -> dict[str, dict]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    out = {"head": cluster["headGroupSpec"]["template"]["spec"]["containers"][0],
+           "submitter": rayjob["spec"]["submitterPodTemplate"]["spec"]["containers"][0]}
+    for group in cluster["workerGroupSpecs"]:
+        out[group["groupName"]] = group["template"]["spec"]["containers"][0]
+    return out
+
+
+# ------------------------------------------------------------------------------------- import
+
+
+def test_operator_never_imports_the_pipeline_heavyweights():
+    modules = ["clipforge_operator", "clipforge_operator.crd", "clipforge_operator.builders",
+               "clipforge_operator.handlers", "clipforge_operator.reconcile", "clipforge_operator.progress",
+               "clipforge_operator.kube", "clipforge_operator.metrics", "clipforge_operator.__main__"]
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in ('torch', 'av', 'ray', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -------------------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("name", ["demo", "a.b", "a-b", "1st-run", "x" * 253, "v" * 38, "v" * 39, "my.job.v2"])
+def test_child_names_are_dns1035_and_short_enough_for_kuberay(name: str):
+    for attempt in (0, 1, 20, 99):
+        rj = b.rayjob_name(name, attempt)
+        assert DNS1035.match(rj) and len(rj) <= 47, rj
+        assert b.rayjob_name(name, attempt) == rj  # deterministic
+    assert DNS1035.match(b.configmap_name(name))
+    assert len(b.base_name(name)) <= 63  # also a label value
+
+
+def test_names_keep_simple_job_names_and_never_collide():
+    assert b.rayjob_name("demo") == "demo"
+    assert b.rayjob_name("demo", 2) == "demo-retry-2"
+    assert b.configmap_name("demo") == "demo-config"
+    assert b.base_name("a.b") != b.base_name("a-b")
+    assert b.base_name("x" * 100) != b.base_name("x" * 101)
+    assert len({b.rayjob_name("demo", a) for a in range(10)}) == 10
+
+
+# ---------------------------------------------------------------------------------- ConfigMap
+
+
+def test_configmap_carries_the_job_with_every_stage_pinned():
+    j = gpu_job()
+    cm = b.build_configmap(j, "videos", UID)
+    assert cm["metadata"]["name"] == "demo-config" and cm["metadata"]["namespace"] == "videos"
+    assert cm["metadata"]["ownerReferences"] == [b.owner_reference("demo", UID)]
+    doc = yaml.safe_load(cm["data"]["job.yaml"])
+    inner = parse_job(doc)
+    assert inner.metadata.name == "demo"
+    assert all(getattr(inner.spec.execution.stages, s).pinned for s in STAGES)
+    assert inner.spec.execution.stages.transcode.gpus == 0.5  # nothing else changed
+    assert b.spec_from_configmap(cm) == b.pinned_spec(j.spec)
+    assert inner.spec.storage.credentials_secret == "s3-creds"  # a name, never a value
+
+
+def test_configmap_keeps_explicit_nulls():
+    j = job(transcoding={"crf": None})
+    doc = yaml.safe_load(b.build_configmap(j, "videos", UID)["data"]["job.yaml"])
+    assert parse_job(doc).spec.transcoding.crf is None
+
+
+# ------------------------------------------------------------------------------------- RayJob
+
+
+def test_rayjob_basics():
+    rj = b.build_rayjob(job(), "videos", UID)
+    assert rj["apiVersion"] == "ray.io/v1" and rj["kind"] == "RayJob"
+    meta = rj["metadata"]
+    assert meta["name"] == "demo" and meta["namespace"] == "videos"
+    assert meta["ownerReferences"] == [{"apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
+                                        "name": "demo", "uid": UID, "controller": True, "blockOwnerDeletion": True}]
+    assert meta["labels"][b.LABEL_JOB_UID] == UID and meta["labels"][b.LABEL_ATTEMPT] == "0"
+    assert meta["labels"][b.LABEL_MANAGED_BY] == "clipforge-operator"
+    spec = rj["spec"]
+    assert spec["entrypoint"] == "clipforge run /etc/clipforge/job.yaml"
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] == 300
+    assert spec["backoffLimit"] == 0  # the operator retries, not KubeRay
+    assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+    assert b.build_rayjob(job(), "videos", UID, attempt=2)["metadata"]["name"] == "demo-retry-2"
+
+
+def test_head_mounts_the_job_and_runs_no_stage_work():
+    rj = b.build_rayjob(job(), "videos", UID)
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    pod = head["template"]["spec"]
+    assert pod["volumes"] == [{"name": "job", "configMap": {"name": "demo-config"}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "job", "mountPath": "/etc/clipforge", "readOnly": True}]
+    assert pod["containers"][0]["image"] == job().spec.cluster.image
+
+
+def test_ray_auth_mode_is_set_in_every_ray_container():
+    rj = b.build_rayjob(gpu_job(), "videos", UID)
+    for name, container in containers(rj).items():
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_AUTH_MODE"] == "disabled", name
+    autoscaler = {e["name"]: e["value"] for e in rj["spec"]["rayClusterSpec"]["autoscalerOptions"]["env"]}
+    assert autoscaler["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_credentials_come_from_the_secret_by_reference_only():
+    rj = b.build_rayjob(gpu_job(), "videos", UID)
+    for name, container in containers(rj).items():
+        aws = [e for e in container["env"] if e["name"].startswith("AWS_")]
+        if name == "submitter":
+            assert aws == []
+            continue
+        assert {e["name"] for e in aws} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+        for e in aws:
+            assert "value" not in e and e["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
+    no_secret = b.build_rayjob(job(), "videos", UID)
+    assert not any(e["name"].startswith("AWS_") for c in containers(no_secret).values() for e in c["env"])
+
+
+def test_worker_groups_advertise_their_stages_resources():
+    rj = b.build_rayjob(gpu_job(), "videos", UID)
+    groups = {g["groupName"]: g for g in rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+    assert list(groups) == ["cpu", "gpu-split", "gpu-transcode"]
+    cpu = json.loads(groups["cpu"]["rayStartParams"]["resources"])
+    assert set(cpu) == {stage_resource_name(s) for s in ("probe", "motion", "preview", "write")}
+    assert json.loads(groups["gpu-transcode"]["rayStartParams"]["resources"]) == {"clipforge_transcode": 1000}
+    assert json.loads(groups["gpu-split"]["rayStartParams"]["resources"]) == {"clipforge_split": 1000}
+    assert "nvidia.com/gpu" not in json.dumps(groups["cpu"])
+    transcode = groups["gpu-transcode"]
+    container = transcode["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert transcode["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert transcode["template"]["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert transcode["rayStartParams"]["num-gpus"] == "1"
+    # Two transcoders (0.5 GPU each) fit one 1-GPU pod: minWorkers 2 -> 1 pod, maxWorkers 8 -> 4 pods.
+    assert (transcode["minReplicas"], transcode["maxReplicas"], transcode["replicas"]) == (1, 4, 1)
+
+
+def test_cpu_group_bounds_follow_stage_hints_or_explicit_values():
+    (cpu,) = b.worker_groups(job().spec)
+    assert cpu.name == "cpu" and cpu.stages == STAGES and cpu.gpus == 0
+    # defaults: min workers 0.25+1+1+0.5+0.5+0.25 = 3.5 CPUs on 4-CPU pods -> 1; max 0.5+4+8+2+2+0.5 = 17 -> 5
+    assert (cpu.min_replicas, cpu.max_replicas) == (1, 5)
+    (explicit,) = b.worker_groups(job(cluster={"cpuWorkers": {"minReplicas": 2, "maxReplicas": 9}}).spec)
+    assert (explicit.min_replicas, explicit.max_replicas) == (2, 9)
+    (capped,) = b.worker_groups(job(cluster={"cpuWorkers": {"maxReplicas": 1}}).spec)
+    assert (capped.min_replicas, capped.max_replicas) == (1, 1)
+    (milli,) = b.worker_groups(job(cluster={"cpuWorkers": {"resources": {"limits": {"cpu": "500m"}}}}).spec)
+    assert (milli.min_replicas, milli.max_replicas) == (7, 34)
+
+
+def test_a_stage_wanting_more_gpus_than_a_pod_has_is_refused():
+    bad = job(execution={"stages": {"split": {"gpus": 2}}})
+    with pytest.raises(b.BuildError, match="gpuWorkers.split.gpus"):
+        b.build_rayjob(bad, "videos", UID)
+
+
+def test_placement_and_service_account_reach_every_pod():
+    j = job(cluster={"serviceAccountName": "clipforge-runner", "imagePullPolicy": "Always",
+                     "head": {"nodeSelector": {"pool": "system"}},
+                     "cpuWorkers": {"tolerations": [{"key": "spot", "value": "true", "effect": "NoSchedule"}]}})
+    rj = b.build_rayjob(j, "videos", UID)
+    cluster = rj["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    assert head["serviceAccountName"] == worker["serviceAccountName"] == "clipforge-runner"
+    assert rj["spec"]["submitterPodTemplate"]["spec"]["serviceAccountName"] == "clipforge-runner"
+    assert head["nodeSelector"] == {"pool": "system"} and "nodeSelector" not in worker
+    assert worker["tolerations"] == [{"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+    assert all(c["imagePullPolicy"] == "Always" for c in containers(rj).values())
+
+
+# ------------------------------------------------------------------------------------ scaling
+
+
+def _live_cluster(j: VideoCurationJob) -> dict:
+    return {"spec": b.build_rayjob(j, "videos", UID)["spec"]["rayClusterSpec"]}
+
+
+def test_scaling_patch_targets_groups_by_index_guarded_by_name():
+    before = gpu_job()
+    live = _live_cluster(before)
+    after = gpu_job().spec.model_copy(deep=True)
+    after.cluster.cpu_workers.min_replicas, after.cluster.cpu_workers.max_replicas = 3, 12
+    after.cluster.gpu_workers.transcode.max_replicas = 2
+    ops = b.scaling_patch(live, after)
+    assert ops[0] == {"op": "test", "path": "/spec/workerGroupSpecs/0/groupName", "value": "cpu"}
+    assert {"op": "replace", "path": "/spec/workerGroupSpecs/0/minReplicas", "value": 3} in ops
+    assert {"op": "replace", "path": "/spec/workerGroupSpecs/0/maxReplicas", "value": 12} in ops
+    assert {"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3} in ops  # clamped up
+    assert {"op": "test", "path": "/spec/workerGroupSpecs/2/groupName", "value": "gpu-transcode"} in ops
+    assert not any("/workerGroupSpecs/1/" in op["path"] for op in ops)  # gpu-split unchanged
+    patched = jsonpatch.apply_patch(live, ops)
+    groups = {g["groupName"]: g for g in patched["spec"]["workerGroupSpecs"]}
+    assert (groups["cpu"]["minReplicas"], groups["cpu"]["maxReplicas"], groups["cpu"]["replicas"]) == (3, 12, 3)
+    assert groups["gpu-transcode"]["maxReplicas"] == 2
+    assert b.scaling_patch(patched, after) == []  # converged
+
+
+def test_scaling_patch_fails_whole_when_groups_were_reordered():
+    live = _live_cluster(gpu_job())
+    after = gpu_job().spec.model_copy(deep=True)
+    after.cluster.gpu_workers.transcode.max_replicas = 2
+    ops = b.scaling_patch(live, after)
+    live["spec"]["workerGroupSpecs"].reverse()
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        jsonpatch.apply_patch(live, ops)
+
+
+def test_scaling_patch_on_a_rayjob_uses_its_cluster_spec_prefix():
+    rayjob = b.build_rayjob(job(), "videos", UID)
+    after = job(cluster={"cpuWorkers": {"maxReplicas": 2}}).spec
+    ops = b.scaling_patch(rayjob, after, prefix="/spec/rayClusterSpec")
+    assert ops and all(op["path"].startswith("/spec/rayClusterSpec/workerGroupSpecs/0/") for op in ops)
+    assert jsonpatch.apply_patch(rayjob, ops)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplicas"] == 2
+
+
+def test_replicas_are_clamped_down_too():
+    live = _live_cluster(job())
+    live["spec"]["workerGroupSpecs"][0]["replicas"] = 5
+    ops = b.scaling_patch(live, job(cluster={"cpuWorkers": {"maxReplicas": 2}}).spec)
+    assert {"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 2} in ops
+
+
+# ----------------------------------------------------------------------------- spec changes
+
+
+def test_scaling_only_changes_are_allowed():
+    old = job().spec
+    new = job(cluster={"cpuWorkers": {"maxReplicas": 9}, "gpuWorkers": {"motion": {"minReplicas": 1}}}).spec
+    change = b.classify_spec_change(old, new)
+    assert change.allowed and not change.empty
+    assert change.scaling == ("cluster.cpuWorkers.maxReplicas", "cluster.gpuWorkers.motion.minReplicas")
+
+
+def test_operator_only_changes_are_allowed():
+    change = b.classify_spec_change(job().spec, job(maxRetries=5, retryBackoff={"maxSeconds": 60},
+                                                    pendingDeadlineSeconds=60).spec)
+    assert change.allowed and not change.scaling
+    assert set(change.operator) == {"maxRetries", "retryBackoff.maxSeconds", "pendingDeadlineSeconds"}
+
+
+@pytest.mark.parametrize("spec", [
+    {"output": {"uri": "s3://elsewhere/"}},
+    {"splitting": {"algorithm": "transnetv2"}},
+    {"execution": {"stages": {"transcode": {"maxWorkers": 16}}}},
+    {"cluster": {"image": "clipforge/pipeline:next"}},
+    {"cluster": {"cpuWorkers": {"resources": {"limits": {"cpu": 8}}}}},
+    {"storage": {"credentialsSecret": "other"}},
+], ids=lambda s: next(iter(s)))
+def test_pipeline_and_cluster_shape_changes_are_refused(spec: dict):
+    change = b.classify_spec_change(job().spec, job(**spec).spec)
+    assert not change.allowed and change.refused
+
+
+def test_pinning_and_absent_gpu_groups_are_not_changes():
+    old = job().spec
+    assert b.classify_spec_change(b.pinned_spec(old), old).empty
+    assert b.classify_spec_change(old, job(cluster={"gpuWorkers": {"split": {}}}).spec).empty
+
+
+def test_merge_allowed_takes_scaling_and_operator_fields_only():
+    accepted = b.pinned_spec(job().spec)
+    requested = job(output={"uri": "s3://elsewhere/"}, maxRetries=7,
+                    cluster={"cpuWorkers": {"maxReplicas": 3}}).spec
+    merged = b.merge_allowed(accepted, requested)
+    assert merged.output.uri == "s3://sets/out/"
+    assert merged.max_retries == 7 and merged.cluster.cpu_workers.max_replicas == 3
+    assert merged.execution.stages.probe.pinned  # still the accepted (pinned) pipeline
+
+
+# ------------------------------------------------------------------------------ RayJob -> phase
+
+
+def rayjob(deployment: str = "", job_status: str = "", reason: str = "", message: str = "",
+           started: datetime | None = NOW, created: datetime = NOW) -> dict:
+    status: dict[str, Any] = {}
+    if deployment:
+        status["jobDeploymentStatus"] = deployment
+    if job_status:
+        status["jobStatus"] = job_status
+    if reason:
+        status["reason"] = reason
+    if message:
+        status["message"] = message
+    if started and deployment:
+        status["startTime"] = b.rfc3339(started)
+    if deployment in ("Running", "Complete", "Failed"):
+        status.update(rayClusterName="demo-x7k2p", dashboardURL="demo-x7k2p-head-svc.videos.svc.cluster.local:8265")
+    return {"metadata": {"name": "demo", "creationTimestamp": b.rfc3339(created)}, "status": status}
+
+
+def observe(rj: dict, after: float = 1, deadline: int = 900) -> b.Observation:
+    return b.observe_rayjob(rj, NOW + timedelta(seconds=after), deadline)
+
+
+def test_kuberay_success_sequence():
+    phases = [observe(rayjob(*s)).phase for s in [
+        ("", ""), ("Initializing", ""), ("Running", ""), ("Running", "PENDING"), ("Running", "RUNNING"),
+        ("Complete", "SUCCEEDED")]]
+    assert phases == ["Provisioning"] * 4 + ["Running", "Succeeded"]
+    done = observe(rayjob("Complete", "SUCCEEDED"))
+    assert done.terminal and done.ray_cluster_name == "demo-x7k2p" and done.dashboard_url.endswith(":8265")
+
+
+def test_app_failure_carries_kuberay_reason_and_message():
+    obs = observe(rayjob("Failed", "FAILED", "AppFailed", "Job entrypoint command failed with exit code 1"))
+    assert (obs.phase, obs.reason, obs.terminal) == ("Failed", "AppFailed", True)
+    assert obs.message == "Job entrypoint command failed with exit code 1"
+    older = observe(rayjob("Complete", "FAILED"))  # KubeRay before the AppFailed reason
+    assert (older.phase, older.reason) == ("Failed", "AppFailed")
+
+
+def test_submission_failure_and_deadline_exceeded():
+    obs = observe(rayjob("Failed", "", "SubmissionFailed", "submitter K8s Job has failed"))
+    assert (obs.phase, obs.reason, obs.message) == ("Failed", "SubmissionFailed", "submitter K8s Job has failed")
+    assert observe(rayjob("Failed", "RUNNING", "DeadlineExceeded", "past activeDeadlineSeconds")).reason == \
+        "DeadlineExceeded"
+    assert observe(rayjob("Failed")).reason == "SubmissionFailed"
+
+
+def test_stopped_job_is_cancelled():
+    obs = observe(rayjob("Complete", "STOPPED"))
+    assert (obs.phase, obs.terminal) == ("Cancelled", True)
+
+
+@pytest.mark.parametrize("deployment,job_status", [("Initializing", ""), ("", ""), ("Running", "PENDING"),
+                                                   ("Suspended", ""), ("Retrying", "")])
+def test_stuck_before_running_fails_after_the_pending_deadline(deployment: str, job_status: str):
+    rj = rayjob(deployment, job_status)
+    assert observe(rj, after=899, deadline=900).phase == "Provisioning"
+    late = observe(rj, after=901, deadline=900)
+    assert (late.phase, late.reason, late.terminal) == ("Failed", "PendingDeadlineExceeded", True)
+    assert "900s" in late.message
+
+
+def test_running_jobs_are_not_subject_to_the_pending_deadline():
+    assert observe(rayjob("Running", "RUNNING"), after=10_000, deadline=900).phase == "Running"
+
+
+# --------------------------------------------------------------------------------- conditions
+
+
+def test_conditions_move_transition_time_only_when_status_flips():
+    c = b.set_condition([], "Running", True, "JobRunning", "a", NOW, 1)
+    assert c == [{"type": "Running", "status": "True", "reason": "JobRunning", "message": "a",
+                  "lastTransitionTime": "2025-06-01T12:00:00Z", "observedGeneration": 1}]
+    later = NOW + timedelta(minutes=5)
+    c2 = b.set_condition(c, "Running", True, "JobRunning", "b", later, 2)
+    assert c2[0]["lastTransitionTime"] == "2025-06-01T12:00:00Z" and c2[0]["message"] == "b"
+    c3 = b.set_condition(c2, "Running", False, "JobSucceeded", "done", later, 2)
+    assert c3[0]["lastTransitionTime"] == "2025-06-01T12:05:00Z" and c3[0]["status"] == "False"
+
+
+def test_phase_conditions_are_mutually_consistent():
+    c = b.phase_conditions([], "Provisioning", "ClusterStarting", "", NOW, 1)
+    assert c == []
+    c = b.phase_conditions(c, "Running", "JobRunning", "", NOW, 1)
+    assert [(x["type"], x["status"]) for x in c] == [("Running", "True")]
+    c = b.phase_conditions(c, "Succeeded", "JobSucceeded", "", NOW, 1)
+    assert [(x["type"], x["status"]) for x in c] == [("Running", "False"), ("Succeeded", "True")]
+
+
+# ----------------------------------------------------------------------------------- progress
+
+
+REPORT = {"state": "running", "updatedAt": "2025-06-01T12:00:10Z", "elapsedSeconds": 12.5,
+          "videos": {"total": 10, "done": 4, "failed": 1, "skipped": 2}, "clips": {"passed": 31, "filtered": 5},
+          "videoSecondsProcessed": 120.0, "throughputVideoSecondsPerSecond": 9.6, "clipsPerSecond": 2.5}
+
+
+def test_progress_report_maps_to_status_progress():
+    p = progress_from_report(REPORT).model_dump(by_alias=True, mode="json")
+    assert p == {"videosDone": 4, "videosFailed": 1, "videosSkipped": 2, "videosTotal": 10, "clipsPassed": 31,
+                 "clipsFiltered": 5, "throughputVideoSecondsPerSecond": 9.6, "updatedAt": "2025-06-01T12:00:10Z"}
+
+
+def test_read_progress_from_a_local_output(tmp_path):
+    storage = job().spec.storage
+    with pytest.raises(ProgressUnavailable):
+        read_progress(str(tmp_path), storage)
+    (tmp_path / "progress.json").write_text(json.dumps(REPORT))
+    assert read_progress(str(tmp_path), storage).videos_done == 4
+    (tmp_path / "summary.json").write_text(json.dumps({**REPORT, "state": "succeeded",
+                                                       "videos": {**REPORT["videos"], "done": 10}, "failures": []}))
+    assert read_progress(str(tmp_path), storage, final=True).videos_done == 10
+    assert read_progress(str(tmp_path), storage).videos_done == 4
+    (tmp_path / "progress.json").write_text("{not json")
+    with pytest.raises(ProgressUnavailable):
+        read_progress(str(tmp_path), storage)
+
+
+def test_credentials_never_print_their_values():
+    import base64
+
+    secret = {"data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"AKIDEXAMPLE").decode(),
+                       "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"TOPSECRETVALUE").decode()}}
+    creds = credentials_from_secret(secret)
+    assert creds == Credentials("AKIDEXAMPLE", "TOPSECRETVALUE")
+    assert "TOPSECRETVALUE" not in repr(creds) and "TOPSECRETVALUE" not in str(creds)
+    assert credentials_from_secret({"data": {}}) is None
