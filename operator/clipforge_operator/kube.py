@@ -1,0 +1,140 @@
+"""The few Kubernetes calls the operator makes, over the `kubernetes` client's transport.
+
+Objects go in and come out as plain dicts (the manifests builders.py makes), so one small
+request helper serves core and custom resources alike, with the client's configuration,
+authentication and TLS. Errors surface as `kubernetes.client.exceptions.ApiException`;
+`get_*` return None for 404, `create_*` raise AlreadyExists for 409.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from clipforge.spec import API_GROUP, API_VERSION, PLURAL
+from clipforge_operator.builders import LABEL_JOB_UID, RAY_GROUP, RAY_VERSION, RAYCLUSTER_PLURAL, RAYJOB_PLURAL
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = (5, 30)
+
+
+class AlreadyExists(Exception):
+    """A create hit an existing object of the same name (HTTP 409)."""
+
+
+def load_config() -> None:
+    """In-cluster service account if there is one, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def _custom(group: str, version: str, namespace: str, plural: str, name: str | None = None) -> str:
+    path = f"/apis/{group}/{version}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def _core(namespace: str, plural: str, name: str | None = None) -> str:
+    path = f"/api/v1/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    """Thin, synchronous access to the objects the operator reads and writes."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self.api = api_client or client.ApiClient()
+
+    # -- transport
+
+    def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
+                content_type: str = "application/json") -> dict:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, body, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=list((query or {}).items()) or None,
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT)
+        response.read()
+        if not 200 <= response.status < 300:
+            if response.status == 409 and method == "POST":
+                raise AlreadyExists(path)
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else {}
+
+    def _get(self, path: str) -> dict | None:
+        try:
+            return self.request("GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _delete(self, path: str) -> bool:
+        try:
+            self.request("DELETE", path, body={"propagationPolicy": "Background"})
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    # -- VideoCurationJob
+
+    def get_job(self, namespace: str, name: str) -> dict | None:
+        return self._get(_custom(API_GROUP, API_VERSION, namespace, PLURAL, name))
+
+    def patch_job_status(self, namespace: str, name: str, status: dict) -> dict:
+        path = _custom(API_GROUP, API_VERSION, namespace, PLURAL, name) + "/status"
+        return self.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+
+    # -- RayJob / RayCluster
+
+    def get_rayjob(self, namespace: str, name: str) -> dict | None:
+        return self._get(_custom(RAY_GROUP, RAY_VERSION, namespace, RAYJOB_PLURAL, name))
+
+    def create_rayjob(self, body: dict) -> dict:
+        ns = body["metadata"]["namespace"]
+        return self.request("POST", _custom(RAY_GROUP, RAY_VERSION, ns, RAYJOB_PLURAL), body=body)
+
+    def delete_rayjob(self, namespace: str, name: str) -> bool:
+        return self._delete(_custom(RAY_GROUP, RAY_VERSION, namespace, RAYJOB_PLURAL, name))
+
+    def list_rayjobs(self, namespace: str, job_uid: str) -> list[dict]:
+        path = _custom(RAY_GROUP, RAY_VERSION, namespace, RAYJOB_PLURAL)
+        return self.request("GET", path, query={"labelSelector": f"{LABEL_JOB_UID}={job_uid}"}).get("items") or []
+
+    def json_patch_rayjob(self, namespace: str, name: str, ops: list[dict]) -> dict:
+        path = _custom(RAY_GROUP, RAY_VERSION, namespace, RAYJOB_PLURAL, name)
+        return self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
+
+    def get_raycluster(self, namespace: str, name: str) -> dict | None:
+        return self._get(_custom(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTER_PLURAL, name))
+
+    def json_patch_raycluster(self, namespace: str, name: str, ops: list[dict]) -> dict:
+        path = _custom(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTER_PLURAL, name)
+        return self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
+
+    # -- ConfigMap / Secret
+
+    def get_configmap(self, namespace: str, name: str) -> dict | None:
+        return self._get(_core(namespace, "configmaps", name))
+
+    def create_configmap(self, body: dict) -> dict:
+        return self.request("POST", _core(body["metadata"]["namespace"], "configmaps"), body=body)
+
+    def patch_configmap_data(self, namespace: str, name: str, data: dict) -> dict:
+        return self.request("PATCH", _core(namespace, "configmaps", name), body={"data": data},
+                            content_type=MERGE_PATCH)
+
+    def delete_configmap(self, namespace: str, name: str) -> bool:
+        return self._delete(_core(namespace, "configmaps", name))
+
+    def get_secret(self, namespace: str, name: str) -> dict | None:
+        """A Secret's body. Callers must keep its values out of logs, status and events."""
+        return self._get(_core(namespace, "secrets", name))

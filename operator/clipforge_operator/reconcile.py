@@ -1,0 +1,407 @@
+"""Compare-and-patch reconciliation of one VideoCurationJob, independent of kopf.
+
+Every entry point re-reads the job, works out what its children and status should be, makes
+the missing children, and patches only what differs. Running it twice, concurrently with
+itself (a per-job lock) or after an operator restart neither duplicates nor loses work:
+child names are deterministic, a 409 on create means "read it back", and the attempt number
+lives in the job's status.
+
+The kopf handlers (handlers.py) call these functions; tests call them with a fake `Kube`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from clipforge.spec import (
+    TERMINAL_PHASES,
+    InvalidJobError,
+    JobPhase,
+    JobProgress,
+    VideoCurationJob,
+    VideoCurationJobSpec,
+    parse_job,
+)
+from clipforge_operator import builders as b
+from clipforge_operator.kube import AlreadyExists
+from clipforge_operator.progress import Credentials, ProgressUnavailable, credentials_from_secret, read_progress
+
+log = logging.getLogger(__name__)
+
+EmitFn = Callable[[Mapping, b.EventRecord], None]
+ProgressFn = Callable[..., JobProgress]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Context:
+    """What reconciliation needs from the outside world (real or fake)."""
+
+    kube: Any  # clipforge_operator.kube.Kube or a test double with the same methods
+    emit: EmitFn = lambda body, event: None  # noqa: E731 - posts a Kubernetes Event on the job
+    now: Callable[[], datetime] = _utcnow
+    progress: ProgressFn = read_progress
+    read_secrets: bool = True  # read storage.credentialsSecret to fetch progress from S3
+    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self.locks.setdefault((namespace, name), threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self.locks.pop((namespace, name), None)
+
+
+class NameConflict(Exception):
+    """A child's deterministic name is taken by an object this job does not own."""
+
+
+def _owned_by(obj: Mapping, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _meta(body: Mapping) -> Mapping:
+    return body.get("metadata") or {}
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+class _Status:
+    """The job's status being edited, with the Events the edit should post."""
+
+    def __init__(self, body: Mapping, now: datetime):
+        self.body = body
+        self.old: dict = dict(body.get("status") or {})
+        self.new: dict = dict(self.old)
+        self.new.setdefault("phase", JobPhase.pending.value)
+        self.new.setdefault("retries", 0)
+        self.now = now
+        self.generation = _meta(body).get("generation")
+        self.events: list[b.EventRecord] = []
+
+    @property
+    def phase(self) -> str:
+        return self.new["phase"]
+
+    def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
+        self.new["conditions"] = b.set_condition(
+            list(self.new.get("conditions") or []), type_, status, reason, message, self.now, self.generation
+        )
+
+    def set_phase(self, phase: str, reason: str, message: str, event: bool = True) -> None:
+        if phase != self.phase and event:
+            kind = "Warning" if phase in (JobPhase.failed.value, JobPhase.cancelled.value) else "Normal"
+            self.events.append(b.EventRecord(kind, phase, f"{reason}: {message}" if message else reason))
+        self.new["phase"] = phase
+        self.new["message"] = message
+        self.new["conditions"] = b.phase_conditions(
+            list(self.new.get("conditions") or []), phase, reason, message, self.now, self.generation
+        )
+        if phase in TERMINAL_PHASES:
+            self.new.setdefault("completionTime", b.rfc3339(self.now))
+            self.new["nextRetryTime"] = None
+
+    def changes(self) -> dict:
+        return {k: v for k, v in self.new.items() if self.old.get(k) != v}
+
+
+def _commit(ctx: Context, namespace: str, name: str, st: _Status) -> str:
+    changes = st.changes()
+    if changes:
+        ctx.kube.patch_job_status(namespace, name, changes)
+    for event in st.events:
+        ctx.emit(st.body, event)
+    return st.phase
+
+
+def _fail(st: _Status, reason: str, message: str) -> None:
+    st.set_phase(JobPhase.failed.value, reason, message)
+    if b.get_condition(st.new.get("conditions") or [], "Retrying") is not None:
+        st.condition("Retrying", False, reason, "no retries left" if reason != "InvalidSpec" else message)
+
+
+def _credentials(ctx: Context, namespace: str, spec: VideoCurationJobSpec) -> Credentials | None:
+    if not (ctx.read_secrets and spec.storage.credentials_secret and spec.output.uri.startswith("s3://")):
+        return None
+    secret = ctx.kube.get_secret(namespace, spec.storage.credentials_secret)
+    return credentials_from_secret(secret) if secret else None
+
+
+def _read_progress(ctx: Context, namespace: str, spec: VideoCurationJobSpec, final: bool) -> dict | None:
+    try:
+        progress = ctx.progress(spec.output.uri, spec.storage, _credentials(ctx, namespace, spec), final=final)
+    except ProgressUnavailable as exc:
+        log.debug("no progress for %s yet: %s", spec.output.uri, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - progress is best effort; never fail a job over it
+        log.warning("could not read progress of %s: %s", spec.output.uri, type(exc).__name__)
+        return None
+    return progress.model_dump(by_alias=True, mode="json")
+
+
+def accepted_spec(ctx: Context, namespace: str, job: VideoCurationJob, uid: str) -> VideoCurationJobSpec:
+    """The spec the job runs with: the ConfigMap's (as started) plus later scaling/operator changes."""
+    configmap = ctx.kube.get_configmap(namespace, b.configmap_name(job.metadata.name))
+    if configmap is None:
+        return job.spec
+    if not _owned_by(configmap, uid):
+        raise NameConflict(f"ConfigMap {b.configmap_name(job.metadata.name)} exists and is not this job's")
+    return b.merge_allowed(b.spec_from_configmap(configmap), job.spec)
+
+
+def _ensure_configmap(ctx: Context, namespace: str, job: VideoCurationJob, uid: str) -> None:
+    name = b.configmap_name(job.metadata.name)
+    try:
+        ctx.kube.create_configmap(b.build_configmap(job, namespace, uid))
+    except AlreadyExists:
+        existing = ctx.kube.get_configmap(namespace, name)
+        if existing is not None and not _owned_by(existing, uid):
+            raise NameConflict(f"ConfigMap {name} exists and is not this job's") from None
+
+
+def _ensure_rayjob(ctx: Context, namespace: str, job: VideoCurationJob, uid: str, attempt: int) -> tuple[dict, bool]:
+    """The attempt's RayJob, creating it (and the ConfigMap) if missing. True if created now."""
+    name = b.rayjob_name(job.metadata.name, attempt)
+    existing = ctx.kube.get_rayjob(namespace, name)
+    if existing is not None:
+        if not _owned_by(existing, uid):
+            raise NameConflict(f"RayJob {name} exists and is not this job's")
+        return existing, False
+    _ensure_configmap(ctx, namespace, job, uid)
+    if attempt > 0:  # the failed attempt's RayJob, if a crash left it behind
+        ctx.kube.delete_rayjob(namespace, b.rayjob_name(job.metadata.name, attempt - 1))
+    try:
+        return ctx.kube.create_rayjob(b.build_rayjob(job, namespace, uid, attempt)), True
+    except AlreadyExists:
+        existing = ctx.kube.get_rayjob(namespace, name)
+        if existing is None or not _owned_by(existing, uid):
+            raise NameConflict(f"RayJob {name} exists and is not this job's") from None
+        return existing, False
+
+
+# ---------------------------------------------------------------------------------- reconcile
+
+
+def reconcile(ctx: Context, namespace: str, name: str, *, poll_progress: bool = False) -> str | None:
+    """Bring one job's children and status up to date; returns its phase (None if it is gone)."""
+    with ctx.lock(namespace, name):
+        body = ctx.kube.get_job(namespace, name)
+        if body is None or _meta(body).get("deletionTimestamp"):
+            return None
+        return _reconcile(ctx, namespace, name, body, poll_progress)
+
+
+def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progress: bool) -> str:
+    now = ctx.now()
+    st = _Status(body, now)
+    if st.phase in TERMINAL_PHASES:
+        return st.phase
+    uid = _meta(body).get("uid", "")
+
+    try:
+        job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body},
+                        f"{namespace}/{name}")
+        job = job.model_copy(update={"spec": accepted_spec(ctx, namespace, job, uid)})
+        b.worker_groups(job.spec)  # a spec that cannot become a cluster fails here, before any child
+    except InvalidJobError as exc:
+        _fail(st, "InvalidSpec", "; ".join(exc.problems))
+        return _commit(ctx, namespace, name, st)
+    except b.BuildError as exc:
+        _fail(st, "InvalidSpec", str(exc))
+        return _commit(ctx, namespace, name, st)
+    except NameConflict as exc:
+        _fail(st, "NameConflict", str(exc))
+        return _commit(ctx, namespace, name, st)
+
+    spec = job.spec
+    attempt = int(st.new.get("retries") or 0)
+    next_retry = b.parse_time(st.new.get("nextRetryTime"))
+    if next_retry is not None and now < next_retry:
+        return _commit(ctx, namespace, name, st)  # waiting out the backoff
+
+    try:
+        rayjob, created = _ensure_rayjob(ctx, namespace, job, uid, attempt)
+    except NameConflict as exc:
+        _fail(st, "NameConflict", str(exc))
+        return _commit(ctx, namespace, name, st)
+
+    rayjob_name = b.rayjob_name(name, attempt)
+    st.new["observedGeneration"] = st.generation
+    if st.new.get("rayJobName") != rayjob_name:
+        st.new.update(rayJobName=rayjob_name, rayClusterName=None, dashboardURL=None)
+    if not st.new.get("startTime"):
+        st.new["startTime"] = b.rfc3339(now)
+    st.new["nextRetryTime"] = None
+    if created:
+        total = spec.max_retries + 1
+        st.condition("Submitted", True, "RayJobCreated", f"RayJob {rayjob_name} created (attempt {attempt + 1} of {total})")
+        if attempt > 0:
+            st.condition("Retrying", False, "RetryStarted", f"attempt {attempt + 1} of {total} started")
+            st.events.append(b.EventRecord("Normal", "RetryStarted", f"RayJob {rayjob_name}: attempt {attempt + 1} of {total}"))
+
+    obs = b.observe_rayjob(rayjob, now, spec.pending_deadline_seconds)
+    if obs.ray_cluster_name:
+        st.new["rayClusterName"] = obs.ray_cluster_name
+    if obs.dashboard_url:
+        st.new["dashboardURL"] = obs.dashboard_url
+
+    if not obs.terminal:
+        st.set_phase(obs.phase, obs.reason, obs.message)
+        if poll_progress and obs.phase == JobPhase.running.value:
+            progress = _read_progress(ctx, namespace, spec, final=False)
+            if progress is not None:
+                st.new["progress"] = progress
+        return _commit(ctx, namespace, name, st)
+
+    final = _read_progress(ctx, namespace, spec, final=True)
+    if final is not None:
+        st.new["progress"] = final
+    if obs.phase == JobPhase.succeeded.value:
+        st.set_phase(obs.phase, obs.reason, obs.message)
+        if b.get_condition(st.new.get("conditions") or [], "Retrying") is not None:
+            st.condition("Retrying", False, "Succeeded", "the job succeeded")
+        return _commit(ctx, namespace, name, st)
+    if obs.phase == JobPhase.cancelled.value:
+        st.set_phase(obs.phase, obs.reason, obs.message)
+        return _commit(ctx, namespace, name, st)
+
+    # A failed attempt: retry after a backoff while retries are left, else the job fails.
+    if attempt < spec.max_retries:
+        retry = attempt + 1
+        delay = spec.retry_backoff.delay(retry)
+        when = now + timedelta(seconds=delay)
+        text = (f"attempt {attempt + 1} ({rayjob_name}) failed: {obs.reason}: {obs.message};"
+                f" retry {retry} of {spec.max_retries} at {b.rfc3339(when)}")
+        st.events.append(b.EventRecord("Warning", "AttemptFailed", text))
+        st.set_phase(JobPhase.pending.value, "BackoffBeforeRetry", text, event=False)
+        st.condition("Retrying", True, obs.reason, text)
+        st.new.update(retries=retry, nextRetryTime=b.rfc3339(when), rayClusterName=None, dashboardURL=None)
+        phase = _commit(ctx, namespace, name, st)  # record the retry before removing the attempt
+        ctx.kube.delete_rayjob(namespace, rayjob_name)
+        return phase
+    _fail(st, obs.reason, obs.message)
+    phase = _commit(ctx, namespace, name, st)
+    if obs.reason == "PendingDeadlineExceeded":
+        ctx.kube.delete_rayjob(namespace, rayjob_name)  # free whatever the stuck cluster holds
+    return phase
+
+
+# ------------------------------------------------------------------------------- spec updates
+
+
+def update_spec(ctx: Context, namespace: str, name: str) -> None:
+    """Apply a spec change to a started job: rescale the live cluster, refuse pipeline changes.
+
+    A job that has no children yet needs nothing here: the next reconcile builds from the new spec.
+    """
+    with ctx.lock(namespace, name):
+        body = ctx.kube.get_job(namespace, name)
+        if body is None or _meta(body).get("deletionTimestamp"):
+            return
+        _update_spec(ctx, namespace, name, body)
+
+
+def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:
+    st = _Status(body, ctx.now())
+    uid = _meta(body).get("uid", "")
+    configmap = ctx.kube.get_configmap(namespace, b.configmap_name(name))
+    if configmap is None or not _owned_by(configmap, uid):
+        return
+    accepted = b.spec_from_configmap(configmap)
+    try:
+        job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
+        requested = job.spec
+        b.worker_groups(b.merge_allowed(accepted, requested))
+    except (InvalidJobError, b.BuildError) as exc:
+        problems = "; ".join(exc.problems) if isinstance(exc, InvalidJobError) else str(exc)
+        st.condition("SpecUpdateRefused", True, "InvalidSpec", f"the updated spec is not valid: {problems}")
+        st.events.append(b.EventRecord("Warning", "SpecUpdateRefused", f"invalid spec: {problems}"))
+        _commit(ctx, namespace, name, st)
+        return
+
+    change = b.classify_spec_change(accepted, requested)
+    st.new["observedGeneration"] = st.generation
+    if change.scaling or change.operator:
+        merged = b.merge_allowed(accepted, requested)
+        merged_job = job.model_copy(update={"spec": merged})
+        document = b.build_configmap(merged_job, namespace, uid)["data"]
+        ctx.kube.patch_configmap_data(namespace, b.configmap_name(name), document)
+        if change.scaling and st.phase not in TERMINAL_PHASES:
+            rescaled = _rescale(ctx, namespace, st, merged)
+            if rescaled:
+                bounds = ", ".join(f"{g.name} {g.min_replicas}-{g.max_replicas}" for g in b.worker_groups(merged))
+                st.events.append(b.EventRecord("Normal", "Rescaled", f"worker groups now {bounds} ({rescaled})"))
+    if change.refused:
+        fields = ", ".join(change.refused[:10]) + (f" and {len(change.refused) - 10} more" if len(change.refused) > 10 else "")
+        message = (f"not applied: {fields}. A started job keeps the pipeline and cluster it started with; only"
+                   " worker-group replica bounds (cluster.*Workers.minReplicas/maxReplicas) and maxRetries,"
+                   " retryBackoff, pendingDeadlineSeconds, ttlSecondsAfterFinished can change."
+                   " Create a new VideoCurationJob for the rest.")
+        st.condition("SpecUpdateRefused", True, "ImmutableField", message)
+        st.events.append(b.EventRecord("Warning", "SpecUpdateRefused", message))
+    elif b.get_condition(st.new.get("conditions") or [], "SpecUpdateRefused") is not None:
+        st.condition("SpecUpdateRefused", False, "SpecApplied", "the current spec is applied")
+    _commit(ctx, namespace, name, st)
+
+
+def _rescale(ctx: Context, namespace: str, st: _Status, spec: VideoCurationJobSpec) -> str:
+    """JSON-patch the worker-group bounds of the current RayJob and its live RayCluster."""
+    done = []
+    rayjob_name = st.new.get("rayJobName")
+    rayjob = ctx.kube.get_rayjob(namespace, rayjob_name) if rayjob_name else None
+    if rayjob is not None:
+        ops = b.scaling_patch(rayjob, spec, prefix="/spec/rayClusterSpec")
+        if ops:
+            ctx.kube.json_patch_rayjob(namespace, rayjob_name, ops)
+            done.append(f"RayJob {rayjob_name}")
+    cluster_name = st.new.get("rayClusterName") or ((rayjob or {}).get("status") or {}).get("rayClusterName")
+    cluster = ctx.kube.get_raycluster(namespace, cluster_name) if cluster_name else None
+    if cluster is not None:
+        ops = b.scaling_patch(cluster, spec, prefix="/spec")
+        if ops:
+            ctx.kube.json_patch_raycluster(namespace, cluster_name, ops)
+            done.append(f"RayCluster {cluster_name}")
+    return ", ".join(done)
+
+
+# ----------------------------------------------------------------------------------- deletion
+
+
+def delete_children(ctx: Context, namespace: str, name: str, uid: str) -> list[str]:
+    """Delete every RayJob of the job (stopping its Ray cluster) and its ConfigMap.
+
+    Owner references would let the garbage collector do this too; deleting explicitly stops the
+    work now rather than whenever the collector gets to it.
+    """
+    with ctx.lock(namespace, name):
+        deleted = []
+        for rayjob in ctx.kube.list_rayjobs(namespace, uid):
+            rj_name = _meta(rayjob).get("name")
+            if rj_name and _owned_by(rayjob, uid) and ctx.kube.delete_rayjob(namespace, rj_name):
+                deleted.append(f"RayJob {rj_name}")
+        configmap = ctx.kube.get_configmap(namespace, b.configmap_name(name))
+        if configmap is not None and _owned_by(configmap, uid):
+            ctx.kube.delete_configmap(namespace, b.configmap_name(name))
+            deleted.append(f"ConfigMap {b.configmap_name(name)}")
+    ctx.forget(namespace, name)
+    return deleted
+
+
+def owner_of(rayjob: Mapping) -> tuple[str, str] | None:
+    """(namespace, name) of the VideoCurationJob that owns a RayJob, if any."""
+    for ref in _meta(rayjob).get("ownerReferences") or []:
+        if ref.get("kind") == "VideoCurationJob" and ref.get("apiVersion", "").startswith(f"{b.API_GROUP}/"):
+            return _meta(rayjob).get("namespace", ""), ref.get("name", "")
+    return None
+
