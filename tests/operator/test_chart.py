@@ -1,0 +1,191 @@
+"""The operator's Helm chart, rendered by the real `helm` (installed by scripts/install-kube-tools.sh)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "clipforge-operator"
+HELM = REPO / ".tools" / "bin" / "helm"
+KUBECTL = REPO / ".tools" / "bin" / "kubectl"
+
+# What the operator may do, per resource: anything more is a least-privilege regression,
+# anything less breaks the operator (see handlers.py / kube.py for each call).
+EXPECTED_RULES = {
+    ("clipforge.dev", "videocurationjobs"): {"get", "list", "watch", "patch"},
+    ("clipforge.dev", "videocurationjobs/status"): {"get", "patch"},
+    ("clipforge.dev", "videocurationjobs/finalizers"): {"update"},
+    ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("ray.io", "rayclusters"): {"get", "patch"},
+    ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("", "secrets"): {"get"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+CLUSTER_ONLY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tools() -> None:
+    if not (HELM.exists() and KUBECTL.exists()):
+        pytest.fail(f"helm/kubectl missing in {HELM.parent}; install them with: bash scripts/install-kube-tools.sh")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        pytest.fail(f"helm {shlex.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def render(*sets: str, namespace: str = "clipforge-system", crds: bool = False) -> list[dict]:
+    args = ["template", "cf", str(CHART), "--namespace", namespace]
+    if crds:
+        args.append("--include-crds")
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def one(objects: list[dict], kind: str) -> dict:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind}"
+    return found[0]
+
+
+def rules(role: dict) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert not rule.get("resourceNames") or rule["resources"] == ["secrets"]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def container(objects: list[dict]) -> dict:
+    (c,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+# ------------------------------------------------------------------------------------ lint
+
+
+@pytest.mark.parametrize("sets", [[], ["scope=namespace"], ["scope=namespace", "watchNamespace=videos",
+                                                            "rbac.readJobSecrets=false", "metrics.enabled=false"]],
+                         ids=["cluster", "namespace", "namespace-other"])
+def test_helm_lint(sets: list[str]):
+    args = ["lint", "--strict", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    helm(*args)
+
+
+def test_values_schema_rejects_bad_values():
+    for bad in ("scope=everywhere", "logFormat=xml", "progressIntervalSeconds=120", "image.pullPolicy=Sometimes",
+                "unknownKey=1"):
+        proc = helm("template", "cf", str(CHART), "--set", bad, check=False)
+        assert proc.returncode != 0, bad
+    json.loads((CHART / "values.schema.json").read_text())  # plain JSON
+
+
+# ------------------------------------------------------------------------------- rendering
+
+
+def test_cluster_scope_renders_a_locked_down_single_replica_operator():
+    objects = render()
+    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment",
+                                                 "Service", "ServiceAccount"]
+    deployment = one(objects, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container(objects)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["command"] == ["python", "-m", "clipforge_operator"]
+    assert "--all-namespaces" in c["args"] and not any(a.startswith("--namespace") for a in c["args"])
+    # The liveness probe hits kopf's liveness endpoint.
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    probe = c["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    assert "--metrics-port=9090" in c["args"] and ports["metrics"] == 9090
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_cluster_scope_rbac_is_exactly_what_the_operator_needs():
+    objects = render()
+    role = one(objects, "ClusterRole")
+    assert rules(role) == {**EXPECTED_RULES, **CLUSTER_ONLY_RULES}
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    sa = one(objects, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": "clipforge-system"}]
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+
+
+def test_namespace_scope_uses_a_role_and_starts_kopf_with_namespace():
+    objects = render("scope=namespace")
+    kinds = sorted(o["kind"] for o in objects)
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "clipforge-system"
+    assert rules(role) == EXPECTED_RULES
+    c = container(objects)
+    assert "--namespace=clipforge-system" in c["args"] and "--all-namespaces" not in c["args"]
+
+
+def test_namespace_scope_can_serve_another_namespace():
+    objects = render("scope=namespace", "watchNamespace=videos")
+    role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "videos"
+    assert binding["subjects"][0]["namespace"] == "clipforge-system"  # the operator's own namespace
+    assert "--namespace=videos" in container(objects)["args"]
+
+
+def test_secrets_access_can_be_turned_off():
+    objects = render("rbac.readJobSecrets=false")
+    assert ("", "secrets") not in rules(one(objects, "ClusterRole"))
+    assert "--no-read-secrets" in container(objects)["args"]
+
+
+def test_metrics_and_service_account_toggles():
+    objects = render("metrics.enabled=false", "serviceAccount.create=false", "serviceAccount.name=ops-sa")
+    kinds = {o["kind"] for o in objects}
+    assert "Service" not in kinds and "ServiceAccount" not in kinds
+    c = container(objects)
+    assert "--metrics-port=0" in c["args"] and "metrics" not in {p["name"] for p in c["ports"]}
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
+    assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops-sa"
+    assert not any(o["kind"] in ("ClusterRole", "Role") for o in render("rbac.create=false"))
+
+
+def test_chart_installs_the_generated_crd():
+    objects = render(crds=True)
+    crd = one(objects, "CustomResourceDefinition")
+    assert crd == yaml.safe_load((REPO / "crds" / "videocurationjobs.yaml").read_text())
+    assert crd["spec"]["names"]["shortNames"] == ["vcj"]
+
+
+def test_dockerfile_runs_the_operator_extra_as_non_root():
+    text = (REPO / "operator" / "Dockerfile").read_text()
+    assert "FROM python:3.11-slim" in text
+    assert "[operator]" in text and "[pipeline]" not in text
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert 'ENTRYPOINT ["python", "-m", "clipforge_operator"]' in text
