@@ -75,24 +75,17 @@ def test_list_files(storage: Storage, s3_bucket: str):
         storage.list_files(f"s3://{s3_bucket}/nothing-here", ["*.bin"])
 
 
-def test_check_writable(storage: Storage, s3_server, s3_bucket: str):
-    storage.check_writable(f"s3://{s3_bucket}/out")
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
-    # pyarrow may leave an empty "out/" directory marker; the probe object itself must be gone
-    assert not [k for k in keys if "clipforge-write-check" in k], keys
-
-    missing = f"s3://no-such-bucket-{s3_bucket}/out"
+def test_write_errors_name_the_object(storage: Storage, s3_bucket: str, monkeypatch):
+    missing = f"s3://no-such-bucket-{s3_bucket}/out/progress.json"
     with pytest.raises(StorageError) as info:
-        storage.check_writable(missing)
+        storage.write_bytes(missing, b"{}")
     assert missing in str(info.value)
 
-
-def test_check_writable_bad_credentials(storage: Storage, s3_bucket: str, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    root = f"s3://{s3_bucket}/out"
+    uri = f"s3://{s3_bucket}/out/progress.json"
     with pytest.raises(StorageError) as info:
-        storage.check_writable(root)
-    assert root in str(info.value)
+        storage.write_bytes(uri, b"{}")
+    assert uri in str(info.value) and "wrong" not in str(info.value)
 
 
 def test_large_object_multipart(storage: Storage, s3_server, s3_bucket: str):

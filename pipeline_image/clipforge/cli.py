@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = "failed"
     try:
-        with ProgressWriter(run.storage, run.root, run.stats):
+        with ProgressWriter(run):
             if executor == "local":
                 from clipforge.executors.local import run_local
 
@@ -70,8 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         summary = run.summary(state)
-        run_progress = ProgressWriter(run.storage, run.root, run.stats)
-        run_progress.write(state)
+        run.write_progress(state)
         if started_ray:
             import ray
 

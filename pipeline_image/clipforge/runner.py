@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from clipforge import layout
 from clipforge.spec import VideoCurationJob, VideoCurationJobSpec
-from clipforge.storage import Storage
+from clipforge.storage import Storage, StorageError
 from clipforge.tasks import VideoTask
 
 log = logging.getLogger(__name__)
@@ -66,16 +66,15 @@ class RunStats:
 
 
 class ProgressWriter:
-    """Writes progress.json on a timer, so it stays fresh while a long video is in flight."""
+    """Refreshes progress.json on a timer, so it stays fresh while a long video is in flight."""
 
-    def __init__(self, storage: Storage, root: str, stats: RunStats):
-        self.storage, self.uri, self.stats = storage, layout.join(root, layout.PROGRESS), stats
+    def __init__(self, run: JobRun):
+        self.run = run
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="clipforge-progress", daemon=True)
 
     def __enter__(self) -> ProgressWriter:
-        self.write("running")
+        self.run.write_progress("running")
         self._thread.start()
         return self
 
@@ -86,15 +85,9 @@ class ProgressWriter:
     def _loop(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
             try:
-                self.write("running")
-            except OSError as exc:  # a storage hiccup must not kill the run; the next tick retries
+                self.run.write_progress("running")
+            except StorageError as exc:  # a storage hiccup must not kill the run; the next tick retries
                 log.warning("could not write progress: %s", exc)
-
-    def write(self, state: str) -> dict:
-        with self._lock:
-            document = self.stats.to_json(state)
-            self.storage.write_bytes(self.uri, _json(document))
-            return document
 
 
 def _already_processed(storage: Storage, root: str, relative_path: str) -> bool:
@@ -150,10 +143,13 @@ class JobRun:
         self.root = self.spec.output.uri
         self.overwrite = overwrite
         self.stats = RunStats()
+        self._progress_lock = threading.Lock()
 
     def prepare(self) -> list[VideoTask]:
         """Checks the output and lists the inputs: storage problems surface here, before any work."""
-        self.storage.check_writable(self.root)
+        # The first object of a run doubles as the check that the output is writable; a
+        # throwaway probe object would leave a directory marker behind on S3.
+        self.write_progress("starting")
         tasks, self.stats.total, self.stats.skipped = discover(self.spec, self.storage, self.overwrite)
         return tasks
 
@@ -182,6 +178,11 @@ class JobRun:
         else:
             stats.done += 1
             stats.video_seconds += record["metadata"]["duration_s"]
+
+    def write_progress(self, state: str) -> None:
+        # Called from the progress thread and the driver: one document at a time.
+        with self._progress_lock:
+            self.storage.write_bytes(layout.join(self.root, layout.PROGRESS), _json(self.stats.to_json(state)))
 
     def summary(self, state: str) -> dict:
         document = {**self.stats.to_json(state), "failures": self.stats.failures, "output": self.root}

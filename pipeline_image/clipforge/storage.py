@@ -111,6 +111,12 @@ class Storage:
         return fs.get_file_info(path).type == pafs.FileType.File
 
     def write_bytes(self, uri: str, data: bytes) -> None:
+        try:
+            self._write(uri, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {uri}: {exc}") from None
+
+    def _write(self, uri: str, data: bytes) -> None:
         fs, path = self.resolve(uri)
         if is_s3(uri):
             with fs.open_output_stream(path) as out:
@@ -135,15 +141,6 @@ class Storage:
             fs.delete_file(path)
         except FileNotFoundError:
             pass
-
-    def check_writable(self, root: str) -> None:
-        """Fail fast, naming the output, when it can't be written (bad bucket, credentials, endpoint)."""
-        probe = join(root, f".clipforge-write-check-{uuid.uuid4().hex}")
-        try:
-            self.write_bytes(probe, b"ok")
-            self.delete(probe)
-        except OSError as exc:
-            raise StorageError(f"cannot write to output {root}: {exc}") from None
 
 
 class _RawNativeFile(io.RawIOBase):
