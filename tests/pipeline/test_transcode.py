@@ -1,0 +1,285 @@
+"""TranscodeStage: frame-accurate re-encoding, stream copy on keyframes, one pass per chunk."""
+
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+import pytest
+
+from clipforge.samples import SampleVideo, Segment, write_video
+from clipforge.stages.transcode import TranscodeStage, output_size, parse_bitrate
+
+FAST = {"preset": "ultrafast"}
+
+
+def run_stage(spec, task):  # noqa: ANN001
+    stage = TranscodeStage(spec)
+    stage.setup()
+    out = stage.run(task)
+    assert out == [task]
+    return task
+
+
+def pixel_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def assert_frame_accurate(clip, frames, source):  # noqa: ANN001
+    """The clip's first and last frames are the source's frames at start and end - 1, not their neighbours."""
+    for got, index in ((frames[0], clip.start_frame), (frames[-1], clip.end_frame - 1)):
+        error = pixel_error(got, source[index])
+        assert error < 6, f"clip {clip.start_frame}-{clip.end_frame}: frame {index} differs by {error}"
+        for neighbour in (index - 1, index + 1):
+            if 0 <= neighbour < len(source) and pixel_error(source[neighbour], source[index]) > 10:
+                assert error < pixel_error(got, source[neighbour]), f"frame {index} looks like {neighbour}"
+
+
+class CountingContainer:
+    """Wraps an input container: counts seeks, demux passes and the packets they read."""
+
+    def __init__(self, container, log):  # noqa: ANN001
+        self._container, self._log = container, log
+
+    def __getattr__(self, name):  # noqa: ANN001
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):  # noqa: ANN002
+        return self._container.__exit__(*exc)
+
+    def seek(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        self._log["seeks"] += 1
+        return self._container.seek(*args, **kwargs)
+
+    def demux(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        self._log["demux_calls"] += 1
+        for packet in self._container.demux(*args, **kwargs):
+            if packet.size:
+                self._log["packets"] += 1
+            yield packet
+
+
+@pytest.fixture
+def source_reads(monkeypatch):
+    """Counts what the stage reads from its source (containers av.open opens for reading).
+
+    Only sources opened as file objects count: the stage reads through Storage.open_read, while
+    the tests' own probing opens paths.
+    """
+    log = {"opens": 0, "seeks": 0, "demux_calls": 0, "packets": 0}
+    real_open = av.open
+
+    def counting_open(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        container = real_open(file, mode, *args, **kwargs)
+        if mode != "r" or isinstance(file, (str, os.PathLike)):
+            return container
+        log["opens"] += 1
+        return CountingContainer(container, log)
+
+    monkeypatch.setattr(av, "open", counting_open)
+    return log
+
+
+def test_encode_is_frame_accurate_with_overlapping_clips(stage_source, stage_source_frames, make_task, make_spec,
+                                                         decode_clip):
+    spans = [(5, 29), (20, 60), (47, 49), (60, 96), (90, 144)]  # overlaps, a 2-frame clip, keyframe edges
+    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, spans))
+    assert not task.errors
+    for clip, (start, end) in zip(task.clips, spans):
+        assert clip.errors == {}
+        assert (clip.start_frame, clip.end_frame, clip.keyframe_aligned) == (start, end, False)
+        frames, codec, width, height = decode_clip(clip.encoded)
+        assert len(frames) == clip.num_frames == end - start
+        assert (codec, width, height) == ("h264", 320, 180) == (clip.video_codec, clip.width, clip.height)
+        assert clip.framerate == 24
+        assert_frame_accurate(clip, frames, stage_source_frames)
+        # +faststart: the index comes before the media data, so the MP4 streams.
+        assert clip.encoded.index(b"moov") < clip.encoded.index(b"mdat")
+
+
+def test_one_seek_and_one_pass_per_chunk(stage_source, make_task, make_spec, source_reads):
+    # Keyframes are at 0, 48 and 96. Clip by clip, each seek would re-read from 48 (or 96):
+    # at least 62 + 92 + 44 = 198 packets. One pass reads from 48 to the end once.
+    spans = [(50, 110), (80, 140), (110, 144)]
+    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, spans))
+    assert all(c.encoded and not c.errors for c in task.clips)
+    assert source_reads["opens"] == 1
+    assert source_reads["seeks"] == 1
+    assert source_reads["demux_calls"] == 1
+    assert source_reads["packets"] <= 144 - 48
+
+
+def test_adjacent_clips_decode_each_source_frame_once(stage_source, make_task, make_spec, source_reads):
+    spans = [(52, 70), (70, 88), (88, 106)]
+    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, spans))
+    assert all(c.num_frames == 18 for c in task.clips)
+    assert source_reads["seeks"] == 1 and source_reads["demux_calls"] == 1
+    # From the keyframe at 48 to 106, plus the decoder's few frames of reordering delay.
+    assert source_reads["packets"] <= (106 - 48) + 6
+
+
+def test_a_chunk_from_the_start_does_not_seek(stage_source, make_task, make_spec, source_reads):
+    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, [(0, 24), (24, 48)]))
+    assert [c.num_frames for c in task.clips] == [24, 24]
+    assert source_reads["seeks"] == 0
+    assert source_reads["packets"] <= 48 + 6
+
+
+def test_downscale_keeps_aspect_with_even_sides(stage_source, stage_source_frames, make_task, make_spec, decode_clip):
+    task = run_stage(make_spec(transcoding={**FAST, "maxHeight": 101}), make_task(stage_source, [(10, 30)]))
+    clip = task.clips[0]
+    frames, _, width, height = decode_clip(clip.encoded)
+    assert (width, height) == (clip.width, clip.height) == (178, 100)
+    assert len(frames) == 20
+    small = av.VideoFrame.from_ndarray(stage_source_frames[10], format="rgb24").reformat(178, 100)
+    assert pixel_error(frames[0], small.to_ndarray(format="rgb24")) < 6
+    assert output_size(320, 180, 720) == (320, 180)
+    assert output_size(321, 181, None) == (320, 180)
+
+
+def test_default_encoder_settings_and_bitrate(stage_source, make_task, make_spec, decode_clip):
+    # Default preset (medium) and crf 23, then a bitrate instead of crf.
+    for transcoding in ({}, {"bitrate": "300k", "preset": "veryfast"}):
+        task = run_stage(make_spec(transcoding=transcoding), make_task(stage_source, [(30, 60)]))
+        frames, codec, _, _ = decode_clip(task.clips[0].encoded)
+        assert (len(frames), codec) == (30, "h264")
+    assert parse_bitrate("4M") == 4_000_000 and parse_bitrate("800k") == 800_000 and parse_bitrate("1000") == 1000
+
+
+@pytest.mark.parametrize(("encoder", "codec"), [("libvpx-vp9", "vp9"), ("libsvtav1", "av1")])
+def test_other_encoders(encoder, codec, stage_source, stage_source_frames, make_task, make_spec, decode_clip):
+    transcoding = {"encoder": encoder, "crf": 35, "preset": "8" if encoder == "libvpx-vp9" else "12"}
+    task = run_stage(make_spec(transcoding=transcoding), make_task(stage_source, [(50, 62), (58, 70)]))
+    for clip in task.clips:
+        assert clip.errors == {} and clip.video_codec == codec
+        frames, decoder, width, height = decode_clip(clip.encoded)
+        assert codec in decoder and (width, height) == (320, 180)
+        assert len(frames) == clip.num_frames == 12
+        assert pixel_error(frames[0], stage_source_frames[clip.start_frame]) < 6
+
+
+def test_nvenc_without_a_gpu_fails_per_clip(stage_source, make_task, make_spec, decode_clip):
+    task = run_stage(make_spec(transcoding={"encoder": "h264_nvenc", "preset": "p1"}),
+                     make_task(stage_source, [(0, 12), (12, 24)]))
+    assert not task.errors
+    for clip in task.clips:
+        if clip.encoded is None:  # the usual case: no NVIDIA GPU here
+            assert "h264_nvenc" in clip.errors["transcode"]
+        else:  # a machine with NVENC
+            frames, codec, _, _ = decode_clip(clip.encoded)
+            assert (len(frames), codec) == (12, "h264")
+
+
+def test_stream_copy_snaps_spans_to_keyframes(stage_source, stage_source_frames, make_task, make_spec, decode_clip,
+                                              source_reads):
+    spans = [(50, 70), (60, 100), (96, 120)]
+    task = make_task(stage_source, spans)
+    ids = [c.uuid for c in task.clips]
+    run_stage(make_spec(transcoding={"mode": "copy"}), task)
+    assert [c.uuid for c in task.clips] == ids
+    # [keyframe at or before start, first keyframe at or after end): whole GOPs, always decodable.
+    assert [(c.start_frame, c.end_frame) for c in task.clips] == [(48, 96), (48, 144), (96, 144)]
+    for clip in task.clips:
+        assert clip.errors == {} and clip.keyframe_aligned
+        assert clip.start_s == pytest.approx(clip.start_frame / 24) and clip.end_s == pytest.approx(clip.end_frame / 24)
+        frames, codec, width, height = decode_clip(clip.encoded)
+        assert (codec, width, height, clip.video_codec) == ("h264", 320, 180, "h264")
+        assert len(frames) == clip.num_frames == clip.end_frame - clip.start_frame
+        # Packets are copied, not re-encoded: the decoded pictures are the source's, exactly.
+        assert np.array_equal(frames[0], stage_source_frames[clip.start_frame])
+        assert np.array_equal(frames[-1], stage_source_frames[clip.end_frame - 1])
+        assert clip.encoded.index(b"moov") < clip.encoded.index(b"mdat")
+    assert source_reads["seeks"] == 1 and source_reads["demux_calls"] == 1
+    assert source_reads["packets"] <= 144 - 48
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".ts"])  # MPEG-TS: timestamps start at 1.4 s, no index to seek by
+def test_other_containers(suffix, tmp_path, make_task, make_spec, decode_clip):
+    video = SampleVideo("other", 160, 90, 25, (Segment(3, True, 5),))
+    path = write_video(video, tmp_path / f"source{suffix}", gop=25)
+    with av.open(str(path)) as container:
+        source = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    for mode in ("encode", "copy"):
+        task = run_stage(make_spec(transcoding={**FAST, "mode": mode}), make_task(path, [(30, 45), (45, 70)]))
+        for clip in task.clips:
+            assert clip.errors == {}
+            frames = decode_clip(clip.encoded)[0]
+            assert len(frames) == clip.end_frame - clip.start_frame
+            assert pixel_error(frames[0], source[clip.start_frame]) < 3
+        if mode == "copy":
+            assert [(c.start_frame, c.end_frame) for c in task.clips] == [(25, 50), (25, 75)]
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".mkv"])
+def test_stream_copy_of_open_gops(suffix, tmp_path, make_task, make_spec, decode_clip):
+    # x265's defaults: open GOPs, whose leading pictures are decoded after their keyframe but
+    # shown before it. A clip keeps the ones before its end (and so the keyframe they refer to).
+    video = SampleVideo("hevc", 160, 96, 25, (Segment(4, True, 6),))
+    path = write_video(video, tmp_path / f"source{suffix}", codec="libx265", gop=25)
+    with av.open(str(path)) as container:
+        source = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    task = run_stage(make_spec(transcoding={"mode": "copy"}), make_task(path, [(30, 45), (45, 70), (80, 100)]))
+    for clip in task.clips:
+        assert clip.errors == {} and clip.keyframe_aligned and clip.video_codec == "hevc"
+        frames, codec, _, _ = decode_clip(clip.encoded)
+        assert len(frames) == clip.num_frames == clip.end_frame - clip.start_frame
+        assert np.array_equal(frames[0], source[clip.start_frame])
+        assert np.array_equal(frames[-1], source[clip.end_frame - 1])
+    starts = [c.start_frame for c in task.clips]
+    assert starts == [25, 25, 75]
+    assert all(c.end_frame >= end for c, end in zip(task.clips, (45, 70, 100)))
+
+
+def test_clip_errors_are_recorded_per_clip(stage_source, make_task, make_spec, decode_clip):
+    # A clip running past the end keeps the frames that exist; one starting after the end fails;
+    # an empty span fails; the others are unaffected.
+    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, [(20, 30), (30, 30), (130, 200), (300, 320)]))
+    assert not task.errors
+    good, empty, tail, missing = task.clips
+    assert good.errors == {} and good.num_frames == 10
+    assert "empty" in empty.errors["transcode"] and empty.encoded is None
+    assert tail.errors == {} and (tail.end_frame, tail.num_frames) == (144, 14)
+    assert len(decode_clip(tail.encoded)[0]) == 14
+    assert "before the clip starts" in missing.errors["transcode"] and missing.encoded is None
+
+
+def test_unreadable_sources_fail_the_video_not_the_run(tmp_path, stage_source, make_task, make_spec):
+    meta = make_task(stage_source, []).meta
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all" * 100)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(stage_source.read_bytes()[: stage_source.stat().st_size // 2])
+    for path in (tmp_path / "missing.mp4", garbage, truncated):
+        task = make_task(path, [(0, 10)], meta=meta)
+        run_stage(make_spec(transcoding=FAST), task)
+        assert "transcode" in task.errors or "transcode" in task.clips[0].errors, path
+        assert task.clips[0].encoded is None
+
+
+def test_damaged_source_data_fails_only_the_clips_it_reaches(tmp_path, stage_source, stage_source_frames, make_task,
+                                                             make_spec, decode_clip):
+    # Break the biggest non-key packet between frames 100 and 120: its first NAL unit's length
+    # prefix now points past the packet, which the decoder rejects (the file's index stays intact).
+    with av.open(str(stage_source)) as container:
+        stream = container.streams.video[0]
+        packets = [(round(p.pts * stream.time_base * 24), p.pos, p.size) for p in container.demux(stream)
+                   if p.size and not p.is_keyframe]
+    _, position, size = max((p for p in packets if 100 <= p[0] < 120), key=lambda p: p[2])
+    data = bytearray(stage_source.read_bytes())
+    data[position: position + 4] = (size * 16).to_bytes(4, "big")
+    path = tmp_path / "scribbled.mp4"
+    path.write_bytes(bytes(data))
+
+    meta = make_task(stage_source, []).meta
+    task = run_stage(make_spec(transcoding=FAST), make_task(path, [(0, 48), (40, 96), (96, 144)], meta=meta))
+    assert not task.errors
+    first, second, damaged = task.clips
+    for clip in (first, second):
+        frames = decode_clip(clip.encoded)[0]
+        assert clip.errors == {} and len(frames) == clip.num_frames == clip.end_frame - clip.start_frame
+        assert_frame_accurate(clip, frames, stage_source_frames)
+    assert "damaged" in damaged.errors["transcode"] and damaged.encoded is None
