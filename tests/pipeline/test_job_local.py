@@ -154,3 +154,23 @@ def test_validate_command(tmp_path, capsys):
     job = write_manifest(tmp_path / "job.yaml", manifest("in", "out"))
     assert main(["validate", str(job)]) == 0
     assert "valid VideoCurationJob test-job" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algorithm", ["transnetv2", "scenedetect"])
+def test_scene_splitting_cuts_clips_inside_scenes(tmp_path, samples_dir, algorithm):
+    """Clips never straddle a known cut, and each scene yields its cropped clip."""
+    out = tmp_path / "out"
+    splitting = {"algorithm": algorithm, algorithm: {"minLengthS": 1, "maxLengthS": 10, "cropS": 0.5}}
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "three_scenes.mp4").write_bytes((samples_dir / "sub" / "three_scenes.mp4").read_bytes())
+    assert run_job(tmp_path, str(inputs), out, splitting=splitting) == 0
+
+    spans = sorted(load_json(p)["span_frames"] for p in (out / "metas" / "v0").glob("*.json"))
+    # three_scenes: 25 fps, scenes [0,100) [100,200) [200,275); 0.5 s (12 frames) cropped each side.
+    expected = [(0, 100), (100, 200), (200, 275)]
+    assert len(spans) == 3
+    for (start, end), (scene_start, scene_end) in zip(spans, expected):
+        assert abs(start - (scene_start + 12)) <= 2 and abs(end - (scene_end - 12)) <= 2
+    record = load_json(out / "processed_videos" / "three_scenes.mp4.json")
+    assert record["split_algorithm"] == algorithm and record["num_clips"] == 3

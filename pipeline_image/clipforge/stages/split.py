@@ -49,7 +49,7 @@ class SplitStage(Stage):
         if self.detector is None:
             return fixed_stride_spans(meta.num_frames, meta.framerate, self.spec.splitting.fixed_stride)
         with self.storage.open_read(task.source) as reader:
-            return self.detector.detect_spans(reader, meta.framerate)
+            return self.detector.detect(reader, meta.framerate).spans
 
     def process(self, task: VideoTask) -> list[VideoTask]:
         fps = task.meta.framerate
