@@ -96,6 +96,28 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         _metrics_started = True
 
 
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf and our client share one configuration: in-cluster, else $KUBECONFIG read at login time.
+
+    (kopf's built-in login would use the kubeconfig path the client fixed when it was imported.)
+    kopf calls this again when the API answers 401, which picks up rotated service-account tokens.
+    """
+    from kubernetes import client
+
+    load_config()
+    cfg = client.Configuration.get_default_copy()
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
+    scheme, _, token = header.partition(" ") if " " in header else ("", "", header)
+    return kopf.ConnectionInfo(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+        username=cfg.username or None, password=cfg.password or None,
+        scheme=scheme or None, token=token or None,
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
 @kopf.on.probe(id="jobs")
 def jobs_probe(**_: Any) -> dict[str, int]:
     return TRACKER.snapshot()

@@ -9,6 +9,7 @@ authentication and TLS. Errors surface as `kubernetes.client.exceptions.ApiExcep
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -31,7 +32,8 @@ def load_config() -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # $KUBECONFIG read now: the client reads it once, at import, for its default.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
 def _custom(group: str, version: str, namespace: str, plural: str, name: str | None = None) -> str:
