@@ -108,8 +108,14 @@ class Kube:
         return self._delete(_custom(RAY_GROUP, RAY_VERSION, namespace, RAYJOB_PLURAL, name))
 
     def list_rayjobs(self, namespace: str, job_uid: str) -> list[dict]:
+        """The job's RayJobs; none when KubeRay's CRD is not installed (404), so deletion never hangs."""
         path = _custom(RAY_GROUP, RAY_VERSION, namespace, RAYJOB_PLURAL)
-        return self.request("GET", path, query={"labelSelector": f"{LABEL_JOB_UID}={job_uid}"}).get("items") or []
+        try:
+            return self.request("GET", path, query={"labelSelector": f"{LABEL_JOB_UID}={job_uid}"}).get("items") or []
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
 
     def json_patch_rayjob(self, namespace: str, name: str, ops: list[dict]) -> dict:
         path = _custom(RAY_GROUP, RAY_VERSION, namespace, RAYJOB_PLURAL, name)

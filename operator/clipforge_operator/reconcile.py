@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from clipforge.spec import (
     TERMINAL_PHASES,
     InvalidJobError,
@@ -64,6 +66,10 @@ class Context:
 
 class NameConflict(Exception):
     """A child's deterministic name is taken by an object this job does not own."""
+
+
+class KubeRayMissing(Exception):
+    """The API has no ray.io/v1 RayJob resource: KubeRay is not installed (yet)."""
 
 
 def _owned_by(obj: Mapping, uid: str) -> bool:
@@ -183,6 +189,11 @@ def _ensure_rayjob(ctx: Context, namespace: str, job: VideoCurationJob, uid: str
         ctx.kube.delete_rayjob(namespace, b.rayjob_name(job.metadata.name, attempt - 1))
     try:
         return ctx.kube.create_rayjob(b.build_rayjob(job, namespace, uid, attempt)), True
+    except ApiException as exc:
+        if exc.status == 404:
+            raise KubeRayMissing(f"cannot create RayJob {name}: the API has no {b.RAY_GROUP}/{b.RAY_VERSION}"
+                                 " RayJob resource; install the KubeRay operator") from None
+        raise
     except AlreadyExists:
         existing = ctx.kube.get_rayjob(namespace, name)
         if existing is None or not _owned_by(existing, uid):
@@ -234,6 +245,12 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         rayjob, created = _ensure_rayjob(ctx, namespace, job, uid, attempt)
     except NameConflict as exc:
         _fail(st, "NameConflict", str(exc))
+        return _commit(ctx, namespace, name, st)
+    except KubeRayMissing as exc:  # not fatal: the timer tries again once KubeRay is there
+        if b.get_condition(st.new.get("conditions") or [], "Submitted") is None:
+            st.events.append(b.EventRecord("Warning", "KubeRayNotInstalled", str(exc)))
+        st.condition("Submitted", False, "KubeRayNotInstalled", str(exc))
+        st.new["message"] = str(exc)
         return _commit(ctx, namespace, name, st)
 
     rayjob_name = b.rayjob_name(name, attempt)

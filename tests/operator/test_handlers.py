@@ -566,3 +566,22 @@ def test_main_requires_an_explicit_scope():
         parse_args([])
     assert parse_args(["-A"]).all_namespaces
     assert parse_args(["--namespace", "videos"]).namespace == ["videos"]
+
+
+def test_missing_kuberay_is_reported_and_retried(h: Harness):
+    from kubernetes.client.exceptions import ApiException
+
+    real_create = h.kube.create_rayjob
+
+    def no_crd(body: dict) -> dict:
+        raise ApiException(status=404, reason="Not Found")
+
+    h.kube.create_rayjob = no_crd  # type: ignore[method-assign]
+    assert h.reconcile() == "Pending"
+    submitted = h.condition("Submitted")
+    assert submitted["status"] == "False" and submitted["reason"] == "KubeRayNotInstalled"
+    h.reconcile()
+    assert h.reasons() == ["KubeRayNotInstalled"]  # reported once, not on every tick
+    h.kube.create_rayjob = real_create  # type: ignore[method-assign]
+    assert h.reconcile() == "Provisioning"
+    assert h.condition("Submitted")["status"] == "True" and h.rayjobs() == ["demo"]
