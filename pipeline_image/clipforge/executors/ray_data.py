@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 from collections.abc import Iterator
 
 import ray
@@ -31,7 +32,13 @@ class _StageWorker:
         self.stage.setup()
 
     def __call__(self, row: dict) -> list[dict]:
-        return [{"task": task} for task in self.stage.run(row["task"])]
+        return [_row(task) for task in self.stage.run(pickle.loads(row["task"]))]
+
+
+def _row(task: VideoTask) -> dict:
+    # Tasks travel pickled in a binary column: Arrow cannot type nested dataclasses, and an
+    # explicit pickle spares Ray Data a failed conversion attempt on every block.
+    return {"task": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
 def local_cpus_needed(spec: VideoCurationJobSpec) -> int:
@@ -63,16 +70,16 @@ def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask]) -> Iterator[Vide
     ctx.enable_progress_bars = False  # the CLI draws its own, per video
     ctx.verbose_stats_logs = False
     # One block per video so videos stream through independently.
-    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, len(tasks)))
+    ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     for stage_cls in pipeline_stages():
         execution = stage_cls.execution(spec)
         ds = ds.flat_map(
             _StageWorker,
             fn_constructor_args=(stage_cls, spec),
-            concurrency=(execution.min_workers, execution.max_workers),
+            compute=ray.data.ActorPoolStrategy(min_size=execution.min_workers, max_size=execution.max_workers),
             num_cpus=execution.cpus,
             num_gpus=execution.gpus or None,
             resources={stage_resource_name(stage_cls.name): PINNED_RESOURCE_AMOUNT} if execution.pinned else None,
         )
     for row in ds.iter_rows():
-        yield row["task"]
+        yield pickle.loads(row["task"])

@@ -121,7 +121,7 @@ class _Timeline:
 
 
 @dataclass
-class _ClipEncoder:
+class ClipEncoder:
     """One clip's encoder writing MP4 (or WebM) into memory."""
 
     clip: Clip
@@ -132,7 +132,7 @@ class _ClipEncoder:
     damaged: list[int] = field(default_factory=list)  # indices of frames from damaged source data
 
     @classmethod
-    def open(cls, clip: Clip, spec, fps: Fraction, width: int, height: int) -> _ClipEncoder:  # noqa: ANN001
+    def open(cls, clip: Clip, spec, fps: Fraction, width: int, height: int) -> ClipEncoder:  # noqa: ANN001
         encoder = spec.encoder
         buffer = io.BytesIO()
         container = _open_output(buffer, "mp4")
@@ -257,7 +257,7 @@ class TranscodeStage(Stage):
         codec_name = _CODEC_NAMES.get(spec.encoder, spec.encoder)
         fps = timeline.fps
         waiting = list(clips)  # not started yet, by start
-        active: list[_ClipEncoder] = []
+        active: list[ClipEncoder] = []
         written = -1  # last frame index handed to the encoders
 
         def fail(clip: Clip, message: str) -> None:
@@ -269,7 +269,7 @@ class TranscodeStage(Stage):
             while waiting and waiting[0].start_frame <= index:
                 clip = waiting.pop(0)
                 try:
-                    active.append(_ClipEncoder.open(clip, spec, fps, out_w, out_h))
+                    active.append(ClipEncoder.open(clip, spec, fps, out_w, out_h))
                 except Exception as exc:  # noqa: BLE001
                     hint = " (h264_nvenc needs an NVIDIA GPU with NVENC)" if spec.encoder == "h264_nvenc" else ""
                     fail(clip, f"cannot open encoder {spec.encoder}{hint}: {type(exc).__name__}: {exc}")
@@ -288,7 +288,7 @@ class TranscodeStage(Stage):
                     encoder.abort()
                     fail(clip, f"encoding failed at frame {index}: {type(exc).__name__}: {exc}")
 
-        def finish(encoder: _ClipEncoder) -> None:
+        def finish(encoder: ClipEncoder) -> None:
             clip = encoder.clip
             if encoder.damaged:
                 encoder.abort()

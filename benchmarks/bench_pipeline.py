@@ -1,0 +1,131 @@
+"""Pipeline throughput against its floor, measured in the same run.
+
+Generates a realistic input set (720p and 1080p, with hard cuts, moving and static scenes),
+runs the whole pipeline on it, then measures the floor: one decode of every input plus one
+encode of the kept frames with the same encoder settings, in this process. Prints both and
+their ratio (pipeline throughput / floor throughput; 1.0 means the pipeline costs no more
+than the unavoidable decode+encode).
+
+    python benchmarks/bench_pipeline.py                  # Ray executor, fixed-stride 10 s clips
+    python benchmarks/bench_pipeline.py --executor local --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from clipforge.samples import SampleVideo, Segment, write_samples
+from clipforge.spec import parse_job
+from clipforge.stages.split import fixed_stride_spans
+from clipforge.stages.transcode import ClipEncoder, output_size
+from clipforge.tasks import Clip
+
+
+def inputs(seconds: float) -> list[SampleVideo]:
+    third = seconds / 3
+    return [
+        SampleVideo(f"hd_{i}", 1280, 720, 30, (Segment(third, True, 10 * i + 1), Segment(third, False, 10 * i + 2),
+                                             Segment(third, True, 10 * i + 3)))
+        for i in range(2)
+    ] + [
+        SampleVideo("fullhd", 1920, 1080, 30, (Segment(seconds / 2, True, 31), Segment(seconds / 2, True, 32))),
+    ]
+
+
+def job_document(input_dir: Path, output_dir: Path, executor: str) -> dict:
+    return {
+        "apiVersion": "clipforge.dev/v1alpha1",
+        "kind": "VideoCurationJob",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "input": {"uri": str(input_dir)},
+            "output": {"uri": str(output_dir)},
+            "transcoding": {"encoder": "libx264", "preset": "veryfast"},
+            "execution": {"executor": executor},
+        },
+    }
+
+
+def run_pipeline(document: dict, executor: str) -> tuple[float, dict]:
+    from clipforge.runner import JobRun
+
+    job = parse_job(document)
+    run = JobRun(job, overwrite=True)
+    tasks = run.prepare()
+    if executor == "local":
+        from clipforge.executors.local import run_local
+
+        started = time.perf_counter()
+        run.consume(run_local(job.spec, tasks))
+    else:
+        from clipforge.executors.ray_data import run_ray, start_ray
+
+        start_ray(job.spec, None)  # cluster start is not part of the job's throughput
+        started = time.perf_counter()
+        run.consume(run_ray(job.spec, tasks))
+    elapsed = time.perf_counter() - started
+    return elapsed, run.summary("succeeded")
+
+
+def floor(document: dict, paths: list[Path]) -> tuple[float, float, int]:
+    """(seconds, video seconds, clips): decode each input once, encode its kept frames once."""
+    spec = parse_job(document).spec
+    started = time.perf_counter()
+    video_seconds, clips = 0.0, 0
+    for path in paths:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = stream.average_rate
+            spans = fixed_stride_spans(stream.frames, float(fps), spec.splitting.fixed_stride)
+            width, height = output_size(stream.codec_context.width, stream.codec_context.height,
+                                        spec.transcoding.max_height)
+            video_seconds += stream.frames / float(fps)
+            clips += len(spans)
+            encoders: dict[tuple[int, int], ClipEncoder] = {}
+            for index, frame in enumerate(container.decode(stream)):
+                for span in spans:
+                    if span[0] <= index < span[1]:
+                        if span not in encoders:
+                            clip = Clip("floor", str(path), span[0], span[1], 0.0, 0.0)
+                            encoders[span] = ClipEncoder.open(clip, spec.transcoding, Fraction(fps), width, height)
+                        encoders[span].encode(frame.reformat(width, height, "yuv420p"))
+                    if index == span[1] - 1 and span in encoders:
+                        encoders.pop(span).finish()
+    return time.perf_counter() - started, video_seconds, clips
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each generated video")
+    parser.add_argument("--executor", choices=["ray", "local"], default="ray")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="clipforge-bench-") as tmp:
+        input_dir, output_dir = Path(tmp) / "in", Path(tmp) / "out"
+        print(f"generating {len(inputs(args.seconds))} videos of {args.seconds:.0f} s (720p, 1080p) ...", flush=True)
+        paths = write_samples(input_dir, inputs(args.seconds))
+        document = job_document(input_dir, output_dir, args.executor)
+
+        pipeline_s, summary = run_pipeline(document, args.executor)
+        floor_s, video_seconds, floor_clips = floor(document, paths)
+
+    clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
+    pipeline_rate, floor_rate = video_seconds / pipeline_s, video_seconds / floor_s
+    print(f"input: {video_seconds:.0f} video-seconds in {len(paths)} videos")
+    print(f"pipeline ({args.executor}): {pipeline_s:7.2f} s  {pipeline_rate:6.2f} video-s/s  {clips / pipeline_s:5.2f} clips/s"
+          f"  ({summary['clips']['passed']} passed, {summary['clips']['filtered']} filtered)")
+    print(f"floor (decode+encode): {floor_s:7.2f} s  {floor_rate:6.2f} video-s/s  {floor_clips / floor_s:5.2f} clips/s")
+    print(f"ratio pipeline/floor throughput: {pipeline_rate / floor_rate:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
