@@ -219,6 +219,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     if st.phase in TERMINAL_PHASES:
         return st.phase
     uid = _meta(body).get("uid", "")
+    st.new["observedGeneration"] = st.generation
 
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body},
@@ -254,7 +255,6 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         return _commit(ctx, namespace, name, st)
 
     rayjob_name = b.rayjob_name(name, attempt)
-    st.new["observedGeneration"] = st.generation
     if st.new.get("rayJobName") != rayjob_name:
         st.new.update(rayJobName=rayjob_name, rayClusterName=None, dashboardURL=None)
     if not st.new.get("startTime"):

@@ -1,8 +1,10 @@
-"""Reconciliation of VideoCurationJobs (what the kopf handlers run), against an in-memory API.
+"""The operator's handlers: reconciliation against an in-memory API, then the real operator
+(kopf) against the Kubernetes API emulator.
 
 `FakeKube` stands in for clipforge_operator.kube.Kube: same methods, objects as dicts, 409 on
 duplicate creates, JSON patches applied with `jsonpatch` (a failed `test` op fails the patch).
-The RayJob statuses driven here follow KubeRay's real sequences (see test_builders.py).
+The second half runs kopf with KopfRunner against clipforge_operator.emulator over HTTP.
+The RayJob statuses driven in both follow KubeRay's real sequences (see test_builders.py).
 """
 
 from __future__ import annotations
@@ -11,13 +13,20 @@ import base64
 import copy
 import json
 import logging
+import os
+import re
+import subprocess
+import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
+import yaml
 
+from clipforge.spec import STAGES
 from clipforge_operator import builders as b
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
@@ -585,3 +594,316 @@ def test_missing_kuberay_is_reported_and_retried(h: Harness):
     h.kube.create_rayjob = real_create  # type: ignore[method-assign]
     assert h.reconcile() == "Provisioning"
     assert h.condition("Submitted")["status"] == "True" and h.rayjobs() == ["demo"]
+
+
+# ------------------------------------------------------------------ the real operator, emulated API
+#
+# kopf (KopfRunner, in this process) against clipforge_operator.emulator over HTTP, with the
+# real kubectl for applying manifests. Nothing runs KubeRay here: the tests play its part by
+# writing RayJob statuses in KubeRay's real sequences. One emulator per module, one namespace
+# and one operator (namespace mode) per test, a 1-second timer.
+
+KUBERAY_CRDS = [
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.ray.io"},
+        "spec": {
+            "group": "ray.io",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()},
+            "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
+                          "schema": {"openAPIV3Schema": {"type": "object",
+                                                         "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }
+    for kind, plural in (("RayJob", "rayjobs"), ("RayCluster", "rayclusters"))
+]
+VCJ = "videocurationjobs.clipforge.dev"
+RAYJOBS = "rayjobs.ray.io"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def k8s(tmp_path_factory: pytest.TempPathFactory):
+    from clipforge_operator.emulator import KubeAPIEmulator
+
+    with KubeAPIEmulator(crds=[REPO / "crds" / "videocurationjobs.yaml", *KUBERAY_CRDS]) as api:
+        api.kubeconfig_path = api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
+        yield api
+
+
+@pytest.fixture(scope="module")
+def operator_registry():
+    """The handlers registered afresh with a 1-second timer (the interval is fixed at import)."""
+    import importlib
+
+    import kopf
+
+    from clipforge_operator import handlers  # first import: registers into the default registry
+
+    previous_registry = kopf.get_default_registry()
+    previous = {k: os.environ.get(k) for k in ("CLIPFORGE_PROGRESS_INTERVAL", "CLIPFORGE_METRICS_PORT")}
+    os.environ.update(CLIPFORGE_PROGRESS_INTERVAL="1", CLIPFORGE_METRICS_PORT="0")
+    registry = kopf.OperatorRegistry()
+    kopf.set_default_registry(registry)
+    try:
+        importlib.reload(handlers)
+        assert handlers.PROGRESS_INTERVAL == 1
+        yield registry
+    finally:
+        kopf.set_default_registry(previous_registry)
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class Cluster:
+    """A namespace on the emulator, an operator serving it, and helpers to play KubeRay."""
+
+    def __init__(self, k8s: Any, namespace: str, output: Path):
+        self.k8s, self.ns, self.output = k8s, namespace, output
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        from clipforge_operator.emulator import kube_tool
+
+        kubectl = kube_tool("kubectl")
+        assert kubectl, "kubectl missing: bash scripts/install-kube-tools.sh"
+        proc = subprocess.run([str(kubectl), "--kubeconfig", str(self.k8s.kubeconfig_path), "-n", self.ns, *args],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def apply(self, name: str = "job", **spec: Any) -> str:
+        doc = yaml.safe_load((REPO / "examples" / "cpu-job.yaml").read_text())
+        doc["metadata"]["name"] = name
+        doc["spec"]["output"]["uri"] = str(self.output)
+        doc["spec"]["retryBackoff"] = {"initialSeconds": 1, "maxSeconds": 1}
+        doc["spec"].update(spec)
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+        return name
+
+    def job(self, name: str = "job") -> dict:
+        return self.k8s.get(VCJ, name, namespace=self.ns)
+
+    def status(self, name: str = "job") -> dict:
+        return self.job(name).get("status") or {}
+
+    def condition(self, type_: str, name: str = "job") -> dict | None:
+        return b.get_condition(self.status(name).get("conditions") or [], type_)
+
+    def rayjob(self, name: str) -> dict | None:
+        return self.k8s.get_or_none(RAYJOBS, name, namespace=self.ns)
+
+    def rayjobs(self) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in self.k8s.list(RAYJOBS, namespace=self.ns))
+
+    def kuberay(self, rayjob: str, **status: Any) -> None:
+        """Write a RayJob status the way KubeRay does (the status subresource)."""
+        self.k8s.patch(RAYJOBS, rayjob, {"status": status}, namespace=self.ns, subresource="status")
+
+    def events(self, name: str = "job") -> list[tuple[str, str, str]]:
+        return [(e.get("type"), e.get("reason"), e.get("message"))
+                for e in self.k8s.list("v1/events", namespace=self.ns)
+                if (e.get("involvedObject") or {}).get("name") == name]
+
+    def wait(self, check: Any, timeout: float = 20, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                value = check()
+            except AssertionError:
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                check()  # raise the assertion with its message, if it is one
+                raise AssertionError(f"timed out waiting for {what or check}")
+            time.sleep(0.1)
+
+    def wait_phase(self, phase: str, name: str = "job", timeout: float = 20) -> dict:
+        return self.wait(lambda: self.status(name).get("phase") == phase and self.status(name), timeout,
+                         f"phase {phase} (now {self.status(name).get('phase')})")
+
+
+@contextmanager
+def operator(k8s: Any, namespace: str, registry: Any) -> Any:
+    from kopf.testing import KopfRunner
+
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(k8s.kubeconfig_path)
+    try:
+        with KopfRunner(["run", "--standalone", "--namespace", namespace], registry=registry, timeout=60) as runner:
+            yield runner
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+    assert runner.exception is None, runner.output[-3000:]
+    assert "Traceback" not in runner.output, runner.output[-5000:]
+
+
+@pytest.fixture
+def cluster(k8s: Any, operator_registry: Any, tmp_path: Path, request: pytest.FixtureRequest):
+    namespace = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    k8s.create_namespace(namespace)
+    c = Cluster(k8s, namespace, tmp_path / "out")
+    c.output.mkdir()
+    with operator(k8s, namespace, operator_registry) as runner:
+        c.runner = runner
+        yield c
+
+
+def test_operator_applies_a_job_as_configmap_and_rayjob(cluster: Cluster):
+    cluster.apply()
+    rj = cluster.wait(lambda: cluster.rayjob("job"), what="RayJob")
+    assert rj["spec"]["entrypoint"] == "clipforge run /etc/clipforge/job.yaml"
+    owner = rj["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "VideoCurationJob" and owner["uid"] == cluster.job()["metadata"]["uid"]
+    cm = cluster.k8s.get("v1/configmaps", "job-config", namespace=cluster.ns)
+    assert all(getattr(b.spec_from_configmap(cm).execution.stages, s).pinned for s in STAGES)
+    status = cluster.wait_phase("Provisioning")
+    assert status["rayJobName"] == "job" and cluster.condition("Submitted")["status"] == "True"
+    table = cluster.kubectl("get", "vcj")
+    assert "PHASE" in table and "Provisioning" in table
+
+
+def test_success_sequence_reports_progress_and_events(cluster: Cluster):
+    cluster.apply()
+    cluster.wait(lambda: cluster.rayjob("job"))
+    cluster.kuberay("job", jobDeploymentStatus="Initializing", startTime=b.rfc3339(datetime.now(UTC)))
+    cluster.kuberay("job", jobDeploymentStatus="Running", jobStatus="PENDING", rayClusterName="job-raycluster-a1b2c")
+    cluster.kuberay("job", jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName="job-raycluster-a1b2c",
+                    dashboardURL="job-raycluster-a1b2c-head-svc.ns.svc.cluster.local:8265")
+    status = cluster.wait_phase("Running")
+    assert status["rayClusterName"] == "job-raycluster-a1b2c" and status["dashboardURL"].endswith(":8265")
+    report = {"state": "running", "updatedAt": "2025-06-01T12:00:00Z", "elapsedSeconds": 3.0,
+              "videos": {"total": 4, "done": 1, "failed": 0, "skipped": 0}, "clips": {"passed": 6, "filtered": 1},
+              "videoSecondsProcessed": 20.0, "throughputVideoSecondsPerSecond": 6.7, "clipsPerSecond": 2.0}
+    (cluster.output / "progress.json").write_text(json.dumps(report))
+    cluster.wait(lambda: (cluster.status().get("progress") or {}).get("videosDone") == 1, what="progress")
+    (cluster.output / "summary.json").write_text(json.dumps({**report, "state": "succeeded", "failures": [],
+                                                             "videos": {**report["videos"], "done": 4}}))
+    cluster.kuberay("job", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    status = cluster.wait_phase("Succeeded")
+    assert status["progress"]["videosDone"] == 4 and status["completionTime"]
+    assert cluster.condition("Succeeded")["status"] == "True"
+    assert "Succeeded 4" in re.sub(r"\s+", " ", cluster.kubectl("get", "vcj", "job"))
+    reasons = cluster.wait(lambda: {r for _, r, _ in cluster.events()} >= {"Provisioning", "Running", "Succeeded"}
+                           and {r for _, r, _ in cluster.events()})
+    assert "AttemptFailed" not in reasons
+
+
+def test_app_failure_is_retried_under_a_new_name(cluster: Cluster):
+    cluster.apply(maxRetries=1)
+    cluster.wait(lambda: cluster.rayjob("job"))
+    cluster.kuberay("job", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_phase("Running")
+    cluster.kuberay("job", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
+                    message="Job entrypoint command failed with exit code 1")
+    retry = cluster.wait(lambda: cluster.rayjob("job-retry-1"), what="retry RayJob")
+    assert retry["metadata"]["labels"][b.LABEL_ATTEMPT] == "1"
+    cluster.wait(lambda: cluster.rayjob("job") is None, what="failed attempt deleted")
+    status = cluster.status()
+    assert status["retries"] == 1 and status["rayJobName"] == "job-retry-1"
+    warnings = [(r, m) for t, r, m in cluster.events() if t == "Warning"]
+    assert any(r == "AttemptFailed" and "exit code 1" in m for r, m in warnings)
+    cluster.kuberay("job-retry-1", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    cluster.wait_phase("Succeeded")
+
+
+def test_submission_failure_without_retries_fails_the_job(cluster: Cluster):
+    cluster.apply(maxRetries=0)
+    cluster.wait(lambda: cluster.rayjob("job"))
+    cluster.kuberay("job", jobDeploymentStatus="Failed", reason="SubmissionFailed",
+                    message="Job submission has failed. Reason: the submitter K8s Job has failed")
+    cluster.wait_phase("Failed")
+    failed = cluster.condition("Failed")
+    assert failed["status"] == "True" and failed["reason"] == "SubmissionFailed"
+    assert "submitter" in failed["message"]
+    cluster.wait(lambda: ("Warning", "Failed") in {(t, r) for t, r, _ in cluster.events()}, what="Failed event")
+    assert cluster.rayjobs() == ["job"]
+
+
+def test_stuck_initializing_fails_at_the_pending_deadline(cluster: Cluster):
+    cluster.apply(maxRetries=0, pendingDeadlineSeconds=2)
+    cluster.wait(lambda: cluster.rayjob("job"))
+    cluster.kuberay("job", jobDeploymentStatus="Initializing", startTime=b.rfc3339(datetime.now(UTC)))
+    cluster.wait_phase("Failed", timeout=15)
+    assert cluster.condition("Failed")["reason"] == "PendingDeadlineExceeded"
+    cluster.wait(lambda: cluster.rayjobs() == [], what="stuck RayJob deleted")
+
+
+def test_operator_restart_mid_job_neither_duplicates_nor_loses(
+        k8s: Any, operator_registry: Any, tmp_path: Path):
+    k8s.create_namespace("restart")
+    c = Cluster(k8s, "restart", tmp_path)
+    with operator(k8s, "restart", operator_registry):
+        c.apply()
+        c.wait(lambda: c.rayjob("job"))
+        c.kuberay("job", jobDeploymentStatus="Running", jobStatus="RUNNING")
+        c.wait_phase("Running")
+    before = c.job()
+    uid = c.rayjob("job")["metadata"]["uid"]
+    c.kuberay("job", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")  # finished while no operator ran
+    with operator(k8s, "restart", operator_registry):
+        c.wait_phase("Succeeded")
+        time.sleep(1.5)  # a few timer ticks
+    assert c.rayjobs() == ["job"] and c.rayjob("job")["metadata"]["uid"] == uid
+    after = c.job()
+    assert after["status"]["startTime"] == before["status"]["startTime"] and after["status"]["retries"] == 0
+
+
+def test_spec_updates_rescale_or_are_refused(cluster: Cluster):
+    cluster.apply()
+    rj = cluster.wait(lambda: cluster.rayjob("job"))
+    cluster.k8s.create({"apiVersion": "ray.io/v1", "kind": "RayCluster",
+                        "metadata": {"name": "job-raycluster-a1b2c", "namespace": cluster.ns},
+                        "spec": rj["spec"]["rayClusterSpec"]})
+    cluster.kuberay("job", jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName="job-raycluster-a1b2c")
+    cluster.wait_phase("Running")
+    cluster.kubectl("patch", "vcj", "job", "--type=merge", "-p", json.dumps(
+        {"spec": {"cluster": {"cpuWorkers": {"maxReplicas": 7}}}}))
+
+    def rescaled() -> bool:
+        group = cluster.k8s.get("rayclusters.ray.io", "job-raycluster-a1b2c", namespace=cluster.ns)
+        return group["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 7
+
+    cluster.wait(rescaled, what="RayCluster rescaled")
+    cluster.kubectl("patch", "vcj", "job", "--type=merge", "-p", json.dumps(
+        {"spec": {"splitting": {"algorithm": "transnetv2"}}}))
+    refused = cluster.wait(lambda: cluster.condition("SpecUpdateRefused"), what="refusal condition")
+    assert refused["status"] == "True" and "splitting.algorithm" in refused["message"]
+    assert cluster.status()["phase"] == "Running"
+    assert b.spec_from_configmap(cluster.k8s.get("v1/configmaps", "job-config", namespace=cluster.ns)
+                                 ).splitting.algorithm == "fixed-stride"
+
+
+def test_deletion_removes_children_and_the_job(cluster: Cluster):
+    cluster.apply()
+    cluster.wait(lambda: cluster.rayjob("job"))
+    cluster.kubectl("delete", "vcj", "job", "--wait=false")
+    cluster.wait(lambda: cluster.k8s.get_or_none(VCJ, "job", namespace=cluster.ns) is None, what="job deleted")
+    assert cluster.rayjobs() == []
+    assert cluster.k8s.get_or_none("v1/configmaps", "job-config", namespace=cluster.ns) is None
+
+
+def test_kubectl_explains_validates_and_defaults_with_the_crd(k8s: Any, tmp_path: Path):
+    k8s.create_namespace("kubectl-crd")
+    c = Cluster(k8s, "kubectl-crd", tmp_path)
+    explained = c.kubectl("explain", "vcj.spec.cluster.cpuWorkers")
+    assert "The CPU worker group" in explained and "maxReplicas" in explained
+    for example in ("cpu-job.yaml", "gpu-job.yaml", "s3-job.yaml"):
+        c.kubectl("apply", "--dry-run=server", "-f", str(REPO / "examples" / example))
+    c.kubectl("apply", "-f", str(REPO / "examples" / "gpu-job.yaml"))
+    stored = k8s.get(VCJ, "gpu-demo", namespace="kubectl-crd")["spec"]
+    assert stored["maxRetries"] == 2 and stored["transcoding"]["crf"] == 23  # defaults filled in by the API
+    bad = (REPO / "examples" / "cpu-job.yaml").read_text().replace("fixed-stride", "magic")
+    from clipforge_operator.emulator import kube_tool
+
+    proc = subprocess.run([str(kube_tool("kubectl")), "--kubeconfig", str(k8s.kubeconfig_path), "-n", "kubectl-crd",
+                           "apply", "-f", "-"], input=bad, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "spec.splitting.algorithm" in proc.stderr
