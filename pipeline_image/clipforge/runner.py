@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -90,12 +91,25 @@ class ProgressWriter:
                 log.warning("could not write progress: %s", exc)
 
 
-def _already_processed(storage: Storage, root: str, relative_path: str) -> bool:
-    uri = layout.video_record(root, relative_path)
-    if not storage.exists(uri):
-        return False
-    # Failed videos are recorded too, but retried: their failure may have been transient.
-    return not json.loads(storage.read_bytes(uri)).get("errors")
+def processed_videos(storage: Storage, root: str) -> set[str]:
+    """Relative paths of the videos recorded as processed without errors under root.
+
+    One listing of processed_videos/ and concurrent reads of its records: a rerun over a
+    large output must not cost a round trip per input video in sequence.
+    """
+    records_root = layout.join(root, layout.PROCESSED_VIDEOS)
+    try:
+        records = storage.list_files(records_root, ["*.json"])
+    except StorageError:
+        return set()  # no records yet
+
+    def succeeded(record: tuple[str, str, int]) -> str | None:
+        uri, relative, _size = record
+        # Failed videos are recorded too, but retried: their failure may have been transient.
+        return None if json.loads(storage.read_bytes(uri)).get("errors") else relative[: -len(".json")]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {path for path in pool.map(succeeded, records) if path is not None}
 
 
 def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool) -> tuple[list[VideoTask], int, int]:
@@ -103,13 +117,9 @@ def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool) -> t
     inputs = storage.list_files(spec.input.uri, spec.input.patterns)
     if spec.input.limit:
         inputs = inputs[: spec.input.limit]
-    tasks, skipped = [], 0
-    for uri, relative_path, _size in inputs:
-        if not overwrite and _already_processed(storage, spec.output.uri, relative_path):
-            skipped += 1
-            continue
-        tasks.append(VideoTask(source=uri, relative_path=relative_path))
-    return tasks, len(inputs), skipped
+    done = set() if overwrite else processed_videos(storage, spec.output.uri)
+    tasks = [VideoTask(source=uri, relative_path=rel) for uri, rel, _size in inputs if rel not in done]
+    return tasks, len(inputs), len(inputs) - len(tasks)
 
 
 def video_record(chunks: list[VideoTask]) -> dict:
