@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,7 +192,7 @@ _SI = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E"
        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 
-def parse_quantity(value: str | int | float | None) -> float | None:
+def parse_quantity(value: str | float | None) -> float | None:
     if value is None:
         return None
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", str(value))
@@ -513,7 +513,7 @@ def parse_time(value: str | datetime | None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # 3.11 reads the Z suffix too
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -657,10 +657,3 @@ class EventRecord:
     reason: str
     message: str
 
-
-@dataclass
-class StatusUpdate:
-    """The status fields to merge-patch, and the Events that go with the change."""
-
-    patch: dict = field(default_factory=dict)
-    events: list[EventRecord] = field(default_factory=list)

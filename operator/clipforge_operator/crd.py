@@ -228,7 +228,7 @@ def to_jsonschema(schema: dict) -> dict:
     return node
 
 
-def validator():  # noqa: ANN201 - jsonschema is a dev/test dependency; imported lazily
+def validator():
     """A jsonschema validator for whole VideoCurationJob manifests, built from the CRD schema."""
     import jsonschema
 

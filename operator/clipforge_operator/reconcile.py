@@ -48,7 +48,7 @@ class Context:
     """What reconciliation needs from the outside world (real or fake)."""
 
     kube: Any  # clipforge_operator.kube.Kube or a test double with the same methods
-    emit: EmitFn = lambda body, event: None  # noqa: E731 - posts a Kubernetes Event on the job
+    emit: EmitFn = lambda body, event: None  # posts a Kubernetes Event on the job
     now: Callable[[], datetime] = _utcnow
     progress: ProgressFn = read_progress
     read_secrets: bool = True  # read storage.credentialsSecret to fetch progress from S3

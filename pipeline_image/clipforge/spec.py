@@ -6,17 +6,15 @@ Every field carries a description: the CRD generator copies them so `kubectl exp
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
+from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
-from datetime import datetime
-from importlib import metadata as _metadata
-
-from pydantic import BeforeValidator, WithJsonSchema
 
 API_GROUP = "clipforge.dev"
 API_VERSION = "v1alpha1"

@@ -38,7 +38,7 @@ def tools() -> None:
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120, check=False)
     if check and proc.returncode != 0:
         pytest.fail(f"helm {shlex.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -43,7 +43,7 @@ def schema(definition: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def validator():  # noqa: ANN201
+def validator():
     return crd.validator()
 
 
@@ -214,7 +214,7 @@ def test_examples_exist():
     assert {p.name for p in EXAMPLES} >= {"cpu-job.yaml", "gpu-job.yaml", "s3-job.yaml"}
 
 
-def _bad(mutate) -> dict:  # noqa: ANN001
+def _bad(mutate) -> dict:
     doc = copy.deepcopy(_jobs_in(REPO / "examples" / "cpu-job.yaml")[0])
     mutate(doc)
     return doc
