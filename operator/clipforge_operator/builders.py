@@ -29,6 +29,7 @@ from clipforge.spec import (
     API_VERSION,
     KIND,
     STAGES,
+    stage_resources,
     GpuWorkerGroupSpec,
     JobPhase,
     PodResources,
@@ -239,19 +240,19 @@ def worker_groups(spec: VideoCurationJobSpec) -> list[GroupPlan]:
 
     Unset replica bounds are derived from the stages' minWorkers/maxWorkers and what one pod fits.
     """
-    stages = spec.execution.stages
-    cpu_stages = tuple(s for s in STAGES if getattr(stages, s).gpus == 0)
-    gpu_stages = tuple(s for s in STAGES if getattr(stages, s).gpus > 0)
+    stages = {s: stage_resources(spec, s) for s in STAGES}
+    cpu_stages = tuple(s for s in STAGES if stages[s].gpus == 0)
+    gpu_stages = tuple(s for s in STAGES if stages[s].gpus > 0)
     plans: list[GroupPlan] = []
     if cpu_stages:
         settings = spec.cluster.cpu_workers
         pod_cpus = _pod_cpus(settings.resources)
-        need_min = sum(getattr(stages, s).cpus * getattr(stages, s).min_workers for s in cpu_stages)
-        need_max = sum(getattr(stages, s).cpus * getattr(stages, s).max_workers for s in cpu_stages)
+        need_min = sum(stages[s].cpus * stages[s].min_workers for s in cpu_stages)
+        need_max = sum(stages[s].cpus * stages[s].max_workers for s in cpu_stages)
         low, high = _bounds(settings, math.ceil(need_min / pod_cpus - 1e-9), math.ceil(need_max / pod_cpus - 1e-9))
         plans.append(GroupPlan(CPU_GROUP, cpu_stages, settings, 0, low, high))
     for stage in gpu_stages:
-        hints = getattr(stages, stage)
+        hints = stages[stage]
         settings = gpu_group_settings(spec, stage)
         if hints.gpus > settings.gpus:
             raise BuildError(

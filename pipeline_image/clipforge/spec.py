@@ -7,6 +7,7 @@ Every field carries a description: the CRD generator copies them so `kubectl exp
 from __future__ import annotations
 
 from datetime import datetime
+from dataclasses import dataclass
 from enum import Enum
 from importlib import metadata as _metadata
 from pathlib import Path
@@ -181,10 +182,12 @@ class PreviewSpec(SpecModel):
 
 
 class StageExecution(SpecModel):
-    cpus: float = _f(1.0, "CPUs each worker of this stage reserves.", ge=0)
-    gpus: float = _f(0.0, "GPUs each worker of this stage reserves (fractions share a GPU).", ge=0)
-    min_workers: int = _f(1, "Workers kept alive for this stage.", ge=1)
-    max_workers: int = _f(4, "Workers this stage may scale up to.", ge=1)
+    """Hints for one stage; what is unset takes the stage's default (STAGE_DEFAULTS)."""
+
+    cpus: float | None = _f(None, "CPUs each worker of this stage reserves.", ge=0)
+    gpus: float | None = _f(None, "GPUs each worker of this stage reserves (fractions share a GPU).", ge=0)
+    min_workers: int | None = _f(None, "Workers kept alive for this stage.", ge=1)
+    max_workers: int | None = _f(None, "Workers this stage may scale up to (at least minWorkers).", ge=1)
     pinned: bool = _f(
         False,
         "Run only on Ray nodes advertising the custom resource clipforge_<stage> (the operator's worker group for it).",
@@ -192,26 +195,49 @@ class StageExecution(SpecModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> StageExecution:
-        if self.max_workers < self.min_workers:
+        if self.min_workers is not None and self.max_workers is not None and self.max_workers < self.min_workers:
             raise ValueError("maxWorkers must be >= minWorkers")
         return self
 
 
-def _stage(cpus: float, max_workers: int = 4, gpus: float = 0.0) -> Any:
+@dataclass(frozen=True)
+class StageResources:
+    """A stage's effective execution settings: its defaults with the spec's hints applied."""
+
+    cpus: float
+    gpus: float
+    min_workers: int
+    max_workers: int
+    pinned: bool = False
+
+
+# Light stages reserve fractions of a CPU so that one worker of each fits a 2-core laptop.
+STAGE_DEFAULTS = {
+    "probe": StageResources(cpus=0.25, gpus=0.0, min_workers=1, max_workers=2),
+    "split": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=4),
+    "transcode": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=8),
+    "motion": StageResources(cpus=0.5, gpus=0.0, min_workers=1, max_workers=4),
+    "preview": StageResources(cpus=0.5, gpus=0.0, min_workers=1, max_workers=4),
+    "write": StageResources(cpus=0.25, gpus=0.0, min_workers=1, max_workers=2),
+}
+
+
+def _stage(name: str) -> Any:
+    d = STAGE_DEFAULTS[name]
     return Field(
-        default_factory=lambda: StageExecution(cpus=cpus, gpus=gpus, max_workers=max_workers),
-        description="Execution hints for this stage.",
+        default_factory=StageExecution,
+        description=f"Execution hints for the {name} stage (defaults: {d.cpus:g} CPU, {d.gpus:g} GPU,"
+        f" {d.min_workers}-{d.max_workers} workers).",
     )
 
 
 class StagesExecution(SpecModel):
-    # Light stages reserve fractions of a CPU so that one of each fits a 2-core laptop.
-    probe: StageExecution = _stage(0.25, 2)
-    split: StageExecution = _stage(1.0)
-    transcode: StageExecution = _stage(1.0, 8)
-    motion: StageExecution = _stage(0.5)
-    preview: StageExecution = _stage(0.5)
-    write: StageExecution = _stage(0.25, 2)
+    probe: StageExecution = _stage("probe")
+    split: StageExecution = _stage("split")
+    transcode: StageExecution = _stage("transcode")
+    motion: StageExecution = _stage("motion")
+    preview: StageExecution = _stage("preview")
+    write: StageExecution = _stage("write")
 
 
 class ExecutionSpec(SpecModel):
@@ -422,6 +448,21 @@ class VideoCurationJobSpec(SpecModel):
     )
     ttl_seconds_after_finished: int = _f(
         300, "Seconds the finished Ray cluster is kept (for its logs) before KubeRay deletes it.", ge=0
+    )
+
+
+def stage_resources(spec: VideoCurationJobSpec, stage: str) -> StageResources:
+    """What `stage` runs with under `spec`: each unset hint falls back to the stage default."""
+    hints: StageExecution = getattr(spec.execution.stages, stage)
+    default = STAGE_DEFAULTS[stage]
+    min_workers = default.min_workers if hints.min_workers is None else hints.min_workers
+    max_workers = hints.max_workers if hints.max_workers is not None else max(default.max_workers, min_workers)
+    return StageResources(
+        cpus=default.cpus if hints.cpus is None else hints.cpus,
+        gpus=default.gpus if hints.gpus is None else hints.gpus,
+        min_workers=min_workers,
+        max_workers=max_workers,
+        pinned=hints.pinned,
     )
 
 

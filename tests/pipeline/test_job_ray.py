@@ -38,8 +38,8 @@ def many_videos(tmp_path_factory, samples_dir) -> Path:
     return directory
 
 
-def job_file(tmp_path: Path, input_uri: str, output: Path, executor: str, name: str = "job.yaml") -> Path:
-    spec = {"splitting": FIVE_SECOND_CLIPS, "execution": {"executor": executor, "clipsPerChunk": 1}}
+def job_file(tmp_path: Path, input_uri: str, output: Path, executor: str, name: str = "job.yaml", **execution) -> Path:
+    spec = {"splitting": FIVE_SECOND_CLIPS, "execution": {"executor": executor, "clipsPerChunk": 1, **execution}}
     return write_manifest(tmp_path / name, manifest(input_uri, str(output), **spec))
 
 
@@ -87,15 +87,18 @@ def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
     from clipforge.cli import main
 
     out = tmp_path / "out"
-    job = job_file(tmp_path, str(many_videos), out, "ray")
+    # Transcode is pinned to nodes advertising its resource, as on the operator's worker groups.
+    job = job_file(tmp_path, str(many_videos), out, "ray", stages={"transcode": {"pinned": True}})
     killed: list[int] = []
     chunks_at_kill: list[int] = []
+    transcode_resource_free: list[float] = []
 
     def kill_workers_once_work_is_written() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not list((out / "processed_clip_chunks").glob("*.json")):
             time.sleep(0.1)
         chunks_at_kill.append(len(list((out / "processed_clip_chunks").glob("*.json"))))
+        transcode_resource_free.append(ray.available_resources().get("clipforge_transcode", 0))
         # Ray titles each actor's process `ray::<class>...`; Ray Data's stage actors are MapWorkers.
         for pid in os.listdir("/proc"):
             try:
@@ -106,7 +109,7 @@ def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
 
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(num_cpus=4, include_dashboard=False, resources={"clipforge_transcode": 100})
     try:
         killer = threading.Thread(target=kill_workers_once_work_is_written)
         killer.start()
@@ -115,6 +118,7 @@ def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
     finally:
         ray.shutdown()
     assert killed and chunks_at_kill[0] < 24, "the run finished before the test could interrupt it"
+    assert transcode_resource_free[0] < 100, "the pinned transcode actors did not hold their resource"
     summary = load_json(out / "summary.json")
     assert summary["videos"]["done"] == 12 and summary["videos"]["failed"] == 0
     assert_complete(out, 24)

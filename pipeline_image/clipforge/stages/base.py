@@ -7,7 +7,7 @@ import traceback
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from clipforge.spec import StageExecution, VideoCurationJobSpec
+from clipforge.spec import StageResources, VideoCurationJobSpec, stage_resources
 from clipforge.tasks import VideoTask
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,8 @@ class Stage(ABC):
         self.spec = spec
 
     @classmethod
-    def execution(cls, spec: VideoCurationJobSpec) -> StageExecution:
-        return getattr(spec.execution.stages, cls.name)
+    def execution(cls, spec: VideoCurationJobSpec) -> StageResources:
+        return stage_resources(spec, cls.name)
 
     def setup(self) -> None:
         """Load models and open clients; called once per worker before any process()."""

@@ -1,0 +1,56 @@
+"""The job spec: NeMo Curator's defaults, per-stage resource defaults, error reporting."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipforge.spec import InvalidJobError, STAGES, load_job, parse_job, stage_resources
+
+
+def job(**spec) -> dict:
+    return {
+        "apiVersion": "clipforge.dev/v1alpha1",
+        "kind": "VideoCurationJob",
+        "metadata": {"name": "j"},
+        "spec": {"input": {"uri": "in"}, "output": {"uri": "out"}, **spec},
+    }
+
+
+def test_defaults_match_nemo_curator():
+    spec = parse_job(job()).spec
+    assert spec.splitting.algorithm == "fixed-stride"
+    assert (spec.splitting.fixed_stride.clip_length_s, spec.splitting.fixed_stride.min_clip_length_s) == (10, 2)
+    t = spec.splitting.transnetv2
+    assert (t.threshold, t.min_length_s, t.max_length_s, t.max_length_mode, t.crop_s) == (0.4, 2, 10, "stride", 0.5)
+    assert spec.motion_filter.global_mean_threshold == 0.00098
+    assert spec.motion_filter.per_patch_min_threshold == 1e-6
+
+
+def test_a_partial_stage_hint_keeps_the_stage_defaults():
+    spec = parse_job(job(execution={"stages": {"probe": {"minWorkers": 3}, "split": {"gpus": 0.5}}})).spec
+    probe = stage_resources(spec, "probe")
+    assert (probe.cpus, probe.min_workers, probe.max_workers) == (0.25, 3, 3)
+    split = stage_resources(spec, "split")
+    assert (split.cpus, split.gpus, split.min_workers, split.max_workers) == (1.0, 0.5, 1, 4)
+    assert all(stage_resources(spec, s).max_workers >= stage_resources(spec, s).min_workers for s in STAGES)
+
+
+def test_every_problem_is_listed_by_field_path():
+    document = job(splitting={"algorithm": "magic"}, previews={"fps": -1}, execution={"stages": {"write": {"minWorkers": 3, "maxWorkers": 1}}})
+    document["spec"]["input"] = {}
+    document["spec"]["typo"] = 1
+    with pytest.raises(InvalidJobError) as info:
+        parse_job(document, "job.yaml")
+    message = str(info.value)
+    for path in ("spec.input.uri", "spec.splitting.algorithm", "spec.previews.fps", "spec.execution.stages.write", "spec.typo"):
+        assert path in message
+    assert message.startswith("job.yaml: invalid VideoCurationJob")
+
+
+def test_load_job_needs_exactly_one_job_document(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("kind: Secret\n---\nkind: ConfigMap\n")
+    with pytest.raises(InvalidJobError, match="expected exactly one VideoCurationJob document, found 0"):
+        load_job(path)
+    with pytest.raises(InvalidJobError, match="file not found"):
+        load_job(tmp_path / "missing.yaml")
