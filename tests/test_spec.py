@@ -54,3 +54,12 @@ def test_load_job_needs_exactly_one_job_document(tmp_path):
         load_job(path)
     with pytest.raises(InvalidJobError, match="file not found"):
         load_job(tmp_path / "missing.yaml")
+
+
+def test_switched_off_stages_are_not_started():
+    from clipforge.stages import pipeline_stages
+
+    names = lambda spec: [s.name for s in pipeline_stages(parse_job(job(**spec)).spec)]  # noqa: E731
+    assert names({}) == ["probe", "split", "transcode", "motion", "preview", "write"]
+    off = {"motionFilter": {"mode": "disable"}, "previews": {"enabled": False}}
+    assert names(off) == ["probe", "split", "transcode", "write"]

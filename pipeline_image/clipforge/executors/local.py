@@ -20,7 +20,7 @@ def _drive(stages: list[Stage], task: VideoTask) -> Iterator[VideoTask]:
 
 
 def run_local(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask]) -> Iterator[VideoTask]:
-    stages = [stage_cls(spec) for stage_cls in pipeline_stages()]
+    stages = [stage_cls(spec) for stage_cls in pipeline_stages(spec)]
     for stage in stages:
         stage.setup()
     for task in tasks:

@@ -43,7 +43,7 @@ def _row(task: VideoTask) -> dict:
 
 def local_cpus_needed(spec: VideoCurationJobSpec) -> int:
     """Logical CPUs a local Ray needs so that every stage's minimum workers can start at once."""
-    minimum = sum(stage.execution(spec).cpus * stage.execution(spec).min_workers for stage in pipeline_stages())
+    minimum = sum(stage.execution(spec).cpus * stage.execution(spec).min_workers for stage in pipeline_stages(spec))
     return max(os.cpu_count() or 1, math.ceil(minimum))
 
 
@@ -71,7 +71,7 @@ def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask]) -> Iterator[Vide
     ctx.verbose_stats_logs = False
     # One block per video so videos stream through independently.
     ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
-    for stage_cls in pipeline_stages():
+    for stage_cls in pipeline_stages(spec):
         execution = stage_cls.execution(spec)
         ds = ds.flat_map(
             _StageWorker,

@@ -26,6 +26,11 @@ class Stage(ABC):
         self.spec = spec
 
     @classmethod
+    def enabled(cls, spec: VideoCurationJobSpec) -> bool:
+        """Whether this job runs the stage at all; optional stages override this."""
+        return True
+
+    @classmethod
     def execution(cls, spec: VideoCurationJobSpec) -> StageResources:
         return stage_resources(spec, cls.name)
 
