@@ -29,6 +29,7 @@ from clipforge.spec import (
     API_VERSION,
     KIND,
     STAGES,
+    stage_enabled,
     stage_resources,
     GpuWorkerGroupSpec,
     JobPhase,
@@ -240,9 +241,9 @@ def worker_groups(spec: VideoCurationJobSpec) -> list[GroupPlan]:
 
     Unset replica bounds are derived from the stages' minWorkers/maxWorkers and what one pod fits.
     """
-    stages = {s: stage_resources(spec, s) for s in STAGES}
-    cpu_stages = tuple(s for s in STAGES if stages[s].gpus == 0)
-    gpu_stages = tuple(s for s in STAGES if stages[s].gpus > 0)
+    stages = {s: stage_resources(spec, s) for s in STAGES if stage_enabled(spec, s)}
+    cpu_stages = tuple(s for s in stages if stages[s].gpus == 0)
+    gpu_stages = tuple(s for s in stages if stages[s].gpus > 0)
     plans: list[GroupPlan] = []
     if cpu_stages:
         settings = spec.cluster.cpu_workers

@@ -24,7 +24,7 @@ PLURAL = "videocurationjobs"
 
 # Pipeline stages in execution order. Each can be pinned to Ray nodes that advertise
 # the custom resource `stage_resource_name(stage)`; the operator gives each worker group one.
-STAGES = ("probe", "split", "transcode", "motion", "preview", "write")
+STAGES = ("probe", "split", "transcode", "motion", "aesthetic", "embed", "caption", "preview", "write")
 
 
 def stage_resource_name(stage: str) -> str:
@@ -217,6 +217,10 @@ STAGE_DEFAULTS = {
     "split": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=4),
     "transcode": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=8),
     "motion": StageResources(cpus=0.5, gpus=0.0, min_workers=1, max_workers=4),
+    # Model stages default to CPU so a laptop runs them; GPU clusters set gpus in the spec.
+    "aesthetic": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=2),
+    "embed": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=2),
+    "caption": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=2),
     "preview": StageResources(cpus=0.5, gpus=0.0, min_workers=1, max_workers=4),
     "write": StageResources(cpus=0.25, gpus=0.0, min_workers=1, max_workers=2),
 }
@@ -236,6 +240,9 @@ class StagesExecution(SpecModel):
     split: StageExecution = _stage("split")
     transcode: StageExecution = _stage("transcode")
     motion: StageExecution = _stage("motion")
+    aesthetic: StageExecution = _stage("aesthetic")
+    embed: StageExecution = _stage("embed")
+    caption: StageExecution = _stage("caption")
     preview: StageExecution = _stage("preview")
     write: StageExecution = _stage("write")
 
@@ -392,6 +399,9 @@ class GpuWorkerGroups(SpecModel):
     split: GpuWorkerGroupSpec | None = _gpu_group("split")
     transcode: GpuWorkerGroupSpec | None = _gpu_group("transcode")
     motion: GpuWorkerGroupSpec | None = _gpu_group("motion")
+    aesthetic: GpuWorkerGroupSpec | None = _gpu_group("aesthetic")
+    embed: GpuWorkerGroupSpec | None = _gpu_group("embed")
+    caption: GpuWorkerGroupSpec | None = _gpu_group("caption")
     preview: GpuWorkerGroupSpec | None = _gpu_group("preview")
     write: GpuWorkerGroupSpec | None = _gpu_group("write")
 
@@ -423,6 +433,74 @@ class RetryBackoffSpec(SpecModel):
         return min(self.max_seconds, self.initial_seconds * 2 ** max(0, retry - 1))
 
 
+class ModelsSpec(SpecModel):
+    uri: str | None = _f(
+        None,
+        "Root of the model directory (local path or s3:// URI): one subdirectory per model, staged by"
+        " the user. Models are never downloaded from a hub at run time.",
+    )
+    cache_dir: str = _f(
+        "/tmp/clipforge-models", "Local directory where models under an s3:// root are copied once per node."
+    )
+
+
+class EmbeddingAlgorithm(str, Enum):
+    efficientnet_lite0 = "efficientnet-lite0"
+    clip = "clip"
+    siglip = "siglip"
+    cosmos_embed1_224p = "cosmos-embed1-224p"
+    cosmos_embed1_336p = "cosmos-embed1-336p"
+    cosmos_embed1_448p = "cosmos-embed1-448p"
+
+
+class EmbeddingsSpec(SpecModel):
+    enabled: bool = _f(True, "Compute a clip embedding for search and deduplication.")
+    algorithm: EmbeddingAlgorithm = _f(
+        EmbeddingAlgorithm.efficientnet_lite0,
+        "Embedding model. efficientnet-lite0 ships with ClipForge and needs no model directory;"
+        " the others load from models.uri.",
+    )
+    model: str | None = _f(None, "Subdirectory of models.uri holding the model; unset: the algorithm's name.")
+    texts_to_verify: list[str] = _f(
+        [], "Texts to match against each clip (embedders with a text tower): best match and scores go to the metadata."
+    )
+
+
+class Reduction(str, Enum):
+    min = "min"
+    mean = "mean"
+
+
+class AestheticFilterSpec(SpecModel):
+    enabled: bool = _f(False, "Score clips with CLIP ViT-L/14 and the LAION aesthetic MLP; filter low scores.")
+    threshold: float = _f(3.5, "Clips scoring below this go to filtered_clips/.")
+    reduction: Reduction = _f(Reduction.min, "How frame scores become the clip's score.")
+    fps: float = _f(1.0, "Frames sampled per second of clip.", gt=0, le=30)
+    clip_model: str = _f("clip-vit-large-patch14", "Subdirectory of models.uri with the CLIP model.")
+    mlp_model: str = _f("laion-aesthetic-mlp", "Subdirectory of models.uri with the aesthetic MLP's state dict.")
+
+
+class CaptionsSpec(SpecModel):
+    enabled: bool = _f(False, "Caption each clip's windows with a vision-language model.")
+    model: str = _f("qwen2.5-vl-7b-instruct", "Subdirectory of models.uri with the vision-language model.")
+    window_size: int = _f(256, "Frames per caption window.", ge=1)
+    remainder_threshold: int = _f(128, "A trailing window shorter than this many frames is dropped.", ge=0)
+    fps: float = _f(2.0, "Frames sampled per second of clip for the model.", gt=0, le=30)
+    prompt_variant: str = _f("default", "Named prompt (default, detailed, av, av-surveillance).")
+    prompt_text: str | None = _f(None, "A prompt of your own; overrides promptVariant.")
+    max_new_tokens: int = _f(512, "Longest caption generated.", ge=1)
+    refine: bool = _f(False, "A second pass that asks the model to refine its first caption.")
+    enhance_model: str | None = _f(None, "Subdirectory of models.uri with a text LLM that rewrites captions; unset: off.")
+    window_previews: bool = _f(False, "Write an animated WebP per caption window.")
+
+
+class DedupSpec(SpecModel):
+    enabled: bool = _f(False, "Find semantic duplicates among the clip embeddings after the pipeline.")
+    eps: float = _f(0.01, "Clips whose cosine similarity exceeds 1 - eps are duplicates.", gt=0, lt=1)
+    n_clusters: int | None = _f(None, "k-means clusters; unset: about sqrt(number of clips).", ge=1)
+    input_uri: str | None = _f(None, "Deduplicate an existing output's embeddings instead of this job's output.")
+
+
 class VideoCurationJobSpec(SpecModel):
     input: InputSpec = _f(description="The raw videos.")
     output: OutputSpec = _f(description="The curated dataset's location.")
@@ -431,6 +509,11 @@ class VideoCurationJobSpec(SpecModel):
     transcoding: TranscodingSpec = _f(default_factory=TranscodingSpec, description="Clip encoding.")
     motion_filter: MotionFilterSpec = _f(default_factory=MotionFilterSpec, description="Motion filter.")
     previews: PreviewSpec = _f(default_factory=PreviewSpec, description="Animated WebP previews.")
+    models: ModelsSpec = _f(default_factory=ModelsSpec, description="Where model weights are staged.")
+    embeddings: EmbeddingsSpec = _f(default_factory=EmbeddingsSpec, description="Clip embeddings.")
+    aesthetic_filter: AestheticFilterSpec = _f(default_factory=AestheticFilterSpec, description="Aesthetic filter.")
+    captions: CaptionsSpec = _f(default_factory=CaptionsSpec, description="Clip captions.")
+    dedup: DedupSpec = _f(default_factory=DedupSpec, description="Semantic deduplication.")
     execution: ExecutionSpec = _f(default_factory=ExecutionSpec, description="How the pipeline runs.")
     # Operator-only settings (ignored by `clipforge run`).
     cluster: ClusterSpec = _f(default_factory=ClusterSpec, description="The Ray cluster the operator provisions.")
@@ -449,6 +532,21 @@ class VideoCurationJobSpec(SpecModel):
     ttl_seconds_after_finished: int = _f(
         300, "Seconds the finished Ray cluster is kept (for its logs) before KubeRay deletes it.", ge=0
     )
+
+
+def stage_enabled(spec: VideoCurationJobSpec, stage: str) -> bool:
+    """Whether the job runs `stage`; the pipeline starts, and the operator provisions, only these."""
+    if stage == "motion":
+        return spec.motion_filter.mode != MotionMode.disable.value
+    if stage == "preview":
+        return spec.previews.enabled
+    if stage == "aesthetic":
+        return spec.aesthetic_filter.enabled
+    if stage == "embed":
+        return spec.embeddings.enabled
+    if stage == "caption":
+        return spec.captions.enabled
+    return True
 
 
 def stage_resources(spec: VideoCurationJobSpec, stage: str) -> StageResources:

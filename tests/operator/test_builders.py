@@ -178,7 +178,8 @@ def test_worker_groups_advertise_their_stages_resources():
     groups = {g["groupName"]: g for g in rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
     assert list(groups) == ["cpu", "gpu-split", "gpu-transcode"]
     cpu = json.loads(groups["cpu"]["rayStartParams"]["resources"])
-    assert set(cpu) == {stage_resource_name(s) for s in ("probe", "motion", "preview", "write")}
+    cpu_stages = ("probe", "motion", "embed", "preview", "write")
+    assert set(cpu) == {stage_resource_name(s) for s in cpu_stages}
     assert json.loads(groups["gpu-transcode"]["rayStartParams"]["resources"]) == {"clipforge_transcode": 1000}
     assert json.loads(groups["gpu-split"]["rayStartParams"]["resources"]) == {"clipforge_split": 1000}
     assert "nvidia.com/gpu" not in json.dumps(groups["cpu"])
@@ -195,15 +196,17 @@ def test_worker_groups_advertise_their_stages_resources():
 
 def test_cpu_group_bounds_follow_stage_hints_or_explicit_values():
     (cpu,) = b.worker_groups(job().spec)
-    assert cpu.name == "cpu" and cpu.stages == STAGES and cpu.gpus == 0
-    # defaults: min workers 0.25+1+1+0.5+0.5+0.25 = 3.5 CPUs on 4-CPU pods -> 1; max 0.5+4+8+2+2+0.5 = 17 -> 5
-    assert (cpu.min_replicas, cpu.max_replicas) == (1, 5)
+    # The stages a default job runs: aesthetic filter and captions are off.
+    assert cpu.name == "cpu" and cpu.stages == tuple(s for s in STAGES if s not in ("aesthetic", "caption"))
+    assert cpu.gpus == 0
+    # min workers 0.25+1+1+0.5+1+0.5+0.25 = 4.5 CPUs on 4-CPU pods -> 2; max 0.5+4+8+2+2+2+0.5 = 19 -> 5
+    assert (cpu.min_replicas, cpu.max_replicas) == (2, 5)
     (explicit,) = b.worker_groups(job(cluster={"cpuWorkers": {"minReplicas": 2, "maxReplicas": 9}}).spec)
     assert (explicit.min_replicas, explicit.max_replicas) == (2, 9)
     (capped,) = b.worker_groups(job(cluster={"cpuWorkers": {"maxReplicas": 1}}).spec)
     assert (capped.min_replicas, capped.max_replicas) == (1, 1)
     (milli,) = b.worker_groups(job(cluster={"cpuWorkers": {"resources": {"limits": {"cpu": "500m"}}}}).spec)
-    assert (milli.min_replicas, milli.max_replicas) == (7, 34)
+    assert (milli.min_replicas, milli.max_replicas) == (9, 38)
 
 
 def test_a_stage_wanting_more_gpus_than_a_pod_has_is_refused():

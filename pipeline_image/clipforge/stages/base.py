@@ -7,7 +7,7 @@ import traceback
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from clipforge.spec import StageResources, VideoCurationJobSpec, stage_resources
+from clipforge.spec import StageResources, VideoCurationJobSpec, stage_enabled, stage_resources
 from clipforge.tasks import VideoTask
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,7 @@ class Stage(ABC):
 
     @classmethod
     def enabled(cls, spec: VideoCurationJobSpec) -> bool:
-        """Whether this job runs the stage at all; optional stages override this."""
-        return True
+        return stage_enabled(spec, cls.name)
 
     @classmethod
     def execution(cls, spec: VideoCurationJobSpec) -> StageResources:

@@ -161,10 +161,6 @@ def score_motion(data: bytes) -> MotionScores:
 
 
 class MotionStage(Stage):
-    @classmethod
-    def enabled(cls, spec) -> bool:  # noqa: ANN001
-        return spec.motion_filter.mode != MotionMode.disable.value
-
     name = "motion"
 
     def process(self, task: VideoTask) -> list[VideoTask]:

@@ -74,10 +74,6 @@ def make_preview(data: bytes, spec: PreviewSpec) -> tuple[bytes, int]:
 
 
 class PreviewStage(Stage):
-    @classmethod
-    def enabled(cls, spec) -> bool:  # noqa: ANN001
-        return spec.previews.enabled
-
     name = "preview"
 
     def process(self, task: VideoTask) -> list[VideoTask]:
