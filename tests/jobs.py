@@ -8,7 +8,6 @@ from pathlib import Path
 
 import av
 import yaml
-
 from clipforge.samples import SampleVideo, Segment
 
 
@@ -18,6 +17,10 @@ def small_samples() -> list[SampleVideo]:
         SampleVideo("moving_then_static", 320, 180, 24, (Segment(5, True, 11), Segment(5, False, 12))),
         SampleVideo("sub/three_scenes", 320, 180, 25, (Segment(4, True, 13), Segment(4, True, 14), Segment(3, True, 15))),
     ]
+
+
+# 5 s fixed-stride clips: small_samples() then has clips wholly inside its moving and static scenes.
+FIVE_SECOND_CLIPS = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5, "minClipLengthS": 2}}
 
 
 def manifest(input_uri: str, output_uri: str, name: str = "test-job", **spec: object) -> dict:

@@ -9,8 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from clipforge.samples import SampleVideo, Segment, write_video
+from clipforge.samples import SampleVideo, Segment, write_samples, write_video
 from clipforge.spec import VideoCurationJobSpec
 from clipforge.tasks import Clip, VideoMeta, VideoTask, clip_uuid
 
@@ -19,6 +18,16 @@ STAGE_SAMPLE = SampleVideo(
     "stage_sample", 320, 180, 24, (Segment(2, True, 21), Segment(2, False, 22), Segment(2, True, 23))
 )
 STAGE_SAMPLE_GOP = 48
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory) -> Path:
+    """tests/jobs.py's small_samples(), written once for the whole-job tests."""
+    from jobs import small_samples
+
+    directory = tmp_path_factory.mktemp("samples")
+    write_samples(directory, small_samples())
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -5,20 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from jobs import decode_clip, load_json, manifest, small_samples, tree, write_manifest
-
 from clipforge.cli import main
-from clipforge.samples import write_samples
 from clipforge.tasks import clip_uuid
-
-FIVE_SECOND_CLIPS = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5, "minClipLengthS": 2}}
-
-
-@pytest.fixture(scope="module")
-def samples_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("samples")
-    write_samples(directory, small_samples())
-    return directory
+from jobs import FIVE_SECOND_CLIPS, decode_clip, load_json, manifest, tree, write_manifest
 
 
 def expected_spans(samples_dir: Path) -> dict[str, tuple[str, int, int]]:

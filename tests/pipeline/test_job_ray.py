@@ -12,21 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs import decode_clip, load_json, manifest, small_samples, tree, write_manifest
-
-from clipforge.samples import write_samples
+from jobs import FIVE_SECOND_CLIPS, decode_clip, load_json, manifest, tree, write_manifest
 
 pytestmark = pytest.mark.slow
-
-FIVE_SECOND_CLIPS = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5, "minClipLengthS": 2}}
-
-
-@pytest.fixture(scope="module")
-def samples_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("samples")
-    write_samples(directory, small_samples())
-    return directory
-
 
 @pytest.fixture(scope="module")
 def many_videos(tmp_path_factory, samples_dir) -> Path:
@@ -83,7 +71,6 @@ def test_ray_job_writes_the_same_dataset_as_the_local_executor(tmp_path, samples
 
 def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
     import ray
-
     from clipforge.cli import main
 
     out = tmp_path / "out"

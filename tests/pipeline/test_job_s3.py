@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from jobs import decode_clip, manifest, small_samples, tree, write_manifest
-
 from clipforge.samples import write_samples
+from jobs import FIVE_SECOND_CLIPS, decode_clip, manifest, small_samples, tree, write_manifest
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 SPEC = {
-    "splitting": {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5}},
+    "splitting": FIVE_SECOND_CLIPS,
     "execution": {"clipsPerChunk": 1},
 }
 
@@ -56,7 +55,8 @@ def test_s3_job_reads_and_writes_buckets_with_the_local_layout(tmp_path, s3_serv
         client.upload_file(str(path), s3_bucket, f"raw/{path.relative_to(local_in)}")
 
     storage = {"endpoint": s3_server.endpoint, "region": s3_server.region}
-    s3_job = write_manifest(tmp_path / "s3.yaml", manifest(f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/curated", storage=storage, **SPEC))
+    document = manifest(f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/curated", storage=storage, **SPEC)
+    s3_job = write_manifest(tmp_path / "s3.yaml", document)
     result = run(s3_job, s3_server.env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "clips: 3 passed, 1 filtered, 0 failed" in result.stdout
@@ -98,7 +98,8 @@ def test_unreachable_storage_fails_fast_naming_the_output(tmp_path):
 
 def test_missing_s3_prefix_is_an_error_naming_it(tmp_path, s3_server, s3_bucket):
     storage = {"endpoint": s3_server.endpoint}
-    job = write_manifest(tmp_path / "job.yaml", manifest(f"s3://{s3_bucket}/nothing-here/", f"s3://{s3_bucket}/out", storage=storage, **SPEC))
+    document = manifest(f"s3://{s3_bucket}/nothing-here/", f"s3://{s3_bucket}/out", storage=storage, **SPEC)
+    job = write_manifest(tmp_path / "job.yaml", document)
     result = run(job, s3_server.env())
     assert result.returncode == 2
     assert f"input s3://{s3_bucket}/nothing-here/ does not exist" in result.stderr
