@@ -38,6 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from clipforge.storage import StorageError
 
     spec = job.spec
+    if _model_problems(spec):  # missing weights fail here, at submission, not in an actor
+        return EXIT_INVALID
     executor = args.executor or spec.execution.executor
     run = JobRun(job, overwrite=args.overwrite)
     try:
@@ -85,6 +87,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _model_problems(spec) -> list[str]:  # noqa: ANN001
+    from clipforge import models
+
+    problems = models.check(spec)
+    if problems:
+        print("error: models missing:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+    return problems
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from clipforge import models
+
+    job = load_job(args.job)
+    print(models.format_requirements(job.spec))
+    if _model_problems(job.spec):
+        return EXIT_INVALID
+    print("all models in place")
+    return EXIT_OK
+
+
 def cmd_samples(args: argparse.Namespace) -> int:
     from clipforge.samples import write_samples
 
@@ -112,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a manifest and list every problem")
     validate.add_argument("job")
     validate.set_defaults(func=cmd_validate)
+
+    models = sub.add_parser("models", help="list the models the job's stages need and check they are in place")
+    models.add_argument("job")
+    models.set_defaults(func=cmd_models)
 
     samples = sub.add_parser("samples", help="write synthetic sample videos with known cuts")
     samples.add_argument("directory")
