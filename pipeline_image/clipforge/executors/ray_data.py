@@ -61,14 +61,18 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     num_cpus = local_cpus_needed(spec)
     if num_cpus > (os.cpu_count() or 1):
         log.info("local Ray: %d logical CPUs so each stage gets its minimum workers (%d cores)", num_cpus, os.cpu_count())
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     return True
 
 
 def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask]) -> Iterator[VideoTask]:
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the CLI draws its own, per video
+    # The CLI draws its own progress, per video; Ray Data's own logs stay in its log files.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # One block per video so videos stream through independently.
     ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     for stage_cls in pipeline_stages(spec):
