@@ -23,11 +23,23 @@ def _format_summary(summary: dict) -> str:
         f"input: {hours:.3f} h of video in {summary['elapsedSeconds']:.1f} s: "
         f"{summary['throughputVideoSecondsPerSecond']:.2f} video-s/s, {summary['clipsPerSecond']:.2f} clips/s",
     ]
+    dedup = summary.get("dedup")
+    if dedup:
+        lines.append(_format_dedup(dedup))
     for failure in summary["failures"]:
         reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure["errors"].items())
         lines.append(f"FAILED {failure['video']}: {reasons}")
     lines.append(f"output: {summary['output']}")
     return "\n".join(lines)
+
+
+def _format_dedup(dedup: dict) -> str:
+    if "error" in dedup:
+        return f"dedup FAILED: {dedup['error']}"
+    return (
+        f"dedup: {dedup['clips']} clips, {dedup['kept']} kept, {dedup['duplicates']} duplicates"
+        f" (eps {dedup['eps']:g}, {dedup['clusters']} clusters)"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -68,7 +80,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 results = run_ray(spec, tasks)
             if tasks:
                 run.consume(results, on_video)
-        state = "failed" if run.stats.failed else "succeeded"
+            state = "failed" if run.stats.failed else "succeeded"
+            if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
+                from clipforge.dedup import DedupError
+
+                try:
+                    run.deduplicate()
+                except (DedupError, StorageError) as exc:
+                    print(f"error: dedup: {exc}", file=sys.stderr)
+                    run.dedup = {"error": str(exc)}
+                    state = "failed"
     finally:
         bar.close()
         summary = run.summary(state)
@@ -78,7 +99,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             ray.shutdown()
     print(_format_summary(summary))
-    return EXIT_VIDEOS_FAILED if run.stats.failed else EXIT_OK
+    return EXIT_VIDEOS_FAILED if run.stats.failed or state == "failed" else EXIT_OK
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    import json
+
+    from clipforge import layout
+    from clipforge.dedup import DedupError, dedup_output
+    from clipforge.storage import Storage, StorageError
+
+    spec = job.spec
+    storage = Storage.from_spec(spec.storage)
+    started_ray = False
+    try:
+        if args.ray_address:
+            from clipforge.executors.ray_data import start_ray
+
+            started_ray = start_ray(spec, None if args.ray_address == "local" else args.ray_address)
+        dedup = dedup_output(spec, storage)
+        # summary.json keeps the run's counts; only its dedup entry changes.
+        summary_uri = layout.join(spec.output.uri, layout.SUMMARY)
+        summary = json.loads(storage.read_bytes(summary_uri)) if storage.exists(summary_uri) else {}
+        summary["dedup"] = dedup
+        storage.write_bytes(summary_uri, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    except (DedupError, StorageError) as exc:
+        print(f"error: dedup: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    print(_format_dedup(dedup))
+    print(f"output: {layout.join(spec.output.uri, 'dedup')}")
+    return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -130,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="redo videos already recorded in processed_videos/")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    dedup = sub.add_parser("dedup", help="deduplicate an existing output's clip embeddings (dedup.inputUri or output.uri)")
+    dedup.add_argument("job")
+    dedup.add_argument(
+        "--ray-address",
+        help="spread the per-cluster work over this Ray cluster (unset: in-process); 'local' starts a local Ray",
+    )
+    dedup.set_defaults(func=cmd_dedup)
 
     validate = sub.add_parser("validate", help="check a manifest and list every problem")
     validate.add_argument("job")

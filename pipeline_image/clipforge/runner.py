@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from clipforge import layout
-from clipforge.spec import VideoCurationJob, VideoCurationJobSpec
+from clipforge.embedding_files import write_video_parquet
+from clipforge.spec import VideoCurationJob, VideoCurationJobSpec, stage_enabled
 from clipforge.storage import Storage, StorageError
 from clipforge.tasks import VideoTask
 
@@ -153,6 +154,7 @@ class JobRun:
         self.root = self.spec.output.uri
         self.overwrite = overwrite
         self.stats = RunStats()
+        self.dedup: dict | None = None  # dedup's counts (or its error) once it has run
         self._progress_lock = threading.Lock()
 
     def prepare(self) -> list[VideoTask]:
@@ -172,6 +174,8 @@ class JobRun:
                 continue
             del pending[chunk.relative_path]
             record = video_record(chunks)
+            if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
+                write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
             self.storage.write_bytes(layout.video_record(self.root, chunk.relative_path), _json(record))
             self._count(record)
             if on_video is not None:
@@ -189,6 +193,13 @@ class JobRun:
             stats.done += 1
             stats.video_seconds += record["metadata"]["duration_s"]
 
+    def deduplicate(self) -> dict:
+        """Semantic dedup of the output's embeddings (on Ray when this process joined one)."""
+        from clipforge.dedup import dedup_output
+
+        self.dedup = dedup_output(self.spec, self.storage)
+        return self.dedup
+
     def write_progress(self, state: str) -> None:
         # Called from the progress thread and the driver: one document at a time.
         with self._progress_lock:
@@ -196,5 +207,7 @@ class JobRun:
 
     def summary(self, state: str) -> dict:
         document = {**self.stats.to_json(state), "failures": self.stats.failures, "output": self.root}
+        if self.dedup is not None:
+            document["dedup"] = self.dedup
         self.storage.write_bytes(layout.join(self.root, layout.SUMMARY), _json(document))
         return document

@@ -1,0 +1,230 @@
+"""Semantic dedup: exact pairs on synthetic embeddings, Ray and in-process agree, the outputs, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from jobs import manifest, write_manifest
+
+from clipforge.cli import main
+from clipforge.dedup import deduplicate, normalize
+
+DIM = 64
+EPS = 0.05  # threshold 0.95
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _at_similarity(rng: np.random.Generator, base: np.ndarray, similarity: float) -> np.ndarray:
+    """A unit vector whose cosine similarity to `base` is exactly `similarity`."""
+    base = _unit(base)
+    other = rng.standard_normal(base.shape)
+    other = _unit(other - other @ base * base)
+    return similarity * base + np.sqrt(1 - similarity**2) * other
+
+
+def synthetic(seed: int = 7, distinct: int = 400) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """(ids, embeddings, expected duplicate -> kept id). Ids are shuffled so index order is not id order."""
+    rng = np.random.default_rng(seed)
+    vectors = [rng.standard_normal(DIM) for _ in range(distinct)]
+    names = [f"distinct-{i:04d}" for i in range(distinct)]
+    expected: dict[str, str] = {}
+
+    def add(name: str, vector: np.ndarray) -> None:
+        names.append(name)
+        vectors.append(vector)
+
+    # Exact duplicates: the same embedding, and the same one scaled (cosine ignores the norm).
+    add("a-exact-0", vectors[0]), add("a-exact-1", vectors[0].copy()), add("a-exact-2", 3.5 * vectors[0])
+    expected.update({"a-exact-1": "a-exact-0", "a-exact-2": "a-exact-0", "distinct-0000": "a-exact-0"})
+    # Near duplicates on either side of the threshold (0.95), by 0.001 to 0.01.
+    for i, similarity in enumerate([0.999, 0.96, 0.951, 0.949, 0.94, 0.9]):
+        base = vectors[10 + i]
+        add(f"near-{i}-{similarity}", _at_similarity(rng, base, similarity))
+        if similarity >= 1 - EPS:
+            expected[f"near-{i}-{similarity}"] = names[10 + i]
+    # A chain: b ~ c and c ~ d at 0.975, b and d only about 0.90: one group, kept as "b-chain-0".
+    b = _unit(vectors[20])
+    c = _at_similarity(rng, b, 0.975)
+    d = _at_similarity(rng, c, 0.975)
+    while not 0.85 < float(_unit(d) @ b) < 0.94:  # keep the far end of the chain below the threshold
+        d = _at_similarity(rng, c, 0.975)
+    vectors[20] = b
+    names[20] = "b-chain-0"
+    add("b-chain-1", c), add("b-chain-2", d)
+    expected.update({"b-chain-1": "b-chain-0", "b-chain-2": "b-chain-0"})
+
+    order = rng.permutation(len(names))
+    return np.array(names, dtype=object)[order], np.array(vectors, dtype=np.float32)[order], expected
+
+
+def brute_force_groups(ids: np.ndarray, vectors: np.ndarray, eps: float) -> dict[str, str]:
+    """duplicate -> kept id from all n^2 similarities, groups by union-find: the reference."""
+    unit = normalize(vectors)
+    sims = unit @ unit.T
+    parent = {name: name for name in ids}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for i, j in zip(*np.nonzero(np.triu(sims >= np.float32(1 - eps), k=1))):
+        a, b = sorted((root(ids[i]), root(ids[j])))
+        parent[b] = a
+    return {name: root(name) for name in ids if root(name) != name}
+
+
+def found(ids: np.ndarray, result) -> dict[str, str]:  # noqa: ANN001
+    return dict(zip(ids[result.duplicate], ids[result.duplicate_of]))
+
+
+@pytest.mark.parametrize("n_clusters", [None, 1, 12])
+def test_finds_exactly_the_duplicates(n_clusters):
+    ids, vectors, expected = synthetic()
+    result = deduplicate(ids, vectors, EPS, n_clusters=n_clusters, distributed=False)
+    assert found(ids, result) == expected == brute_force_groups(ids, vectors, EPS)
+    assert result.clusters == (n_clusters or round(np.sqrt(len(ids))))
+    assert len(result.kept) == len(ids) - len(expected)
+    # Similarity to the kept clip: 1 for exact copies, the planted value for near ones,
+    # and below the threshold for the chain's far end (linked through its middle).
+    sims = dict(zip(ids[result.duplicate], result.similarity))
+    assert sims["a-exact-1"] == pytest.approx(1.0, abs=1e-6) and sims["a-exact-2"] == pytest.approx(1.0, abs=1e-6)
+    assert sims["near-2-0.951"] == pytest.approx(0.951, abs=1e-5)
+    assert sims["b-chain-1"] == pytest.approx(0.975, abs=1e-5) and sims["b-chain-2"] < 1 - EPS
+
+
+def test_eps_moves_the_threshold():
+    ids, vectors, _ = synthetic()
+    strict = found(ids, deduplicate(ids, vectors, 1e-4, distributed=False))
+    assert set(strict) == {"a-exact-1", "a-exact-2", "distinct-0000"}  # exact copies only
+    loose = found(ids, deduplicate(ids, vectors, 0.065, distributed=False))
+    assert "near-4-0.94" in loose and "near-5-0.9" not in loose
+    assert loose == brute_force_groups(ids, vectors, 0.065)
+
+
+def test_degenerate_sets():
+    assert deduplicate(np.array([], dtype=object), np.zeros((0, 8), np.float32), EPS).n == 0
+    one = deduplicate(np.array(["x"], dtype=object), np.ones((1, 8), np.float32), EPS)
+    assert one.kept.tolist() == [0] and len(one.duplicate) == 0
+    two = deduplicate(np.array(["b", "a"], dtype=object), np.ones((2, 8), np.float32), EPS, n_clusters=5)
+    assert two.duplicate.tolist() == [0] and two.duplicate_of.tolist() == [1]  # "a" < "b" is kept
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_and_in_process_agree(ray_cluster):
+    rng = np.random.default_rng(3)
+    ids, vectors, _ = synthetic(seed=11, distinct=3000)
+    # Clustered data (as real embeddings are) with many near copies spread over the clusters.
+    centres = rng.standard_normal((40, DIM))
+    vectors = (centres[rng.integers(0, 40, len(ids))] + 0.6 * rng.standard_normal((len(ids), DIM))).astype(np.float32)
+    copies = rng.choice(len(ids), 300, replace=False)
+    vectors[copies[150:]] = vectors[copies[:150]] + 0.05 * rng.standard_normal((150, DIM)).astype(np.float32)
+
+    local = deduplicate(ids, vectors, EPS, distributed=False)
+    distributed = deduplicate(ids, vectors, EPS, distributed=True)
+    assert distributed.distributed and not local.distributed
+    assert len(local.duplicate) >= 150
+    for name in ("cluster_of", "duplicate", "duplicate_of", "similarity"):
+        np.testing.assert_array_equal(getattr(local, name), getattr(distributed, name))
+    # Ray initialised and a large set: the default picks Ray.
+    import clipforge.dedup as dedup
+
+    threshold, dedup.RAY_MIN_CLIPS = dedup.RAY_MIN_CLIPS, 1000
+    try:
+        assert deduplicate(ids, vectors, EPS).distributed
+    finally:
+        dedup.RAY_MIN_CLIPS = threshold
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset: embedding parquet files in, dedup/*.parquet and summary.json out.
+
+
+def write_embeddings(root: Path, ids: np.ndarray, vectors: np.ndarray, algo: str = "efficientnet-lite0") -> None:
+    """The embed stage's per-video files: <algo>_embd_parquet/<video>.parquet, 5 clips per video."""
+    for first in range(0, len(ids), 5):
+        video = f"videos/v{first // 5:03d}.mp4"
+        rows = range(first, min(first + 5, len(ids)))
+        table = pa.table({
+            "id": [str(ids[i]) for i in rows],
+            "embedding": pa.array([vectors[i].tolist() for i in rows],
+                                  pa.list_(pa.float32())),
+            "source_video": [f"/in/{video}" for _ in rows],
+            "span_start": [5.0 * (i - first) for i in rows],
+            "span_end": [5.0 * (i - first) + 5 for i in rows],
+        })
+        path = root / f"{algo}_embd_parquet" / f"{video}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+
+
+def dedup_job(tmp_path: Path, output: Path, **dedup) -> Path:
+    return write_manifest(
+        tmp_path / "job.yaml", manifest("/in", str(output), dedup={"enabled": True, "eps": EPS, **dedup}),
+    )
+
+
+def test_cli_dedup_writes_parquet_that_loads_as_is(tmp_path, capsys):
+    ids, vectors, expected = synthetic()
+    out = tmp_path / "out"
+    write_embeddings(out, ids, vectors)
+    (out / "summary.json").write_text(json.dumps({"state": "succeeded", "clips": {"passed": len(ids)}}))
+
+    assert main(["dedup", str(dedup_job(tmp_path, out))]) == 0
+    assert f"{len(ids)} clips, {len(ids) - len(expected)} kept, {len(expected)} duplicates" in capsys.readouterr().out
+
+    duplicates = pd.read_parquet(out / "dedup" / "duplicates.parquet")
+    assert list(duplicates.columns) == ["id", "duplicate_of", "cosine_similarity", "cluster"]
+    assert dict(zip(duplicates["id"], duplicates["duplicate_of"])) == expected
+    assert list(duplicates["id"]) == sorted(expected)
+    kept = pq.read_table(out / "dedup" / "kept.parquet")
+    assert kept.column_names == ["id", "source_video", "span_start", "span_end", "cluster", "num_duplicates"]
+    assert set(kept.column("id").to_pylist()) == set(ids) - set(expected)
+    assert dict(zip(*kept.select(["id", "num_duplicates"]).to_pydict().values()))["a-exact-0"] == 3
+    row = kept.to_pandas().set_index("id").loc["near-3-0.949"]
+    assert row["source_video"].startswith("/in/videos/v") and row["span_end"] - row["span_start"] == 5
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["state"] == "succeeded"  # the run's own counts stay
+    assert {k: summary["dedup"][k] for k in ("clips", "kept", "duplicates", "eps", "clusters")} == {
+        "clips": len(ids), "kept": len(ids) - len(expected), "duplicates": len(expected), "eps": EPS,
+        "clusters": round(np.sqrt(len(ids))),
+    }
+
+
+def test_cli_dedup_reads_input_uri_and_names_missing_embeddings(tmp_path, capsys):
+    ids, vectors, expected = synthetic(distinct=50)
+    source, out = tmp_path / "earlier", tmp_path / "out"
+    write_embeddings(source, ids, vectors)
+    assert main(["dedup", str(dedup_job(tmp_path, out, inputUri=str(source)))]) == 0
+    assert len(pd.read_parquet(out / "dedup" / "duplicates.parquet")) == len(expected)
+    assert json.loads((out / "summary.json").read_text())["dedup"]["duplicates"] == len(expected)
+
+    capsys.readouterr()
+    assert main(["dedup", str(dedup_job(tmp_path, tmp_path / "empty"))]) == 2
+    err = capsys.readouterr().err
+    assert f"no parquet files under {tmp_path / 'empty' / 'efficientnet-lite0_embd_parquet'}" in err
+
+    write_embeddings(tmp_path / "ce1", ids, vectors, algo="ce1")
+    assert main(["dedup", str(dedup_job(tmp_path, tmp_path / "ce1"))]) == 2
+    assert "found ce1_embd_parquet: is embeddings.algorithm right?" in capsys.readouterr().err
