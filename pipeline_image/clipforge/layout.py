@@ -10,7 +10,8 @@ PREVIEWS = "previews"
 METAS = "metas/v0"
 PROCESSED_VIDEOS = "processed_videos"
 PROCESSED_CHUNKS = "processed_clip_chunks"
-# Reserved for the embedding stages.
+# Embeddings: Cosmos-Embed1's directory keeps NeMo Curator's name; other embedders write
+# <algorithm>_embd. One <uuid>.pickle per clip, one parquet per video under <dir>_parquet.
 EMBEDDINGS = "ce1_embd"
 EMBEDDINGS_PARQUET = "ce1_embd_parquet"
 PROGRESS = "progress.json"
@@ -23,6 +24,18 @@ def clip_file(root: str, clip_id: str, filtered: bool) -> str:
 
 def preview_file(root: str, clip_id: str) -> str:
     return join(root, PREVIEWS, f"{clip_id}.webp")
+
+
+def embeddings_dir(algorithm: str) -> str:
+    return EMBEDDINGS if algorithm.startswith("cosmos-embed1") else f"{algorithm}_embd"
+
+
+def embedding_file(root: str, algorithm: str, clip_id: str) -> str:
+    return join(root, embeddings_dir(algorithm), f"{clip_id}.pickle")
+
+
+def embeddings_parquet(root: str, algorithm: str, relative_path: str) -> str:
+    return join(root, f"{embeddings_dir(algorithm)}_parquet", f"{relative_path}.parquet")
 
 
 def clip_meta(root: str, clip_id: str) -> str:

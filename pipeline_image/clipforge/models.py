@@ -201,10 +201,14 @@ def format_requirements(spec: VideoCurationJobSpec) -> str:
 
 # Files transformers needs to load each embedder (the weights in either format).
 _WEIGHTS = "model.safetensors|pytorch_model.bin|model.safetensors.index.json|pytorch_model.bin.index.json"
+# transformers 5 saves processors as processor_config.json; older checkpoints (and the hub's
+# CLIP/SigLIP repos) have preprocessor_config.json.
+_PROCESSOR = "preprocessor_config.json|processor_config.json"
+_TOKENIZER = "tokenizer_config.json|tokenizer.json"
 EMBED_FILES: dict[str, tuple[str, ...]] = {
-    "clip": ("config.json", _WEIGHTS, "preprocessor_config.json", "tokenizer_config.json"),
-    "siglip": ("config.json", _WEIGHTS, "preprocessor_config.json", "tokenizer_config.json"),
-    "cosmos-embed1": ("config.json", _WEIGHTS, "preprocessor_config.json"),
+    "clip": ("config.json", _WEIGHTS, _PROCESSOR, _TOKENIZER),
+    "siglip": ("config.json", _WEIGHTS, _PROCESSOR, _TOKENIZER),
+    "cosmos-embed1": ("config.json", _WEIGHTS, _PROCESSOR),
 }
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from clipforge import layout
-from clipforge.spec import VideoCurationJob, VideoCurationJobSpec
+from clipforge.embedding_files import write_video_parquet
+from clipforge.spec import VideoCurationJob, VideoCurationJobSpec, stage_enabled
 from clipforge.storage import Storage, StorageError
 from clipforge.tasks import VideoTask
 
@@ -173,6 +174,8 @@ class JobRun:
                 continue
             del pending[chunk.relative_path]
             record = video_record(chunks)
+            if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
+                write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
             self.storage.write_bytes(layout.video_record(self.root, chunk.relative_path), _json(record))
             self._count(record)
             if on_video is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def clip_uuid(source: str, start_frame: int, end_frame: int) -> str:
@@ -55,6 +56,12 @@ class Clip:
     motion_score_global_mean: float | None = None
     motion_score_per_patch_min: float | None = None
     filtered_by: str | None = None
+    # Filled by embed: a float16 array of shape (1, dim), L2-normalised; it stays in the light
+    # chunk the writer passes on (small), so the driver can write the per-video parquet.
+    embedding: Any = None
+    embedding_algorithm: str | None = None
+    # embeddings.textsToVerify: {"best": text, "scores": {text: cosine similarity}}.
+    text_match: dict | None = None
     # Filled by preview.
     preview: bytes | None = None
     errors: dict[str, str] = field(default_factory=dict)

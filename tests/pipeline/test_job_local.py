@@ -163,3 +163,49 @@ def test_scene_splitting_cuts_clips_inside_scenes(tmp_path, samples_dir, algorit
         assert abs(start - (scene_start + 12)) <= 2 and abs(end - (scene_end - 12)) <= 2
     record = load_json(out / "processed_videos" / "three_scenes.mp4.json")
     assert record["split_algorithm"] == algorithm and record["num_clips"] == 3
+
+
+def test_local_job_writes_clip_embeddings_and_per_video_parquet(tmp_path, samples_dir):
+    import pickle
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(samples_dir), out) == 0  # embeddings are on by default
+    expected = expected_spans(samples_dir)
+    static_clip = clip_uuid(str(samples_dir / "moving_then_static.mp4"), 120, 240)
+    embedded = set(expected) - {static_clip}  # a clip the motion filter moved aside is not embedded
+    pickles = {p.stem: p for p in (out / "efficientnet-lite0_embd").glob("*.pickle")}
+    assert set(pickles) == embedded
+    for clip_id, path in pickles.items():
+        with path.open("rb") as f:
+            embedding = pickle.load(f)
+        assert isinstance(embedding, np.ndarray) and embedding.dtype == np.float16 and embedding.shape == (1, 1280)
+        meta = load_json(out / "metas" / "v0" / f"{clip_id}.json")
+        assert meta["embedding"] == {"algorithm": "efficientnet-lite0", "dim": 1280, "location": str(path)}
+
+    parquet_root = out / "efficientnet-lite0_embd_parquet"
+    for rel in ("moving_then_static.mp4", "sub/three_scenes.mp4"):
+        path = parquet_root / f"{rel}.parquet"
+        table = pq.read_table(path)
+        assert table.column_names == ["id", "embedding", "source_video", "span_start", "span_end"]
+        frame = pd.read_parquet(path)
+        ids = {i for i, (r, _s, _e) in expected.items() if r == rel} & embedded
+        assert set(frame["id"]) == ids
+        for row in frame.itertuples():
+            assert row.source_video == str(samples_dir / rel)
+            _rel, start, end = expected[row.id]
+            fps = 24 if rel.startswith("moving") else 25
+            assert (row.span_start, row.span_end) == pytest.approx((start / fps, end / fps))
+            with pickles[row.id].open("rb") as f:
+                assert np.allclose(np.asarray(row.embedding), pickle.load(f)[0].astype(np.float32))
+
+    # A rerun that finds a video's chunks done rebuilds its parquet from the written pickles.
+    before = pd.read_parquet(parquet_root / "sub/three_scenes.mp4.parquet")
+    (parquet_root / "sub/three_scenes.mp4.parquet").unlink()
+    (out / "processed_videos" / "sub" / "three_scenes.mp4.json").unlink()
+    assert run_job(tmp_path, str(samples_dir), out) == 0
+    after = pd.read_parquet(parquet_root / "sub/three_scenes.mp4.parquet")
+    pd.testing.assert_frame_equal(before, after)

@@ -14,6 +14,7 @@ def pipeline_stages(spec: VideoCurationJobSpec) -> list[type[Stage]]:
 def all_stages() -> list[type[Stage]]:
     # Imported here so that importing clipforge.stages stays cheap for tools that only
     # need the stage contract.
+    from clipforge.stages.embed import EmbedStage
     from clipforge.stages.motion import MotionStage
     from clipforge.stages.preview import PreviewStage
     from clipforge.stages.probe import ProbeStage
@@ -21,4 +22,4 @@ def all_stages() -> list[type[Stage]]:
     from clipforge.stages.transcode import TranscodeStage
     from clipforge.stages.write import WriteStage
 
-    return [ProbeStage, SplitStage, TranscodeStage, MotionStage, PreviewStage, WriteStage]
+    return [ProbeStage, SplitStage, TranscodeStage, MotionStage, EmbedStage, PreviewStage, WriteStage]

@@ -11,6 +11,7 @@ import json
 from dataclasses import replace
 
 from clipforge import layout
+from clipforge.embedding_files import embedding_pickle
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
 from clipforge.tasks import Clip, VideoTask
@@ -45,6 +46,16 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip) -> dict:
             "per_patch_min_256": clip.motion_score_per_patch_min,
         },
         "filtered_by": clip.filtered_by,
+        "embedding": (
+            {
+                "algorithm": clip.embedding_algorithm,
+                "dim": int(clip.embedding.shape[-1]),
+                "location": layout.embedding_file(root, clip.embedding_algorithm, clip.uuid),
+            }
+            if clip.embedding is not None
+            else None
+        ),
+        "text_match": clip.text_match,
         # valid: the clip file and every requested output exist.
         "valid": has_file and not clip.errors,
         "errors": clip.errors,
@@ -91,6 +102,11 @@ class WriteStage(Stage):
                 self.storage.delete(layout.clip_file(self.root, clip.uuid, not filtered))
             if clip.preview is not None:
                 self.storage.write_bytes(layout.preview_file(self.root, clip.uuid), clip.preview)
+            if clip.embedding is not None:
+                self.storage.write_bytes(
+                    layout.embedding_file(self.root, clip.embedding_algorithm, clip.uuid),
+                    embedding_pickle(clip.embedding),
+                )
             self.storage.write_bytes(layout.clip_meta(self.root, clip.uuid), _json(clip_metadata(self.root, task, clip)))
         summary = chunk_summary(task)
         if task.clips:

