@@ -38,6 +38,11 @@ def embeddings_parquet(root: str, algorithm: str, relative_path: str) -> str:
     return join(root, f"{embeddings_dir(algorithm)}_parquet", f"{relative_path}.parquet")
 
 
+def window_preview_file(root: str, clip_id: str, start_frame: int, end_frame: int) -> str:
+    """A caption window's preview; frames are the window's half-open span within the clip."""
+    return join(root, PREVIEWS, clip_id, f"{start_frame}_{end_frame}.webp")
+
+
 def clip_meta(root: str, clip_id: str) -> str:
     return join(root, METAS, f"{clip_id}.json")
 

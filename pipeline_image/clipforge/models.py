@@ -235,3 +235,36 @@ def _embed_requirements(spec: VideoCurationJobSpec) -> list[ModelRequirement]:
             "embed", embed_model_name(spec), embed_files(algorithm), description=f"{algorithm} embedder"
         )
     ]
+
+
+# --- aesthetic ----------------------------------------------------------------------------------
+
+
+@register("aesthetic")
+def _aesthetic_requirements(spec: VideoCurationJobSpec) -> list[ModelRequirement]:
+    from clipforge.stages.aesthetic import CLIP_FILES, MLP_FILES  # no torch at import time
+
+    cfg = spec.aesthetic_filter
+    return [
+        ModelRequirement("aesthetic", cfg.clip_model, CLIP_FILES, description="CLIP ViT-L/14 (transformers)"),
+        ModelRequirement(
+            "aesthetic", cfg.mlp_model, ("|".join(MLP_FILES),),
+            description="LAION aesthetic MLP state dict (improved-aesthetic-predictor layout)",
+        ),
+    ]
+
+
+# --- caption ------------------------------------------------------------------------------------
+
+
+@register("caption")
+def _caption_requirements(spec: VideoCurationJobSpec) -> list[ModelRequirement]:
+    from clipforge.stages.caption import CAPTION_FILES, ENHANCE_FILES  # no torch at import time
+
+    cfg = spec.captions
+    out = [ModelRequirement("caption", cfg.model, CAPTION_FILES, description="Qwen2.5-VL-class captioner")]
+    if cfg.enhance_model:
+        out.append(
+            ModelRequirement("caption", cfg.enhance_model, ENHANCE_FILES, description="caption enhancement LLM")
+        )
+    return out

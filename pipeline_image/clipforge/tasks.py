@@ -62,6 +62,13 @@ class Clip:
     embedding_algorithm: str | None = None
     # embeddings.textsToVerify: {"best": text, "scores": {text: cosine similarity}}.
     text_match: dict | None = None
+    # Filled by aesthetic: the CLIP aesthetic score (min or mean over the sampled frames).
+    aesthetic_score: float | None = None
+    # Filled by caption: one dict per caption window, in order: start_frame, end_frame (half-open,
+    # relative to the clip), caption, and enhanced_caption / refined when those passes ran.
+    windows: list[dict] = field(default_factory=list)
+    # Filled by caption when captions.windowPreviews: window index -> animated WebP bytes.
+    window_previews: dict[int, bytes] = field(default_factory=dict)
     # Filled by preview.
     preview: bytes | None = None
     errors: dict[str, str] = field(default_factory=dict)

@@ -14,6 +14,8 @@ def pipeline_stages(spec: VideoCurationJobSpec) -> list[type[Stage]]:
 def all_stages() -> list[type[Stage]]:
     # Imported here so that importing clipforge.stages stays cheap for tools that only
     # need the stage contract.
+    from clipforge.stages.aesthetic import AestheticStage
+    from clipforge.stages.caption import CaptionStage
     from clipforge.stages.embed import EmbedStage
     from clipforge.stages.motion import MotionStage
     from clipforge.stages.preview import PreviewStage
@@ -22,4 +24,7 @@ def all_stages() -> list[type[Stage]]:
     from clipforge.stages.transcode import TranscodeStage
     from clipforge.stages.write import WriteStage
 
-    return [ProbeStage, SplitStage, TranscodeStage, MotionStage, EmbedStage, PreviewStage, WriteStage]
+    return [
+        ProbeStage, SplitStage, TranscodeStage, MotionStage, AestheticStage, EmbedStage, CaptionStage,
+        PreviewStage, WriteStage,
+    ]

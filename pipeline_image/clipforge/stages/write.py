@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from clipforge import layout
 from clipforge.embedding_files import embedding_pickle
+from clipforge.spec import VideoCurationJobSpec
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
 from clipforge.tasks import Clip, VideoTask
@@ -21,9 +22,48 @@ def _json(document: dict) -> bytes:
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
-def clip_metadata(root: str, task: VideoTask, clip: Clip) -> dict:
+def missing_outputs(spec: VideoCurationJobSpec | None, clip: Clip) -> list[str]:
+    """The outputs `spec` asks for that this clip lacks (empty without a spec, or without a clip file).
+
+    Model outputs are asked of the clips the model stages process: those no earlier filter
+    moved aside (a clip the aesthetic filter itself moved aside still needs its score).
+    """
+    if spec is None or clip.encoded is None:
+        return []
+    missing = []
+    if spec.previews.enabled and clip.preview is None:
+        missing.append("preview")
+    if spec.aesthetic_filter.enabled and clip.filtered_by in (None, "aesthetic") and clip.aesthetic_score is None:
+        missing.append("aesthetic_score")
+    if spec.captions.enabled and clip.filtered_by is None:
+        if not clip.windows:
+            missing.append("windows")
+        for i, window in enumerate(clip.windows):
+            if not window.get("caption"):
+                missing.append(f"windows[{i}].caption")
+            if spec.captions.enhance_model and not window.get("enhanced_caption"):
+                missing.append(f"windows[{i}].enhanced_caption")
+            if spec.captions.window_previews and i not in clip.window_previews:
+                missing.append(f"windows[{i}].preview")
+    return missing
+
+
+def _windows(root: str, clip: Clip) -> list[dict]:
+    out = []
+    for i, window in enumerate(clip.windows):
+        entry = dict(window)
+        if i in clip.window_previews:
+            entry["preview_location"] = layout.window_preview_file(
+                root, clip.uuid, window["start_frame"], window["end_frame"]
+            )
+        out.append(entry)
+    return out
+
+
+def clip_metadata(root: str, task: VideoTask, clip: Clip, spec: VideoCurationJobSpec | None = None) -> dict:
     meta = task.meta
     has_file = clip.encoded is not None
+    missing = missing_outputs(spec, clip)
     return {
         "span_uuid": clip.uuid,
         "source_video": clip.source_video,
@@ -46,6 +86,8 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip) -> dict:
             "per_patch_min_256": clip.motion_score_per_patch_min,
         },
         "filtered_by": clip.filtered_by,
+        "aesthetic_score": clip.aesthetic_score,
+        "windows": _windows(root, clip),
         "embedding": (
             {
                 "algorithm": clip.embedding_algorithm,
@@ -57,7 +99,8 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip) -> dict:
         ),
         "text_match": clip.text_match,
         # valid: the clip file and every requested output exist.
-        "valid": has_file and not clip.errors,
+        "valid": has_file and not clip.errors and not missing,
+        "missing_outputs": missing,
         "errors": clip.errors,
     }
 
@@ -102,14 +145,18 @@ class WriteStage(Stage):
                 self.storage.delete(layout.clip_file(self.root, clip.uuid, not filtered))
             if clip.preview is not None:
                 self.storage.write_bytes(layout.preview_file(self.root, clip.uuid), clip.preview)
+            for i, webp in sorted(clip.window_previews.items()):
+                window = clip.windows[i]
+                uri = layout.window_preview_file(self.root, clip.uuid, window["start_frame"], window["end_frame"])
+                self.storage.write_bytes(uri, webp)
             if clip.embedding is not None:
                 self.storage.write_bytes(
                     layout.embedding_file(self.root, clip.embedding_algorithm, clip.uuid),
                     embedding_pickle(clip.embedding),
                 )
-            self.storage.write_bytes(layout.clip_meta(self.root, clip.uuid), _json(clip_metadata(self.root, task, clip)))
+            self.storage.write_bytes(layout.clip_meta(self.root, clip.uuid), _json(clip_metadata(self.root, task, clip, self.spec)))
         summary = chunk_summary(task)
         if task.clips:
             self.storage.write_bytes(record_uri, _json(summary))
-        light_clips = [replace(c, encoded=None, preview=None) for c in task.clips]
+        light_clips = [replace(c, encoded=None, preview=None, window_previews={}) for c in task.clips]
         return [replace(task, clips=light_clips, chunk_record=summary)]
