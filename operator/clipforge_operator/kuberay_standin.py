@@ -1013,7 +1013,14 @@ class KubeRayStandIn:
                 return
             cluster.env = {**self._base_env(), **run.pod.env}
             run.cluster, run.start_error = cluster, ""
-            cluster.start()
+            try:
+                cluster.start()
+            except OSError as exc:  # no `ray` to run: the head "pod" cannot start
+                run.start_error = f"cannot run `ray start`: {exc}"
+                log.error("RayJob %s/%s: %s", ns, name, run.start_error)
+                self._record(ns, name, "cluster-failed", error=run.start_error)
+                self._set_cluster_status(raycluster, {"state": "failed", "reason": run.start_error})
+                return
             self._record(ns, name, "cluster-starting", cluster=run.cluster_name, temp_dir=str(cluster.temp_dir))
         try:
             if not run.cluster.ready():
@@ -1141,11 +1148,11 @@ class KubeRayStandIn:
             run = self._runs.get((meta["namespace"], status.get("rayClusterName") or ""))
         if run is None or run.cluster is None or not run.cluster.alive() or not status.get("jobId"):
             return None
-        client = run.cluster.job_client() if run.cluster.ready() else None
-        if client is None:
-            return None
         final = None
         try:
+            if not run.cluster.ready():  # still starting: no job yet
+                return None
+            client = run.cluster.job_client()
             client.stop_job(status["jobId"])
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
