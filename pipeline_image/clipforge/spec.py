@@ -496,7 +496,12 @@ class CaptionsSpec(SpecModel):
 
 class DedupSpec(SpecModel):
     enabled: bool = _f(False, "Find semantic duplicates among the clip embeddings after the pipeline.")
-    eps: float = _f(0.01, "Clips whose cosine similarity exceeds 1 - eps are duplicates.", gt=0, lt=1)
+    eps: float = _f(
+        0.01,
+        "Clips whose cosine similarity is at least 1 - eps are duplicates. The best value depends on"
+        " the embedder: for efficientnet-lite0 about 0.03 finds re-encoded and resized copies.",
+        gt=0, lt=1,
+    )
     n_clusters: int | None = _f(None, "k-means clusters; unset: about sqrt(number of clips).", ge=1)
     input_uri: str | None = _f(None, "Deduplicate an existing output's embeddings instead of this job's output.")
 
