@@ -60,6 +60,6 @@ def test_switched_off_stages_are_not_started():
     from clipforge.stages import pipeline_stages
 
     names = lambda spec: [s.name for s in pipeline_stages(parse_job(job(**spec)).spec)]  # noqa: E731
-    assert names({}) == ["probe", "split", "transcode", "motion", "preview", "write"]
-    off = {"motionFilter": {"mode": "disable"}, "previews": {"enabled": False}}
+    assert names({}) == ["probe", "split", "transcode", "motion", "embed", "preview", "write"]
+    off = {"motionFilter": {"mode": "disable"}, "previews": {"enabled": False}, "embeddings": {"enabled": False}}
     assert names(off) == ["probe", "split", "transcode", "write"]

@@ -369,3 +369,63 @@ def test_embedding_pickle_round_trips():
     a = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float16)
     b = pickle.loads(embedding_pickle(a))
     assert b.dtype == np.float16 and b.shape == (1, 8) and np.array_equal(a, b)
+
+
+@pytest.mark.s3
+def test_models_under_s3_are_staged_once_into_the_cache(tmp_path, model_root, s3_server, s3_bucket, monkeypatch,
+                                                       scene_clips, make_spec):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    client = s3_server.client()
+    for path in (model_root / "clip").rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), s3_bucket, f"models/clip/{path.relative_to(model_root / 'clip')}")
+    cache = tmp_path / "cache"
+    spec = make_spec(
+        storage={"endpoint": s3_server.endpoint, "region": s3_server.region},
+        models={"uri": f"s3://{s3_bucket}/models", "cacheDir": str(cache)},
+        embeddings={"algorithm": "clip", "textsToVerify": TEXTS},
+    )
+    assert models.check(spec) == []
+    local = models.model_dir(spec, "clip", models.embed_files("clip"))
+    assert local == cache / "clip"
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in (model_root / "clip").iterdir())
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+    stamp = (local / "config.json").stat().st_mtime_ns
+    task = embed(spec, scene_clips)  # loads from the cache, not from S3 again
+    assert (local / "config.json").stat().st_mtime_ns == stamp
+    assert task.clips[0].embedding.shape == (1, 16)
+
+    missing = make_spec(storage={"endpoint": s3_server.endpoint, "region": s3_server.region},
+                        models={"uri": f"s3://{s3_bucket}/nothing", "cacheDir": str(cache)},
+                        embeddings={"algorithm": "siglip"})
+    assert any(f"s3://{s3_bucket}/nothing/siglip/config.json" in p for p in models.check(missing))
+    with pytest.raises(models.ModelNotFoundError, match=f"s3://{s3_bucket}/nothing/siglip"):
+        models.model_dir(missing, "siglip")
+
+
+@pytest.mark.slow
+def test_ray_job_writes_the_embeddings(tmp_path, samples_dir):
+    """The embed stage as a Ray actor: a pickle per embedded clip and a parquet per video."""
+    import os
+    import subprocess
+
+    import pandas as pd
+    from jobs import FIVE_SECOND_CLIPS, manifest, write_manifest
+
+    out = tmp_path / "out"
+    job = write_manifest(tmp_path / "job.yaml", manifest(
+        str(samples_dir), str(out), splitting=FIVE_SECOND_CLIPS, execution={"executor": "ray", "clipsPerChunk": 1}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-m", "clipforge.cli", "run", str(job), "--no-progress"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    passed = {p.stem for p in (out / "clips").glob("*.mp4")}
+    assert {p.stem for p in (out / "efficientnet-lite0_embd").glob("*.pickle")} == passed and len(passed) == 3
+    ids = set()
+    for rel in ("moving_then_static.mp4", "sub/three_scenes.mp4"):
+        frame = pd.read_parquet(out / "efficientnet-lite0_embd_parquet" / f"{rel}.parquet")
+        ids |= set(frame["id"])
+        for embedding in frame["embedding"]:
+            assert len(embedding) == 1280 and float(np.linalg.norm(embedding)) == pytest.approx(1.0, abs=1e-2)
+    assert ids == passed
