@@ -12,8 +12,8 @@ plays the part KubeRay plays in a cluster, with a real Ray cluster on this machi
 * creates the RayCluster object (owned by the RayJob, KubeRay's labels) and starts a one-node
   Ray cluster standing in for all of its pods: ``ray start --head --block`` on 127.0.0.1 with
   free ports, its own ``--temp-dir`` and ``RAY_AUTH_MODE=disabled``. The node advertises the
-  custom resources of every worker group (``rayStartParams.resources``) and ``num_cpus`` logical
-  CPUs (a setting of the stand-in: one local node cannot have the pods' sizes);
+  custom resources of every worker group (``rayStartParams.resources``) and the logical CPUs of
+  the pods the cluster starts with (bounded by this machine's cores, or the stand-in's ``num_cpus``);
 * the "pods'" environment is the head container's (and worker groups') ``env``/``envFrom``,
   resolved against the API's Secrets and ConfigMaps like the kubelet does (``secretKeyRef``,
   ``configMapKeyRef``, ``optional``, ``$(VAR)`` references). It is the environment of the Ray
@@ -694,13 +694,40 @@ def _group_plan(cluster_spec: Mapping) -> tuple[dict[str, float], float | None, 
     return resources, (gpus or None), desired, low, high
 
 
+def _cpu_quantity(value: Any) -> float:
+    text = str(value or "0").strip()
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return 0.0
+
+
+def _initial_pod_cpus(cluster_spec: Mapping) -> float:
+    """Ray CPUs of the head and of each worker group's initial replicas (limits, else requests)."""
+    def pod_cpus(group: Mapping) -> float:
+        params = group.get("rayStartParams") or {}
+        if params.get("num-cpus") is not None:
+            return _cpu_quantity(params["num-cpus"])
+        containers = ((group.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+        resources = containers[0].get("resources") or {}
+        return _cpu_quantity((resources.get("limits") or {}).get("cpu") or (resources.get("requests") or {}).get("cpu"))
+
+    total = pod_cpus(cluster_spec.get("headGroupSpec") or {})
+    for group in cluster_spec.get("workerGroupSpecs") or []:
+        low, high = int(group.get("minReplicas") or 0), int(group.get("maxReplicas") or 0)
+        replicas = group.get("replicas")
+        replicas = low if replicas is None else int(replicas)
+        total += pod_cpus(group) * (min(max(replicas, low), high) if high >= low else high)
+    return total
+
+
 class KubeRayStandIn:
     """
     Runs the RayJobs of an API server on local Ray clusters (see the module docstring).
 
     ``kubeconfig``: a kubeconfig path or dict (``KubeAPIEmulator.kubeconfig()``), or a callable
     returning a ``kubernetes.client.ApiClient``. ``num_cpus``: logical CPUs of each local cluster
-    (default: at least 4, enough for every pipeline stage's minimum worker). ``workdir``: the
+    (default: :meth:`node_cpus`, from the RayCluster's pods). ``workdir``: the
     working directory of the Ray processes, so relative paths in a job resolve there (default:
     the current directory). ``namespace``: only this namespace's RayJobs (default: all).
     """
@@ -718,7 +745,7 @@ class KubeRayStandIn:
             keep_temp: bool = False,
     ) -> None:
         self._kubeconfig = kubeconfig
-        self.num_cpus = num_cpus if num_cpus is not None else max(4, os.cpu_count() or 1)
+        self.num_cpus = num_cpus  # None: from each RayCluster's pods, see node_cpus()
         self.num_gpus = num_gpus
         self.workdir = str(pathlib.Path(workdir or os.getcwd()).resolve())
         self.namespace = namespace
@@ -767,6 +794,15 @@ class KubeRayStandIn:
             leftovers = [run.cluster for run in self._runs.values() if run.cluster is not None]
         for cluster in leftovers:  # only if the controller thread could not (it stops them itself)
             cluster.stop()
+
+    def node_cpus(self, cluster_spec: Mapping) -> float:
+        """Logical CPUs of the one local node: the stand-in's ``num_cpus`` if set, else the CPUs of
+        the pods the RayCluster starts with (a worker's Ray CPUs are its container's CPU limit, as
+        with KubeRay), at least this machine's cores and at most four times them."""
+        if self.num_cpus is not None:
+            return self.num_cpus
+        cores = os.cpu_count() or 1
+        return float(max(cores, min(_initial_pod_cpus(cluster_spec), 4 * cores)))
 
     # -- introspection
 
@@ -997,7 +1033,7 @@ class KubeRayStandIn:
         if run.cluster is None:
             resources, gpus, *_ = _group_plan(cluster_spec)
             cluster = LocalRayCluster(
-                f"{ns}/{run.cluster_name}", num_cpus=self.num_cpus, resources=resources,
+                f"{ns}/{run.cluster_name}", num_cpus=self.node_cpus(cluster_spec), resources=resources,
                 num_gpus=self.num_gpus if self.num_gpus is not None else (0 if not gpus else None),
                 env={}, cwd=self.workdir, object_store_memory=self.object_store_memory, keep_temp=self.keep_temp,
             )

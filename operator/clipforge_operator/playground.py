@@ -29,9 +29,9 @@ there. Jobs may also read and write ``s3://`` (set ``spec.storage.endpoint`` and
 Secret that ``spec.storage.credentialsSecret`` names, as in examples/s3-job.yaml).
 ``kubectl`` comes from ``bash scripts/install-kube-tools.sh`` (``.tools/bin/kubectl``) or your PATH.
 
-Each RayJob gets its own local Ray cluster with ``--num-cpus`` logical CPUs (default: at least 4,
-what the pipeline's stages need at minimum); the cluster's dashboard is the job's
-``status.dashboardURL``. Nothing listens beyond loopback, and nothing outlives the playground.
+Each RayJob gets its own local Ray cluster with the logical CPUs of the pods it asks for
+(``spec.cluster``; between this machine's cores and four times them), or ``--num-cpus``; the
+cluster's dashboard is the job's ``status.dashboardURL``. Nothing listens beyond loopback, and nothing outlives the playground.
 """
 from __future__ import annotations
 

@@ -40,8 +40,10 @@ VCJ = "videocurationjobs"
 RAYJOBS, RAYCLUSTERS = "ray.io/v1/rayjobs", "ray.io/v1/rayclusters"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 FIVE_SECOND_CLIPS = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5}}
-# The stand-in's one local node plays every pod; a small cluster, cleaned up as soon as the job ends.
-SMALL_CLUSTER = {"cpuWorkers": {"minReplicas": 1, "maxReplicas": 1}}
+# One CPU per pod: the operator starts as many pods as the stages' minimum workers need, and the
+# stand-in's one local node gets their CPUs (a handful: these tests run on two cores).
+SMALL_CLUSTER = {"cpuWorkers": {"resources": {"requests": {"cpu": 1, "memory": "2Gi"},
+                                              "limits": {"cpu": 1, "memory": "2Gi"}}}}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -52,7 +54,7 @@ def playground(tmp_path_factory):
     if kube_tool("kubectl") is None:
         pytest.fail("kubectl is missing: run `bash scripts/install-kube-tools.sh`")
     root = tmp_path_factory.mktemp("playground")
-    pg = Playground(kubeconfig=root / "kubeconfig", workdir=root, num_cpus=4, progress_interval=1.0,
+    pg = Playground(kubeconfig=root / "kubeconfig", workdir=root, progress_interval=1.0,
                     operator_log=root / "operator.log", operator_verbose=True)
     pg.start()
     standin = pg.standin
@@ -295,7 +297,12 @@ def test_deleting_a_running_job_stops_its_ray_job_and_removes_its_children(playg
     processes = local.processes()
     drivers = [p for p in processes if "clipforge run" in " ".join(p.cmdline())]
     assert drivers, [p.cmdline() for p in processes]
-    assert (pg.workdir / "deleted-out").is_dir()  # the driver runs in the workdir, as the job's paths say
+    # The driver runs in the workdir, as the job's relative paths say: its output appears there.
+    deadline = time.monotonic() + 120
+    while not (pg.workdir / "deleted-out").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (pg.workdir / "deleted-out").is_dir()
+    assert pg.emulator.get(RAYJOBS, name, namespace=NS)["status"]["jobStatus"] == "RUNNING"  # not done yet
     configmap = pg.emulator.list("configmaps", namespace=NS, label_selector=f"clipforge.dev/job={name}")
     assert len(configmap) == 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from clipforge.spec import parse_job
 from clipforge_operator import builders as b
 from clipforge_operator.emulator import KubeAPIEmulator, kuberay_crds
