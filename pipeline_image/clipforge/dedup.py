@@ -6,13 +6,25 @@
 3. Within each cluster, all pairwise cosine similarities are computed in blocks (matrix
    products, memory O(block x cluster size)); a pair is a duplicate when its similarity is
    at least 1 - eps.
-4. Duplicate pairs link clips into groups (connected components); each group keeps the clip
-   with the smallest id and every other member is recorded as `duplicate_of` it. The rule
+4. Duplicate pairs link clips into groups (connected components, across clusters); each group
+   keeps the clip with the smallest id and every other member is recorded as `duplicate_of` it. The rule
    depends on neither cluster order nor worker count, so reruns give the same dataset.
 
-Like NeMo Curator's, this is exact within a cluster and approximate across clusters: two
-near-identical clips that k-means puts in different clusters are not compared. Near-identical
-vectors almost always share their nearest centroid; more clusters make a split more likely.
+NeMo Curator compares clips only within their cluster, so two near-identical clips that
+k-means puts in different clusters are never compared. Here a clip near the border of its
+cluster (its second-nearest centroid no farther than the nearest plus the distance a
+duplicate can be away, 2 sqrt(2 eps)) is also compared with the members of that second
+cluster. That catches nearly all such splits; a duplicate pair split over clusters that are
+not each other's nearest two is still missed.
+
+Choosing eps depends on the embedder. For efficientnet-lite0 (the default), measured on the
+synthetic samples (tests/pipeline/test_dedup.py, 480x272 sources): copies re-encoded at crf 36
+score 0.993-0.995 against their originals, copies resized to 400x226 or 320x180 score
+0.978-0.990, and distinct scenes score up to about 0.95. The spec's default eps 0.01
+(similarity >= 0.99) finds the re-encodes but misses most resized copies; eps 0.03 (>= 0.97)
+finds them all with a margin to distinct content, and is what we recommend for it. Sources
+smaller than the embedder's 224 px input lose more when resized (a 160x96 copy of a 320x192
+video scored only 0.89), so such copies are out of reach for any eps that spares distinct clips.
 
 Step 3 runs as Ray tasks (clusters grouped into batches of similar cost, the embeddings
 shared through the object store) when Ray is initialised and the set is large, in-process
@@ -95,12 +107,17 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
-def kmeans_clusters(vectors: np.ndarray, k: int, seed: int = KMEANS_SEED) -> np.ndarray:
-    """Cluster of each (unit) vector under spherical k-means with k centroids."""
+def kmeans_clusters(vectors: np.ndarray, k: int, eps: float = 0.0, seed: int = KMEANS_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster of each unit vector under spherical k-means with k centroids, second cluster or -1).
+
+    The second cluster is the next nearest centroid when the vector lies near the border
+    between the two: a duplicate of it (cosine >= 1 - eps, so within sqrt(2 eps)) may then have
+    landed there, and the vector is also compared with that cluster's members.
+    """
     n, dim = vectors.shape
     k = max(1, min(k, n))
     if k == 1:
-        return np.zeros(n, dtype=np.int64)
+        return np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
     import faiss
 
     kmeans = faiss.Kmeans(
@@ -108,8 +125,13 @@ def kmeans_clusters(vectors: np.ndarray, k: int, seed: int = KMEANS_SEED) -> np.
         min_points_per_centroid=1,  # small sets are fine; faiss would only warn
     )
     kmeans.train(vectors)
-    _, assignment = kmeans.index.search(vectors, 1)
-    return assignment[:, 0].astype(np.int64)
+    squared, nearest = kmeans.index.search(vectors, 2)
+    distance = np.sqrt(np.maximum(squared, 0))
+    # A duplicate b of a lies within r = sqrt(2 eps) of a, so b can only be nearer to another
+    # centroid than to a's own if a is within 2r of that centroid's border.
+    border = distance[:, 1] <= distance[:, 0] + 2 * math.sqrt(2 * eps)
+    second = np.where(border & (nearest[:, 1] >= 0), nearest[:, 1], -1)
+    return nearest[:, 0].astype(np.int64), second.astype(np.int64)
 
 
 def default_clusters(n: int) -> int:
@@ -133,66 +155,64 @@ def _components(m: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         labels = new
 
 
-def dedup_cluster(vectors: np.ndarray, members: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
-    """(duplicates, their representatives, similarities) among `members`, as indices into vectors.
+_NO_EDGES = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 
-    `members` must be sorted by clip id: the representative of a group is its first member.
-    """
-    m = len(members)
-    empty = np.empty(0, dtype=np.int64)
-    if m < 2:
-        return empty, empty, np.empty(0, dtype=np.float32)
+
+def cluster_edges(
+    vectors: np.ndarray, members: np.ndarray, queries: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Duplicate pairs (as indices into vectors) among `members`, and between `queries` (border
+    clips of neighbouring clusters) and `members`: blocked matrix products, memory
+    O(BLOCK_ROWS x len(members))."""
     x = vectors[members]
     threshold32 = np.float32(threshold)
     lefts, rights = [], []
-    for start in range(0, m, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, m)
+    for start in range(0, len(members), BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, len(members))
         # Rows [start, stop) against columns [start, m): the upper triangle, blockwise.
-        sims = x[start:stop] @ x[start:].T
-        rows, cols = np.nonzero(sims >= threshold32)
+        rows, cols = np.nonzero(x[start:stop] @ x[start:].T >= threshold32)
         upper = cols > rows
-        lefts.append(rows[upper] + start)
-        rights.append(cols[upper] + start)
-    left, right = np.concatenate(lefts), np.concatenate(rights)
-    if not len(left):
-        return empty, empty, np.empty(0, dtype=np.float32)
-    labels = _components(m, left, right)
-    local = np.flatnonzero(labels != np.arange(m))
-    reps = labels[local]
-    similarity = np.einsum("ij,ij->i", x[local], x[reps]).astype(np.float32)
-    return members[local], members[reps], similarity
+        lefts.append(members[rows[upper] + start])
+        rights.append(members[cols[upper] + start])
+    for start in range(0, len(queries), BLOCK_ROWS):
+        block = queries[start:start + BLOCK_ROWS]
+        rows, cols = np.nonzero(vectors[block] @ x.T >= threshold32)
+        lefts.append(block[rows])
+        rights.append(members[cols])
+    if not lefts:
+        return _NO_EDGES
+    return np.concatenate(lefts), np.concatenate(rights)
 
 
-def _dedup_clusters(vectors: np.ndarray, groups: list[np.ndarray], threshold: float) -> tuple[np.ndarray, ...]:
-    parts = [dedup_cluster(vectors, members, threshold) for members in groups]
+def _cluster_edges_batch(vectors: np.ndarray, work: list[tuple[np.ndarray, np.ndarray]], threshold: float):
+    parts = [cluster_edges(vectors, members, queries, threshold) for members, queries in work]
     if not parts:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+        return _NO_EDGES
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _batches(groups: list[np.ndarray], count: int) -> list[list[np.ndarray]]:
-    """Clusters dealt into at most `count` batches of about equal pairwise cost (size squared)."""
-    order = sorted(range(len(groups)), key=lambda i: -len(groups[i]))
-    batches: list[list[np.ndarray]] = [[] for _ in range(max(1, min(count, len(groups))))]
+def _batches(work: list[tuple[np.ndarray, np.ndarray]], count: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Clusters dealt into at most `count` batches of about equal cost (pairs compared)."""
+    cost = [len(m) * (len(m) + len(q)) for m, q in work]
+    batches: list[list] = [[] for _ in range(max(1, min(count, len(work))))]
     load = [0] * len(batches)
-    for i in order:
+    for i in sorted(range(len(work)), key=lambda i: -cost[i]):
         target = load.index(min(load))
-        batches[target].append(groups[i])
-        load[target] += len(groups[i]) ** 2
+        batches[target].append(work[i])
+        load[target] += cost[i]
     return [b for b in batches if b]
 
 
-def _pairwise_on_ray(vectors: np.ndarray, groups: list[np.ndarray], threshold: float) -> tuple[np.ndarray, ...]:
+def _edges_on_ray(vectors: np.ndarray, work: list, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=3)(_dedup_clusters)
+    remote = ray.remote(num_cpus=1, max_retries=3)(_cluster_edges_batch)
     vectors_ref = ray.put(vectors)  # one copy in the object store, read zero-copy by each task
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    refs = [remote.remote(vectors_ref, batch, threshold) for batch in _batches(groups, 4 * cpus)]
-    parts = ray.get(refs)
+    parts = ray.get([remote.remote(vectors_ref, batch, threshold) for batch in _batches(work, 4 * cpus)])
     if not parts:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+        return _NO_EDGES
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def deduplicate(
@@ -218,35 +238,45 @@ def deduplicate(
 
         ray = sys.modules.get("ray")  # initialised only if someone imported it
         distributed = bool(ray is not None and ray.is_initialized() and n >= RAY_MIN_CLIPS)
-    unit = normalize(vectors) if n else np.zeros((0, vectors.shape[1]), dtype=np.float32)
-    k = max(1, min(n_clusters or default_clusters(n), max(n, 1)))
+    if n == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return DedupResult(0, 0, eps, empty, empty, empty, np.empty(0, dtype=np.float32), distributed=distributed)
+    unit = normalize(vectors)
+    k = max(1, min(n_clusters or default_clusters(n), n))
 
     started = time.perf_counter()
-    cluster_of = kmeans_clusters(unit, k) if n else np.zeros(0, dtype=np.int64)
+    cluster_of, second = kmeans_clusters(unit, k, eps)
     kmeans_s = time.perf_counter() - started
 
-    # Members of each cluster, sorted by clip id (a stable sort of the id order).
-    by_id = np.argsort(ids, kind="stable") if n else np.zeros(0, dtype=np.int64)
-    sorted_clusters = cluster_of[by_id]
-    order = np.argsort(sorted_clusters, kind="stable")
-    members_sorted = by_id[order]
-    bounds = np.flatnonzero(np.diff(sorted_clusters[order])) + 1
-    groups = [g for g in np.split(members_sorted, bounds) if len(g) > 1] if n else []
+    # Per cluster: its members, and the border clips of other clusters to compare with them.
+    members = np.split(*_grouped(cluster_of, np.arange(n), k))
+    queries = np.split(*_grouped(second[second >= 0], np.flatnonzero(second >= 0), k))
+    work = [(m, q) for m, q in zip(members, queries) if len(m) > 1 or (len(m) and len(q))]
 
     started = time.perf_counter()
     threshold = 1.0 - eps
-    if distributed:
-        dup, rep, sim = _pairwise_on_ray(unit, groups, threshold)
-    else:
-        dup, rep, sim = _dedup_clusters(unit, groups, threshold)
-    pairwise_s = time.perf_counter() - started
+    left, right = _edges_on_ray(unit, work, threshold) if distributed else _cluster_edges_batch(unit, work, threshold)
 
-    order = np.argsort(ids[dup], kind="stable") if len(dup) else np.zeros(0, dtype=np.int64)
+    # Groups: connected components over id ranks, so a group's label is its smallest id.
+    by_id = np.argsort(ids, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_id] = np.arange(n)
+    labels = _components(n, rank[left], rank[right]) if len(left) else np.arange(n)
+    duplicate_ranks = np.flatnonzero(labels != np.arange(n))  # ascending rank: sorted by id
+    duplicate, duplicate_of = by_id[duplicate_ranks], by_id[labels[duplicate_ranks]]
+    similarity = np.einsum("ij,ij->i", unit[duplicate], unit[duplicate_of]).astype(np.float32)
+    pairwise_s = time.perf_counter() - started
     return DedupResult(
-        n=n, clusters=int(len(np.unique(cluster_of))) if n else 0, eps=eps, cluster_of=cluster_of,
-        duplicate=dup[order], duplicate_of=rep[order], similarity=sim[order],
+        n=n, clusters=int(len(np.unique(cluster_of))), eps=eps, cluster_of=cluster_of,
+        duplicate=duplicate, duplicate_of=duplicate_of, similarity=similarity,
         kmeans_s=kmeans_s, pairwise_s=pairwise_s, distributed=distributed,
     )
+
+
+def _grouped(keys: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values ordered by key, split points): np.split of them gives one array per key 0..k-1."""
+    order = np.argsort(keys, kind="stable")
+    return values[order], np.searchsorted(keys[order], np.arange(1, k))
 
 
 # ---------------------------------------------------------------------------------------------

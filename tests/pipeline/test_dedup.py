@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from jobs import manifest, write_manifest
+from jobs import load_json, manifest, write_manifest
 
 from clipforge.cli import main
 from clipforge.dedup import deduplicate, normalize
@@ -117,6 +117,23 @@ def test_degenerate_sets():
     assert one.kept.tolist() == [0] and len(one.duplicate) == 0
     two = deduplicate(np.array(["b", "a"], dtype=object), np.ones((2, 8), np.float32), EPS, n_clusters=5)
     assert two.duplicate.tolist() == [0] and two.duplicate_of.tolist() == [1]  # "a" < "b" is kept
+
+
+def test_a_pair_split_over_two_clusters_is_still_found():
+    """k-means puts the two halves of a near-identical pair in different clusters (each nearer
+    its own centroid); the border pass compares them anyway."""
+    rng = np.random.default_rng(5)
+    c1, c2 = _unit(rng.standard_normal(DIM)), _unit(rng.standard_normal(DIM))
+    members = [_at_similarity(rng, c, 0.9) for c in (c1, c2) for _ in range(50)]
+    middle = _unit(c1 + c2)
+    step = 0.03 * _unit(c1 - c2)
+    a, b = _unit(middle + step), _unit(middle - step)  # a nearer c1, b nearer c2
+    assert a @ b > 0.99
+    ids = np.array([f"m{i:03d}" for i in range(100)] + ["pair-a", "pair-b"], dtype=object)
+    vectors = np.array(members + [a, b], dtype=np.float32)
+    result = deduplicate(ids, vectors, 0.01, n_clusters=2, distributed=False)
+    assert result.cluster_of[100] != result.cluster_of[101]  # the pair is split
+    assert found(ids, result) == {"pair-b": "pair-a"}
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +245,73 @@ def test_cli_dedup_reads_input_uri_and_names_missing_embeddings(tmp_path, capsys
     write_embeddings(tmp_path / "ce1", ids, vectors, algo="ce1")
     assert main(["dedup", str(dedup_job(tmp_path, tmp_path / "ce1"))]) == 2
     assert "found ce1_embd_parquet: is embeddings.algorithm right?" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a local job with EfficientNet-Lite0 embeddings finds re-encoded and resized copies.
+
+# Recommended eps for efficientnet-lite0 (see docs in clipforge.dedup): copies measured here
+# score 0.978-0.995, distinct synthetic scenes up to about 0.95.
+EFFICIENTNET_EPS = 0.03
+
+
+def _copy_video(src: Path, dst: Path, crf: int, size: tuple[int, int] | None = None) -> None:
+    """A transcoded copy of src: decoded, optionally resized, encoded again at `crf`."""
+    from fractions import Fraction
+
+    import av
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        video = source.streams.video[0]
+        width, height = size or (video.codec_context.width, video.codec_context.height)
+        stream = out.add_stream("libx264", rate=Fraction(video.average_rate))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.options = {"preset": "ultrafast", "crf": str(crf)}
+        for frame in source.decode(video):
+            rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+@pytest.mark.slow
+def test_local_job_with_embeddings_finds_the_copies_and_nothing_else(tmp_path):
+    from clipforge.samples import SampleVideo, Segment, write_video
+
+    inputs = tmp_path / "in"
+    # Four videos of two distinct 5 s scenes each; above EfficientNet's 224 px input.
+    for i in range(4):
+        write_video(
+            SampleVideo(f"v{i}", 480, 272, 12, (Segment(5, True, 100 + 10 * i), Segment(5, True, 101 + 10 * i))),
+            inputs / f"v{i}.mp4",
+        )
+    _copy_video(inputs / "v0.mp4", inputs / "copies" / "v0_crf36.mp4", crf=36)
+    _copy_video(inputs / "v1.mp4", inputs / "copies" / "v1_400x226.mp4", crf=23, size=(400, 226))
+    _copy_video(inputs / "v2.mp4", inputs / "copies" / "v2_320x180.mp4", crf=23, size=(320, 180))
+
+    out = tmp_path / "out"
+    job = write_manifest(tmp_path / "job.yaml", manifest(
+        str(inputs), str(out),
+        splitting={"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 5, "strideS": 5, "minClipLengthS": 2}},
+        transcoding={"preset": "ultrafast"}, motionFilter={"mode": "disable"}, previews={"enabled": False},
+        dedup={"enabled": True, "eps": EFFICIENTNET_EPS}, execution={"executor": "local", "clipsPerChunk": 2},
+    ))
+    assert main(["run", str(job), "--no-progress"]) == 0
+
+    embedded = pd.concat(pd.read_parquet(p) for p in (out / "efficientnet-lite0_embd_parquet").rglob("*.parquet"))
+    assert len(embedded) == 14
+    clip = {row.id: (Path(row.source_video).stem.split("_")[0], row.span_start) for row in embedded.itertuples()}
+    duplicates = pd.read_parquet(out / "dedup" / "duplicates.parquet")
+    pairs = {frozenset((a, b)) for a, b in zip(duplicates["id"], duplicates["duplicate_of"])}
+    # Each copy's clip pairs with the original's clip of the same span, and nothing else pairs.
+    same_span: dict[tuple, set] = {}
+    for clip_id, key in clip.items():
+        same_span.setdefault(key, set()).add(clip_id)
+    expected = {frozenset(ids) for ids in same_span.values() if len(ids) == 2}
+    assert len(expected) == 6 and pairs == expected
+    assert all(kept < dup for dup, kept in zip(duplicates["id"], duplicates["duplicate_of"]))  # smallest id kept
+    assert (duplicates["cosine_similarity"] >= 1 - EFFICIENTNET_EPS).all()
+    summary = load_json(out / "summary.json")
+    assert summary["state"] == "succeeded"
+    assert {k: summary["dedup"][k] for k in ("clips", "kept", "duplicates")} == {"clips": 14, "kept": 8, "duplicates": 6}
+    assert len(pd.read_parquet(out / "dedup" / "kept.parquet")) == 8
