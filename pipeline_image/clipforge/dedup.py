@@ -267,7 +267,7 @@ def deduplicate(
     similarity = np.einsum("ij,ij->i", unit[duplicate], unit[duplicate_of]).astype(np.float32)
     pairwise_s = time.perf_counter() - started
     return DedupResult(
-        n=n, clusters=int(len(np.unique(cluster_of))), eps=eps, cluster_of=cluster_of,
+        n=n, clusters=len(np.unique(cluster_of)), eps=eps, cluster_of=cluster_of,
         duplicate=duplicate, duplicate_of=duplicate_of, similarity=similarity,
         kmeans_s=kmeans_s, pairwise_s=pairwise_s, distributed=distributed,
     )

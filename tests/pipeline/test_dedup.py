@@ -164,7 +164,7 @@ def test_ray_and_in_process_agree(ray_cluster):
     for name in ("cluster_of", "duplicate", "duplicate_of", "similarity"):
         np.testing.assert_array_equal(getattr(local, name), getattr(distributed, name))
     # Ray initialised and a large set: the default picks Ray.
-    import clipforge.dedup as dedup
+    from clipforge import dedup
 
     threshold, dedup.RAY_MIN_CLIPS = dedup.RAY_MIN_CLIPS, 1000
     try:
@@ -315,3 +315,33 @@ def test_local_job_with_embeddings_finds_the_copies_and_nothing_else(tmp_path):
     assert summary["state"] == "succeeded"
     assert {k: summary["dedup"][k] for k in ("clips", "kept", "duplicates")} == {"clips": 14, "kept": 8, "duplicates": 6}
     assert len(pd.read_parquet(out / "dedup" / "kept.parquet")) == 8
+
+
+@pytest.mark.s3
+def test_cli_dedup_on_s3(tmp_path, monkeypatch, capsys, s3_server, s3_bucket):
+    import io
+
+    ids, vectors, expected = synthetic(distinct=60)
+    local = tmp_path / "earlier"
+    write_embeddings(local, ids, vectors)
+    client = s3_server.client()
+    for path in local.rglob("*.parquet"):
+        client.upload_file(str(path), s3_bucket, f"earlier/{path.relative_to(local)}")
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    storage = {"endpoint": s3_server.endpoint, "region": s3_server.region}
+
+    def job(**dedup) -> Path:
+        return write_manifest(tmp_path / "s3.yaml", manifest(
+            "/in", f"s3://{s3_bucket}/out", storage=storage, dedup={"enabled": True, "eps": EPS, **dedup}))
+
+    assert main(["dedup", str(job(inputUri=f"s3://{s3_bucket}/earlier"))]) == 0
+    body = client.get_object(Bucket=s3_bucket, Key="out/dedup/duplicates.parquet")["Body"].read()
+    duplicates = pd.read_parquet(io.BytesIO(body))
+    assert dict(zip(duplicates["id"], duplicates["duplicate_of"])) == expected
+    summary = json.loads(client.get_object(Bucket=s3_bucket, Key="out/summary.json")["Body"].read())
+    assert summary["dedup"]["duplicates"] == len(expected)
+
+    capsys.readouterr()
+    assert main(["dedup", str(job())]) == 2  # out/ has no embeddings of its own
+    assert f"no parquet files under s3://{s3_bucket}/out/efficientnet-lite0_embd_parquet" in capsys.readouterr().err
