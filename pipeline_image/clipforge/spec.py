@@ -480,13 +480,24 @@ class AestheticFilterSpec(SpecModel):
     mlp_model: str = _f("laion-aesthetic-mlp", "Subdirectory of models.uri with the aesthetic MLP's state dict.")
 
 
+class PromptVariant(str, Enum):
+    default = "default"
+    detailed = "detailed"
+    av = "av"
+    av_surveillance = "av-surveillance"
+
+
 class CaptionsSpec(SpecModel):
     enabled: bool = _f(False, "Caption each clip's windows with a vision-language model.")
     model: str = _f("qwen2.5-vl-7b-instruct", "Subdirectory of models.uri with the vision-language model.")
     window_size: int = _f(256, "Frames per caption window.", ge=1)
     remainder_threshold: int = _f(128, "A trailing window shorter than this many frames is dropped.", ge=0)
     fps: float = _f(2.0, "Frames sampled per second of clip for the model.", gt=0, le=30)
-    prompt_variant: str = _f("default", "Named prompt (default, detailed, av, av-surveillance).")
+    prompt_variant: PromptVariant = _f(
+        PromptVariant.default,
+        "Named prompt: default (the scene and what happens), detailed (everything visible),"
+        " av (a car's dash camera: road users and safety), av-surveillance (a fixed traffic camera).",
+    )
     prompt_text: str | None = _f(None, "A prompt of your own; overrides promptVariant.")
     max_new_tokens: int = _f(512, "Longest caption generated.", ge=1)
     refine: bool = _f(False, "A second pass that asks the model to refine its first caption.")

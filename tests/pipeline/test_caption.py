@@ -108,6 +108,7 @@ def captions_spec(make_spec, models_root: Path, **captions):
     return make_spec(
         models={"uri": str(models_root)},
         previews={"enabled": False},
+        embeddings={"enabled": False},
         captions={"enabled": True, "maxNewTokens": 6, **captions},
     )
 
@@ -239,6 +240,11 @@ def test_missing_and_wrong_files_name_the_path(models_root, tmp_path, make_spec)
         VisionGeometry.from_dir(bad_geometry)
     with pytest.raises(ValueError, match="promptVariant"):
         caption_module.caption_prompt("poetic", None)
+    from clipforge.spec import InvalidJobError, parse_job
+
+    with pytest.raises(InvalidJobError, match="captions.promptVariant"):
+        parse_job(manifest("/in", "/out", captions={"enabled": True, "promptVariant": "poetic"}))
+    assert set(PROMPTS) == {"default", "detailed", "av", "av-surveillance"}
 
 
 def test_models_check_lists_caption_files(models_root, tmp_path, make_spec):

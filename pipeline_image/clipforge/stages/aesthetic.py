@@ -113,15 +113,23 @@ class AestheticScorer:
     def __init__(self, clip_dir: Path, mlp_dir: Path, device: str | None = None):
         import torch
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers.utils import logging as hf_logging
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         try:
             self.processor = CLIPImageProcessor.from_pretrained(str(clip_dir), local_files_only=True)
             config = clip_vision_config(clip_dir)
-            model, info = CLIPVisionModelWithProjection.from_pretrained(
-                str(clip_dir), config=config, local_files_only=True, output_loading_info=True
-            )
+            # A full CLIPModel checkpoint has a text tower we skip: keep transformers' load report
+            # (a table of every unused tensor) out of the logs; what matters is checked below.
+            previous = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model, info = CLIPVisionModelWithProjection.from_pretrained(
+                    str(clip_dir), config=config, local_files_only=True, output_loading_info=True
+                )
+            finally:
+                hf_logging.set_verbosity(previous)
         except (OSError, ValueError) as exc:
             raise ValueError(f"CLIP model in {clip_dir} cannot be loaded: {exc}") from exc
         # transformers re-initialises what it cannot load: a scorer on random weights must not run.

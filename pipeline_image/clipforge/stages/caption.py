@@ -252,11 +252,12 @@ def decode_windows(
         longest = max(len(p[2]) for p in plan)
         size_h, size_w = geometry.frame_size(height, width, longest)
         wanted = {i for _, _, indices in plan for i in indices}
+        last_wanted = max(wanted)
         decoded: dict[int, np.ndarray] = {}
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
                 decoded[index] = frame.to_ndarray(width=size_w, height=size_h, format="rgb24", interpolation="BICUBIC")
-            if index >= max(wanted):
+            if index >= last_wanted:
                 break
     out = []
     for start, end, indices in plan:

@@ -35,6 +35,8 @@ def missing_outputs(spec: VideoCurationJobSpec | None, clip: Clip) -> list[str]:
         missing.append("preview")
     if spec.aesthetic_filter.enabled and clip.filtered_by in (None, "aesthetic") and clip.aesthetic_score is None:
         missing.append("aesthetic_score")
+    if spec.embeddings.enabled and clip.filtered_by is None and clip.embedding is None:
+        missing.append("embedding")
     if spec.captions.enabled and clip.filtered_by is None:
         if not clip.windows:
             missing.append("windows")
