@@ -1,4 +1,4 @@
-"""Helpers for tests that run whole jobs: manifests, output listings, clip decoding."""
+"""Helpers for tests that run stages or whole jobs: manifests, output listings, clip decoding."""
 
 from __future__ import annotations
 
@@ -65,3 +65,11 @@ def decode_clip(data_or_path) -> tuple[int, str, int, int]:  # noqa: ANN001
 
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def run_stage(stage_cls, spec, task):  # noqa: ANN001
+    """One stage on one task, as a worker would run it; the stage must pass the task on alone."""
+    stage = stage_cls(spec)
+    stage.setup()
+    assert stage.run(task) == [task]
+    return task

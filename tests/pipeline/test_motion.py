@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+from jobs import run_stage
 
 from clipforge.samples import SampleVideo, Segment, write_video
 from clipforge.stages.motion import MotionScores, MotionStage, paint_flow_magnitude, patch_grid, score_motion
@@ -27,11 +28,7 @@ def vectors(*rows: tuple[int, int, int, int, int, int, int]) -> np.ndarray:
 
 
 def run_motion(spec, task):  # noqa: ANN001
-    task = copy.deepcopy(task)
-    stage = MotionStage(spec)
-    stage.setup()
-    assert stage.run(task) == [task]
-    return task
+    return run_stage(MotionStage, spec, copy.deepcopy(task))
 
 
 def test_flow_painting_fills_blocks_around_their_destination():

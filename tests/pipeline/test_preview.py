@@ -8,6 +8,7 @@ import struct
 
 import av
 import numpy as np
+from jobs import run_stage
 from PIL import Image
 
 from clipforge.stages.preview import PreviewStage, preview_size
@@ -40,11 +41,7 @@ def webp_animation(data: bytes) -> dict:
 
 
 def run_preview(spec, task):  # noqa: ANN001
-    task = copy.deepcopy(task)
-    stage = PreviewStage(spec)
-    stage.setup()
-    assert stage.run(task) == [task]
-    return task
+    return run_stage(PreviewStage, spec, copy.deepcopy(task))
 
 
 def test_animated_webp_at_the_spec_rate_and_height(stage_clips, stage_source_frames, make_spec):

@@ -7,6 +7,7 @@ import os
 import av
 import numpy as np
 import pytest
+from jobs import run_stage
 
 from clipforge.samples import SampleVideo, Segment, write_video
 from clipforge.stages.transcode import TranscodeStage, output_size, parse_bitrate
@@ -14,12 +15,8 @@ from clipforge.stages.transcode import TranscodeStage, output_size, parse_bitrat
 FAST = {"preset": "ultrafast"}
 
 
-def run_stage(spec, task):  # noqa: ANN001
-    stage = TranscodeStage(spec)
-    stage.setup()
-    out = stage.run(task)
-    assert out == [task]
-    return task
+def transcode(spec, task):  # noqa: ANN001
+    return run_stage(TranscodeStage, spec, task)
 
 
 def pixel_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,7 +84,7 @@ def source_reads(monkeypatch):
 def test_encode_is_frame_accurate_with_overlapping_clips(stage_source, stage_source_frames, make_task, make_spec,
                                                          decode_clip):
     spans = [(5, 29), (20, 60), (47, 49), (60, 96), (90, 144)]  # overlaps, a 2-frame clip, keyframe edges
-    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, spans))
+    task = transcode(make_spec(transcoding=FAST), make_task(stage_source, spans))
     assert not task.errors
     for clip, (start, end) in zip(task.clips, spans):
         assert clip.errors == {}
@@ -105,7 +102,7 @@ def test_one_seek_and_one_pass_per_chunk(stage_source, make_task, make_spec, sou
     # Keyframes are at 0, 48 and 96. Clip by clip, each seek would re-read from 48 (or 96):
     # at least 62 + 92 + 44 = 198 packets. One pass reads from 48 to the end once.
     spans = [(50, 110), (80, 140), (110, 144)]
-    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, spans))
+    task = transcode(make_spec(transcoding=FAST), make_task(stage_source, spans))
     assert all(c.encoded and not c.errors for c in task.clips)
     assert source_reads["opens"] == 1
     assert source_reads["seeks"] == 1
@@ -115,7 +112,7 @@ def test_one_seek_and_one_pass_per_chunk(stage_source, make_task, make_spec, sou
 
 def test_adjacent_clips_decode_each_source_frame_once(stage_source, make_task, make_spec, source_reads):
     spans = [(52, 70), (70, 88), (88, 106)]
-    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, spans))
+    task = transcode(make_spec(transcoding=FAST), make_task(stage_source, spans))
     assert all(c.num_frames == 18 for c in task.clips)
     assert source_reads["seeks"] == 1 and source_reads["demux_calls"] == 1
     # From the keyframe at 48 to 106, plus the decoder's few frames of reordering delay.
@@ -123,14 +120,14 @@ def test_adjacent_clips_decode_each_source_frame_once(stage_source, make_task, m
 
 
 def test_a_chunk_from_the_start_does_not_seek(stage_source, make_task, make_spec, source_reads):
-    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, [(0, 24), (24, 48)]))
+    task = transcode(make_spec(transcoding=FAST), make_task(stage_source, [(0, 24), (24, 48)]))
     assert [c.num_frames for c in task.clips] == [24, 24]
     assert source_reads["seeks"] == 0
     assert source_reads["packets"] <= 48 + 6
 
 
 def test_downscale_keeps_aspect_with_even_sides(stage_source, stage_source_frames, make_task, make_spec, decode_clip):
-    task = run_stage(make_spec(transcoding={**FAST, "maxHeight": 101}), make_task(stage_source, [(10, 30)]))
+    task = transcode(make_spec(transcoding={**FAST, "maxHeight": 101}), make_task(stage_source, [(10, 30)]))
     clip = task.clips[0]
     frames, _, width, height = decode_clip(clip.encoded)
     assert (width, height) == (clip.width, clip.height) == (178, 100)
@@ -144,7 +141,7 @@ def test_downscale_keeps_aspect_with_even_sides(stage_source, stage_source_frame
 def test_default_encoder_settings_and_bitrate(stage_source, make_task, make_spec, decode_clip):
     # Default preset (medium) and crf 23, then a bitrate instead of crf.
     for transcoding in ({}, {"bitrate": "300k", "preset": "veryfast"}):
-        task = run_stage(make_spec(transcoding=transcoding), make_task(stage_source, [(30, 60)]))
+        task = transcode(make_spec(transcoding=transcoding), make_task(stage_source, [(30, 60)]))
         frames, codec, _, _ = decode_clip(task.clips[0].encoded)
         assert (len(frames), codec) == (30, "h264")
     assert parse_bitrate("4M") == 4_000_000 and parse_bitrate("800k") == 800_000 and parse_bitrate("1000") == 1000
@@ -153,7 +150,7 @@ def test_default_encoder_settings_and_bitrate(stage_source, make_task, make_spec
 @pytest.mark.parametrize(("encoder", "codec"), [("libvpx-vp9", "vp9"), ("libsvtav1", "av1")])
 def test_other_encoders(encoder, codec, stage_source, stage_source_frames, make_task, make_spec, decode_clip):
     transcoding = {"encoder": encoder, "crf": 35, "preset": "8" if encoder == "libvpx-vp9" else "12"}
-    task = run_stage(make_spec(transcoding=transcoding), make_task(stage_source, [(50, 62), (58, 70)]))
+    task = transcode(make_spec(transcoding=transcoding), make_task(stage_source, [(50, 62), (58, 70)]))
     for clip in task.clips:
         assert clip.errors == {} and clip.video_codec == codec
         frames, decoder, width, height = decode_clip(clip.encoded)
@@ -163,7 +160,7 @@ def test_other_encoders(encoder, codec, stage_source, stage_source_frames, make_
 
 
 def test_nvenc_without_a_gpu_fails_per_clip(stage_source, make_task, make_spec, decode_clip):
-    task = run_stage(make_spec(transcoding={"encoder": "h264_nvenc", "preset": "p1"}),
+    task = transcode(make_spec(transcoding={"encoder": "h264_nvenc", "preset": "p1"}),
                      make_task(stage_source, [(0, 12), (12, 24)]))
     assert not task.errors
     for clip in task.clips:
@@ -179,7 +176,7 @@ def test_stream_copy_snaps_spans_to_keyframes(stage_source, stage_source_frames,
     spans = [(50, 70), (60, 100), (96, 120)]
     task = make_task(stage_source, spans)
     ids = [c.uuid for c in task.clips]
-    run_stage(make_spec(transcoding={"mode": "copy"}), task)
+    transcode(make_spec(transcoding={"mode": "copy"}), task)
     assert [c.uuid for c in task.clips] == ids
     # [keyframe at or before start, first keyframe at or after end): whole GOPs, always decodable.
     assert [(c.start_frame, c.end_frame) for c in task.clips] == [(48, 96), (48, 144), (96, 144)]
@@ -204,7 +201,7 @@ def test_other_containers(suffix, tmp_path, make_task, make_spec, decode_clip):
     with av.open(str(path)) as container:
         source = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     for mode in ("encode", "copy"):
-        task = run_stage(make_spec(transcoding={**FAST, "mode": mode}), make_task(path, [(30, 45), (45, 70)]))
+        task = transcode(make_spec(transcoding={**FAST, "mode": mode}), make_task(path, [(30, 45), (45, 70)]))
         for clip in task.clips:
             assert clip.errors == {}
             frames = decode_clip(clip.encoded)[0]
@@ -222,7 +219,7 @@ def test_stream_copy_of_open_gops(suffix, tmp_path, make_task, make_spec, decode
     path = write_video(video, tmp_path / f"source{suffix}", codec="libx265", gop=25)
     with av.open(str(path)) as container:
         source = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    task = run_stage(make_spec(transcoding={"mode": "copy"}), make_task(path, [(30, 45), (45, 70), (80, 100)]))
+    task = transcode(make_spec(transcoding={"mode": "copy"}), make_task(path, [(30, 45), (45, 70), (80, 100)]))
     for clip in task.clips:
         assert clip.errors == {} and clip.keyframe_aligned and clip.video_codec == "hevc"
         frames, codec, _, _ = decode_clip(clip.encoded)
@@ -237,7 +234,7 @@ def test_stream_copy_of_open_gops(suffix, tmp_path, make_task, make_spec, decode
 def test_clip_errors_are_recorded_per_clip(stage_source, make_task, make_spec, decode_clip):
     # A clip running past the end keeps the frames that exist; one starting after the end fails;
     # an empty span fails; the others are unaffected.
-    task = run_stage(make_spec(transcoding=FAST), make_task(stage_source, [(20, 30), (30, 30), (130, 200), (300, 320)]))
+    task = transcode(make_spec(transcoding=FAST), make_task(stage_source, [(20, 30), (30, 30), (130, 200), (300, 320)]))
     assert not task.errors
     good, empty, tail, missing = task.clips
     assert good.errors == {} and good.num_frames == 10
@@ -255,7 +252,7 @@ def test_unreadable_sources_fail_the_video_not_the_run(tmp_path, stage_source, m
     truncated.write_bytes(stage_source.read_bytes()[: stage_source.stat().st_size // 2])
     for path in (tmp_path / "missing.mp4", garbage, truncated):
         task = make_task(path, [(0, 10)], meta=meta)
-        run_stage(make_spec(transcoding=FAST), task)
+        transcode(make_spec(transcoding=FAST), task)
         assert "transcode" in task.errors or "transcode" in task.clips[0].errors, path
         assert task.clips[0].encoded is None
 
@@ -275,7 +272,7 @@ def test_damaged_source_data_fails_only_the_clips_it_reaches(tmp_path, stage_sou
     path.write_bytes(bytes(data))
 
     meta = make_task(stage_source, []).meta
-    task = run_stage(make_spec(transcoding=FAST), make_task(path, [(0, 48), (40, 96), (96, 144)], meta=meta))
+    task = transcode(make_spec(transcoding=FAST), make_task(path, [(0, 48), (40, 96), (96, 144)], meta=meta))
     assert not task.errors
     first, second, damaged = task.clips
     for clip in (first, second):
