@@ -51,7 +51,7 @@ def _emit(body: Mapping, event: b.EventRecord) -> None:
 
 def _context(memo: kopf.Memo) -> r.Context:
     context = getattr(memo, "clipforge", None)
-    if context is None:  # handlers registered into another operator without our startup
+    if context is None:  # made at startup, or on first use by handlers registered elsewhere
         load_config()
         context = memo.clipforge = r.Context(kube=Kube(), emit=_emit,
                                               read_secrets=_env_bool("CLIPFORGE_READ_SECRETS", True))
@@ -85,9 +85,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Namespace mode has no cluster-scoped RBAC: watch the given namespaces and the resources
     # present at startup, without observing namespaces and CRDs (which would only log warnings).
     settings.scanning.disabled = not _env_bool("CLIPFORGE_SCANNING", True)
-    if getattr(memo, "clipforge", None) is None:
-        load_config()
-        memo.clipforge = r.Context(kube=Kube(), emit=_emit, read_secrets=_env_bool("CLIPFORGE_READ_SECRETS", True))
+    _context(memo)  # connect now, so a bad kubeconfig stops the operator at start-up
     port = int(os.environ.get("CLIPFORGE_METRICS_PORT", "9090"))
     if port and not _metrics_started:
         from prometheus_client import start_http_server
