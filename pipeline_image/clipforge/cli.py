@@ -123,7 +123,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         summary_uri = layout.join(spec.output.uri, layout.SUMMARY)
         summary = json.loads(storage.read_bytes(summary_uri)) if storage.exists(summary_uri) else {}
         summary["dedup"] = dedup
-        storage.write_bytes(summary_uri, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+        storage.write_json(summary_uri, summary)
     except (DedupError, StorageError) as exc:
         print(f"error: dedup: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -31,9 +31,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _json(document: dict) -> bytes:
-    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-
 
 @dataclass
 class RunStats:
@@ -141,7 +138,7 @@ def video_record(chunks: list[VideoTask]) -> dict:
         "num_clips_passed": sum(r["num_clips_passed"] for r in records),
         "num_clips_filtered": sum(r["num_clips_filtered"] for r in records),
         "num_clips_failed": sum(r["num_clips_failed"] for r in records),
-        "clip_chunks": [layout.chunk_record("", first.relative_path, r["chunk_index"]).lstrip("/") for r in records],
+        "clip_chunks": [layout.chunk_record("", first.relative_path, r["chunk_index"]) for r in records],
         "errors": errors,
         "processed_at": _now(),
     }
@@ -176,7 +173,7 @@ class JobRun:
             record = video_record(chunks)
             if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
                 write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
-            self.storage.write_bytes(layout.video_record(self.root, chunk.relative_path), _json(record))
+            self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)
             self._count(record)
             if on_video is not None:
                 on_video(record)
@@ -203,11 +200,11 @@ class JobRun:
     def write_progress(self, state: str) -> None:
         # Called from the progress thread and the driver: one document at a time.
         with self._progress_lock:
-            self.storage.write_bytes(layout.join(self.root, layout.PROGRESS), _json(self.stats.to_json(state)))
+            self.storage.write_json(layout.join(self.root, layout.PROGRESS), self.stats.to_json(state))
 
     def summary(self, state: str) -> dict:
         document = {**self.stats.to_json(state), "failures": self.stats.failures, "output": self.root}
         if self.dedup is not None:
             document["dedup"] = self.dedup
-        self.storage.write_bytes(layout.join(self.root, layout.SUMMARY), _json(document))
+        self.storage.write_json(layout.join(self.root, layout.SUMMARY), document)
         return document

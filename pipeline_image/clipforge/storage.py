@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import json
 import os
 import posixpath
 import uuid
@@ -134,6 +135,10 @@ class Storage:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def write_json(self, uri: str, document: dict) -> None:
+        """The project's JSON records: indented, keys sorted, so reruns write identical bytes."""
+        self.write_bytes(uri, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
 
     def delete(self, uri: str) -> None:
         fs, path = self.resolve(uri)

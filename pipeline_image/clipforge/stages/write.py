@@ -18,9 +18,6 @@ from clipforge.storage import Storage
 from clipforge.tasks import Clip, VideoTask
 
 
-def _json(document: dict) -> bytes:
-    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-
 
 def missing_outputs(spec: VideoCurationJobSpec | None, clip: Clip) -> list[str]:
     """The outputs `spec` asks for that this clip lacks (empty without a spec, or without a clip file).
@@ -156,9 +153,9 @@ class WriteStage(Stage):
                     layout.embedding_file(self.root, clip.embedding_algorithm, clip.uuid),
                     embedding_pickle(clip.embedding),
                 )
-            self.storage.write_bytes(layout.clip_meta(self.root, clip.uuid), _json(clip_metadata(self.root, task, clip, self.spec)))
+            self.storage.write_json(layout.clip_meta(self.root, clip.uuid), clip_metadata(self.root, task, clip, self.spec))
         summary = chunk_summary(task)
         if task.clips:
-            self.storage.write_bytes(record_uri, _json(summary))
+            self.storage.write_json(record_uri, summary)
         light_clips = [replace(c, encoded=None, preview=None, window_previews={}) for c in task.clips]
         return [replace(task, clips=light_clips, chunk_record=summary)]
