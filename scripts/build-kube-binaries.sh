@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes control plane, etcd and the KubeRay operator from their published Go
+# modules, for the tests (the way controller-runtime's envtest ships binaries; nothing of ClipForge
+# is Go). Each binary is cached by version outside the repository, so a fresh machine builds once
+# and later runs reuse it. Prints what it builds and how long it took.
+#
+#   KUBE_BIN_CACHE   cache root (default ~/.cache/clipforge/kube-bin)
+#
+# Prints, as its last line, the directory holding the binaries (tests read it from
+# tests/harness/kube_versions.py through the same rule).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# One source for the versions: the Python harness and this script both read this file.
+source "$REPO_ROOT/tests/harness/kube-versions.env"
+
+CACHE="${KUBE_BIN_CACHE:-$HOME/.cache/clipforge/kube-bin}"
+OUT="$CACHE/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kuberay-$KUBERAY_VERSION"
+mkdir -p "$OUT"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+
+have() { [ -x "$OUT/$1" ] && [ -f "$OUT/$1.ok" ]; }
+timed() {  # timed NAME CMD...: run CMD, report how long it took
+    local name=$1 start=$SECONDS; shift
+    echo "building $name ..."
+    "$@"
+    echo "built $name in $((SECONDS - start)) s"
+}
+
+# A wrapper module whose go.mod replaces every module that `mod` replaces with a relative path
+# by its published version, so `go build` can build `mod`'s commands outside its own repository.
+wrapper_module() {  # wrapper_module DIR MODULE VERSION STAGING_VERSION
+    local dir=$1 mod=$2 ver=$3 staging=$4
+    rm -rf "$dir"; mkdir -p "$dir"
+    (cd "$dir"
+     go mod init clipforge.test/kubebuild >/dev/null 2>&1
+     go mod edit -require="$mod@$ver"
+     go mod download -json "$mod@$ver" >/dev/null
+     local gomod; gomod=$(go list -m -f '{{.GoMod}}' "$mod@$ver")
+     # lines like `k8s.io/api => ./staging/src/k8s.io/api` (or `=> ../api` in etcd); etcd's
+     # `=> ./FORBIDDEN_DEPENDENCY` guards name modules nothing may require, so they stay out.
+     sed -E 's/^[[:space:]]*replace[[:space:]]+//' "$gomod" |
+         awk '/=>[ \t]+\.\.?\// && !/FORBIDDEN/ {print $1}' | sort -u | while read -r dep; do
+         go mod edit -replace="$dep=$dep@$staging"
+     done)
+}
+
+build_kubernetes() {
+    local dir="$CACHE/src/kubernetes-$KUBERNETES_VERSION"
+    wrapper_module "$dir" k8s.io/kubernetes "v$KUBERNETES_VERSION" "v0.${KUBERNETES_VERSION#1.}"
+    (cd "$dir"
+     go mod edit -replace="k8s.io/kubernetes=k8s.io/kubernetes@v$KUBERNETES_VERSION"
+     go get k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler}@"v$KUBERNETES_VERSION" 2>&1 | grep -v '^go: added' || true
+     for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+         go build -trimpath -tags selinux,notest -ldflags="-s -w \
+            -X k8s.io/component-base/version.gitVersion=v$KUBERNETES_VERSION \
+            -X k8s.io/component-base/version.gitMajor=1 \
+            -X k8s.io/component-base/version.gitMinor=${KUBERNETES_VERSION#1.} \
+            -X k8s.io/client-go/pkg/version.gitVersion=v$KUBERNETES_VERSION" \
+            -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+         touch "$OUT/$cmd.ok"
+     done)
+}
+
+build_etcd() {
+    local dir="$CACHE/src/etcd-$ETCD_VERSION"
+    wrapper_module "$dir" go.etcd.io/etcd/server/v3 "v$ETCD_VERSION" "v$ETCD_VERSION"
+    (cd "$dir"
+     go get go.etcd.io/etcd/server/v3@"v$ETCD_VERSION" 2>&1 | grep -v '^go: added' || true
+     go build -trimpath -ldflags="-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3
+     touch "$OUT/etcd.ok")
+}
+
+build_kuberay() {
+    local dir="$CACHE/src/kuberay-$KUBERAY_VERSION"
+    rm -rf "$dir"; mkdir -p "$dir"
+    (cd "$dir"
+     go mod init clipforge.test/kuberaybuild >/dev/null 2>&1
+     go get "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION" 2>&1 | grep -v '^go: added' || true
+     go build -trimpath -ldflags="-s -w" -o "$OUT/kuberay-operator" github.com/ray-project/kuberay/ray-operator
+     local src; src=$(go list -m -f '{{.Dir}}' "github.com/ray-project/kuberay/ray-operator")
+     rm -rf "$OUT/kuberay-crds"; cp -r "$src/config/crd/bases" "$OUT/kuberay-crds"; chmod -R u+w "$OUT/kuberay-crds"
+     touch "$OUT/kuberay-operator.ok")
+}
+
+total=$SECONDS
+if have etcd; then echo "etcd $ETCD_VERSION: cached"; else timed "etcd $ETCD_VERSION" build_etcd; fi
+if have kuberay-operator; then echo "kuberay-operator $KUBERAY_VERSION: cached"; else timed "kuberay-operator $KUBERAY_VERSION" build_kuberay; fi
+if have kube-apiserver && have kube-controller-manager && have kube-scheduler; then
+    echo "kubernetes $KUBERNETES_VERSION: cached"
+else
+    timed "kube-apiserver, kube-controller-manager, kube-scheduler $KUBERNETES_VERSION" build_kubernetes
+fi
+echo "kube binaries ready in $((SECONDS - total)) s"
+echo "$OUT"
