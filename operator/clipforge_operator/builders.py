@@ -14,7 +14,6 @@ Nothing here talks to Kubernetes: the handlers read, call these, compare and pat
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -330,15 +329,17 @@ def _pod_template(
 
 
 def _worker_group(spec: VideoCurationJobSpec, plan: GroupPlan, pod_labels: dict) -> dict:
-    params = {"resources": json.dumps(plan.ray_resources, sort_keys=True)}
-    if plan.gpus:
-        params["num-gpus"] = str(plan.gpus)
+    # The stage resources go in the group's `resources` field, not rayStartParams: KubeRay pastes
+    # rayStartParams unquoted into a bash line (`ray start --resources={...}` would be split by the
+    # shell), while `resources` it renders as quoted JSON itself, and Ray's autoscaler reads it too.
+    params = {"num-gpus": str(plan.gpus)} if plan.gpus else {}
     return {
         "groupName": plan.name,
         "replicas": plan.min_replicas,
         "minReplicas": plan.min_replicas,
         "maxReplicas": plan.max_replicas,
         "rayStartParams": params,
+        "resources": {name: str(amount) for name, amount in sorted(plan.ray_resources.items())},
         "template": _pod_template(
             spec, {**pod_labels, f"{API_GROUP}/group": plan.name}, "ray-worker",
             container_resources(plan.settings.resources, plan.gpus),

@@ -177,11 +177,11 @@ def test_worker_groups_advertise_their_stages_resources():
     rj = b.build_rayjob(gpu_job(), "videos", UID)
     groups = {g["groupName"]: g for g in rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
     assert list(groups) == ["cpu", "gpu-split", "gpu-transcode"]
-    cpu = json.loads(groups["cpu"]["rayStartParams"]["resources"])
+    cpu = groups["cpu"]["resources"]
     cpu_stages = ("probe", "motion", "embed", "preview", "write")
     assert set(cpu) == {stage_resource_name(s) for s in cpu_stages}
-    assert json.loads(groups["gpu-transcode"]["rayStartParams"]["resources"]) == {"clipforge_transcode": 1000}
-    assert json.loads(groups["gpu-split"]["rayStartParams"]["resources"]) == {"clipforge_split": 1000}
+    assert groups["gpu-transcode"]["resources"] == {"clipforge_transcode": "1000"}
+    assert groups["gpu-split"]["resources"] == {"clipforge_split": "1000"}
     assert "nvidia.com/gpu" not in json.dumps(groups["cpu"])
     transcode = groups["gpu-transcode"]
     container = transcode["template"]["spec"]["containers"][0]
