@@ -16,6 +16,11 @@ EMBEDDINGS = "ce1_embd"
 EMBEDDINGS_PARQUET = "ce1_embd_parquet"
 PROGRESS = "progress.json"
 SUMMARY = "summary.json"
+# Derived from the records above at the end of every run (clip_index.py, report.py): rebuildable.
+INDEX = "index"
+CLIP_INDEX = "index/clips"
+VIDEO_INDEX = "index/videos"
+REPORT = "report"
 
 
 def clip_file(root: str, clip_id: str, filtered: bool) -> str:
@@ -49,6 +54,15 @@ def clip_meta(root: str, clip_id: str) -> str:
 
 def video_record(root: str, relative_path: str) -> str:
     return join(root, PROCESSED_VIDEOS, f"{relative_path}.json")
+
+
+def index_part(root: str, table: str, part: int) -> str:
+    """One shard of an index table (CLIP_INDEX or VIDEO_INDEX)."""
+    return join(root, table, f"part-{part:05d}.parquet")
+
+
+def report_file(root: str, *parts: str) -> str:
+    return join(root, REPORT, *parts)
 
 
 def chunk_record(root: str, relative_path: str, chunk_index: int) -> str:

@@ -1,0 +1,216 @@
+"""The clip index: parquet tables over everything an output holds, for dataframe and SQL tools.
+
+    index/clips/part-NNNNN.parquet    one row per clip (passed, filtered, failed): every field of
+                                      its metas/v0 JSON under the same name (objects as structs,
+                                      stage -> message dicts as maps), plus `status` and `duration_s`
+    index/videos/part-NNNNN.parquet   one row per processed_videos/ record
+
+The index is built from those records, not from the run's memory, so it covers whatever the
+output now holds, earlier runs included, and a rebuild over unchanged records writes the same
+bytes. Records are read concurrently and ROWS_PER_FILE at a time, so memory stays bounded; a
+rebuild deletes the shards it no longer needs. docs/index-and-report.md describes the schema.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clipforge import layout
+from clipforge.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_FILE = 100_000
+READ_THREADS = 32
+
+_ERRORS = pa.map_(pa.string(), pa.string())
+
+CLIP_SCHEMA = pa.schema([
+    ("span_uuid", pa.string()),
+    ("status", pa.string()),  # derived: passed | filtered | failed
+    ("duration_s", pa.float64()),  # derived: duration_span[1] - duration_span[0]
+    ("source_video", pa.string()),
+    ("duration_span", pa.list_(pa.float64())),
+    ("span_frames", pa.list_(pa.int64())),
+    ("keyframe_aligned", pa.bool_()),
+    ("width_source", pa.int64()),
+    ("height_source", pa.int64()),
+    ("framerate_source", pa.float64()),
+    ("width", pa.int64()),
+    ("height", pa.int64()),
+    ("framerate", pa.float64()),
+    ("num_frames", pa.int64()),
+    ("video_codec", pa.string()),
+    ("num_bytes", pa.int64()),
+    ("clip_location", pa.string()),
+    ("preview_location", pa.string()),
+    ("motion_score", pa.struct([("global_mean", pa.float64()), ("per_patch_min_256", pa.float64())])),
+    ("filtered_by", pa.string()),
+    ("aesthetic_score", pa.float64()),
+    ("windows", pa.list_(pa.struct([
+        ("start_frame", pa.int64()),
+        ("end_frame", pa.int64()),
+        ("frames_used", pa.int64()),
+        ("draft_caption", pa.string()),
+        ("caption", pa.string()),
+        ("enhanced_caption", pa.string()),
+        ("preview_location", pa.string()),
+    ]))),
+    ("embedding", pa.struct([("algorithm", pa.string()), ("dim", pa.int64()), ("location", pa.string())])),
+    ("text_match", pa.struct([("best", pa.string()), ("scores", pa.map_(pa.string(), pa.float64()))])),
+    ("valid", pa.bool_()),
+    ("missing_outputs", pa.list_(pa.string())),
+    ("errors", _ERRORS),
+])
+DERIVED_CLIP_COLUMNS = ("status", "duration_s")
+
+VIDEO_SCHEMA = pa.schema([
+    ("video", pa.string()),
+    ("relative_path", pa.string()),
+    ("metadata", pa.struct([
+        ("container", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("framerate", pa.float64()),
+        ("num_frames", pa.int64()),
+        ("video_codec", pa.string()),
+        ("pix_fmt", pa.string()),
+        ("bit_rate", pa.int64()),
+        ("has_audio", pa.bool_()),
+    ])),
+    ("split_algorithm", pa.string()),
+    ("num_chunks", pa.int64()),
+    ("num_clips", pa.int64()),
+    ("num_clips_passed", pa.int64()),
+    ("num_clips_filtered", pa.int64()),
+    ("num_clips_failed", pa.int64()),
+    ("clip_chunks", pa.list_(pa.string())),
+    ("errors", _ERRORS),
+    ("processed_at", pa.timestamp("s", tz="UTC")),
+])
+
+
+def clip_status(meta: dict) -> str:
+    """passed / filtered / failed, as the chunk records count them: failed clips have no file."""
+    if meta.get("clip_location") is None:
+        return "failed"
+    return "passed" if meta.get("filtered_by") is None else "filtered"
+
+
+def clip_row(meta: dict) -> dict:
+    start, end = meta["duration_span"]
+    return {**meta, "status": clip_status(meta), "duration_s": end - start}
+
+
+def video_row(record: dict) -> dict:
+    return {**record, "processed_at": datetime.fromisoformat(record["processed_at"])}
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    clips: int
+    videos: int
+    unreadable: list[str]  # records skipped because they are not JSON (named in the log too)
+
+
+def _records(storage: Storage, directory: str, unreadable: list[str]) -> Iterator[list[dict]]:
+    """The JSON records under directory, ROWS_PER_FILE at a time, in path order."""
+    try:
+        listing = storage.list_files(directory, ["*.json"])
+    except StorageError:
+        return  # nothing written there yet
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        for start in range(0, len(listing), ROWS_PER_FILE):
+            uris = [uri for uri, _rel, _size in listing[start:start + ROWS_PER_FILE]]
+            batch = []
+            for uri, raw in zip(uris, pool.map(storage.read_bytes, uris)):
+                try:
+                    batch.append(json.loads(raw))
+                except ValueError:
+                    log.warning("index: %s is not JSON; left out", uri)
+                    unreadable.append(uri)
+            yield batch
+
+
+def _write_table(storage: Storage, root: str, table: str, schema: pa.Schema,
+                 batches: Iterator[list[dict]]) -> int:
+    """Writes one shard per batch, then deletes shards of an earlier, larger index; row count."""
+    rows = parts = 0
+    for batch in batches:
+        if not batch:
+            continue
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(batch, schema=schema), sink)
+        storage.write_bytes(layout.index_part(root, table, parts), sink.getvalue())
+        rows += len(batch)
+        parts += 1
+    written = {layout.index_part(root, table, part) for part in range(parts)}
+    try:
+        existing = storage.list_files(layout.join(root, table), ["*.parquet"])
+    except StorageError:
+        existing = []
+    for uri, _rel, _size in existing:
+        if uri not in written:
+            storage.delete(uri)
+    return rows
+
+
+def _unknown_fields(batches: Iterator[list[dict]], known: set[str]) -> Iterator[list[dict]]:
+    """Passes batches on, warning once about record fields the schema lacks (they would be dropped)."""
+    warned: set[str] = set()
+    for batch in batches:
+        for row in batch:
+            extra = row.keys() - known - warned
+            if extra:
+                warned |= extra
+                log.warning("index: fields %s are not in the index schema and are left out", sorted(extra))
+        yield batch
+
+
+def write_index(storage: Storage, root: str) -> IndexResult:
+    """(Re)builds index/clips and index/videos from metas/v0 and processed_videos under root."""
+    unreadable: list[str] = []
+    metas = (
+        [clip_row(meta) for meta in batch]
+        for batch in _records(storage, layout.join(root, layout.METAS), unreadable)
+    )
+    clips = _write_table(storage, root, layout.CLIP_INDEX, CLIP_SCHEMA,
+                         _unknown_fields(metas, set(CLIP_SCHEMA.names)))
+    records = (
+        [video_row(record) for record in batch]
+        for batch in _records(storage, layout.join(root, layout.PROCESSED_VIDEOS), unreadable)
+    )
+    videos = _write_table(storage, root, layout.VIDEO_INDEX, VIDEO_SCHEMA,
+                          _unknown_fields(records, set(VIDEO_SCHEMA.names)))
+    return IndexResult(clips=clips, videos=videos, unreadable=unreadable)
+
+
+def read_table(storage: Storage, root: str, table: str, columns: list[str] | None = None) -> pa.Table:
+    """An index table as written under root (no rows, same schema, when it has no shard)."""
+    import pyarrow.dataset as ds
+
+    schema = CLIP_SCHEMA if table == layout.CLIP_INDEX else VIDEO_SCHEMA
+    try:
+        parts = [uri for uri, _rel, _size in storage.list_files(layout.join(root, table), ["part-*.parquet"])]
+    except StorageError:
+        parts = []
+    if not parts:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    fs, _ = storage.resolve(root)
+    paths = [storage.resolve(uri)[1] for uri in parts]
+    try:
+        return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table(columns=columns)
+    except OSError as exc:
+        raise StorageError(f"cannot read {layout.join(root, table)}: {exc}") from None
