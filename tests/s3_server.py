@@ -21,7 +21,6 @@ import atexit
 import os
 import secrets
 import shutil
-import socket
 import string
 import subprocess
 import tempfile
@@ -31,6 +30,8 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.processes import die_with_parent, free_port, log_tail
 
 REQUIRED_COMMANDS = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
 
@@ -74,33 +75,6 @@ class S3Server:
     def env(self) -> dict[str, str]:
         """Environment variables that point AWS clients at this server's user."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent(argv: list[str]) -> list[str]:
-    """argv run under util-linux setpriv, which asks the kernel to SIGKILL it when this process dies.
-
-    (PR_SET_PDEATHSIG survives exec. Setting it from a preexec_fn instead would run Python between
-    fork and exec, which can deadlock once pyarrow, Ray or boto3 have started threads.)
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
-    except OSError as exc:
-        return f"    (no log: {exc})"
-    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty)"
 
 
 class CephS3Gateway:
@@ -172,7 +146,7 @@ class CephS3Gateway:
         for sub in ("mon/a", "osd/0", "rgw", "log", "run", "crash", "tmp"):
             (d / sub).mkdir(parents=True)
         fsid = str(uuid.uuid4())
-        mon_port, rgw_port = _free_port(), _free_port()
+        mon_port, rgw_port = free_port(), free_port()
         self._conf = d / "ceph.conf"
         self._conf.write_text(self._config(fsid, mon_port, rgw_port))
 
@@ -285,7 +259,7 @@ rgw dynamic resharding = false
         if cmd == "ceph":
             argv += ["--connect-timeout", str(int(max(5, self._deadline - time.monotonic())))]
         try:
-            done = subprocess.run(_die_with_parent(argv), capture_output=True, text=True, env=self._env(),
+            done = subprocess.run(die_with_parent(argv), capture_output=True, text=True, env=self._env(),
                                   stdin=subprocess.DEVNULL, start_new_session=True,
                                   timeout=max(5.0, min(timeout, self._deadline - time.monotonic())))
         except subprocess.TimeoutExpired as exc:
@@ -301,7 +275,7 @@ rgw dynamic resharding = false
         with out:
             # Own session: Ctrl-C in a terminal reaches pytest only, which then stops the daemons itself.
             self._procs[name] = subprocess.Popen(
-                _die_with_parent(self._argv(cmd, *args)), stdin=subprocess.DEVNULL, stdout=out,
+                die_with_parent(self._argv(cmd, *args)), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, env=self._env(), start_new_session=True)
 
     def _wait(self, what: str, ready, log: str) -> None:  # noqa: ANN001
@@ -333,7 +307,7 @@ rgw dynamic resharding = false
             for path in (self._log(name), self._log(name).with_suffix(".out")):
                 if path.exists() and path.stat().st_size:
                     lines = 40 if name == log else 10
-                    parts.append(f"--- last lines of {path.name} ---\n{_tail(path, lines)}")
+                    parts.append(f"--- last lines of {path.name} ---\n{log_tail(path, lines)}")
         return S3ServerError("\n".join(parts))
 
 
