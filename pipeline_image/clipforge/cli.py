@@ -30,7 +30,14 @@ def _format_summary(summary: dict) -> str:
         reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure["errors"].items())
         lines.append(f"FAILED {failure['video']}: {reasons}")
     lines.append(f"output: {summary['output']}")
+    lines.append(f"report: {_report_page(summary['output'])}")
     return "\n".join(lines)
+
+
+def _report_page(output: str) -> str:
+    from clipforge import layout
+
+    return layout.report_file(output, "index.html")
 
 
 def _format_dedup(dedup: dict) -> str:
@@ -163,6 +170,62 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _output_storage(args: argparse.Namespace):  # noqa: ANN202
+    from clipforge.storage import Storage
+
+    return Storage(endpoint=args.endpoint, region=args.region)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from clipforge import clip_index, layout
+    from clipforge.report import write_report
+    from clipforge.storage import StorageError
+
+    storage = _output_storage(args)
+    try:
+        index = clip_index.write_index(storage, args.output)
+        if not index.clips and not index.videos:
+            print(f"error: {args.output} holds no {layout.METAS}/ or {layout.PROCESSED_VIDEOS}/ records:"
+                  " not a ClipForge output", file=sys.stderr)
+            return EXIT_INVALID
+        page = write_report(storage, args.output)
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"index: {index.clips} clips, {index.videos} videos in {layout.join(args.output, layout.INDEX)}")
+    print(f"report: {page}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from clipforge.export import ExportError, export_webdataset
+    from clipforge.storage import StorageError
+
+    try:
+        result = export_webdataset(_output_storage(args), args.output, args.dest, args.shard_size, args.seed)
+    except (ExportError, StorageError) as exc:
+        print(f"error: export: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"exported {result.clips} clips in {len(result.shards)} shards to {args.dest}"
+          f" ({result.written} written now, {len(result.shards) - result.written} already there)")
+    return EXIT_OK
+
+
+def _shard_size(text: str) -> int:
+    from clipforge.export import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
+                        help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL; unset: AWS)")
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"), help="S3 region")
+
+
 def cmd_samples(args: argparse.Namespace) -> int:
     from clipforge.samples import write_samples
 
@@ -202,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models the job's stages need and check they are in place")
     models.add_argument("job")
     models.set_defaults(func=cmd_models)
+
+    report = sub.add_parser("report", help="(re)write an output's clip index and report/index.html")
+    report.add_argument("output", help="the job's output.uri: a local directory or s3:// URI")
+    _storage_options(report)
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="write an output's passed clips as WebDataset tar shards")
+    export.add_argument("output", help="the job's output.uri: a local directory or s3:// URI")
+    export.add_argument("dest", help="where the shards go: a local directory or s3:// URI")
+    export.add_argument("--format", choices=["webdataset"], required=True, help="the shard format")
+    export.add_argument("--shard-size", type=_shard_size, default="512M",
+                        help="about how large each shard grows, such as 256M or 1G (default 512M)")
+    export.add_argument("--seed", type=int, default=0, help="the shuffle's seed: the same seed, the same shards")
+    _storage_options(export)
+    export.set_defaults(func=cmd_export)
 
     samples = sub.add_parser("samples", help="write synthetic sample videos with known cuts")
     samples.add_argument("directory")

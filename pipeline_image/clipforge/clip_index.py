@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -113,6 +114,12 @@ def clip_row(meta: dict) -> dict:
     return {**meta, "status": clip_status(meta), "duration_s": end - start}
 
 
+def caption_text(windows: list[dict] | None) -> str | None:
+    """A clip's text: each caption window's enhanced caption (else its caption), one per line."""
+    texts = [w.get("enhanced_caption") or w.get("caption") for w in windows or []]
+    return "\n".join(t for t in texts if t) or None
+
+
 def video_row(record: dict) -> dict:
     return {**record, "processed_at": datetime.fromisoformat(record["processed_at"])}
 
@@ -126,10 +133,7 @@ class IndexResult:
 
 def _records(storage: Storage, directory: str, unreadable: list[str]) -> Iterator[list[dict]]:
     """The JSON records under directory, ROWS_PER_FILE at a time, in path order."""
-    try:
-        listing = storage.list_files(directory, ["*.json"])
-    except StorageError:
-        return  # nothing written there yet
+    listing = storage.list_files(directory, ["*.json"], missing_ok=True)
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for start in range(0, len(listing), ROWS_PER_FILE):
             uris = [uri for uri, _rel, _size in listing[start:start + ROWS_PER_FILE]]
@@ -146,22 +150,18 @@ def _records(storage: Storage, directory: str, unreadable: list[str]) -> Iterato
 def _write_table(storage: Storage, root: str, table: str, schema: pa.Schema,
                  batches: Iterator[list[dict]]) -> int:
     """Writes one shard per batch, then deletes shards of an earlier, larger index; row count."""
-    rows = parts = 0
+    rows = shards = 0
     for batch in batches:
         if not batch:
             continue
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(batch, schema=schema), sink)
-        storage.write_bytes(layout.index_part(root, table, parts), sink.getvalue())
+        storage.write_bytes(layout.index_part(root, table, shards), sink.getvalue())
         rows += len(batch)
-        parts += 1
-    written = {layout.index_part(root, table, part) for part in range(parts)}
-    try:
-        existing = storage.list_files(layout.join(root, table), ["*.parquet"])
-    except StorageError:
-        existing = []
-    for uri, _rel, _size in existing:
-        if uri not in written:
+        shards += 1
+    written = {os.path.basename(layout.index_part("", table, shard)) for shard in range(shards)}
+    for uri, relative, _size in storage.list_files(layout.join(root, table), ["*.parquet"], missing_ok=True):
+        if relative not in written:
             storage.delete(uri)
     return rows
 
@@ -196,20 +196,22 @@ def write_index(storage: Storage, root: str) -> IndexResult:
     return IndexResult(clips=clips, videos=videos, unreadable=unreadable)
 
 
+def parts(storage: Storage, root: str, table: str) -> list[str]:
+    """URIs of the shards of an index table under root, in order (none before the first index)."""
+    return [uri for uri, _rel, _size in storage.list_files(layout.join(root, table), ["part-*.parquet"], missing_ok=True)]
+
+
 def read_table(storage: Storage, root: str, table: str, columns: list[str] | None = None) -> pa.Table:
     """An index table as written under root (no rows, same schema, when it has no shard)."""
     import pyarrow.dataset as ds
 
     schema = CLIP_SCHEMA if table == layout.CLIP_INDEX else VIDEO_SCHEMA
-    try:
-        parts = [uri for uri, _rel, _size in storage.list_files(layout.join(root, table), ["part-*.parquet"])]
-    except StorageError:
-        parts = []
-    if not parts:
+    shards = parts(storage, root, table)
+    if not shards:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     fs, _ = storage.resolve(root)
-    paths = [storage.resolve(uri)[1] for uri in parts]
+    paths = [storage.resolve(uri)[1] for uri in shards]
     try:
         return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table(columns=columns)
     except OSError as exc:

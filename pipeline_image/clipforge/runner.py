@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from clipforge import layout
 from clipforge.embedding_files import write_video_parquet
+from clipforge.report import publish
 from clipforge.spec import VideoCurationJob, VideoCurationJobSpec, stage_enabled
 from clipforge.storage import Storage, StorageError
 from clipforge.tasks import VideoTask
@@ -207,4 +208,5 @@ class JobRun:
         if self.dedup is not None:
             document["dedup"] = self.dedup
         self.storage.write_json(layout.join(self.root, layout.SUMMARY), document)
+        publish(self.storage, self.root)  # the clip index and the report over what the output now holds
         return document

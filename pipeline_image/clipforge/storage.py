@@ -68,8 +68,11 @@ class Storage:
             return self._s3(), uri[len("s3://"):].rstrip("/")
         return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
 
-    def list_files(self, root: str, patterns: list[str]) -> list[tuple[str, str, int]]:
-        """(uri, path relative to root, size) of files under root matching any pattern, sorted."""
+    def list_files(self, root: str, patterns: list[str], missing_ok: bool = False) -> list[tuple[str, str, int]]:
+        """(uri, path relative to root, size) of files under root matching any pattern, sorted.
+
+        missing_ok: a root that does not exist (nothing written there yet) lists as empty.
+        """
         fs, path = self.resolve(root)
         try:
             info = fs.get_file_info(path)
@@ -79,6 +82,8 @@ class Storage:
             elif info.type == pafs.FileType.Directory:
                 infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
                 base = path
+            elif missing_ok:
+                return []
             else:
                 raise StorageError(f"input {root} does not exist")
         except OSError as exc:
@@ -111,16 +116,18 @@ class Storage:
         fs, path = self.resolve(uri)
         return fs.get_file_info(path).type == pafs.FileType.File
 
-    def write_bytes(self, uri: str, data: bytes) -> None:
+    def write_bytes(self, uri: str, data: bytes, content_type: str | None = None) -> None:
+        """content_type: the object's Content-Type on S3 (browsers need it for pages served from a bucket)."""
         try:
-            self._write(uri, data)
+            self._write(uri, data, content_type)
         except OSError as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from None
 
-    def _write(self, uri: str, data: bytes) -> None:
+    def _write(self, uri: str, data: bytes, content_type: str | None) -> None:
         fs, path = self.resolve(uri)
         if is_s3(uri):
-            with fs.open_output_stream(path) as out:
+            metadata = {"Content-Type": content_type} if content_type else None
+            with fs.open_output_stream(path, metadata=metadata) as out:
                 out.write(data)
             return
         directory = os.path.dirname(path)
