@@ -332,13 +332,14 @@ def _worker_group(spec: VideoCurationJobSpec, plan: GroupPlan, pod_labels: dict)
     # The stage resources go in the group's `resources` field, not rayStartParams: KubeRay pastes
     # rayStartParams unquoted into a bash line (`ray start --resources={...}` would be split by the
     # shell), while `resources` it renders as quoted JSON itself, and Ray's autoscaler reads it too.
-    params = {"num-gpus": str(plan.gpus)} if plan.gpus else {}
+    # No resource may then be in rayStartParams (KubeRay rejects the RayJob): the GPU count comes
+    # from the nvidia.com/gpu limit, which both KubeRay's `ray start` line and the autoscaler read.
     return {
         "groupName": plan.name,
         "replicas": plan.min_replicas,
         "minReplicas": plan.min_replicas,
         "maxReplicas": plan.max_replicas,
-        "rayStartParams": params,
+        "rayStartParams": {},
         "resources": {name: str(amount) for name, amount in sorted(plan.ray_resources.items())},
         "template": _pod_template(
             spec, {**pod_labels, f"{API_GROUP}/group": plan.name}, "ray-worker",
@@ -535,6 +536,7 @@ class Observation:
     ray_start_time: datetime | None = None
     deployment_status: str = ""
     job_status: str = ""
+    retryable: bool = True  # False: another attempt with the same spec would fail the same way
 
     @property
     def failed(self) -> bool:
@@ -552,7 +554,8 @@ def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int
     """The VideoCurationJob phase a RayJob status implies.
 
     KubeRay's jobDeploymentStatus tracks the cluster and the submission (Initializing -> Running
-    -> Complete | Failed, with Suspended/Retrying/Waiting on the side); jobStatus is the Ray job's
+    -> Complete | Failed, with Suspended/Retrying/Waiting on the side, and ValidationFailed for a
+    RayJob it refuses, which fails without retries); jobStatus is the Ray job's
     own (PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED). Only Complete+SUCCEEDED is success;
     a STOPPED job was stopped on purpose (Cancelled); every other terminal state is a failure with
     KubeRay's reason and message carried over. A job not yet RUNNING after the pending deadline
@@ -575,6 +578,11 @@ def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int
     if deployment == "Complete" and job_status == "STOPPED":
         return Observation(JobPhase.cancelled.value, reason or "JobStopped",
                            message or f"the Ray job of {name} was stopped", True, **common)
+    if deployment == "ValidationFailed":
+        # KubeRay refuses the RayJob we built and waits for an edit that never comes: a new
+        # attempt would be refused the same way, so the job fails now with KubeRay's message.
+        return Observation(JobPhase.failed.value, reason or "ValidationFailed",
+                           message or f"KubeRay refused RayJob {name}", True, retryable=False, **common)
     if deployment in ("Complete", "Failed"):
         # Failed: SubmissionFailed, DeadlineExceeded, AppFailed, ...; Complete+FAILED from older KubeRay.
         default_reason = "AppFailed" if job_status == "FAILED" else "SubmissionFailed" if not job_status else "JobFailed"

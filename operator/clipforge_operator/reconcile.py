@@ -294,7 +294,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         return _commit(ctx, namespace, name, st)
 
     # A failed attempt: retry after a backoff while retries are left, else the job fails.
-    if attempt < spec.max_retries:
+    if attempt < spec.max_retries and obs.retryable:
         retry = attempt + 1
         delay = spec.retry_backoff.delay(retry)
         when = now + timedelta(seconds=delay)

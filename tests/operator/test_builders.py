@@ -189,7 +189,9 @@ def test_worker_groups_advertise_their_stages_resources():
     assert transcode["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert transcode["template"]["spec"]["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert transcode["rayStartParams"]["num-gpus"] == "1"
+    # Resources only in the group's `resources` and the container limits: KubeRay refuses a group
+    # with resources in rayStartParams as well (validateRayGroupResources).
+    assert all(g["rayStartParams"] == {} for g in groups.values())
     # Two transcoders (0.5 GPU each) fit one 1-GPU pod: minWorkers 2 -> 1 pod, maxWorkers 8 -> 4 pods.
     assert (transcode["minReplicas"], transcode["maxReplicas"], transcode["replicas"]) == (1, 4, 1)
 

@@ -355,6 +355,19 @@ def test_submission_failure_is_retried_with_kuberays_reason(tmp_path: Path):
     assert "submitter" in h.condition("Failed")["message"]
 
 
+def test_a_rayjob_kuberay_refuses_fails_the_job_without_retries(tmp_path: Path):
+    # KubeRay 1.5 parks a RayJob it cannot accept in ValidationFailed and waits for an edit;
+    # the same spec would be refused again, so the job fails at once, retries left or not.
+    h = Harness(tmp_path, maxRetries=2)
+    h.reconcile()
+    message = ("The RayJob spec is invalid: resource fields should not be set in both rayStartParams"
+               " and Resources for gpu-motion group; please use only one")
+    fail(h, "demo", jobDeploymentStatus="ValidationFailed", reason="ValidationFailed", message=message)
+    assert h.status["phase"] == "Failed" and h.status["retries"] == 0
+    assert h.condition("Failed")["reason"] == "ValidationFailed" and h.condition("Failed")["message"] == message
+    assert h.rayjobs() == ["demo"]  # kept, with KubeRay's event, for inspection
+
+
 def test_stuck_initializing_fails_after_the_pending_deadline(tmp_path: Path):
     h = Harness(tmp_path, maxRetries=1, pendingDeadlineSeconds=600)
     h.reconcile()
