@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -73,3 +75,10 @@ def run_stage(stage_cls, spec, task):  # noqa: ANN001
     stage.setup()
     assert stage.run(task) == [task]
     return task
+
+
+def clipforge(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`clipforge <args>` in a fresh process that starts its own local Ray (RAY_ADDRESS unset)."""
+    env = {**os.environ, **(env or {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "clipforge.cli", *args], env=env, capture_output=True, text=True, **kwargs)

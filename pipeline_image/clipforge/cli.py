@@ -10,7 +10,10 @@ from pathlib import Path
 
 from clipforge.spec import InvalidJobError, load_job
 
-EXIT_OK, EXIT_VIDEOS_FAILED, EXIT_INVALID = 0, 1, 2
+# Exit statuses of `clipforge run` (README: "Exit statuses"). 3: every video was processed and
+# the failed ones are within execution.failures' limits; 1: the job failed (too many failed
+# videos, dedup, or an error of the run itself).
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 2, 3
 
 
 def _format_summary(summary: dict) -> str:
@@ -29,6 +32,10 @@ def _format_summary(summary: dict) -> str:
     for failure in summary["failures"]:
         reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure["errors"].items())
         lines.append(f"FAILED {failure['video']}: {reasons}")
+    if summary["state"] == "completed-with-failures":
+        lines.append(f"completed with failures: {videos['failed']} of {videos['total']} videos failed")
+    elif summary.get("reason"):
+        lines.append(f"job failed: {summary['message']}")
     lines.append(f"output: {summary['output']}")
     lines.append(f"report: {_report_page(summary['output'])}")
     return "\n".join(lines)
@@ -53,7 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)  # InvalidJobError before any work
     from tqdm import tqdm
 
-    from clipforge.runner import JobRun, ProgressWriter
+    from clipforge.runner import (
+        COMPLETED_WITH_FAILURES, FAILED, SUCCEEDED, TOO_MANY_VIDEOS_FAILED, JobRun, ProgressWriter,
+    )
     from clipforge.storage import StorageError
 
     spec = job.spec
@@ -73,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(clips=run.stats.clips_passed, filtered=run.stats.clips_filtered, failed=run.stats.failed)
 
-    state = "failed"
+    state, reason, message = FAILED, None, None
     try:
         with ProgressWriter(run):
             if executor == "local":
@@ -87,7 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 results = run_ray(spec, tasks)
             if tasks:
                 run.consume(results, on_video)
-            state = "failed" if run.stats.failed else "succeeded"
+            message = run.too_many_failures()
+            reason = TOO_MANY_VIDEOS_FAILED if message else None
+            state = FAILED if message else COMPLETED_WITH_FAILURES if run.stats.failed else SUCCEEDED
             if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
                 from clipforge.dedup import DedupError
 
@@ -96,17 +107,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 except (DedupError, StorageError) as exc:
                     print(f"error: dedup: {exc}", file=sys.stderr)
                     run.dedup = {"error": str(exc)}
-                    state = "failed"
+                    state = FAILED
     finally:
         bar.close()
-        summary = run.summary(state)
+        summary = run.summary(state, reason, message)
         run.write_progress(state)
         if started_ray:
             import ray
 
             ray.shutdown()
     print(_format_summary(summary))
-    return EXIT_VIDEOS_FAILED if run.stats.failed or state == "failed" else EXIT_OK
+    return {SUCCEEDED: EXIT_OK, COMPLETED_WITH_FAILURES: EXIT_COMPLETED_WITH_FAILURES}.get(state, EXIT_FAILED)
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:

@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 5.0
 
+# How a run ended, as summary.json's `state` says it (the CLI's exit status and the operator's
+# phase follow it). Completed with failures: every video was processed, some failed, and they
+# are within execution.failures' limits.
+SUCCEEDED, COMPLETED_WITH_FAILURES, FAILED = "succeeded", "completed-with-failures", "failed"
+# summary.json's `reason` when a run failed because of its inputs (retrying will not help),
+# not because of its infrastructure.
+TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -198,13 +206,27 @@ class JobRun:
         self.dedup = dedup_output(self.spec, self.storage)
         return self.dedup
 
+    def too_many_failures(self) -> str | None:
+        """Why this run's failed videos fail it as a whole (execution.failures), or None."""
+        limits = self.spec.execution.failures
+        failed, total = self.stats.failed, self.stats.total
+        if limits.max_failed_videos is not None and failed > limits.max_failed_videos:
+            return f"{failed} videos failed, more than execution.failures.maxFailedVideos ({limits.max_failed_videos})"
+        if total and failed / total > limits.max_failed_fraction:
+            return (f"{failed} of {total} videos failed, more than execution.failures.maxFailedFraction"
+                    f" ({limits.max_failed_fraction:g})")
+        return None
+
     def write_progress(self, state: str) -> None:
         # Called from the progress thread and the driver: one document at a time.
         with self._progress_lock:
             self.storage.write_json(layout.join(self.root, layout.PROGRESS), self.stats.to_json(state))
 
-    def summary(self, state: str) -> dict:
+    def summary(self, state: str, reason: str | None = None, message: str | None = None) -> dict:
+        """Writes summary.json; a failed run's `reason` (one CamelCase word) and `message` say why."""
         document = {**self.stats.to_json(state), "failures": self.stats.failures, "output": self.root}
+        if reason:
+            document.update(reason=reason, message=message or "")
         if self.dedup is not None:
             document["dedup"] = self.dedup
         self.storage.write_json(layout.join(self.root, layout.SUMMARY), document)

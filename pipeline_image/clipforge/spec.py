@@ -247,14 +247,51 @@ class StagesExecution(SpecModel):
     write: StageExecution = _stage("write")
 
 
+class FailuresSpec(SpecModel):
+    """How broken inputs are contained: retried a bounded number of times, then recorded as failed."""
+
+    task_retries: int = _f(
+        2,
+        "Times a video (probe, split) or chunk (later stages) is retried after its worker process died"
+        " (a decoder crash, out of memory, a lost node) or it ran past taskTimeoutSeconds; then it is"
+        " recorded as failed with the reason and the run goes on. Errors a stage reports itself (an"
+        " unreadable file) are recorded at once, not retried. Ray executor only.",
+        ge=0, le=10,
+    )
+    task_timeout_seconds: int = _f(
+        3600,
+        "Longest one stage may work on one video or chunk; past it the worker process is stopped (the"
+        " only way to stop a decoder stuck in native code) and the task retried. Ray executor only.",
+        ge=1,
+    )
+    max_failed_videos: int | None = _f(
+        None,
+        "The run fails as a whole (exit status 1, phase Failed without retries) when more videos than"
+        " this fail; unset: no count limit. Otherwise a run with failed videos completes with failures.",
+        ge=0,
+    )
+    max_failed_fraction: float = _f(
+        0.5,
+        "The run fails as a whole when more than this fraction of the input videos fail; 1 never fails"
+        " the run for failed videos.",
+        ge=0, le=1,
+    )
+
+
 class ExecutionSpec(SpecModel):
     executor: Literal["ray", "local"] = _f(
         "ray", "ray: Ray Data streaming executor; local: one process, stages run in sequence (debugging)."
     )
     clips_per_chunk: int = _f(
-        16, "Clips per unit of work after splitting; bounds memory per task for long videos.", ge=1, le=1024
+        16,
+        "Clips per unit of work after splitting: a video's chunks run on different workers at once,"
+        " and a chunk bounds what one task holds in memory.",
+        ge=1, le=1024,
     )
     stages: StagesExecution = _f(default_factory=StagesExecution, description="Per-stage execution hints.")
+    failures: FailuresSpec = _f(
+        default_factory=FailuresSpec, description="Retries, time limit and failure tolerance for broken inputs."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs import FIVE_SECOND_CLIPS, decode_clip, load_json, manifest, tree, write_manifest
+from jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, tree, write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,6 @@ def job_file(tmp_path: Path, input_uri: str, output: Path, executor: str, name: 
     # the embed stage on Ray has its own test in test_embed.py.
     spec["embeddings"] = {"enabled": False}
     return write_manifest(tmp_path / name, manifest(input_uri, str(output), **spec))
-
-
-def clipforge(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
-    return subprocess.run([sys.executable, "-m", "clipforge.cli", *args], env=env, capture_output=True, text=True, **kwargs)
 
 
 def assert_complete(out: Path, expected_clips: int) -> None:

@@ -1,19 +1,32 @@
 """Ray Data streaming executor: each stage is a streaming operator backed by an actor pool.
 
-Actor pools autoscale between the stage's min and max workers; actors are restarted and
-their tasks retried when a worker dies (Ray Data's defaults for actor pools), and since the
-writer is idempotent a retried chunk rewrites the same objects.
+Every row is one task (a video, or after split one chunk of a video) and is its own block,
+so the chunks of one long video are spread over a stage's workers like separate videos are.
+
+Actor pools autoscale between the stage's min and max workers. A worker that dies (a decoder
+crash, out of memory, a lost node) is restarted and the task it was running is retried (the
+writer is idempotent: a retried chunk rewrites the same objects). Retries are bounded per
+task: `TaskAttempts`, one small actor on the driver's node, counts the attempts at each task
+across worker deaths, and once a task has used execution.failures.taskRetries retries its
+next attempt records it as failed, with the reason, instead of running it again. A task that
+runs past execution.failures.taskTimeoutSeconds stops its own worker process (native code
+stuck in a decoder cannot be interrupted any other way) after noting why in the ledger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import pickle
-from collections.abc import Iterator
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 
 import ray
+from ray.actor import ActorHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from clipforge.spec import VideoCurationJobSpec, stage_resource_name
 from clipforge.stages import Stage, pipeline_stages
@@ -23,16 +36,94 @@ log = logging.getLogger(__name__)
 
 # What a pinned stage's actor asks of its node's custom resource; groups advertise plenty.
 PINNED_RESOURCE_AMOUNT = 0.01
+# An attempt that left no reason behind: its process ended without a word (SIGKILL, segfault, OOM).
+WORKER_DIED = "its worker process died (crash, out of memory or killed)"
+
+
+class WorkerSetupError(RuntimeError):
+    """A stage's workers keep dying while they start: the run cannot go on."""
+
+
+class TaskAttempts:
+    """Attempts at each task (and at each stage's worker setup), kept outside the workers."""
+
+    def __init__(self) -> None:
+        # key -> one reason per attempt so far; "" while the attempt runs (or if it died silently).
+        self._attempts: dict[str, list[str]] = {}
+
+    def begin(self, key: str) -> list[str]:
+        """Starts an attempt; returns the reasons the earlier attempts ended."""
+        reasons = self._attempts.setdefault(key, [])
+        reasons.append("")
+        return reasons[:-1]
+
+    def record(self, key: str, reason: str) -> None:
+        self._attempts[key][-1] = reason
+
+    def finish(self, key: str) -> None:
+        self._attempts.pop(key, None)
+
+
+class _TimeLimit:
+    """Stops this worker process when the work inside runs past `seconds`."""
+
+    def __init__(self, attempts: ActorHandle, key: str, seconds: float):
+        self.attempts, self.key, self.seconds = attempts, key, seconds
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> None:
+        self._timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        reason = f"ran past the time limit of {self.seconds:g} s (execution.failures.taskTimeoutSeconds)"
+        log.error("%s %s; stopping this worker", self.key, reason)
+        try:
+            ray.get(self.attempts.record.remote(self.key, reason), timeout=30)
+        finally:
+            os._exit(1)
 
 
 class _StageWorker:
-    def __init__(self, stage_cls: type[Stage], spec: VideoCurationJobSpec):
+    def __init__(self, stage_cls: type[Stage], spec: VideoCurationJobSpec, attempts: ActorHandle):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self.attempts = attempts
+        self.failures = spec.execution.failures
         self.stage = stage_cls(spec)
-        self.stage.setup()
+        # One key per stage, cleared by any successful start: consecutive deaths while starting.
+        # No time limit: loading a model may take longer than any one task.
+        problem = self._attempt(f"{stage_cls.name} worker setup", self.stage.setup, time_limit=None)
+        if problem:
+            raise WorkerSetupError(f"{stage_cls.name} workers cannot start: {problem}")
 
     def __call__(self, row: dict) -> list[dict]:
-        return [_row(task) for task in self.stage.run(pickle.loads(row["task"]))]
+        task = pickle.loads(row["task"])
+        if task.failed:  # passed on untouched (Stage.run); nothing that could crash
+            return [row]
+        outputs: list[VideoTask] = []
+        key = f"{self.stage.name} of {task.relative_path} chunk {task.chunk_index}"
+        problem = self._attempt(
+            key, lambda: outputs.extend(self.stage.run(task)), self.failures.task_timeout_seconds
+        )
+        if problem:
+            log.error("%s: %s", key, problem)
+            task.errors[self.stage.name] = problem
+            return [_row(task)]
+        return [_row(t) for t in outputs]
+
+    def _attempt(self, key: str, work: Callable[[], object], time_limit: float | None) -> str | None:
+        """Runs `work` unless `key` has used up its retries; returns why it gave up, or None."""
+        earlier = ray.get(self.attempts.begin.remote(key))
+        if len(earlier) > self.failures.task_retries:
+            reasons = dict.fromkeys(reason or WORKER_DIED for reason in earlier)
+            return f"gave up after {len(earlier)} attempts: {'; '.join(reasons)}"
+        with _TimeLimit(self.attempts, key, time_limit) if time_limit else contextlib.nullcontext():
+            work()
+        self.attempts.finish.remote(key)
+        return None
 
 
 def _row(task: VideoTask) -> dict:
@@ -71,19 +162,49 @@ def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask]) -> Iterator[Vide
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
+    # One row per block: a block is the unit an actor takes, and Ray Data would otherwise pack
+    # all the chunks split makes of a video into one block (up to 128 MiB), one worker's work.
+    ctx.target_max_block_size = 1
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    # One block per video so videos stream through independently.
+    # On the driver's node: the ledger must outlive any worker node.
+    attempts = ray.remote(TaskAttempts).options(
+        num_cpus=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+    ).remote()
     ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     for stage_cls in pipeline_stages(spec):
-        execution = stage_cls.execution(spec)
-        ds = ds.flat_map(
-            _StageWorker,
-            fn_constructor_args=(stage_cls, spec),
-            compute=ray.data.ActorPoolStrategy(min_size=execution.min_workers, max_size=execution.max_workers),
+        ds = _stage_operator(ds, stage_cls, spec, attempts)
+    try:
+        for row in ds.iter_rows():
+            yield pickle.loads(row["task"])
+    finally:
+        ray.kill(attempts)
+
+
+def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], spec: VideoCurationJobSpec,
+                    attempts: ActorHandle) -> ray.data.Dataset:
+    """`ds` followed by the stage's actor pool."""
+    execution = stage_cls.execution(spec)
+    # Named per stage, so Ray's operator names, logs and process titles say which stage it is.
+    worker = type(f"{stage_cls.__name__}Worker", (_StageWorker,), {})
+    with warnings.catch_warnings():
+        # Ray 2.60 takes actor restarts and retries only as the generic (deprecated) remote args.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
+        return ds.flat_map(
+            worker,
+            fn_constructor_args=(stage_cls, spec, attempts),
+            # One task at a time per actor: a worker's death then costs only the task it was
+            # running a retry, and a long video's chunks are not queued behind one busy worker.
+            compute=ray.data.ActorPoolStrategy(
+                min_size=execution.min_workers, max_size=execution.max_workers, max_tasks_in_flight_per_actor=1
+            ),
             num_cpus=execution.cpus,
             num_gpus=execution.gpus or None,
             resources={stage_resource_name(stage_cls.name): PINNED_RESOURCE_AMOUNT} if execution.pinned else None,
+            # Restarts are bounded by the ledger: each task ends a bounded number of workers, and
+            # a stage whose workers die while starting fails the run. One more Ray retry than
+            # taskRetries lets the last attempt record the failure instead of running.
+            max_restarts=-1,
+            max_task_retries=spec.execution.failures.task_retries + 1,
         )
-    for row in ds.iter_rows():
-        yield pickle.loads(row["task"])
