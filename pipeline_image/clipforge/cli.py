@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from clipforge.spec import InvalidJobError, load_job
+from clipforge.spec import (
+    RUN_COMPLETED_WITH_FAILURES, RUN_FAILED, RUN_SUCCEEDED, TOO_MANY_VIDEOS_FAILED, InvalidJobError, load_job,
+)
 
 # Exit statuses of `clipforge run` (README: "Exit statuses"). 3: every video was processed and
 # the failed ones are within execution.failures' limits; 1: the job failed (too many failed
@@ -32,7 +34,7 @@ def _format_summary(summary: dict) -> str:
     for failure in summary["failures"]:
         reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure["errors"].items())
         lines.append(f"FAILED {failure['video']}: {reasons}")
-    if summary["state"] == "completed-with-failures":
+    if summary["state"] == RUN_COMPLETED_WITH_FAILURES:
         lines.append(f"completed with failures: {videos['failed']} of {videos['total']} videos failed")
     elif summary.get("reason"):
         lines.append(f"job failed: {summary['message']}")
@@ -60,9 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)  # InvalidJobError before any work
     from tqdm import tqdm
 
-    from clipforge.runner import (
-        COMPLETED_WITH_FAILURES, FAILED, SUCCEEDED, TOO_MANY_VIDEOS_FAILED, JobRun, ProgressWriter,
-    )
+    from clipforge.runner import JobRun, ProgressWriter
     from clipforge.storage import StorageError
 
     spec = job.spec
@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(clips=run.stats.clips_passed, filtered=run.stats.clips_filtered, failed=run.stats.failed)
 
-    state, reason, message = FAILED, None, None
+    state, reason, message = RUN_FAILED, None, None
     try:
         with ProgressWriter(run):
             if executor == "local":
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run.consume(results, on_video)
             message = run.too_many_failures()
             reason = TOO_MANY_VIDEOS_FAILED if message else None
-            state = FAILED if message else COMPLETED_WITH_FAILURES if run.stats.failed else SUCCEEDED
+            state = RUN_FAILED if message else RUN_COMPLETED_WITH_FAILURES if run.stats.failed else RUN_SUCCEEDED
             if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
                 from clipforge.dedup import DedupError
 
@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 except (DedupError, StorageError) as exc:
                     print(f"error: dedup: {exc}", file=sys.stderr)
                     run.dedup = {"error": str(exc)}
-                    state = FAILED
+                    state = RUN_FAILED
     finally:
         bar.close()
         summary = run.summary(state, reason, message)
@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             ray.shutdown()
     print(_format_summary(summary))
-    return {SUCCEEDED: EXIT_OK, COMPLETED_WITH_FAILURES: EXIT_COMPLETED_WITH_FAILURES}.get(state, EXIT_FAILED)
+    return {RUN_SUCCEEDED: EXIT_OK, RUN_COMPLETED_WITH_FAILURES: EXIT_COMPLETED_WITH_FAILURES}.get(state, EXIT_FAILED)
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:

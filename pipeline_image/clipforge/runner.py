@@ -27,14 +27,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 5.0
 
-# How a run ended, as summary.json's `state` says it (the CLI's exit status and the operator's
-# phase follow it). Completed with failures: every video was processed, some failed, and they
-# are within execution.failures' limits.
-SUCCEEDED, COMPLETED_WITH_FAILURES, FAILED = "succeeded", "completed-with-failures", "failed"
-# summary.json's `reason` when a run failed because of its inputs (retrying will not help),
-# not because of its infrastructure.
-TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -670,6 +670,17 @@ def load_job(path: str | Path) -> VideoCurationJob:
 
 
 # ---------------------------------------------------------------------------------------------
+# How a pipeline run ended, as `state` in the summary.json it writes at the output root. The CLI's
+# exit status follows it, and the operator reads it to tell a run whose inputs failed from one
+# whose infrastructure did. Completed with failures: every video was processed and the failed
+# ones are within execution.failures' limits.
+
+RUN_SUCCEEDED, RUN_COMPLETED_WITH_FAILURES, RUN_FAILED = "succeeded", "completed-with-failures", "failed"
+# summary.json's `reason` when a run failed because of its inputs: a retry would fail the same way.
+TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
+
+
+# ---------------------------------------------------------------------------------------------
 # Status: written by the operator only (the CRD's status subresource).
 
 
