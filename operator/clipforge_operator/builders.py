@@ -543,6 +543,7 @@ class Observation:
         return self.phase == JobPhase.failed.value
 
 
+_STARTED_JOB_STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
 _PROVISIONING_REASONS = {
     "": "RayJobCreated", "Initializing": "ClusterStarting", "Suspending": "Suspended", "Suspended": "Suspended",
     "Retrying": "KubeRayRetrying", "Waiting": "WaitingForSubmission", "Scheduling": "Scheduling",
@@ -589,7 +590,10 @@ def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int
         return Observation(JobPhase.failed.value, reason or default_reason,
                            message or f"RayJob {name}: {deployment}, Ray job {job_status or 'never started'}",
                            True, **common)
-    if deployment == "Running" and job_status == "RUNNING":
+    if deployment == "Running" and job_status in _STARTED_JOB_STATUSES:
+        # The Ray job has started. KubeRay writes its end (SUCCEEDED, FAILED, STOPPED) a moment
+        # before it moves the deployment on: Running until then, never back to Provisioning, and
+        # never subject to the pending deadline.
         return Observation(JobPhase.running.value, "JobRunning", message or "the pipeline is running", **common)
 
     since = parse_time(status.get("startTime")) or parse_time((rayjob.get("metadata") or {}).get("creationTimestamp"))

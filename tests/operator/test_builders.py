@@ -400,6 +400,15 @@ def test_running_jobs_are_not_subject_to_the_pending_deadline():
     assert observe(rayjob("Running", "RUNNING"), after=10_000, deadline=900).phase == "Running"
 
 
+@pytest.mark.parametrize("job_status", ["SUCCEEDED", "FAILED", "STOPPED"])
+def test_a_finished_ray_job_under_a_running_deployment_is_still_running(job_status: str):
+    # Real KubeRay writes the Ray job's end first and moves jobDeploymentStatus on a reconcile
+    # later: that moment is neither a return to Provisioning nor a missed pending deadline.
+    for after in (1, 10_000):
+        obs = observe(rayjob("Running", job_status, message="Job entrypoint command failed"), after=after)
+        assert (obs.phase, obs.terminal) == ("Running", False)
+
+
 # --------------------------------------------------------------------------------- conditions
 
 
