@@ -15,9 +15,11 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from clipforge.spec import JobProgress, StorageSpec
+from clipforge_operator.builders import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,40 @@ def read_progress(output_uri: str, storage: StorageSpec, credentials: Credential
             error = exc
     assert error is not None
     raise error
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How the pipeline says a run ended: summary.json's state, and why when it failed."""
+
+    state: str
+    reason: str
+    message: str
+    updated_at: datetime | None
+    videos_failed: int
+    videos_total: int
+    failed_videos: tuple[str, ...]  # the inputs that failed, as the summary names them
+
+
+def outcome_from_report(report: Mapping) -> RunOutcome:
+    videos = report.get("videos") or {}
+    try:
+        return RunOutcome(
+            state=str(report.get("state") or ""),
+            reason=str(report.get("reason") or ""),
+            message=str(report.get("message") or ""),
+            updated_at=parse_time(report.get("updatedAt")),
+            videos_failed=int(videos.get("failed", 0)),
+            videos_total=int(videos.get("total", 0)),
+            failed_videos=tuple(str(f.get("video", "")) for f in report.get("failures") or []),
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ProgressUnavailable(f"unexpected summary: {exc.__class__.__name__}") from None
+
+
+def read_outcome(output_uri: str, storage: StorageSpec, credentials: Credentials | None = None) -> RunOutcome:
+    """The last run's summary.json under the output URI."""
+    return outcome_from_report(read_report(output_uri, SUMMARY_FILE, storage, credentials))
 
 
 def credentials_from_secret(secret: Mapping) -> Credentials | None:

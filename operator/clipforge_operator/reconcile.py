@@ -21,7 +21,10 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from clipforge.spec import (
+    RUN_COMPLETED_WITH_FAILURES,
+    RUN_FAILED,
     TERMINAL_PHASES,
+    TOO_MANY_VIDEOS_FAILED,
     InvalidJobError,
     JobPhase,
     JobProgress,
@@ -31,12 +34,20 @@ from clipforge.spec import (
 )
 from clipforge_operator import builders as b
 from clipforge_operator.kube import AlreadyExists
-from clipforge_operator.progress import Credentials, ProgressUnavailable, credentials_from_secret, read_progress
+from clipforge_operator.progress import (
+    Credentials,
+    ProgressUnavailable,
+    RunOutcome,
+    credentials_from_secret,
+    read_outcome,
+    read_progress,
+)
 
 log = logging.getLogger(__name__)
 
 EmitFn = Callable[[Mapping, b.EventRecord], None]
 ProgressFn = Callable[..., JobProgress]
+OutcomeFn = Callable[..., RunOutcome]
 
 
 def _utcnow() -> datetime:
@@ -51,6 +62,7 @@ class Context:
     emit: EmitFn = lambda body, event: None  # posts a Kubernetes Event on the job
     now: Callable[[], datetime] = _utcnow
     progress: ProgressFn = read_progress
+    outcome: OutcomeFn = read_outcome  # the pipeline's summary.json, read when an attempt fails
     read_secrets: bool = True  # read storage.credentialsSecret to fetch progress from S3
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
@@ -154,6 +166,29 @@ def _read_progress(ctx: Context, namespace: str, spec: VideoCurationJobSpec, fin
         log.warning("could not read progress of %s: %s", spec.output.uri, type(exc).__name__)
         return None
     return progress.model_dump(by_alias=True, mode="json")
+
+
+def _attempt_outcome(ctx: Context, namespace: str, spec: VideoCurationJobSpec, rayjob: Mapping) -> RunOutcome | None:
+    """The summary.json this attempt's pipeline wrote, or None: none, unreadable, or an earlier run's."""
+    try:
+        outcome = ctx.outcome(spec.output.uri, spec.storage, _credentials(ctx, namespace, spec))
+    except ProgressUnavailable as exc:
+        log.debug("no summary for %s: %s", spec.output.uri, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - without it the failure counts as the infrastructure's
+        log.warning("could not read the summary of %s: %s", spec.output.uri, type(exc).__name__)
+        return None
+    started = b.parse_time((rayjob.get("status") or {}).get("startTime")) or b.parse_time(_meta(rayjob).get("creationTimestamp"))
+    if outcome.updated_at is None or started is None or outcome.updated_at < started:
+        return None
+    return outcome
+
+
+def _failed_videos_text(outcome: RunOutcome) -> str:
+    names = ", ".join(outcome.failed_videos[:3])
+    more = f" and {len(outcome.failed_videos) - 3} more" if len(outcome.failed_videos) > 3 else ""
+    return (f"{outcome.videos_failed} of {outcome.videos_total} videos failed: {names}{more}"
+            " (summary.json in the output names each with its reason)")
 
 
 def accepted_spec(ctx: Context, namespace: str, job: VideoCurationJob, uid: str) -> VideoCurationJobSpec:
@@ -284,13 +319,26 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     final = _read_progress(ctx, namespace, spec, final=True)
     if final is not None:
         st.new["progress"] = final
-    if obs.phase == JobPhase.succeeded.value:
-        st.set_phase(obs.phase, obs.reason, obs.message)
+    # A failed Ray job whose pipeline reports failed videos failed on its data, not its infrastructure:
+    # within the spec's limits that is success with a condition, beyond them failure without retries.
+    outcome = _attempt_outcome(ctx, namespace, spec, rayjob) if obs.failed else None
+    with_failures = outcome is not None and outcome.state == RUN_COMPLETED_WITH_FAILURES
+    if obs.phase == JobPhase.succeeded.value or with_failures:
+        if with_failures:
+            text = _failed_videos_text(outcome)
+            st.set_phase(JobPhase.succeeded.value, "CompletedWithFailures", text)
+            st.condition("CompletedWithFailures", True, "VideosFailed", text)
+        else:
+            st.set_phase(obs.phase, obs.reason, obs.message)
         if b.get_condition(st.new.get("conditions") or [], "Retrying") is not None:
             st.condition("Retrying", False, "Succeeded", "the job succeeded")
         return _commit(ctx, namespace, name, st)
     if obs.phase == JobPhase.cancelled.value:
         st.set_phase(obs.phase, obs.reason, obs.message)
+        return _commit(ctx, namespace, name, st)
+
+    if outcome is not None and outcome.state == RUN_FAILED and outcome.reason == TOO_MANY_VIDEOS_FAILED:
+        _fail(st, TOO_MANY_VIDEOS_FAILED, outcome.message)
         return _commit(ctx, namespace, name, st)
 
     # A failed attempt: retry after a backoff while retries are left, else the job fails.

@@ -599,3 +599,78 @@ def test_missing_kuberay_is_reported_and_retried(h: Harness):
     h.kube.create_rayjob = real_create  # type: ignore[method-assign]
     assert h.reconcile() == "Provisioning"
     assert h.condition("Submitted")["status"] == "True" and h.rayjobs() == ["demo"]
+
+
+# ------------------------------------------------------------------------- failed videos
+
+
+def report_failed_videos(h: Harness, state: str, failed: list[str], total: int = 10, **extra: Any) -> None:
+    """summary.json as the pipeline writes it when some of its videos failed."""
+    h.report("summary.json", done=total - len(failed), total=total, state=state,
+             videos={"total": total, "done": total - len(failed), "failed": len(failed), "skipped": 0},
+             failures=[{"video": f"s3://raw/{v}", "errors": {"probe": "ProbeError: no video stream"}} for v in failed],
+             **extra)
+
+
+def exit_status(h: Harness, code: int) -> None:
+    """The driver exited with `code`: KubeRay reports every non-zero exit the same way."""
+    fail(h, "demo", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
+         message=f"Job entrypoint command failed with exit code {code}")
+
+
+def test_a_run_completed_with_failed_videos_succeeds_with_a_condition_and_no_retry(h: Harness):
+    drive_to_running(h)
+    report_failed_videos(h, "completed-with-failures", ["a.mp4", "b.mp4", "c.mp4", "d.mp4"])
+    exit_status(h, 3)
+    st = h.status
+    assert st["phase"] == "Succeeded" and st["retries"] == 0 and "completionTime" in st
+    assert st["progress"]["videosFailed"] == 4 and st["progress"]["videosDone"] == 6
+    condition = h.condition("CompletedWithFailures")
+    assert condition["status"] == "True" and condition["reason"] == "VideosFailed"
+    assert condition["message"].startswith("4 of 10 videos failed: s3://raw/a.mp4, s3://raw/b.mp4, s3://raw/c.mp4 and 1 more")
+    assert h.condition("Succeeded")["status"] == "True" and h.condition("Succeeded")["reason"] == "CompletedWithFailures"
+    assert h.condition("Failed") is None or h.condition("Failed")["status"] == "False"
+    # The Ray cluster is not rebuilt for data errors: no second attempt, the RayJob is left to KubeRay.
+    assert h.kube.count("create_rayjob") == 1 and h.rayjobs() == ["demo"]
+    assert "AttemptFailed" not in h.reasons() and h.reasons()[-1] == "Succeeded"
+
+
+def test_more_failed_videos_than_the_spec_allows_fail_the_job_without_retries(h: Harness):
+    drive_to_running(h)
+    message = "7 of 10 videos failed, more than execution.failures.maxFailedFraction (0.5)"
+    report_failed_videos(h, "failed", [f"{i}.mp4" for i in range(7)], reason="TooManyVideosFailed", message=message)
+    exit_status(h, 1)
+    st = h.status
+    assert st["phase"] == "Failed" and st["retries"] == 0
+    failed = h.condition("Failed")
+    assert failed["reason"] == "TooManyVideosFailed" and failed["message"] == message
+    assert st["progress"]["videosFailed"] == 7
+    assert h.kube.count("create_rayjob") == 1 and "AttemptFailed" not in h.reasons()
+
+
+def test_infrastructure_failures_keep_their_retries(h: Harness):
+    # An earlier run's summary (written before this attempt started) says nothing about this one.
+    report_failed_videos(h, "completed-with-failures", ["a.mp4"])
+    h.advance(60)
+    drive_to_running(h)
+    exit_status(h, 1)
+    assert h.status["phase"] == "Pending" and h.status["retries"] == 1
+    assert h.condition("CompletedWithFailures") is None
+    # A driver that crashed after some videos failed: summary state failed, but no data reason.
+    h.advance(31)
+    h.reconcile()
+    assert h.rayjobs() == ["demo-retry-1"]
+    h.kube.set_rayjob_status("demo-retry-1", jobDeploymentStatus="Running", jobStatus="RUNNING",
+                             startTime=b.rfc3339(h.now))
+    h.reconcile()
+    h.advance(10)
+    report_failed_videos(h, "failed", ["a.mp4"])
+    fail(h, "demo-retry-1", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
+         message="Job entrypoint command failed with exit code 1", startTime=b.rfc3339(h.now - timedelta(seconds=15)))
+    assert h.status["phase"] == "Pending" and h.status["retries"] == 2
+    # A node lost mid-run: the Ray job fails before any summary of this attempt exists.
+    h.advance(61)
+    h.reconcile()
+    fail(h, "demo-retry-2", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
+         message="the head node died", startTime=b.rfc3339(h.now))
+    assert h.status["phase"] == "Failed" and h.condition("Failed")["reason"] == "AppFailed"
