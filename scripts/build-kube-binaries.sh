@@ -6,8 +6,8 @@
 #
 #   KUBE_BIN_CACHE   cache root (default ~/.cache/clipforge/kube-bin)
 #
-# Prints, as its last line, the directory holding the binaries (tests read it from
-# tests/harness/kube_versions.py through the same rule).
+# Prints, as its last line, the directory holding the binaries. With --print-dir it prints only
+# that directory and builds nothing (tests/harness/kube_binaries.py asks it so, to keep one rule).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +16,11 @@ source "$REPO_ROOT/tests/harness/kube-versions.env"
 
 CACHE="${KUBE_BIN_CACHE:-$HOME/.cache/clipforge/kube-bin}"
 OUT="$CACHE/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kuberay-$KUBERAY_VERSION"
+if [ "${1:-}" = "--print-dir" ]; then echo "$OUT"; exit 0; fi
 mkdir -p "$OUT"
+# Two test sessions starting at once build once: the second waits here, then finds the cache.
+exec 9>"$CACHE/.build.lock"
+flock 9
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 
 have() { [ -x "$OUT/$1" ] && [ -f "$OUT/$1.ok" ]; }

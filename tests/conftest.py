@@ -25,3 +25,62 @@ def s3_bucket(s3_server) -> str:
 
 
 # --- end of S3 fixtures ----------------------------------------------------------------------
+
+
+# --- Kubernetes: a real control plane and KubeRay operator (see tests/harness/control_plane.py) ----
+
+_CONTROL_PLANE_RAN = pytest.StashKey[str]()
+
+
+def _versions_line(versions: dict[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
+def pytest_report_header(config) -> str:
+    from harness import kube_binaries
+
+    built = kube_binaries.built()
+    if built is None:
+        return "kube binaries: not built yet (the first test that needs them builds them)"
+    return f"kube binaries: {_versions_line(kube_binaries.binary_versions(built))} ({built})"
+
+
+def pytest_collection_finish(session) -> None:
+    """Builds missing kube binaries before any test runs (outside the per-test timeout), if a test needs them."""
+    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+        from harness import kube_binaries
+
+        if kube_binaries.built() is None:
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line("building the kube binaries from their Go modules (once per version) ...")
+            kube_binaries.ensure_built()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory, pytestconfig):
+    """One real control plane (etcd, kube-apiserver, controller-manager, scheduler, KubeRay) per session."""
+    from harness.control_plane import ControlPlane
+
+    with ControlPlane(tmp_path_factory.mktemp("control-plane")) as plane:
+        pytestconfig.stash[_CONTROL_PLANE_RAN] = (
+            f"control plane that ran (started in {plane.start_seconds:.1f}s): {_versions_line(plane.versions)}")
+        yield plane
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    ran = config.stash.get(_CONTROL_PLANE_RAN, None)
+    if ran is not None:
+        terminalreporter.write_line(ran)
+
+
+@pytest.fixture(scope="session")
+def kubelet(control_plane, tmp_path_factory):
+    """A process kubelet on the session's control plane: a CPU and a GPU node (tests/harness/process_kubelet.py)."""
+    from harness.process_kubelet import ProcessKubelet
+
+    with ProcessKubelet(control_plane.kubeconfig, tmp_path_factory.mktemp("kubelet"), control_plane.hosts_path) as k:
+        yield k
+
+
+# --- end of Kubernetes fixtures --------------------------------------------------------------
