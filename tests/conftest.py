@@ -24,6 +24,17 @@ def s3_bucket(s3_server) -> str:
     return s3_server.create_bucket(f"test-{uuid.uuid4().hex[:16]}")
 
 
+@pytest.fixture(scope="session")
+def pod_s3_server():
+    """A Ceph RGW that pods reach: on the pod bridge's host address, where host processes reach it too."""
+    from harness import netns
+    from s3_server import CephS3Gateway
+
+    netns.ensure_bridge()
+    with CephS3Gateway(bind_address=netns.HOST_IP) as server:
+        yield server
+
+
 # --- end of S3 fixtures ----------------------------------------------------------------------
 
 

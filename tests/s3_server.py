@@ -1,8 +1,9 @@
 """A real S3 server for the tests: a throwaway one-node Ceph cluster with the RADOS gateway.
 
 One monitor, one OSD on the in-memory ``memstore`` object store (no disks) and ``radosgw``
-serving the S3 API over HTTP on 127.0.0.1. Everything (config, monitor store, logs, sockets,
-pid files) lives in one temporary directory, so two clusters never collide and nothing touches
+serving the S3 API over HTTP on 127.0.0.1 (or on ``bind_address``: pods in network namespaces
+reach the host only at the pod bridge's address, netns.HOST_IP). Everything (config, monitor
+store, logs, sockets, pid files) lives in one temporary directory, so two clusters never collide and nothing touches
 /etc/ceph, /var/lib/ceph or /var/log/ceph. Authentication inside the cluster is off (loopback
 only); S3 requests are signed with the keys of a user made by ``radosgw-admin``.
 
@@ -85,10 +86,11 @@ class CephS3Gateway:
     RGW = "client.rgw"
 
     def __init__(self, *, memstore_bytes: int = 512 << 20, start_timeout: float = 120.0,
-                 parent_dir: str | None = None):
+                 parent_dir: str | None = None, bind_address: str = "127.0.0.1"):
         self.memstore_bytes = memstore_bytes
         self.start_timeout = start_timeout
         self.parent_dir = parent_dir
+        self.bind_address = bind_address  # the gateway's; the monitor and OSD stay on loopback
         self.dir: Path | None = None
         self.server: S3Server | None = None
         self.start_seconds: float | None = None
@@ -146,7 +148,7 @@ class CephS3Gateway:
         for sub in ("mon/a", "osd/0", "rgw", "log", "run", "crash", "tmp"):
             (d / sub).mkdir(parents=True)
         fsid = str(uuid.uuid4())
-        mon_port, rgw_port = free_port(), free_port()
+        mon_port, rgw_port = free_port(), free_port(self.bind_address)
         self._conf = d / "ceph.conf"
         self._conf.write_text(self._config(fsid, mon_port, rgw_port))
 
@@ -164,7 +166,7 @@ class CephS3Gateway:
         # The gateway creates its pools and waits for them to become active by itself.
         self._spawn(self.RGW, "radosgw", "-f", "-n", self.RGW)
 
-        endpoint = f"http://127.0.0.1:{rgw_port}"
+        endpoint = f"http://{self.bind_address}:{rgw_port}"
         self._wait("the gateway to answer HTTP", lambda: self._http_ok(endpoint), self.RGW)
 
         access_key = "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(20))
@@ -235,7 +237,7 @@ paxos propose interval = 0.05
 mon data avail warn = 0
 
 [client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port} tcp_nodelay=1
+rgw frontends = beast endpoint={self.bind_address}:{rgw_port} tcp_nodelay=1
 rgw thread pool size = 32
 rgw dynamic resharding = false
 """
