@@ -26,6 +26,7 @@ from clipforge.spec import (
     TERMINAL_PHASES,
     TOO_MANY_VIDEOS_FAILED,
     InvalidJobError,
+    JobOutputs,
     JobPhase,
     JobProgress,
     VideoCurationJob,
@@ -319,6 +320,8 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     final = _read_progress(ctx, namespace, spec, final=True)
     if final is not None:
         st.new["progress"] = final
+        # Every run ends by writing these (a failed one too): say where they are.
+        st.new["outputs"] = JobOutputs.under(spec.output.uri).model_dump(by_alias=True)
     # A failed Ray job whose pipeline reports failed videos failed on its data, not its infrastructure:
     # within the spec's limits that is success with a condition, beyond them failure without retries.
     outcome = _attempt_outcome(ctx, namespace, spec, rayjob) if obs.failed else None

@@ -46,7 +46,7 @@ def _format_summary(summary: dict) -> str:
 def _report_page(output: str) -> str:
     from clipforge import layout
 
-    return layout.report_file(output, "index.html")
+    return layout.report_page(output)
 
 
 def _format_dedup(dedup: dict) -> str:

@@ -98,7 +98,7 @@ VIDEO_SCHEMA = pa.schema([
     ("num_clips_failed", pa.int64()),
     ("clip_chunks", pa.list_(pa.string())),
     ("errors", _ERRORS),
-    ("processed_at", pa.timestamp("s", tz="UTC")),
+    ("processed_at", pa.timestamp("ms", tz="UTC")),  # parquet has no seconds unit
 ])
 
 

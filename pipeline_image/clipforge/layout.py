@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from clipforge.spec import INDEX_DIR, REPORT_DIR, REPORT_PAGE, SUMMARY_FILE
 from clipforge.storage import join
 
 CLIPS = "clips"
@@ -15,12 +16,12 @@ PROCESSED_CHUNKS = "processed_clip_chunks"
 EMBEDDINGS = "ce1_embd"
 EMBEDDINGS_PARQUET = "ce1_embd_parquet"
 PROGRESS = "progress.json"
-SUMMARY = "summary.json"
+SUMMARY = SUMMARY_FILE
 # Derived from the records above at the end of every run (clip_index.py, report.py): rebuildable.
-INDEX = "index"
-CLIP_INDEX = "index/clips"
-VIDEO_INDEX = "index/videos"
-REPORT = "report"
+INDEX = INDEX_DIR
+CLIP_INDEX = f"{INDEX_DIR}/clips"
+VIDEO_INDEX = f"{INDEX_DIR}/videos"
+REPORT = REPORT_DIR
 
 
 def clip_file(root: str, clip_id: str, filtered: bool) -> str:
@@ -63,6 +64,10 @@ def index_part(root: str, table: str, part: int) -> str:
 
 def report_file(root: str, *parts: str) -> str:
     return join(root, REPORT, *parts)
+
+
+def report_page(root: str) -> str:
+    return report_file(root, REPORT_PAGE)
 
 
 def chunk_record(root: str, relative_path: str, chunk_index: int) -> str:

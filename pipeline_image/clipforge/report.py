@@ -168,19 +168,30 @@ def _failures(clips: pa.Table, videos: pa.Table) -> str:
     parts = ["<h3>By stage</h3>", _table(["stage", "failures (videos and clips)"], sorted(stages.items()), {1})]
     if failed_videos:
         shown = failed_videos[:LISTED_FAILURES]
-        parts += [f"<h3>Videos ({len(failed_videos)})</h3>",
+        parts += [f"<h3>Failed videos ({len(failed_videos)})</h3>",
                   _table(["video", "errors"], [[v["relative_path"], _errors_text(v["errors"])] for v in shown]),
                   _more(len(failed_videos), len(shown), "SELECT relative_path, errors FROM 'index/videos/*.parquet'"
                         " WHERE cardinality(errors) > 0")]
     if clip_errors.num_rows:
         shown = clip_errors.slice(0, LISTED_FAILURES).select(["span_uuid", "status", "source_video", "errors"])
-        parts += [f"<h3>Clips ({clip_errors.num_rows})</h3>",
+        parts += [f"<h3>Clips with errors ({clip_errors.num_rows})</h3>",
                   _table(["clip", "status", "video", "errors"],
                          [[c["span_uuid"], c["status"], c["source_video"], _errors_text(c["errors"])]
                           for c in shown.to_pylist()]),
                   _more(clip_errors.num_rows, shown.num_rows, "SELECT span_uuid, errors FROM 'index/clips/*.parquet'"
                         " WHERE cardinality(errors) > 0")]
     return "".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _size(num_bytes: int) -> str:
+    exponent = min(4, max(0, int(math.log(num_bytes, 1000)))) if num_bytes else 0
+    return f"{num_bytes / 1000 ** exponent:.1f} {('B', 'kB', 'MB', 'GB', 'TB')[exponent]}"
 
 
 def _counts(clips: pa.Table, videos: pa.Table) -> str:
@@ -194,7 +205,7 @@ def _counts(clips: pa.Table, videos: pa.Table) -> str:
         ("", "videos", videos.num_rows), ("failed", "videos failed", failed_videos),
         ("passed", "clips passed", status["passed"]), ("filtered", "clips filtered", status["filtered"]),
         ("failed", "clips failed", status["failed"]), ("failed", "clips not valid", invalid),
-        ("", "hours passed", f"{seconds / 3600:.2f}"), ("", "GB passed", f"{size / 1e9:.2f}"),
+        ("", "passed clips' length", _duration(seconds)), ("", "passed clips' size", _size(size)),
     ]
     return '<dl class="counts">' + "".join(
         f'<div class="{cls}"><dt>{html.escape(label)}</dt><dd>{value}</dd></div>' for cls, label, value in items
@@ -339,7 +350,7 @@ def write_report(storage: Storage, root: str) -> str:
         list(pool.map(lambda item: storage.write_bytes(layout.report_file(root, item[0]), *item[1]), files.items()))
     _delete_stale(storage, root, set(data.files))
     # The page last: once it is there, everything it loads is.
-    page = layout.report_file(root, "index.html")
+    page = layout.report_page(root)
     storage.write_bytes(page, _page(root, clips, videos, config).encode(), HTML)
     return page
 

@@ -724,6 +724,29 @@ class JobProgress(SpecModel):
     updated_at: datetime | None = _f(None, "When the pipeline last wrote its progress (RFC 3339).")
 
 
+# What a run leaves for people to open, relative to output.uri. clipforge.layout names the same
+# paths from these, and the operator points status.outputs at them.
+SUMMARY_FILE = "summary.json"
+INDEX_DIR = "index"
+REPORT_DIR = "report"
+REPORT_PAGE = "index.html"
+
+
+class JobOutputs(SpecModel):
+    summary: str = _f(description="The run's summary.json: counts, failures and timings.")
+    index: str = _f(
+        description="Prefix of the clip index: parquet tables clips/ (one row per clip) and videos/ (one row per"
+        " video), read as they are by pandas, pyarrow, DuckDB, polars and Ray Data."
+    )
+    report: str = _f(description="The report page: counts, charts, failures and a gallery of the clips' previews.")
+
+    @classmethod
+    def under(cls, output_uri: str) -> JobOutputs:
+        base = output_uri.rstrip("/")
+        return cls(summary=f"{base}/{SUMMARY_FILE}", index=f"{base}/{INDEX_DIR}/",
+                   report=f"{base}/{REPORT_DIR}/{REPORT_PAGE}")
+
+
 class VideoCurationJobStatus(SpecModel):
     phase: JobPhase = _f(JobPhase.pending, "Pending, Provisioning, Running, Succeeded, Failed or Cancelled.")
     message: str = _f("", "Human-readable summary of the phase.")
@@ -739,3 +762,4 @@ class VideoCurationJobStatus(SpecModel):
     retries: int = _f(0, "Attempts made after the first one failed.", ge=0)
     next_retry_time: datetime | None = _f(None, "When the next attempt starts, while waiting out a retry backoff.")
     progress: JobProgress | None = _f(None, "The pipeline's latest progress report.")
+    outputs: JobOutputs | None = _f(None, "Where a finished run's summary, clip index and report are.")

@@ -293,6 +293,17 @@ def test_success_path_with_progress(h: Harness):
     assert h.reconcile(poll_progress=True) == "Succeeded" and len(h.kube.calls) == calls
 
 
+def test_a_finished_job_points_at_its_summary_index_and_report(h: Harness):
+    drive_to_running(h)
+    h.report(done=3)
+    assert h.reconcile(poll_progress=True) == "Running" and "outputs" not in h.status
+    h.report("summary.json", done=10, state="succeeded", failures=[])
+    h.kube.set_rayjob_status("demo", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    assert h.reconcile() == "Succeeded"
+    assert h.status["outputs"] == {"summary": f"{h.output}/summary.json", "index": f"{h.output}/index/",
+                                   "report": f"{h.output}/report/index.html"}
+
+
 # ------------------------------------------------------------------------------------ failure
 
 

@@ -55,6 +55,10 @@
     return value === null || value === undefined ? "" : Number(value).toPrecision(digits);
   }
 
+  function seconds(value) {
+    return value === null || value === undefined ? "" : Number(value).toFixed(2);
+  }
+
   // Pager: prev / "page i of n" / next, for one collection at a time.
   function pager(nav, state, render) {
     nav.replaceChildren();
@@ -71,6 +75,7 @@
 
   // ---- videos
   const videos = { collection: "videos", page: 0 };
+  const NUMERIC_VIDEO_COLUMNS = new Set([1, 4, 5, 6, 7]);
   function renderVideos(collection, page) {
     videos.page = page;
     pageRows(collection, page, (rows) => {
@@ -78,10 +83,9 @@
       body.replaceChildren();
       for (const row of rows) {
         const tr = element("tr", row.errors ? { class: "failed" } : {});
-        for (const value of [row.path, number(row.duration_s, 4), row.size, row.codec, row.clips,
-                             row.passed, row.filtered, row.failed, row.errors]) {
-          tr.append(element("td", {}, value));
-        }
+        const cells = [row.path, seconds(row.duration_s), row.size, row.codec, row.clips,
+                       row.passed, row.filtered, row.failed, row.errors];
+        cells.forEach((value, i) => tr.append(element("td", NUMERIC_VIDEO_COLUMNS.has(i) ? { class: "n" } : {}, value)));
         body.append(tr);
       }
       pager(document.getElementById("video-pager"), videos, renderVideos);
@@ -100,7 +104,7 @@
     }
     figure.append(link);
     const caption = element("figcaption");
-    caption.append(element("div", { class: "video" }, row.video + " @ " + number(row.start, 4) + "\u2013" + number(row.end, 4) + " s"));
+    caption.append(element("div", { class: "video" }, row.video + " @ " + seconds(row.start) + "\u2013" + seconds(row.end) + " s"));
     const scores = ["motion " + number(row.motion, 3)];
     if (row.aesthetic !== null) scores.push("aesthetic " + number(row.aesthetic, 3));
     caption.append(element("div", { class: "scores" }, scores.join(" \u00b7 ")));
