@@ -82,14 +82,24 @@ build_kuberay() {
      go mod init clipforge.test/kuberaybuild >/dev/null 2>&1
      go get "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION" 2>&1 | grep -v '^go: added' || true
      go build -trimpath -ldflags="-s -w" -o "$OUT/kuberay-operator" github.com/ray-project/kuberay/ray-operator
-     local src; src=$(go list -m -f '{{.Dir}}' "github.com/ray-project/kuberay/ray-operator")
-     rm -rf "$OUT/kuberay-crds"; cp -r "$src/config/crd/bases" "$OUT/kuberay-crds"; chmod -R u+w "$OUT/kuberay-crds"
      touch "$OUT/kuberay-operator.ok")
+}
+
+# KubeRay's CRDs, and the ClusterRole its own deployment binds to the operator, from the same module.
+copy_kuberay_manifests() {
+    local src
+    src=$(go mod download -json "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION" |
+          sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    rm -rf "$OUT/kuberay-crds"; cp -r "$src/config/crd/bases" "$OUT/kuberay-crds"
+    cp "$src/config/rbac/role.yaml" "$OUT/kuberay-role.yaml"
+    chmod -R u+w "$OUT/kuberay-crds" "$OUT/kuberay-role.yaml"
+    touch "$OUT/kuberay-manifests.ok"
 }
 
 total=$SECONDS
 if have etcd; then echo "etcd $ETCD_VERSION: cached"; else timed "etcd $ETCD_VERSION" build_etcd; fi
 if have kuberay-operator; then echo "kuberay-operator $KUBERAY_VERSION: cached"; else timed "kuberay-operator $KUBERAY_VERSION" build_kuberay; fi
+[ -f "$OUT/kuberay-manifests.ok" ] || copy_kuberay_manifests
 if have kube-apiserver && have kube-controller-manager && have kube-scheduler; then
     echo "kubernetes $KUBERNETES_VERSION: cached"
 else

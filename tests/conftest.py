@@ -75,7 +75,8 @@ def control_plane(tmp_path_factory, pytestconfig):
 
     with ControlPlane(tmp_path_factory.mktemp("control-plane")) as plane:
         pytestconfig.stash[_CONTROL_PLANE_RAN] = (
-            f"control plane that ran (started in {plane.start_seconds:.1f}s): {_versions_line(plane.versions)}")
+            f"control plane that ran (started in {plane.start_seconds:.1f}s): {_versions_line(plane.versions)};"
+            f" logs in {plane.logs_dir}")
         yield plane
 
 

@@ -204,6 +204,10 @@ class ControlPlane:
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig)}
 
+    def pid(self, component: str) -> int:
+        """The process id of a running component (one of COMPONENTS)."""
+        return self._procs[component].pid
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> ControlPlane:
@@ -266,13 +270,17 @@ class ControlPlane:
         ])
         # KubeRay's controllers need their kinds served before the operator starts.
         self._install_crds(bin_dir / "kuberay-crds", deadline)
+        # KubeRay acts with the ClusterRole its own deployment binds to it, and nothing more.
+        self.kubectl("apply", "-f", str(bin_dir / "kuberay-role.yaml"))
+        self.kubectl("create", "clusterrolebinding", "kuberay-operator", "--clusterrole=kuberay-operator",
+                     "--user=kuberay-operator")
         probe_port, metrics_port = free_port(), free_port()
         self._spawn("kuberay-operator", bin_dir, [
             "--enable-leader-election=false",
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             f"--metrics-addr=127.0.0.1:{metrics_port}",
             "--log-stdout-encoder=console",
-        ], env={"KUBECONFIG": str(self.client_kubeconfig("kuberay-operator", ("system:masters",)))},
+        ], env={"KUBECONFIG": str(self.client_kubeconfig("kuberay-operator"))},
             wrap=lambda argv: netns.with_hosts_file(argv, self.hosts_path))
 
         self._wait("kube-controller-manager", "/healthz",
@@ -431,15 +439,18 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where certificates, kubeconfigs and logs go (default: a temp dir)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clipforge-control-plane-"))
-    with ControlPlane(workdir) as cp:
-        print(f"control plane up in {cp.start_seconds:.1f}s: "
-              + ", ".join(f"{k} {v}" for k, v in cp.versions.items()))
-        print(f"admin kubeconfig: {cp.kubeconfig}\nlogs: {cp.logs_dir}\n\nexport KUBECONFIG={cp.kubeconfig}\n")
-        print("Ctrl-C stops it.", flush=True)
-        try:
+    # Ctrl-C, and SIGTERM too (SIGINT is ignored when started in the background), stops it cleanly.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    try:
+        with ControlPlane(workdir) as cp:
+            print(f"control plane up in {cp.start_seconds:.1f}s: "
+                  + ", ".join(f"{k} {v}" for k, v in cp.versions.items()))
+            print(f"admin kubeconfig: {cp.kubeconfig}\nlogs: {cp.logs_dir}\n\nexport KUBECONFIG={cp.kubeconfig}\n")
+            print("Ctrl-C stops it.", flush=True)
             signal.pause()
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

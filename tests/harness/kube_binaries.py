@@ -27,9 +27,9 @@ def binary_dir() -> Path:
 
 
 def built() -> Path | None:
-    """The cache directory if every binary and KubeRay's CRDs are in it, else None."""
+    """The cache directory if every binary and KubeRay's manifests (CRDs, ClusterRole) are in it, else None."""
     d = binary_dir()
-    complete = all((d / f"{b}.ok").is_file() for b in BINARIES) and (d / "kuberay-crds").is_dir()
+    complete = all((d / f"{b}.ok").is_file() for b in (*BINARIES, "kuberay-manifests"))
     return d if complete else None
 
 
