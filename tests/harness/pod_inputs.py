@@ -204,9 +204,8 @@ def resource_value(pod: dict, container_name: str, ref: dict, allocatable: dict[
     quantity = ((container.get("resources") or {}).get(kind) or {}).get(resource)
     if quantity is None:
         quantity = allocatable.get(resource, "0") if kind == "limits" else "0"
-    divisor = parse_quantity(str(ref.get("divisor") or "1"))
-    if divisor == 0:
-        raise PodConfigError(f"{where}: divisor is 0")
+    # The API server stores an unset divisor as "0"; a kubelet reads zero as 1.
+    divisor = parse_quantity(str(ref.get("divisor") or "1")) or Decimal(1)
     return str(math.ceil(Decimal(parse_quantity(str(quantity))) / Decimal(divisor)))
 
 

@@ -751,7 +751,8 @@ class _PodRunner:
         q = shlex.quote
         own = self.dir / "containers" / c.name
         tmp = own / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a restarted container starts from a clean /tmp
+        tmp.mkdir(parents=True)
         tmp.chmod(0o1777)
         lines = ["set -e", f"mount --bind {q(str(self.k.hosts_file))} /etc/hosts",
                  f"mount --bind {q(str(self.dir / 'etc' / 'resolv.conf'))} /etc/resolv.conf"]
@@ -995,6 +996,7 @@ class ProcessKubelet:
         self._next_lease = time.monotonic() + LEASE_RENEW_S
         self._next_node_status = time.monotonic() + NODE_STATUS_S
         self._thread = threading.Thread(target=self._sync_loop, name="kubelet sync", daemon=True)
+        began = time.monotonic()
         try:
             for node in self.nodes.values():
                 self._register(node)
@@ -1003,6 +1005,7 @@ class ProcessKubelet:
         except BaseException:
             self.stop()
             raise
+        log.info("nodes %s schedulable %.1fs after registering", ", ".join(self.nodes), time.monotonic() - began)
         return self
 
     def stop(self) -> None:

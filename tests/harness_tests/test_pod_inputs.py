@@ -75,7 +75,7 @@ def test_env_resolves_every_source_in_order():
             {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
             {"name": "CPU_REQ_M", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
-            {"name": "CPU_REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu"}}},
+            {"name": "CPU_REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "0"}}},
             {"name": "CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
             {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
             {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "MODE"}}},
@@ -88,7 +88,7 @@ def test_env_resolves_every_source_in_order():
     env = container_env(_pod([container]), container, objects, {"PATH": "/bin"}, ALLOCATABLE)
     assert env == {
         "PATH": "/bin", "CFG_MODE": "fast", "CFG_LEVEL": "3", "POD": "p1", "NS": "ns", "IP": "10.200.1.7",
-        "NODE": "cpu-node", "APP": "x", "CPU_REQ_M": "500", "CPU_REQ": "1",  # rounded up, as a kubelet does
+        "NODE": "cpu-node", "APP": "x", "CPU_REQ_M": "500", "CPU_REQ": "1",  # divisor 0 (the API default) is 1; rounded up
         "CPU_LIMIT": "8",  # no limit: the node's allocatable
         "MEM_MI": "2048", "MODE": "fast", "SECRET": "s3cr3t", "ADDR": "10.200.1.7:500/3",
     }
