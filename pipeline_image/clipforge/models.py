@@ -12,6 +12,7 @@ so a missing file fails `clipforge run` at submission instead of hours later in 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -184,6 +185,26 @@ def model_dir(spec: VideoCurationJobSpec, name: str, files: tuple[str, ...] | li
             source = f" (staged from {location})" if is_s3(location) else ""
             raise ModelNotFoundError(f"model {name!r}: missing {looked}{source}")
     return local
+
+
+def model_json(spec: VideoCurationJobSpec, name: str, filenames: tuple[str, ...]) -> dict:
+    """The first of `filenames` found in model `name`'s directory, parsed; {} when there is none.
+
+    Read straight from models.uri (no staging of the weights): stages that hand frames to a
+    model stage size them from its config. A missing model is reported by check() before a run.
+    """
+    location = model_location(spec, name)
+    if location is None:
+        return {}
+    storage = _storage(spec)
+    for filename in filenames:
+        uri = join(location, filename)
+        try:
+            if storage.exists(uri):
+                return json.loads(storage.read_bytes(uri))
+        except (OSError, StorageError, ValueError):
+            continue
+    return {}
 
 
 def format_requirements(spec: VideoCurationJobSpec) -> str:

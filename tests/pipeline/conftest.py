@@ -111,3 +111,20 @@ def stage_clips(stage_source, make_task, make_spec):
     stage.run(task)
     assert not task.errors and all(c.encoded for c in task.clips)
     return task
+
+
+@pytest.fixture(scope="session")
+def transcoded():
+    """transcoded(spec, task) -> a copy of `task` transcoded under `spec`: its clips carry the frames
+    the spec's later stages ask for, as in a job (each stage looks only at those)."""
+    import copy
+
+    from clipforge.stages.transcode import TranscodeStage
+
+    def run(spec: VideoCurationJobSpec, task: VideoTask) -> VideoTask:
+        task = copy.deepcopy(task)
+        assert TranscodeStage(spec).run(task) == [task]
+        assert not task.errors and all(c.encoded for c in task.clips)
+        return task
+
+    return run

@@ -7,7 +7,6 @@ independently from the same tiny CLIP.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from clipforge.cli import main  # noqa: E402
-from clipforge.frames import sample_frames  # noqa: E402
+from clipforge.frames import FrameRequest, fit_short_side, sample_encoded, sample_indices  # noqa: E402
 from clipforge.models import ModelNotFoundError  # noqa: E402
 from clipforge.samples import write_samples  # noqa: E402
 from clipforge.stages.aesthetic import AestheticScorer, AestheticStage, clip_vision_config, reduce_scores  # noqa: E402
@@ -84,30 +83,44 @@ def expected_frame_scores(clip_dir: Path, frames: np.ndarray) -> np.ndarray:
 
 
 def spec_with(make_spec, models_root: Path, **aesthetic):
-    return make_spec(models={"uri": str(models_root)}, aestheticFilter={"enabled": True, **aesthetic})
+    return make_spec(models={"uri": str(models_root)}, transcoding={"preset": "ultrafast"},
+                     aestheticFilter={"enabled": True, **aesthetic})
 
 
-def test_scores_are_the_mlp_of_normalised_clip_features(models_root, stage_clips, make_spec):
-    stage = AestheticStage(spec_with(make_spec, models_root, fps=4, threshold=-100))
+def source_frames(path: Path, start: int, end: int, fps: float) -> np.ndarray:
+    """Frames [start, end) of a source file sampled at `fps`, as the aesthetic stage takes them:
+    decoded, short side scaled to the tiny CLIP's 32 pixels."""
+    def plan(n, rate, w, h):  # noqa: ANN001, ANN202
+        return [start + i for i in sample_indices(end - start, rate, fps)], fit_short_side(w, h, 32)
+
+    return sample_encoded(path.read_bytes(), [FrameRequest("aesthetic", plan)])["aesthetic"].frames
+
+
+def aesthetic_run(spec, stage_clips, transcoded):  # noqa: ANN001
+    stage = AestheticStage(spec)
     stage.setup()
-    task = copy.deepcopy(stage_clips)
+    task = transcoded(spec, stage_clips)
     stage.run(task)
+    return task
+
+
+def test_scores_are_the_mlp_of_normalised_clip_features(models_root, stage_clips, stage_source, make_spec, transcoded):
+    task = aesthetic_run(spec_with(make_spec, models_root, fps=4, threshold=-100), stage_clips, transcoded)
     for clip in task.clips:
-        frames, _ = sample_frames(clip.encoded, 4)
-        assert len(frames) == 8  # 2 s at 4 fps
+        # The source's frames at 4 fps (2 s: 8 frames), at the model's size: what transcode handed over.
+        frames = source_frames(stage_source, clip.start_frame, clip.end_frame, 4)
+        assert frames.shape == (8, 32, 56, 3)
         expected = expected_frame_scores(models_root / "clip-vit-large-patch14", frames)
         assert clip.aesthetic_score == pytest.approx(float(expected.min()), abs=1e-4)
         assert clip.filtered_by is None and not clip.errors
+        assert "aesthetic" not in clip.frames
 
 
-def test_min_and_mean_reductions_and_threshold(models_root, stage_clips, make_spec):
+def test_min_and_mean_reductions_and_threshold(models_root, stage_clips, make_spec, transcoded):
     scores = {}
     for reduction in ("min", "mean"):
-        stage = AestheticStage(spec_with(make_spec, models_root, fps=4, threshold=-100, reduction=reduction))
-        stage.setup()
-        task = copy.deepcopy(stage_clips)
-        stage.run(task)
-        scores[reduction] = [c.aesthetic_score for c in task.clips]
+        spec = spec_with(make_spec, models_root, fps=4, threshold=-100, reduction=reduction)
+        scores[reduction] = [c.aesthetic_score for c in aesthetic_run(spec, stage_clips, transcoded).clips]
     moving = [0, 2]  # [0, 48) and [96, 144) move; [48, 96) is a still scene
     for i in moving:
         assert scores["min"][i] < scores["mean"][i] - 1e-4
@@ -116,32 +129,31 @@ def test_min_and_mean_reductions_and_threshold(models_root, stage_clips, make_sp
     # A threshold between a moving clip's min and mean filters it with min only.
     threshold = (scores["min"][0] + scores["mean"][0]) / 2
     for reduction, filtered in (("min", True), ("mean", False)):
-        stage = AestheticStage(spec_with(make_spec, models_root, fps=4, threshold=threshold, reduction=reduction))
-        stage.setup()
-        task = copy.deepcopy(stage_clips)
-        stage.run(task)
+        spec = spec_with(make_spec, models_root, fps=4, threshold=threshold, reduction=reduction)
+        task = aesthetic_run(spec, stage_clips, transcoded)
         assert (task.clips[0].filtered_by == "aesthetic") is filtered
         for clip, score in zip(task.clips, scores[reduction]):
             assert (clip.filtered_by == "aesthetic") is (score < threshold)
 
 
-def test_clips_filtered_earlier_are_not_scored(models_root, stage_clips, make_spec):
-    stage = AestheticStage(spec_with(make_spec, models_root, threshold=1e9))
+def test_clips_filtered_earlier_are_not_scored(models_root, stage_clips, make_spec, transcoded):
+    spec = spec_with(make_spec, models_root, threshold=1e9)
+    stage = AestheticStage(spec)
     stage.setup()
-    task = copy.deepcopy(stage_clips)
+    task = transcoded(spec, stage_clips)
     task.clips[1].filtered_by = "motion"
     stage.run(task)
     assert task.clips[1].filtered_by == "motion" and task.clips[1].aesthetic_score is None
     assert [task.clips[i].filtered_by for i in (0, 2)] == ["aesthetic", "aesthetic"]
 
 
-def test_safetensors_weights_load_too(models_root, tmp_path, stage_clips):
+def test_safetensors_weights_load_too(models_root, tmp_path, stage_source):
     from safetensors.torch import save_file
 
     (tmp_path / "mlp").mkdir()
     save_file(linear_mlp_state(DIRECTION, BIAS), str(tmp_path / "mlp" / "model.safetensors"))
     scorer = AestheticScorer(models_root / "clip-vit-large-patch14", tmp_path / "mlp")
-    frames, _ = sample_frames(stage_clips.clips[0].encoded, 1)
+    frames = source_frames(stage_source, 0, 48, 1)
     expected = expected_frame_scores(models_root / "clip-vit-large-patch14", frames)
     np.testing.assert_allclose(scorer(frames), expected, atol=1e-4)
 
@@ -185,8 +197,8 @@ def test_reduce_scores():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_scores_match_cpu(models_root, stage_clips):
-    frames, _ = sample_frames(stage_clips.clips[0].encoded, 4)
+def test_cuda_scores_match_cpu(models_root, stage_source):
+    frames = source_frames(stage_source, 0, 48, 4)
     clip_dir, mlp_dir = models_root / "clip-vit-large-patch14", models_root / "laion-aesthetic-mlp"
     cpu = AestheticScorer(clip_dir, mlp_dir, device="cpu")(frames)
     cuda = AestheticScorer(clip_dir, mlp_dir, device="cuda")(frames)
@@ -217,7 +229,8 @@ def test_job_filters_low_scores_into_filtered_clips(tmp_path, models_root):
     assert len(metas) == 4
     for meta in metas.values():
         assert meta["valid"] is True and meta["filtered_by"] is None
-        frames, _ = sample_frames(Path(meta["clip_location"]).read_bytes(), 1)
+        start, end = meta["span_frames"]
+        frames = source_frames(Path(meta["source_video"]), start, end, 1)
         expected = expected_frame_scores(models_root / "clip-vit-large-patch14", frames).min()
         assert meta["aesthetic_score"] == pytest.approx(float(expected), abs=1e-4)
 

@@ -6,7 +6,6 @@ window gets, and where the captions land, not what they say.
 
 from __future__ import annotations
 
-import copy
 import struct
 from pathlib import Path
 
@@ -107,6 +106,7 @@ def models_root(tmp_path_factory) -> Path:
 def captions_spec(make_spec, models_root: Path, **captions):
     return make_spec(
         models={"uri": str(models_root)},
+        transcoding={"preset": "ultrafast"},
         previews={"enabled": False},
         embeddings={"enabled": False},
         captions={"enabled": True, "maxNewTokens": 6, **captions},
@@ -164,13 +164,13 @@ def test_patchify_matches_qwen_layout():
     np.testing.assert_allclose(patches[0], first, rtol=1e-6)
 
 
-def test_windows_prompts_and_metas(models_root, stage_clips, make_spec, monkeypatch):
+def test_windows_prompts_and_metas(models_root, stage_clips, make_spec, monkeypatch, transcoded):
     recorder = Recorder(monkeypatch)
     spec = captions_spec(make_spec, models_root, windowSize=16, remainderThreshold=8, fps=8,
                          promptVariant="av", windowPreviews=True)
     stage = CaptionStage(spec)
     stage.setup()
-    task = copy.deepcopy(stage_clips)
+    task = transcoded(spec, stage_clips)
     task.clips[1].filtered_by = "motion"  # filtered clips are not captioned, as in NeMo
     stage.run(task)
     assert not task.errors
@@ -198,13 +198,13 @@ def test_windows_prompts_and_metas(models_root, stage_clips, make_spec, monkeypa
     assert clip_metadata("/out", task, task.clips[0], spec)["valid"] is False
 
 
-def test_prompt_text_refine_and_enhance(models_root, stage_clips, make_spec, monkeypatch):
+def test_prompt_text_refine_and_enhance(models_root, stage_clips, make_spec, monkeypatch, transcoded):
     recorder = Recorder(monkeypatch)
     spec = captions_spec(make_spec, models_root, fps=4, promptText="Say what moves.", refine=True,
                          enhanceModel="enhancer")
     stage = CaptionStage(spec)
     stage.setup()
-    task = copy.deepcopy(stage_clips)
+    task = transcoded(spec, stage_clips)
     task.clips = task.clips[:1]
     stage.run(task)
     (window,) = task.clips[0].windows
@@ -257,10 +257,11 @@ def test_models_check_lists_caption_files(models_root, tmp_path, make_spec):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_captions_on_cuda(models_root, stage_clips, make_spec):
-    stage = CaptionStage(captions_spec(make_spec, models_root, fps=4))
+def test_captions_on_cuda(models_root, stage_clips, make_spec, transcoded):
+    spec = captions_spec(make_spec, models_root, fps=4)
+    stage = CaptionStage(spec)
     stage.setup()
-    task = copy.deepcopy(stage_clips)
+    task = transcoded(spec, stage_clips)
     stage.run(task)
     assert all(c.windows and c.windows[0]["caption"] is not None for c in task.clips)
 

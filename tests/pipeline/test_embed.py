@@ -40,9 +40,12 @@ def scene_clips(stage_source, make_task, make_spec):
 
 
 def embed(spec, task):
+    from clipforge.stages.transcode import TranscodeStage
+
+    task = copy.deepcopy(task)
+    TranscodeStage(spec).run(task)  # transcode samples the frames this spec's embedder takes
     stage = EmbedStage(spec)
     stage.setup()
-    task = copy.deepcopy(task)
     stage.run(task)
     assert not task.errors, task.errors
     return task
@@ -65,11 +68,13 @@ def test_efficientnet_lite0_clip_embeddings(scene_clips, make_spec):
 
 def test_efficientnet_lite0_frames_of_a_scene_are_closer(tmp_path, make_spec):
     """Real ImageNet weights: each frame's nearest frame is from its own scene."""
-    from clipforge.frames import sample_frames
+    from clipforge.frames import FrameRequest, sample_encoded, sample_indices
     from clipforge.samples import SampleVideo, Segment, write_video
 
     video = SampleVideo("three_scenes", 640, 360, 24, tuple(Segment(2, True, seed) for seed in (1, 3, 4)))
-    frames, indices = sample_frames(write_video(video, tmp_path / "v.mp4").read_bytes(), 4, (224, 224))
+    request = FrameRequest("frames", lambda n, fps, w, h: (sample_indices(n, fps, 4), (224, 224)))
+    sampled = sample_encoded(write_video(video, tmp_path / "v.mp4").read_bytes(), [request])["frames"]
+    frames, indices = sampled.frames, sampled.indices
     scene = np.array(indices) // 48
     embedder = load_embedder(make_spec(), "cpu")
     with torch.inference_mode():
@@ -84,13 +89,26 @@ def test_efficientnet_lite0_frames_of_a_scene_are_closer(tmp_path, make_spec):
 def test_filtered_and_failed_clips_are_not_embedded(scene_clips, make_spec):
     task = copy.deepcopy(scene_clips)
     task.clips[0].filtered_by = "motion"
-    task.clips[1].encoded = b"not a video"
+    del task.clips[1].frames["embed"]
     stage = EmbedStage(make_spec())
     stage.setup()
     stage.run(task)
     assert task.clips[0].embedding is None and "embed" not in task.clips[0].errors
-    assert task.clips[1].embedding is None and "embed" in task.clips[1].errors
+    assert task.clips[1].embedding is None and "no frames" in task.clips[1].errors["embed"]
     assert all(c.embedding is not None for c in task.clips[2:])
+    # The frames were for this stage only: none travel on.
+    assert all("embed" not in c.frames for c in task.clips)
+
+
+def test_frames_come_at_the_size_each_model_takes(scene_clips, model_root, make_spec):
+    from clipforge.stages.embed import embed_plan
+
+    for algorithm, model, size in (("efficientnet-lite0", None, (224, 224)), ("clip", None, (114, 64)),
+                                   ("cosmos-embed1-224p", None, (224, 224))):
+        spec = make_spec(models={"uri": str(model_root)}, embeddings={"algorithm": algorithm, "model": model})
+        indices, got = embed_plan(spec)(48, 24.0, 320, 180)
+        assert got == size, algorithm
+        assert indices == ([0, 12, 24, 36] if algorithm != "cosmos-embed1-224p" else [0, 6, 12, 18, 24, 30, 36, 42])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,4 +1,4 @@
-"""MotionStage: NeMo Curator's motion-vector scores, the filter rule and its modes."""
+"""MotionStage: block motion on transcode's frames, NeMo Curator's scores, filter rule and modes."""
 
 from __future__ import annotations
 
@@ -7,45 +7,51 @@ import copy
 import numpy as np
 from jobs import run_stage
 
-from clipforge.samples import SampleVideo, Segment, write_video
-from clipforge.stages.motion import MotionScores, MotionStage, paint_flow_magnitude, patch_grid, score_motion
+from clipforge.samples import SampleVideo, Segment, frames, write_video
+from clipforge.stages.motion import (
+    MotionScores,
+    MotionStage,
+    block_displacements,
+    flow_magnitude,
+    patch_grid,
+    sampled_frames,
+    score_motion,
+)
 from clipforge.stages.transcode import TranscodeStage
-
-# FFmpeg's AVMotionVector, as PyAV's MotionVectors.to_ndarray() returns it.
-MV_DTYPE = np.dtype({
-    "names": ["source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x", "motion_y", "motion_scale"],
-    "formats": ["<i4", "u1", "u1", "<i2", "<i2", "<i2", "<i2", "<u8", "<i4", "<i4", "<u2"],
-    "offsets": [0, 4, 5, 6, 8, 10, 12, 16, 24, 28, 32], "itemsize": 40, "aligned": True,
-})
-
-
-def vectors(*rows: tuple[int, int, int, int, int, int, int]) -> np.ndarray:
-    """(w, h, dst_x, dst_y, motion_x, motion_y, motion_scale) rows as AVMotionVector records."""
-    out = np.zeros(len(rows), dtype=MV_DTYPE)
-    for i, (w, h, x, y, mx, my, scale) in enumerate(rows):
-        out[i] = (-1, w, h, x - mx // scale, y - my // scale, x, y, 0, mx, my, scale)
-    return out
 
 
 def run_motion(spec, task):  # noqa: ANN001
     return run_stage(MotionStage, spec, copy.deepcopy(task))
 
 
-def test_flow_painting_fills_blocks_around_their_destination():
-    mvs = vectors(
-        (16, 16, 8, 8, 8, 0, 4),     # |(8, 0) / 4| = 2 over x, y in [0, 16)
-        (8, 8, 4, 36, 0, -12, 4),    # 3 over x in [0, 8), y in [32, 40)
-        (8, 16, 30, 8, 6, 8, 2),     # 5 over x in [26, 34), y in [0, 16): overwrites part of the first
-        (4, 4, 50, 50, 40, 0, 4),    # 4x4 blocks are not painted (as in NeMo)
-        (16, 8, 62, 2, 4, 0, 1),     # clipped at the frame's edges: x in [54, 64), y in [0, 6)
-    )
-    magnitude = paint_flow_magnitude(mvs, 48, 64)
-    expected = np.zeros((48, 64), dtype=np.float32)
-    expected[0:16, 0:16] = 2
-    expected[32:40, 0:8] = 3
-    expected[0:16, 26:34] = 5
-    expected[0:6, 54:64] = 4
-    np.testing.assert_allclose(magnitude, expected)
+def gray(rgb: np.ndarray) -> np.ndarray:
+    return rgb.mean(axis=2).astype(np.uint8)
+
+
+def test_block_displacements_measure_a_pan():
+    video = SampleVideo("pan", 160, 96, 24, (Segment(1, True, 7),))
+    pictures = [gray(f) for f in frames(video)]
+    blocks = block_displacements(pictures[0], pictures[2])  # 2 frames of a 4-pixel-a-frame pan
+    assert blocks.shape == (6, 10)
+    # Every block whose match stays inside the frame moved 8 pixels (the texture is rich in edges).
+    assert np.median(blocks) == 8 and (blocks[:, 1:-1] == 8).mean() > 0.9
+    assert (block_displacements(pictures[0], pictures[0]) == 0).all()
+
+
+def test_flow_fills_each_block_and_the_strips_past_the_last_whole_block():
+    field = flow_magnitude(np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32), 40, 36)
+    assert field.shape == (40, 36)
+    assert (field[:16, :16] == 1).all() and (field[:16, 16:] == 2).all()
+    assert (field[16:, :16] == 3).all() and (field[16:, 16:] == 4).all()
+
+
+def test_sampling_follows_nemo():
+    # A frame every half second, each scored against the frame two before it.
+    assert sampled_frames(48, 24.0) == [12, 24, 36]
+    # At most max(10, whole seconds) of them: the first half of a long clip at 2 fps.
+    assert sampled_frames(30 * 30, 30.0)[-1] == 15 * 30 and len(sampled_frames(30 * 30, 30.0)) == 30
+    assert len(sampled_frames(300, 30.0)) == 10
+    assert sampled_frames(2, 24.0) == []
 
 
 def test_patch_grid_reads_cell_centres_like_a_bilinear_resize():
@@ -73,15 +79,17 @@ def test_small_motion_rule_is_either_score_below_its_threshold():
 def test_static_scene_is_filtered_and_moving_scenes_pass(stage_clips, make_spec):
     task = run_motion(make_spec(), stage_clips)
     moving_a, static, moving_b = task.clips
-    # The sample pans 4 pixels a frame: |flow| / (width + height) = 4 / 500 = 0.008 per frame of
-    # distance to the reference (B-frames also refer to frames 2 or 3 ahead).
+    # The sample pans 4 pixels a frame: 8 pixels between the frames of a pair, and
+    # |flow| / (width + height) = 8 / 500 = 0.016 where the texture can be matched.
     for clip in (moving_a, moving_b):
         assert clip.errors == {} and clip.filtered_by is None
-        assert 0.004 < clip.motion_score_global_mean < 0.024
-        assert 0.004 < clip.motion_score_per_patch_min < 0.024
+        assert 0.012 < clip.motion_score_global_mean < 0.0161
+        assert 0.012 < clip.motion_score_per_patch_min < 0.0161
     assert static.errors == {}
-    assert static.motion_score_global_mean < 0.00098 and static.motion_score_per_patch_min < 1e-6
+    assert static.motion_score_global_mean == 0 and static.motion_score_per_patch_min == 0
     assert static.filtered_by == "motion"
+    # Each stage takes its frames out of the clip: they do not travel further.
+    assert all("motion" not in c.frames for c in task.clips)
 
 
 def test_thresholds_come_from_the_spec(stage_clips, make_spec):
@@ -104,26 +112,54 @@ def test_disable_is_a_no_op(stage_clips, make_spec):
 
 
 def test_scores_sample_two_frames_a_second(stage_clips):
-    # 24 fps, one frame in 12: frames 0, 12, 24, 36 of a 48-frame clip, of which 0 is intra.
-    assert score_motion(stage_clips.clips[0].encoded).frames_used == 3
+    # 24 fps, one frame in 12: frames 12, 24, 36 of a 48-frame clip, against 10, 22, 34.
+    clip = stage_clips.clips[0]
+    assert clip.frames["motion"].indices == [10, 12, 22, 24, 34, 36]
+    assert score_motion(clip.frames["motion"], 48, 24.0, (320, 180)).frames_used == 3
+
+
+def test_every_codec_scores_alike(stage_source, make_task, make_spec):
+    """The score comes from the source's frames, not from the clip's codec: VP9 and AV1 clips (whose
+    decoders export no motion vectors) pass and fail exactly as H.264 ones, with the same scores."""
+    spans = [(0, 48), (48, 96), (96, 144)]
+    results = {}
+    for encoder in ("libx264", "libvpx-vp9", "libsvtav1"):
+        spec = make_spec(transcoding={"encoder": encoder, "crf": 40, "preset": {"libx264": "ultrafast",
+                                                                              "libvpx-vp9": "8",
+                                                                              "libsvtav1": "12"}[encoder]})
+        task = run_stage(TranscodeStage, spec, make_task(stage_source, spans))
+        task = run_motion(spec, task)
+        results[encoder] = [(c.filtered_by, c.motion_score_global_mean, c.motion_score_per_patch_min, c.errors)
+                            for c in task.clips]
+    assert [r[0] for r in results["libx264"]] == [None, "motion", None]
+    assert results["libvpx-vp9"] == results["libx264"] == results["libsvtav1"]
+
+
+def test_stream_copy_of_hevc_is_scored(tmp_path, make_task, make_spec):
+    video = SampleVideo("hevc", 160, 96, 25, (Segment(2, True, 6), Segment(2, False, 7)))
+    path = write_video(video, tmp_path / "hevc.mp4", codec="libx265", gop=25)
+    spec = make_spec(transcoding={"mode": "copy"})
+    task = run_motion(spec, run_stage(TranscodeStage, spec, make_task(path, [(0, 50), (50, 100)])))
+    moving, static = task.clips
+    assert moving.video_codec == "hevc" and moving.errors == {} and moving.filtered_by is None
+    assert moving.motion_score_global_mean > 0.00098
+    assert static.errors == {} and static.filtered_by == "motion"
 
 
 def test_unscorable_clips_are_recorded_and_count_as_static(tmp_path, stage_clips, make_task, make_spec):
-    # All-intra video: no motion vectors at all, as NeMo, the clip cannot pass.
-    video = SampleVideo("intra", 320, 180, 24, (Segment(1, True, 3),))
-    intra = write_video(video, tmp_path / "intra.mp4", gop=1)
-    intra_task = make_task(intra, [(0, 24)])
-    TranscodeStage(make_spec(transcoding={"mode": "copy"})).run(intra_task)
+    video = SampleVideo("tiny", 320, 180, 24, (Segment(1, True, 3),))
+    tiny = write_video(video, tmp_path / "tiny.mp4")
+    short_task = run_stage(TranscodeStage, make_spec(), make_task(tiny, [(0, 2)]))
 
     task = copy.deepcopy(stage_clips)
-    task.clips[0].encoded = b"\x00\x00\x00\x18ftypmp42 definitely not a video"
+    del task.clips[0].frames["motion"]  # as from a transcode that was not asked for motion's frames
     task.clips[1].encoded = None  # transcode failed: nothing to score, left alone
-    task.clips[2] = intra_task.clips[0]
+    task.clips[2] = short_task.clips[0]
     run = run_motion(make_spec(), task)
-    corrupt, missing, intra_clip = run.clips
-    assert "motion" in corrupt.errors and corrupt.filtered_by == "motion"
-    assert corrupt.motion_score_global_mean is None
-    assert "no motion vectors" in intra_clip.errors["motion"] and intra_clip.filtered_by == "motion"
+    without_frames, missing, short = run.clips
+    assert "no frames" in without_frames.errors["motion"] and without_frames.filtered_by == "motion"
+    assert without_frames.motion_score_global_mean is None
+    assert "no frame pair" in short.errors["motion"] and short.filtered_by == "motion"
     assert missing.errors == {} and missing.filtered_by is None and missing.motion_score_global_mean is None
 
     scored_only = run_motion(make_spec(motionFilter={"mode": "score-only"}), task)

@@ -11,7 +11,8 @@ import numpy as np
 from jobs import run_stage
 from PIL import Image
 
-from clipforge.stages.preview import PreviewStage, preview_size
+from clipforge.stages.preview import PreviewStage, preview_indices, preview_size
+from clipforge.stages.transcode import TranscodeStage
 
 
 def riff_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -44,8 +45,15 @@ def run_preview(spec, task):  # noqa: ANN001
     return run_stage(PreviewStage, spec, copy.deepcopy(task))
 
 
-def test_animated_webp_at_the_spec_rate_and_height(stage_clips, stage_source_frames, make_spec):
-    task = run_preview(make_spec(previews={"fps": 2, "height": 120, "quality": 60}), stage_clips)
+def previews_of_scenes(spec, stage_source, make_task):  # noqa: ANN001
+    """Transcode (which samples the preview's frames) then preview, of the sample's three scenes."""
+    task = run_stage(TranscodeStage, spec, make_task(stage_source, [(0, 48), (48, 96), (96, 144)]))
+    return run_preview(spec, task)
+
+
+def test_animated_webp_at_the_spec_rate_and_height(stage_source, stage_source_frames, make_task, make_spec):
+    spec = make_spec(transcoding={"preset": "ultrafast"}, previews={"fps": 2, "height": 120, "quality": 60})
+    task = previews_of_scenes(spec, stage_source, make_task)
     moving = task.clips[0]
     info = webp_animation(moving.preview)
     # 2 s at 2 fps: frames at 0, 0.5, 1 and 1.5 s, looping forever.
@@ -70,21 +78,30 @@ def test_default_rate_is_one_frame_a_second(stage_clips, make_spec):
     assert info["durations"] == [1000, 1000] and info["size"] == (426, 240)
 
 
+def test_preview_frames_are_the_first_at_or_after_each_tick():
+    assert preview_indices(48, 24.0, 2.0) == [0, 12, 24, 36]
+    assert preview_indices(50, 29.97, 1.0) == [0, 30]
+    assert preview_indices(5, 2.0, 4.0) == [0, 1, 2, 3, 4]  # slower than the preview: each frame once
+    assert preview_indices(0, 24.0, 1.0) == []
+
+
 def test_sizes_are_even_and_follow_the_aspect_ratio():
     assert preview_size(320, 180, 120) == (214, 120)
     assert preview_size(180, 320, 120) == (68, 120)
     assert preview_size(1920, 1080, 240) == (426, 240)
 
 
-def test_disabled_previews_and_clips_without_bytes(stage_clips, make_spec):
-    task = run_preview(make_spec(previews={"enabled": False}), stage_clips)
-    assert all(c.preview is None for c in task.clips)
+def test_disabled_previews_and_clips_without_frames(stage_source, make_task, make_spec):
+    spec = make_spec(transcoding={"preset": "ultrafast"}, previews={"enabled": False})
+    task = previews_of_scenes(spec, stage_source, make_task)
+    assert all(c.preview is None and "preview" not in c.frames for c in task.clips)
 
-    broken = copy.deepcopy(stage_clips)
+    spec = make_spec(transcoding={"preset": "ultrafast"}, previews={"height": 64})
+    broken = run_stage(TranscodeStage, spec, make_task(stage_source, [(0, 48), (48, 96), (96, 144)]))
     broken.clips[0].encoded = None
-    broken.clips[1].encoded = b"garbage" * 100
-    task = run_preview(make_spec(previews={"height": 64}), broken)
-    skipped, corrupt, good = task.clips
+    del broken.clips[1].frames["preview"]
+    task = run_preview(spec, broken)
+    skipped, without_frames, good = task.clips
     assert skipped.preview is None and skipped.errors == {}
-    assert corrupt.preview is None and "preview" in corrupt.errors
+    assert without_frames.preview is None and "no frames" in without_frames.errors["preview"]
     assert good.errors == {} and webp_animation(good.preview)["size"] == (114, 64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import av
@@ -11,6 +12,7 @@ from jobs import run_stage
 
 from clipforge.samples import SampleVideo, Segment, write_video
 from clipforge.stages.transcode import TranscodeStage, output_size, parse_bitrate
+from clipforge.tasks import clip_uuid
 
 FAST = {"preset": "ultrafast"}
 
@@ -65,14 +67,14 @@ def source_reads(monkeypatch):
     """Counts what the stage reads from its source (containers av.open opens for reading).
 
     Only sources opened as file objects count: the stage reads through Storage.open_read, while
-    the tests' own probing opens paths.
+    the tests' own probing opens paths (and stream copy decodes its clips from memory).
     """
     log = {"opens": 0, "seeks": 0, "demux_calls": 0, "packets": 0}
     real_open = av.open
 
     def counting_open(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         container = real_open(file, mode, *args, **kwargs)
-        if mode != "r" or isinstance(file, (str, os.PathLike)):
+        if mode != "r" or isinstance(file, (str, os.PathLike, io.BytesIO)):
             return container
         log["opens"] += 1
         return CountingContainer(container, log)
@@ -171,17 +173,23 @@ def test_nvenc_without_a_gpu_fails_per_clip(stage_source, make_task, make_spec, 
             assert (len(frames), codec) == (12, "h264")
 
 
-def test_stream_copy_snaps_spans_to_keyframes(stage_source, stage_source_frames, make_task, make_spec, decode_clip,
-                                              source_reads):
-    spans = [(50, 70), (60, 100), (96, 120)]
+def test_stream_copy_moves_each_boundary_to_the_nearest_keyframe(stage_source, stage_source_frames, make_task,
+                                                                 make_spec, decode_clip, source_reads):
+    # Keyframes at 0, 48 and 96; the source ends at 144. [80, 120) has both ends nearest 96: it
+    # cannot be cut without re-encoding. [60, 100) snaps to [48, 96), which [40, 80) already is.
+    spans = [(0, 40), (40, 80), (60, 100), (80, 120), (120, 144)]
     task = make_task(stage_source, spans)
-    ids = [c.uuid for c in task.clips]
     transcode(make_spec(transcoding={"mode": "copy"}), task)
-    assert [c.uuid for c in task.clips] == ids
-    # [keyframe at or before start, first keyframe at or after end): whole GOPs, always decodable.
-    assert [(c.start_frame, c.end_frame) for c in task.clips] == [(48, 96), (48, 144), (96, 144)]
-    for clip in task.clips:
+    first, second, duplicate, short, last = task.clips
+    assert "same keyframe-aligned span [48, 96]" in duplicate.errors["transcode"] and duplicate.encoded is None
+    assert "no keyframe-aligned span" in short.errors["transcode"] and short.encoded is None
+    written = [first, second, last]
+    # The written spans partition the source: no frame twice, none left out.
+    assert [(c.start_frame, c.end_frame) for c in written] == [(0, 48), (48, 96), (96, 144)]
+    for clip in written:
         assert clip.errors == {} and clip.keyframe_aligned
+        # The id names the span written, as the split stage would have named that span.
+        assert clip.uuid == clip_uuid(str(stage_source), clip.start_frame, clip.end_frame)
         assert clip.start_s == pytest.approx(clip.start_frame / 24) and clip.end_s == pytest.approx(clip.end_frame / 24)
         frames, codec, width, height = decode_clip(clip.encoded)
         assert (codec, width, height, clip.video_codec) == ("h264", 320, 180, "h264")
@@ -190,8 +198,30 @@ def test_stream_copy_snaps_spans_to_keyframes(stage_source, stage_source_frames,
         assert np.array_equal(frames[0], stage_source_frames[clip.start_frame])
         assert np.array_equal(frames[-1], stage_source_frames[clip.end_frame - 1])
         assert clip.encoded.index(b"moov") < clip.encoded.index(b"mdat")
-    assert source_reads["seeks"] == 1 and source_reads["demux_calls"] == 1
-    assert source_reads["packets"] <= 144 - 48
+        # The later stages' frames come from one decode of the copied clip, upright and sampled.
+        assert sorted(clip.frames) == ["embed", "motion", "preview"]
+        assert clip.frames["embed"].indices == [0, 12, 24, 36]
+    assert source_reads["seeks"] == 0 and source_reads["demux_calls"] == 1
+    assert source_reads["packets"] <= 144
+
+
+def test_stream_copy_of_fixed_stride_clips_writes_the_source_once(tmp_path, make_task, make_spec):
+    """Ten-second clips of a source whose keyframes do not fall on clip boundaries: before, each clip
+    started at the keyframe before it and ended at the one after, so neighbours overlapped."""
+    from clipforge.spec import FixedStrideSpec
+    from clipforge.stages.split import fixed_stride_spans
+
+    video = SampleVideo("gops", 64, 36, 10, (Segment(60, True, 3),))  # 600 frames, keyframes every 70
+    path = write_video(video, tmp_path / "gops.mp4", gop=70)
+    spans = fixed_stride_spans(600, 10.0, FixedStrideSpec(clip_length_s=10, stride_s=10, min_clip_length_s=2))
+    task = transcode(make_spec(transcoding={"mode": "copy"}, previews={"enabled": False},
+                               embeddings={"enabled": False}, motionFilter={"mode": "disable"}),
+                     make_task(path, spans))
+    written = sorted((c.start_frame, c.end_frame) for c in task.clips if c.encoded)
+    # Boundaries 100, 200, ... move to the nearest of 70, 140, 210, ...: 70, 210, 280, 420, 490.
+    assert written == [(0, 70), (70, 210), (210, 280), (280, 420), (420, 490), (490, 600)]
+    assert sum(end - start for start, end in written) == 600
+    assert all(c.frames == {} for c in task.clips)
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".ts"])  # MPEG-TS: timestamps start at 1.4 s, no index to seek by
@@ -208,13 +238,13 @@ def test_other_containers(suffix, tmp_path, make_task, make_spec, decode_clip):
             assert len(frames) == clip.end_frame - clip.start_frame
             assert pixel_error(frames[0], source[clip.start_frame]) < 3
         if mode == "copy":
-            assert [(c.start_frame, c.end_frame) for c in task.clips] == [(25, 50), (25, 75)]
+            assert [(c.start_frame, c.end_frame) for c in task.clips] == [(25, 50), (50, 75)]
 
 
 @pytest.mark.parametrize("suffix", [".ts", ".mkv"])
 def test_stream_copy_of_open_gops(suffix, tmp_path, make_task, make_spec, decode_clip):
     # x265's defaults: open GOPs, whose leading pictures are decoded after their keyframe but
-    # shown before it. A clip keeps the ones before its end (and so the keyframe they refer to).
+    # shown before it, referring to both GOPs. They belong to neither clip, so no frame is twice.
     video = SampleVideo("hevc", 160, 96, 25, (Segment(4, True, 6),))
     path = write_video(video, tmp_path / f"source{suffix}", codec="libx265", gop=25)
     with av.open(str(path)) as container:
@@ -226,9 +256,9 @@ def test_stream_copy_of_open_gops(suffix, tmp_path, make_task, make_spec, decode
         assert len(frames) == clip.num_frames == clip.end_frame - clip.start_frame
         assert np.array_equal(frames[0], source[clip.start_frame])
         assert np.array_equal(frames[-1], source[clip.end_frame - 1])
-    starts = [c.start_frame for c in task.clips]
-    assert starts == [25, 25, 75]
-    assert all(c.end_frame >= end for c, end in zip(task.clips, (45, 70, 100)))
+    assert [c.start_frame for c in task.clips] == [25, 50, 75]
+    assert all(a.end_frame <= b.start_frame for a, b in zip(task.clips, task.clips[1:]))
+    assert task.clips[-1].end_frame == 100
 
 
 def test_clip_errors_are_recorded_per_clip(stage_source, make_task, make_spec, decode_clip):

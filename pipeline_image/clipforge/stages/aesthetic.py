@@ -5,7 +5,9 @@ The method is NeMo Curator's (and LAION's improved-aesthetic-predictor): frames 
 feature is L2-normalised and fed to a small MLP that predicts a 1-10 aesthetic rating. The
 frame scores become the clip's score by their minimum (default: one ugly frame sinks the clip)
 or mean, and a clip scoring below `threshold` is moved to filtered_clips/ with
-`filtered_by = "aesthetic"`. A clip an earlier filter already moved aside is not scored.
+`filtered_by = "aesthetic"`. A clip an earlier filter already moved aside is not scored. The
+frames come from transcode's decode (frames.py), the short side at the CLIP model's image size
+(its processor then crops the centre square, as it would from the full frame).
 
 Model directories (under `models.uri`, never downloaded at run time):
 
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipforge.frames import sample_frames
+from clipforge.frames import FrameRequest, fit_short_side, frames_for, sample_indices
+from clipforge.spec import VideoCurationJobSpec
 from clipforge.stages.base import Stage
 from clipforge.tasks import VideoTask
 
@@ -176,14 +179,27 @@ class AestheticScorer:
 class AestheticStage(Stage):
     name = "aesthetic"
 
+    @classmethod
+    def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
+        from clipforge.models import model_json
+
+        if not spec.aesthetic_filter.enabled:
+            return None
+        fps = spec.aesthetic_filter.fps
+        config = model_json(spec, spec.aesthetic_filter.clip_model, ("config.json",))
+        # A CLIPModel keeps the vision tower's settings under vision_config; a vision-only one at the top.
+        short = int(config.get("vision_config", config).get("image_size", 224))
+        return FrameRequest(cls.name, lambda n, rate, w, h: (sample_indices(n, rate, fps), fit_short_side(w, h, short)))
+
     def setup(self) -> None:
         from clipforge.models import model_dir
 
         spec = self.spec.aesthetic_filter
-        self.scorer = AestheticScorer(
-            model_dir(self.spec, spec.clip_model, CLIP_FILES),
-            model_dir(self.spec, spec.mlp_model, ("|".join(MLP_FILES),)),
-        )
+        with self.torch_threads():
+            self.scorer = AestheticScorer(
+                model_dir(self.spec, spec.clip_model, CLIP_FILES),
+                model_dir(self.spec, spec.mlp_model, ("|".join(MLP_FILES),)),
+            )
 
     def process(self, task: VideoTask) -> list[VideoTask]:
         spec = self.spec.aesthetic_filter
@@ -191,11 +207,13 @@ class AestheticStage(Stage):
             if not clip.encoded:
                 continue  # nothing to score; transcode recorded why
             if clip.filtered_by is not None and clip.filtered_by != self.name:
+                clip.frames.pop(self.name, None)
                 continue  # an earlier filter already moved it aside, as NeMo drops it before scoring
             clip.errors.pop(self.name, None)
             try:
-                frames, _ = sample_frames(clip.encoded, spec.fps)
-                clip.aesthetic_score = reduce_scores(self.scorer(frames), spec.reduction)
+                with self.torch_threads():
+                    scores = self.scorer(frames_for(clip, self.name).frames)
+                clip.aesthetic_score = reduce_scores(scores, spec.reduction)
                 low = clip.aesthetic_score < spec.threshold
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
                 log.warning("aesthetic scoring of clip %s failed: %s", clip.uuid, exc)
@@ -203,6 +221,7 @@ class AestheticStage(Stage):
                 clip.aesthetic_score = None
                 low = True  # as NeMo: a clip that cannot be scored does not pass
             clip.filtered_by = self.name if low else None
+            clip.frames.pop(self.name, None)
         return [task]
 
 

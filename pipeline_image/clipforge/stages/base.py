@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import ClassVar
 
+from clipforge.frames import FrameRequest
 from clipforge.spec import StageResources, VideoCurationJobSpec, stage_enabled, stage_resources
 from clipforge.tasks import VideoTask
 
@@ -32,6 +36,33 @@ class Stage(ABC):
     @classmethod
     def execution(cls, spec: VideoCurationJobSpec) -> StageResources:
         return stage_resources(spec, cls.name)
+
+    @classmethod
+    def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
+        """The frames of each clip this stage looks at, which transcode hands it (frames.py)."""
+        return None
+
+    @property
+    def threads(self) -> int:
+        """Threads this stage's codecs and models run: the CPUs its workers reserve (at least 1).
+
+        Pinned, never sized to the machine, so that a worker uses what it asked for and the
+        output (x264's in particular) is the same wherever it runs.
+        """
+        return max(1, math.floor(self.execution(self.spec).cpus))
+
+    @contextlib.contextmanager
+    def torch_threads(self) -> Iterator[None]:
+        """torch's intra-op threads set to `threads` while inside (the local executor runs every
+        stage in one process, so each stage sets its own around its work)."""
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def setup(self) -> None:
         """Load models and open clients; called once per worker before any process()."""

@@ -10,7 +10,8 @@ The method follows NeMo Curator's caption preparation, generation and enhancemen
 - Frames: within each window, an even number of frames (about `fps` per second, at least 4,
   at most 768) evenly spaced over the window, resized so both sides are multiples of 28 within
   NeMo's per-video pixel budget, normalised with the model's mean/std and cut into the
-  vision tower's patches here (so no torchvision is needed).
+  vision tower's patches here (so no torchvision is needed). Transcode samples them, at that
+  size, from its decode of the source (frames.py): the clip is not decoded again.
 - Prompt: `promptText`, or the `promptVariant`'s text, in the model's chat template with one
   video placeholder expanded to the video's token count. Decoding is greedy with a light
   repetition penalty (NeMo samples at temperature 0.1, top-p 0.001: practically greedy).
@@ -29,17 +30,17 @@ small and not exercised by the CPU test suite.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
+from clipforge.frames import FramePlanFn, FrameRequest, SampledFrames
+from clipforge.spec import VideoCurationJobSpec
 from clipforge.stages.base import Stage
 from clipforge.tasks import Clip, VideoTask
 
@@ -170,16 +171,20 @@ class VisionGeometry:
 
     @classmethod
     def from_dir(cls, directory: Path) -> VisionGeometry:
-        values: dict = {}
-        image = directory / "preprocessor_config.json"
-        video = directory / "video_preprocessor_config.json"
-        for path, budget in ((image, False), (video, True)):
-            if not path.exists():
-                continue
+        configs = []
+        for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+            path = directory / name
             try:
-                config = json.loads(path.read_text())
+                configs.append(json.loads(path.read_text()) if path.exists() else {})
             except (OSError, json.JSONDecodeError) as exc:
                 raise ValueError(f"{path} is not a readable JSON processor config: {exc}") from exc
+        return cls.from_configs(*configs)
+
+    @classmethod
+    def from_configs(cls, image: dict, video: dict) -> VisionGeometry:
+        """From the image and video processor configs (either may be empty: Qwen2.5-VL's defaults)."""
+        values: dict = {}
+        for config, budget in ((image, False), (video, True)):
             for key in ("patch_size", "temporal_patch_size", "merge_size"):
                 if key in config:
                     values[key] = int(config[key])
@@ -229,68 +234,56 @@ class WindowFrames:
     fps: float  # the rate the frames represent
 
 
-def decode_windows(
-    data: bytes, window_size: int, remainder_threshold: int, target_fps: float, geometry: VisionGeometry
-) -> list[WindowFrames]:
-    """The clip's windows with their sampled, resized frames; the clip is decoded once."""
-    with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        source_fps = float(stream.average_rate or stream.guessed_rate or 30)
-        num_frames = stream.frames
-        if not num_frames:  # containers without a frame count: count by decoding
-            num_frames = sum(1 for _ in container.decode(stream))
-            container.seek(0)
-        windows = compute_windows(num_frames, window_size, remainder_threshold)
+def window_plan(num_frames: int, fps: float, window_size: int, remainder_threshold: int,
+                target_fps: float) -> list[tuple[int, int, list[int]]]:
+    """(start, end, the frame indices the model sees) of each caption window of a clip."""
+    return [
+        (start, end, window_indices(start, end, window_frame_count(end - start, fps, target_fps)))
+        for start, end in compute_windows(num_frames, window_size, remainder_threshold)
+    ]
+
+
+def caption_frame_plan(spec: VideoCurationJobSpec, geometry: VisionGeometry) -> FramePlanFn:
+    """Which frames of a clip the captioner sees, at the size its vision tower takes."""
+    captions = spec.captions
+
+    def plan(num_frames: int, fps: float, width: int, height: int) -> tuple[list[int], tuple[int, int]]:
+        windows = window_plan(num_frames, fps, captions.window_size, captions.remainder_threshold, captions.fps)
         if not windows:
-            return []
-        plan = []
-        for start, end in windows:
-            count = window_frame_count(end - start, source_fps, target_fps)
-            plan.append((start, end, window_indices(start, end, count)))
-        width, height = stream.codec_context.width, stream.codec_context.height
-        longest = max(len(p[2]) for p in plan)
-        size_h, size_w = geometry.frame_size(height, width, longest)
-        wanted = {i for _, _, indices in plan for i in indices}
-        last_wanted = max(wanted)
-        decoded: dict[int, np.ndarray] = {}
-        for index, frame in enumerate(container.decode(stream)):
-            if index in wanted:
-                decoded[index] = frame.to_ndarray(width=size_w, height=size_h, format="rgb24", interpolation="BICUBIC")
-            if index >= last_wanted:
-                break
+            return [], (width, height)
+        size_h, size_w = geometry.frame_size(height, width, max(len(w[2]) for w in windows))
+        return sorted({i for _, _, indices in windows for i in indices}), (size_w, size_h)
+
+    return plan
+
+
+def window_frames(sampled: SampledFrames | None, num_frames: int, fps: float, window_size: int,
+                  remainder_threshold: int, target_fps: float) -> list[WindowFrames]:
+    """The clip's windows with the frames transcode sampled for them (none for a clip too short)."""
+    plan = window_plan(num_frames, fps, window_size, remainder_threshold, target_fps)
+    if not plan:
+        return []
+    if sampled is None or not sampled.indices:
+        raise ValueError("transcode handed over no frames for caption")
+    decoded = dict(zip(sampled.indices, sampled.frames))
+    last = max(decoded)
     out = []
     for start, end, indices in plan:
-        # A frame count that overstated the stream: fall back on the last decoded frame.
-        last = max(decoded) if decoded else None
-        if last is None:
-            raise ValueError("clip has no decodable frames")
-        frames = np.stack([decoded[i] if i in decoded else decoded[last] for i in indices])
-        seconds = (end - start) / source_fps
+        # A clip its source cut short: fall back on the last frame it has.
+        frames = np.stack([decoded.get(i, decoded[last]) for i in indices])
+        seconds = (end - start) / fps
         out.append(WindowFrames(start, end, frames, len(indices) / seconds if seconds else target_fps))
     return out
 
 
 def encode_webp(frames: np.ndarray, fps: float, quality: int = 50, height: int = 240) -> bytes:
-    """An animated WebP of `frames` shown at `fps`, scaled to `height` (the preview stage's format)."""
+    """An animated WebP of RGB `frames` shown at `fps`, scaled to `height` (the preview stage's format)."""
+    from clipforge.stages.preview import encode_webp as encode_preview
     from clipforge.stages.preview import preview_size
 
-    out = io.BytesIO()
-    rate = Fraction(fps).limit_denominator(1000)
-    ms = Fraction(1, 1000)
-    with av.open(out, "w", format="webp", options={"loop": "0"}) as sink:
-        webp = sink.add_stream("libwebp_anim", rate=rate)
-        webp.codec_context.time_base = ms
-        webp.codec_context.options = {"quality": str(quality)}
-        size = preview_size(frames.shape[2], frames.shape[1], min(height, frames.shape[1]))
-        webp.width, webp.height, webp.pix_fmt = size[0], size[1], "yuv420p"
-        for i, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(size[0], size[1], "yuv420p")
-            frame.pts = round(Fraction(i) / rate / ms)
-            frame.time_base = ms
-            sink.mux(webp.encode(frame))
-        sink.mux(webp.encode(None))
-    return out.getvalue()
+    size = preview_size(frames.shape[2], frames.shape[1], min(height, frames.shape[1]))
+    scaled = (av.VideoFrame.from_ndarray(f, format="rgb24").reformat(*size, "yuv420p") for f in frames)
+    return encode_preview(scaled, (round(i / fps * 1000) for i in range(len(frames))), quality)
 
 
 def _chat_text(tokenizer, messages: list[dict], fallback: str) -> str:  # noqa: ANN001
@@ -420,21 +413,38 @@ class TextEnhancer:
 class CaptionStage(Stage):
     name = "caption"
 
+    @classmethod
+    def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
+        from clipforge.models import model_json
+
+        if not spec.captions.enabled:
+            return None
+        geometry = VisionGeometry.from_configs(
+            model_json(spec, spec.captions.model, ("preprocessor_config.json",)),
+            model_json(spec, spec.captions.model, ("video_preprocessor_config.json",)),
+        )
+        # Bicubic, as the ffmpeg command line scales and qwen-vl-utils' frames are made.
+        return FrameRequest(cls.name, caption_frame_plan(spec, geometry), interpolation="BICUBIC")
+
     def setup(self) -> None:
         from clipforge.models import model_dir
 
         spec = self.spec.captions
         self.prompt = caption_prompt(spec.prompt_variant, spec.prompt_text)
-        self.captioner = QwenVLCaptioner(model_dir(self.spec, spec.model, CAPTION_FILES), spec.max_new_tokens)
-        self.enhancer = None
-        if spec.enhance_model:
-            self.enhancer = TextEnhancer(model_dir(self.spec, spec.enhance_model, ENHANCE_FILES), spec.max_new_tokens)
+        with self.torch_threads():
+            self.captioner = QwenVLCaptioner(model_dir(self.spec, spec.model, CAPTION_FILES), spec.max_new_tokens)
+            self.enhancer = None
+            if spec.enhance_model:
+                self.enhancer = TextEnhancer(
+                    model_dir(self.spec, spec.enhance_model, ENHANCE_FILES), spec.max_new_tokens
+                )
         self.enhance_prompt = ENHANCE_PROMPTS.get(spec.prompt_variant, ENHANCE_PROMPTS["default"])
 
     def caption_clip(self, clip: Clip) -> None:
         spec = self.spec.captions
-        windows = decode_windows(
-            clip.encoded, spec.window_size, spec.remainder_threshold, spec.fps, self.captioner.geometry
+        windows = window_frames(
+            clip.frames.get(self.name), clip.num_frames, clip.framerate, spec.window_size,
+            spec.remainder_threshold, spec.fps,
         )
         if not windows:
             raise ValueError(f"clip has fewer than {WINDOW_MIN_FRAMES} frames: no caption window")
@@ -460,8 +470,11 @@ class CaptionStage(Stage):
                 continue  # NeMo captions the clips that passed the filters
             clip.errors.pop(self.name, None)
             try:
-                self.caption_clip(clip)
+                with self.torch_threads():
+                    self.caption_clip(clip)
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
                 log.warning("captioning clip %s failed: %s", clip.uuid, exc)
                 clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
+        for clip in task.clips:
+            clip.frames.pop(self.name, None)
         return [task]

@@ -11,8 +11,10 @@ Embedders (spec.embeddings.algorithm):
   get_video_embeddings.
 
 Every clip gets a float16 array of shape (1, dim) in `Clip.embedding`. Clips without a file and
-clips a filter already moved aside are not embedded. Models load from local disk only
-(models.model_dir); nothing is downloaded at run time.
+clips a filter already moved aside are not embedded. The frames come from transcode's decode
+(frames.py), already at the size the model takes (CLIP/SigLIP: the vision config's image size on
+the short side; the processor crops). Models load from local disk only (models.model_dir);
+nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from clipforge import models
-from clipforge.frames import sample_frames
+from clipforge.frames import FramePlanFn, FrameRequest, fit_short_side, frames_for, sample_indices
 from clipforge.stages.base import Stage
 from clipforge.tasks import Clip, VideoTask
 
@@ -57,12 +59,38 @@ def _features(output: Any) -> Any:
     return output if torch.is_tensor(output) else output.pooler_output
 
 
-def _fit_short_side(clip: Clip, short: int) -> tuple[int, int] | None:
-    """(width, height) scaling the clip down so its short side is `short`; None keeps its size."""
-    if not clip.width or not clip.height or min(clip.width, clip.height) <= short:
-        return None
-    scale = short / min(clip.width, clip.height)
-    return max(1, round(clip.width * scale / 2) * 2), max(1, round(clip.height * scale / 2) * 2)
+FPS = 2.0  # frames per second of clip that every embedder looks at
+EFFICIENTNET_SIZE = 224
+DEFAULT_NUM_VIDEO_FRAMES = 8  # Cosmos-Embed1's, when its processor config does not say
+
+
+def cosmos_indices(num_frames: int, fps: float, wanted: int) -> list[int]:
+    """`wanted` frames spread over the clip, sampled at 2 fps (denser, up to 20 fps, for short clips)."""
+    rate = FPS
+    indices = sample_indices(num_frames, fps, rate)
+    while len(indices) < wanted and rate * 2 <= COSMOS_MAX_FPS:
+        rate *= 2
+        indices = sample_indices(num_frames, fps, rate)
+    if len(indices) < wanted:
+        return indices  # too few: the embedder reports it
+    return indices[:: len(indices) // wanted][:wanted]
+
+
+def embed_plan(spec: Any) -> FramePlanFn:
+    """Which frames of a clip, at what size, the configured embedder looks at."""
+    algorithm = spec.embeddings.algorithm
+    if algorithm == "efficientnet-lite0":
+        return lambda n, fps, w, h: (sample_indices(n, fps, FPS), (EFFICIENTNET_SIZE, EFFICIENTNET_SIZE))
+    name = models.embed_model_name(spec)
+    if algorithm.startswith("cosmos-embed1-"):
+        resolution = COSMOS_RESOLUTION[algorithm.rsplit("-", 1)[1]]
+        config = models.model_json(spec, name, ("processor_config.json", "preprocessor_config.json"))
+        wanted = int(config.get("num_video_frames", DEFAULT_NUM_VIDEO_FRAMES))
+        return lambda n, fps, w, h: (cosmos_indices(n, fps, wanted), (resolution, resolution))
+    # CLIP and SigLIP: the processor resizes and crops; decode at about the size it needs.
+    vision = models.model_json(spec, name, ("config.json",)).get("vision_config", {})
+    short = max(int(vision.get("image_size", 224)), 64)
+    return lambda n, fps, w, h: (sample_indices(n, fps, FPS), fit_short_side(w, h, short))
 
 
 class Embedder(ABC):
@@ -75,9 +103,9 @@ class Embedder(ABC):
     def __init__(self, device: str):
         self.device = device
 
-    @abstractmethod
     def frames(self, clip: Clip) -> np.ndarray:
-        """The clip's frames this model looks at, [N, H, W, 3] uint8 RGB."""
+        """The clip's frames this model looks at, [N, H, W, 3] uint8 RGB (see embed_plan)."""
+        return frames_for(clip, EmbedStage.name).frames
 
     @abstractmethod
     def embed_frames(self, frames: np.ndarray) -> Any:
@@ -111,8 +139,6 @@ class Embedder(ABC):
 class EfficientNetLite0(Embedder):
     algorithm = "efficientnet-lite0"
     dim = 1280
-    size = 224
-    fps = 2.0
 
     def __init__(self, device: str):
         super().__init__(device)
@@ -127,9 +153,6 @@ class EfficientNetLite0(Embedder):
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
-    def frames(self, clip: Clip) -> np.ndarray:
-        return sample_frames(clip.encoded, self.fps, (self.size, self.size))[0]
-
     def embed_frames(self, frames: np.ndarray) -> Any:
         import torch
 
@@ -142,7 +165,6 @@ class EfficientNetLite0(Embedder):
 class TransformersEmbedder(Embedder):
     """CLIP and SigLIP through transformers' own classes; no remote code."""
 
-    fps = 2.0
     model_class = ""
     text_padding: Any = True
 
@@ -158,12 +180,6 @@ class TransformersEmbedder(Embedder):
         self.dim = 0  # known after the first batch (CLIP: projection_dim; SigLIP: the hidden size)
         self.texts = list(texts)
         self.text_embeddings = self._embed_texts(self.texts) if self.texts else None
-        # The processor resizes; decode at about the size it needs, not the clip's full size.
-        image_size = getattr(self.model.config.vision_config, "image_size", 224)
-        self.decode_short_side = max(int(image_size), 64)
-
-    def frames(self, clip: Clip) -> np.ndarray:
-        return sample_frames(clip.encoded, self.fps, _fit_short_side(clip, self.decode_short_side))[0]
 
     def embed_frames(self, frames: np.ndarray) -> Any:
         inputs = self.processor(images=list(frames), return_tensors="pt")
@@ -204,8 +220,6 @@ class CosmosEmbed1(Embedder):
     `get_video_embeddings(videos=...).visual_proj` / `get_text_embeddings(...).text_proj`.
     """
 
-    fps = 2.0
-
     def __init__(self, device: str, directory: str, variant: str, texts: list[str]):
         super().__init__(device)
         import torch
@@ -223,17 +237,11 @@ class CosmosEmbed1(Embedder):
         self.text_embeddings = self._embed_texts(self.texts) if self.texts else None
 
     def frames(self, clip: Clip) -> np.ndarray:
-        """num_frames frames spread over the clip, sampled at 2 fps (denser for short clips)."""
-        size = (self.resolution, self.resolution)
-        fps = self.fps
-        frames = sample_frames(clip.encoded, fps, size)[0]
-        while len(frames) < self.num_frames and fps * 2 <= COSMOS_MAX_FPS:
-            fps *= 2
-            frames = sample_frames(clip.encoded, fps, size)[0]
-        if len(frames) < self.num_frames:
-            raise ValueError(f"clip has {len(frames)} frames, Cosmos-Embed1 needs {self.num_frames}")
-        step = len(frames) // self.num_frames
-        return frames[::step][: self.num_frames]
+        """num_frames frames spread over the clip (cosmos_indices)."""
+        frames = super().frames(clip)
+        if len(frames) != self.num_frames:
+            raise ValueError(f"clip has {len(frames)} frames for Cosmos-Embed1, which takes {self.num_frames}")
+        return frames
 
     def embed(self, clip_frames: list[np.ndarray]) -> np.ndarray:
         # One video per clip: [B, T, H, W, C] -> [B, T, C, H, W], as the processor expects.
@@ -287,8 +295,13 @@ class EmbedStage(Stage):
     # Clips whose frames are decoded and embedded together (bounds the memory of one batch).
     clips_per_batch = 8
 
+    @classmethod
+    def frame_request(cls, spec: Any) -> FrameRequest | None:
+        return FrameRequest(cls.name, embed_plan(spec)) if spec.embeddings.enabled else None
+
     def setup(self) -> None:
-        self.embedder = load_embedder(self.spec)
+        with self.torch_threads():
+            self.embedder = load_embedder(self.spec)
         self.texts = list(self.spec.embeddings.texts_to_verify)
 
     def process(self, task: VideoTask) -> list[VideoTask]:
@@ -301,11 +314,11 @@ class EmbedStage(Stage):
                 try:
                     frames.append(self.embedder.frames(clip))
                     batch.append(clip)
-                except Exception as exc:  # noqa: BLE001 - one undecodable clip must not fail the video
+                except Exception as exc:  # noqa: BLE001 - one clip's missing frames must not fail the video
                     clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
             if not batch:
                 continue
-            with torch.inference_mode():
+            with torch.inference_mode(), self.torch_threads():
                 embeddings = self.embedder.embed(frames)
                 scores = self.embedder.text_scores(embeddings)
             for row, clip in enumerate(batch):
@@ -315,5 +328,7 @@ class EmbedStage(Stage):
                     sims = [float(s) for s in scores[row]]
                     best = int(np.argmax(sims))
                     clip.text_match = {"best": self.texts[best], "scores": dict(zip(self.texts, sims))}
+        for clip in task.clips:
+            clip.frames.pop(self.name, None)
         return [task]
 

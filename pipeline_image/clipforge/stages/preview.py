@@ -1,8 +1,8 @@
 """An animated WebP per clip: a few frames a second, small, looping forever.
 
-The clip's encoded bytes are decoded once; a frame is kept whenever the clip's clock reaches
-the next preview tick (k / fps seconds), scaled to the preview height and handed straight to
-the libwebp_anim encoder, so only the encoder's own state is held in memory.
+The frames come from transcode's decode (frames.py): for each preview tick k / fps seconds, the
+clip's first frame at or after it, already scaled to the preview height (area filter). They go
+straight to the libwebp_anim encoder, each shown from its own time in the clip.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Iterable
 from fractions import Fraction
 
 import av
+import numpy as np
 
-from clipforge.spec import PreviewSpec
+from clipforge.frames import FrameRequest, SampledFrames
+from clipforge.spec import PreviewSpec, VideoCurationJobSpec
 from clipforge.stages.base import Stage
 from clipforge.tasks import VideoTask
 
@@ -30,62 +33,74 @@ def preview_size(width: int, height: int, target_height: int) -> tuple[int, int]
     return out_w, target_height
 
 
-def make_preview(data: bytes, spec: PreviewSpec) -> tuple[bytes, int]:
-    """(animated WebP bytes, number of frames) for one clip's encoded video."""
+def preview_indices(num_frames: int, fps: float, preview_fps: float) -> list[int]:
+    """The clip's first frame at or after each tick k / preview_fps; a clip slower than the
+    preview rate gives each of its frames once (ticks are skipped, not repeated)."""
+    indices: list[int] = []
+    for tick in range(math.ceil(num_frames / fps * preview_fps) + 1):
+        index = math.ceil(tick * fps / preview_fps - 1e-6)
+        if index >= num_frames:
+            break
+        if not indices or index > indices[-1]:
+            indices.append(index)
+    return indices
+
+
+def encode_webp(frames: Iterable[av.VideoFrame], times_ms: Iterable[int], quality: int) -> bytes:
+    """An endlessly looping animated WebP of yuv420p `frames`, each shown from its time (ms)."""
     out = io.BytesIO()
-    frames = 0
-    with av.open(io.BytesIO(data), metadata_errors="ignore") as source:
-        stream = source.streams.video[0]
-        stream.thread_type = "AUTO"
-        time_base = stream.time_base
-        origin = stream.start_time
-        rate = stream.average_rate or stream.base_rate or Fraction(30)
-        with av.open(out, "w", format="webp", options={"loop": "0"}) as sink:
-            preview_rate = Fraction(spec.fps).limit_denominator(1000)
-            webp = sink.add_stream("libwebp_anim", rate=preview_rate)
-            webp.codec_context.time_base = _MS
-            webp.codec_context.options = {"quality": str(spec.quality)}
-            size: tuple[int, int] | None = None
-            next_tick = 0
-            for i, frame in enumerate(source.decode(stream)):
-                if frame.pts is None or time_base is None:
-                    seconds = i / float(rate)
-                else:
-                    if origin is None:
-                        origin = frame.pts
-                    seconds = float((frame.pts - origin) * time_base)
-                if seconds + 1e-6 < next_tick / spec.fps:
-                    continue
-                if size is None:
-                    size = preview_size(frame.width, frame.height, spec.height)
-                    webp.width, webp.height, webp.pix_fmt = size[0], size[1], "yuv420p"
-                small = frame.reformat(size[0], size[1], "yuv420p", interpolation="AREA")
-                small.pts = round(Fraction(next_tick) / preview_rate / _MS)
-                small.time_base = _MS
-                small.pict_type = av.video.frame.PictureType.NONE
-                sink.mux(webp.encode(small))
-                frames += 1
-                # The next tick after this frame's time (a slow clip skips ticks rather than repeat).
-                next_tick = max(next_tick + 1, math.floor(seconds * spec.fps + 1e-6) + 1)
-            if frames == 0:
-                raise ValueError("the clip has no frames")
-            sink.mux(webp.encode(None))
-    return out.getvalue(), frames
+    count = 0
+    with av.open(out, "w", format="webp", options={"loop": "0"}) as sink:
+        webp = None
+        for frame, time_ms in zip(frames, times_ms):
+            if webp is None:
+                webp = sink.add_stream("libwebp_anim", rate=1000)
+                webp.codec_context.time_base = _MS
+                webp.codec_context.options = {"quality": str(quality)}
+                webp.width, webp.height, webp.pix_fmt = frame.width, frame.height, "yuv420p"
+            frame.pts, frame.time_base = time_ms, _MS
+            frame.pict_type = av.video.frame.PictureType.NONE
+            sink.mux(webp.encode(frame))
+            count += 1
+        if webp is None:
+            raise ValueError("no frames for the preview")
+        sink.mux(webp.encode(None))
+    return out.getvalue()
+
+
+def make_preview(sampled: SampledFrames, fps: float, spec: PreviewSpec) -> bytes:
+    """The preview of one clip at `fps` from the preview request's frames."""
+    frames = (av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="yuv420p") for f in sampled.frames)
+    return encode_webp(frames, (round(i / fps * 1000) for i in sampled.indices), spec.quality)
 
 
 class PreviewStage(Stage):
     name = "preview"
+
+    @classmethod
+    def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
+        if not spec.previews.enabled:
+            return None
+        previews = spec.previews
+
+        def plan(num_frames: int, fps: float, width: int, height: int) -> tuple[list[int], tuple[int, int]]:
+            return preview_indices(num_frames, fps, previews.fps), preview_size(width, height, previews.height)
+
+        return FrameRequest(cls.name, plan, pixel_format="yuv420p", interpolation="AREA")
 
     def process(self, task: VideoTask) -> list[VideoTask]:
         spec = self.spec.previews
         if not spec.enabled:
             return [task]
         for clip in task.clips:
+            sampled = clip.frames.pop(self.name, None)
             if not clip.encoded:
                 continue
             clip.errors.pop(self.name, None)
             try:
-                clip.preview, _ = make_preview(clip.encoded, spec)
+                if sampled is None:
+                    raise ValueError("transcode handed over no frames for the preview")
+                clip.preview = make_preview(sampled, clip.framerate, spec)
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
                 log.warning("preview of clip %s failed: %s", clip.uuid, exc)
                 clip.preview = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import av
 
+from clipforge.frames import rotation_of
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
 from clipforge.tasks import VideoMeta, VideoTask
@@ -13,10 +14,11 @@ class ProbeError(RuntimeError):
     pass
 
 
-def probe_container(container: av.container.InputContainer, size_bytes: int) -> VideoMeta:
+def probe_container(container: av.container.InputContainer, size_bytes: int, threads: int = 1) -> VideoMeta:
     if not container.streams.video:
         raise ProbeError("no video stream")
     stream = container.streams.video[0]
+    stream.codec_context.thread_count = threads
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate:
         raise ProbeError("video stream has no frame rate")
@@ -51,6 +53,7 @@ def probe_container(container: av.container.InputContainer, size_bytes: int) -> 
         pix_fmt=codec.format.name if codec.format else "",
         bit_rate=container.bit_rate or None,
         has_audio=bool(container.streams.audio),
+        rotation=rotation_of(frame),
     )
 
 
@@ -69,7 +72,7 @@ class ProbeStage(Stage):
                 raise ProbeError("empty file (0 bytes)")
             try:
                 with av.open(reader, "r") as container:
-                    task.meta = probe_container(container, size)
+                    task.meta = probe_container(container, size, self.threads)
             except av.FFmpegError as exc:
                 raise ProbeError(f"not a readable video: {exc}") from None
         if task.meta.num_frames <= 0:

@@ -38,11 +38,11 @@ class SplitStage(Stage):
         if algorithm == SplitAlgorithm.transnetv2.value:
             from clipforge.scenes import TransNetV2Detector
 
-            self.detector = TransNetV2Detector(self.spec.splitting.transnetv2)
+            self.detector = TransNetV2Detector(self.spec.splitting.transnetv2, threads=self.threads)
         elif algorithm == SplitAlgorithm.scenedetect.value:
             from clipforge.scenes import SceneDetectDetector
 
-            self.detector = SceneDetectDetector(self.spec.splitting.scenedetect)
+            self.detector = SceneDetectDetector(self.spec.splitting.scenedetect, threads=self.threads)
 
     def spans(self, task: VideoTask) -> list[tuple[int, int]]:
         meta = task.meta

@@ -77,6 +77,8 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, spec: VideoCurationJob
         "framerate": clip.framerate,
         "num_frames": clip.num_frames,
         "video_codec": clip.video_codec,
+        "audio_codec": clip.audio_codec,
+        "rotation": clip.rotation,
         "num_bytes": len(clip.encoded) if has_file else 0,
         "clip_location": layout.clip_file(root, clip.uuid, clip.filtered_by is not None) if has_file else None,
         "preview_location": layout.preview_file(root, clip.uuid) if clip.preview is not None else None,
@@ -157,5 +159,5 @@ class WriteStage(Stage):
         summary = chunk_summary(task)
         if task.clips:
             self.storage.write_json(record_uri, summary)
-        light_clips = [replace(c, encoded=None, preview=None, window_previews={}) for c in task.clips]
+        light_clips = [replace(c, encoded=None, preview=None, window_previews={}, frames={}) for c in task.clips]
         return [replace(task, clips=light_clips, chunk_record=summary)]
