@@ -221,7 +221,7 @@ def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_
     assert {r["span_uuid"]: as_meta(r) for r in table.to_pylist()} == metas
 
     clips_uri = f"{output}/index/clips"
-    frame = pd.read_parquet(clips_uri, filesystem=s3)
+    frame = pd.read_parquet(f"{s3_bucket}/out/index/clips", filesystem=s3)  # a pyarrow filesystem: no scheme
     assert set(frame.span_uuid) == set(metas) and (frame.status == "passed").sum() == 3
 
     con = duckdb.connect()
@@ -243,3 +243,14 @@ def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_
     assert {r["span_uuid"] for r in dataset.take_all()} == set(metas)
     assert isinstance(videos["processed_at"][0], datetime)
 
+
+
+def test_status_outputs_name_what_the_run_wrote(curated):
+    """The URIs the operator puts in status.outputs, for this real run's output."""
+    from clipforge.spec import JobOutputs
+
+    outputs = JobOutputs.under(str(curated))
+    assert load_json(Path(outputs.summary))["output"] == str(curated)
+    assert pd.read_parquet(outputs.index + "clips").shape[0] == 4
+    assert pd.read_parquet(outputs.index + "videos").shape[0] == 3
+    assert Path(outputs.report).read_text().startswith("<!doctype html>")
