@@ -13,6 +13,7 @@ Nothing here talks to Kubernetes: the handlers read, call these, compare and pat
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
@@ -62,6 +63,15 @@ ENTRYPOINT = f"clipforge run {JOB_PATH}"
 # RayJobs; a token would only add a Secret to distribute. So every Ray container (head, workers,
 # autoscaler, submitter) gets RAY_AUTH_MODE=disabled explicitly, rather than by Ray's default.
 RAY_AUTH_MODE = "disabled"
+
+# Every pod and container passes the `restricted` Pod Security Standard, which namespaces of shared
+# clusters enforce: KubeRay copies a worker's container securityContext to its wait-gcs-ready init
+# container and takes the autoscaler's from autoscalerOptions. The user is the `ray` user (uid 1000,
+# group `users`) of the rayproject/ray images the pipeline image is built on: runAsNonRoot alone
+# would need the image to name its user by number.
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 # Each pinned stage's actor asks for 0.01 of its stage resource (see clipforge.executors.ray_data);
 # a group advertises far more than its pods could ever run actors, so the resource never limits.
@@ -303,6 +313,14 @@ def ray_env(spec: VideoCurationJobSpec) -> list[dict]:
     return env
 
 
+def _pod_security() -> dict:
+    return copy.deepcopy(POD_SECURITY_CONTEXT)
+
+
+def _container_security() -> dict:
+    return copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
+
+
 def _pod_template(
     spec: VideoCurationJobSpec, pod_labels: dict, container: str, resources: dict,
     node_selector: dict, tolerations: list[dict], job_configmap: str | None = None,
@@ -314,8 +332,9 @@ def _pod_template(
         "imagePullPolicy": cluster.image_pull_policy,
         "env": ray_env(spec),
         "resources": resources,
+        "securityContext": _container_security(),
     }
-    pod: dict[str, Any] = {"containers": [ray]}
+    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [ray]}
     if job_configmap:
         ray["volumeMounts"] = [{"name": "job", "mountPath": JOB_MOUNT_DIR, "readOnly": True}]
         pod["volumes"] = [{"name": "job", "configMap": {"name": job_configmap}}]
@@ -362,6 +381,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int =
             "upscalingMode": "Default",
             "idleTimeoutSeconds": 60,
             "env": [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}],
+            "securityContext": _container_security(),
         },
         "headGroupSpec": {
             # The head schedules no stage work (num-cpus 0); it runs the driver and Ray's services.
@@ -378,6 +398,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int =
         "metadata": {"labels": {**labels(name, uid, attempt), f"{API_GROUP}/group": "submitter"}},
         "spec": {
             "restartPolicy": "Never",
+            "securityContext": _pod_security(),
             "containers": [{
                 # No command: KubeRay fills in `ray job submit ... -- <entrypoint>`.
                 "name": "ray-job-submitter",
@@ -386,6 +407,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int =
                 "env": [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}],
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                               "limits": {"cpu": "1", "memory": "1Gi"}},
+                "securityContext": _container_security(),
             }],
         },
     }

@@ -173,6 +173,21 @@ def test_credentials_come_from_the_secret_by_reference_only():
     assert not any(e["name"].startswith("AWS_") for c in containers(no_secret).values() for e in c["env"])
 
 
+def test_every_pod_and_container_meets_the_restricted_pod_security_standard():
+    # What PodSecurity admission checks at level `restricted` (the e2e tests run in such a namespace).
+    rj = b.build_rayjob(gpu_job(), "videos", UID)
+    cluster = rj["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"], rj["spec"]["submitterPodTemplate"]["spec"],
+            *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # KubeRay's autoscaler sidecar takes autoscalerOptions.securityContext; its init containers copy the worker's.
+    for name, context in [*((n, c["securityContext"]) for n, c in containers(rj).items()),
+                          ("autoscaler", cluster["autoscalerOptions"]["securityContext"])]:
+        assert context == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}, name
+
+
 def test_worker_groups_advertise_their_stages_resources():
     rj = b.build_rayjob(gpu_job(), "videos", UID)
     groups = {g["groupName"]: g for g in rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
