@@ -132,12 +132,12 @@ def sample_encoded(data: bytes, requests: list[FrameRequest]) -> dict[str, Sampl
 class Timeline:
     """Maps a video stream's timestamps to frame indices on its constant-rate grid, and back.
 
-    Frame n of a video is the frame shown at n / fps seconds after the first. A
+    Frame n of a video is the frame on screen n / fps seconds after the start. A
     constant-frame-rate source has exactly one frame per index; a variable-rate one is put on
-    the grid the way ffmpeg's cfr mode does it (`grid()`): a frame late by whole periods is
-    repeated over the indices it skipped, one that lands on an index already taken is dropped.
-    Split and transcode both count frames this way, so a cut found at index n is where clips
-    start.
+    the grid as a screen shows it (`grid()`): a frame goes to the index nearest its time, the
+    frame before a gap is held over the indices the gap skips, and a frame that lands on an
+    index already taken is dropped. Split and transcode both count frames this way, so a cut
+    found at index n is where clips start.
     """
 
     time_base: Fraction
@@ -167,18 +167,22 @@ class Timeline:
         return float(index / self.fps)
 
     def fill(self, pts: int | None, written: int) -> range:
-        """The grid indices a frame with timestamp `pts` takes once indices up to `written` are
-        taken: its own index and any it skipped; none when it lands on a taken index."""
+        """The grid indices from the next free one (after `written`) up to a frame's own index, for
+        a frame with timestamp `pts`: all but the last are the previous frame's, held over a gap.
+        Empty when the frame lands on an index already taken."""
         index = self.index(pts)
         return range(written + 1, (written + 1 if index is None else index) + 1)
 
     def grid(self, frames: Iterable[av.VideoFrame], first: int = 0) -> Iterator[tuple[int, av.VideoFrame]]:
         """(index, frame) for every grid index from `first` on (earlier frames are dropped)."""
-        written = first - 1
+        written, previous = first - 1, None
         for frame in frames:
-            for index in self.fill(frame.pts, written):
-                yield index, frame
-                written = index
+            indices = self.fill(frame.pts, written)
+            for index in indices:
+                # Before the first frame there is none to hold: the first fills the start.
+                yield index, (frame if index == indices[-1] or previous is None else previous)
+            if indices:
+                written, previous = indices[-1], frame
 
 
 # Display rotation (degrees counterclockwise, as FFmpeg's display matrix states it) -> filters

@@ -7,6 +7,7 @@ the nature of PUT and multipart upload (an object appears only once the upload c
 from __future__ import annotations
 
 import fnmatch
+import functools
 import io
 import json
 import os
@@ -41,6 +42,21 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+@functools.lru_cache(maxsize=16)
+def _s3_client(endpoint: str | None, region: str, key: str | None, secret: str | None,
+               token: str | None) -> pafs.S3FileSystem:
+    """One S3 client per process and connection settings: every Storage of a worker shares it
+    (and its connection pool) instead of building one per call. Thread-safe, as Arrow's are."""
+    kwargs: dict = {"region": region}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret, session_token=token)
+    # Path-style addressing: RGW, MinIO and in-cluster endpoints rarely have wildcard DNS.
+    return pafs.S3FileSystem(force_virtual_addressing=False, **kwargs)
+
+
 @dataclass(frozen=True)
 class Storage:
     """Opens URIs of either kind. Picklable: filesystems are made lazily in each process."""
@@ -53,15 +69,8 @@ class Storage:
         return cls(endpoint=spec.endpoint, region=spec.region)
 
     def _s3(self) -> pafs.S3FileSystem:
-        kwargs: dict = {"region": self.region}
-        if self.endpoint:
-            scheme, _, host = self.endpoint.partition("://")
-            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
         key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if key and secret:
-            kwargs.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
-        # Path-style addressing: RGW, MinIO and in-cluster endpoints rarely have wildcard DNS.
-        return pafs.S3FileSystem(force_virtual_addressing=False, **kwargs)
+        return _s3_client(self.endpoint, self.region, key, secret, os.environ.get("AWS_SESSION_TOKEN"))
 
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
         if is_s3(uri):

@@ -41,11 +41,12 @@ class _Frame:
         self.pts = pts
 
 
-def test_grid_repeats_late_frames_and_drops_early_ones():
+def test_grid_holds_frames_over_gaps_and_drops_crowded_ones():
     timeline = Timeline(time_base=Fraction(1, 1000), fps=Fraction(10), origin=0)
     stamps = [0, 100, 300, 310, 400, 420, 600]  # a late frame, two crowding one index, a gap
     placed = [(index, frame.pts) for index, frame in timeline.grid(_Frame(t) for t in stamps)]
-    assert placed == [(0, 0), (1, 100), (2, 300), (3, 300), (4, 400), (5, 600), (6, 600)]
+    # The frame before a gap stays on screen over it; of two frames for one index, the first.
+    assert placed == [(0, 0), (1, 100), (2, 100), (3, 300), (4, 400), (5, 400), (6, 600)]
     assert [i for i, _ in timeline.grid((_Frame(t) for t in stamps), first=3)] == [3, 4, 5, 6]
 
 

@@ -103,3 +103,36 @@ def test_missing_s3_prefix_is_an_error_naming_it(tmp_path, s3_server, s3_bucket)
     result = run(job, s3_server.env())
     assert result.returncode == 2
     assert f"input s3://{s3_bucket}/nothing-here/ does not exist" in result.stderr
+
+
+def test_one_s3_client_serves_a_whole_run(tmp_path, s3_server, s3_bucket, monkeypatch):
+    """Every storage call of a run (listing, probing, reading sources, writing clips and records)
+    goes through one client per process, not one per call."""
+    import pyarrow.fs as pafs
+
+    from clipforge import storage as storage_module
+    from clipforge.cli import main
+
+    local_in = tmp_path / "in"
+    write_samples(local_in, small_samples())
+    client = s3_server.client()
+    for path in local_in.rglob("*.mp4"):
+        client.upload_file(str(path), s3_bucket, f"raw/{path.relative_to(local_in)}")
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    made = []
+    real = pafs.S3FileSystem
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003
+        made.append(kwargs.get("endpoint_override"))
+        return real(*args, **kwargs)
+
+    storage_module._s3_client.cache_clear()
+    monkeypatch.setattr(storage_module.pafs, "S3FileSystem", counting)
+    storage = {"endpoint": s3_server.endpoint, "region": s3_server.region}
+    document = manifest(f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/curated", storage=storage,
+                        **{**SPEC, "execution": {"executor": "local", "clipsPerChunk": 1}})
+    assert main(["run", str(write_manifest(tmp_path / "s3.yaml", document)), "--no-progress"]) == 0
+    assert len(keys(client, s3_bucket, "curated/clips/")) == 3
+    assert len(made) == 1
+    storage_module._s3_client.cache_clear()

@@ -310,3 +310,147 @@ def test_damaged_source_data_fails_only_the_clips_it_reaches(tmp_path, stage_sou
         assert clip.errors == {} and len(frames) == clip.num_frames == clip.end_frame - clip.start_frame
         assert_frame_accurate(clip, frames, stage_source_frames)
     assert "damaged" in damaged.errors["transcode"] and damaged.encoded is None
+
+
+# -- real footage shapes -------------------------------------------------------------------
+
+AUDIO_RATE = 48000
+
+
+def write_av_source(path, video: SampleVideo, audio_codec: str | None = "aac", rotation: int = 0,  # noqa: ANN001
+                    tone_from_s: float = 1.0, gop: int = 48):
+    """A source with a silent audio track that turns into a tone at `tone_from_s`, and optionally
+    a display rotation (degrees counterclockwise, as FFmpeg states it)."""
+    from fractions import Fraction
+
+    from clipforge.samples import frames as sample_frames
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(video.fps))
+        stream.width, stream.height, stream.pix_fmt = video.width, video.height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = {"preset": "ultrafast"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        audio = container.add_stream(audio_codec, rate=AUDIO_RATE, layout="mono") if audio_codec else None
+        for picture in sample_frames(video):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        if audio is not None:
+            seconds = video.num_frames / video.fps
+            t = np.arange(round(seconds * AUDIO_RATE)) / AUDIO_RATE
+            samples = np.where(t >= tone_from_s, 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0).astype(np.float32)
+            size = audio.codec_context.frame_size or 1024
+            fmt = audio.codec_context.format.name
+            for start in range(0, len(samples), size):
+                chunk = samples[start:start + size][None]
+                if fmt == "s16":
+                    chunk = (chunk * 32767).astype(np.int16)
+                frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout="mono")
+                frame.sample_rate, frame.pts = AUDIO_RATE, start
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode(None))
+        container.mux(stream.encode(None))
+    return path
+
+
+def clip_audio(data: bytes) -> tuple[str, np.ndarray]:
+    """(codec, mono samples at 48 kHz) of a clip's audio track."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        chunks = [r.to_ndarray().reshape(-1) for f in container.decode(stream) for r in resampler.resample(f)]
+        return stream.codec_context.name, np.concatenate(chunks)
+
+
+def tone_onset_s(samples: np.ndarray) -> float:
+    loud = np.flatnonzero(np.abs(samples) > 0.1)
+    return loud[0] / AUDIO_RATE if len(loud) else float("inf")
+
+
+@pytest.mark.parametrize(("source_codec", "suffix"), [("aac", ".mp4"), ("pcm_s16le", ".mov")])
+def test_clips_keep_the_audio_of_their_span(source_codec, suffix, tmp_path, make_task, make_spec):
+    video = SampleVideo("av", 160, 96, 24, (Segment(4, True, 9),))
+    path = write_av_source(tmp_path / f"av{suffix}", video, source_codec)
+    # The tone starts at 1 s: 0.5 s into [12, 60), at the first sample of [24, 72).
+    task = transcode(make_spec(transcoding=FAST), make_task(path, [(12, 60), (24, 72)]))
+    for clip, onset in zip(task.clips, (0.5, 0.0)):
+        assert clip.errors == {} and clip.audio_codec == "aac"  # AAC copied, PCM re-encoded
+        codec, samples = clip_audio(clip.encoded)
+        assert codec == "aac"
+        # The audio spans the clip (2 s) to within an AAC frame, aligned to its first frame.
+        assert abs(len(samples) / AUDIO_RATE - 2.0) <= 2 * 1024 / AUDIO_RATE
+        assert abs(tone_onset_s(samples) - onset) < 0.03
+    copied = transcode(make_spec(transcoding={"mode": "copy"}), make_task(path, [(48, 96)]))
+    codec, samples = clip_audio(copied.clips[0].encoded)
+    assert codec == "aac" and copied.clips[0].audio_codec == "aac"
+    assert abs(len(samples) / AUDIO_RATE - 2.0) <= 2 * 1024 / AUDIO_RATE and tone_onset_s(samples) < 0.03
+
+
+def test_audio_can_be_left_out(tmp_path, make_task, make_spec):
+    video = SampleVideo("av", 160, 96, 24, (Segment(2, True, 9),))
+    path = write_av_source(tmp_path / "av.mp4", video)
+    for mode in ("encode", "copy"):
+        task = transcode(make_spec(transcoding={**FAST, "mode": mode, "keepAudio": False}), make_task(path, [(0, 48)]))
+        clip = task.clips[0]
+        with av.open(io.BytesIO(clip.encoded)) as container:
+            assert not container.streams.audio and clip.audio_codec is None
+
+
+@pytest.mark.parametrize("rotation", [90, -90])
+def test_rotated_phone_video_gives_upright_clips(rotation, tmp_path, make_task, make_spec, decode_clip):
+    from clipforge.samples import frames as sample_frames
+
+    video = SampleVideo("phone", 640, 360, 24, (Segment(2, True, 4),))
+    path = write_av_source(tmp_path / "phone.mp4", video, audio_codec=None, rotation=rotation)
+    source = list(sample_frames(video))
+    task = transcode(make_spec(transcoding=FAST), make_task(path, [(0, 24)]))
+    clip = task.clips[0]
+    frames, _, width, height = decode_clip(clip.encoded)
+    assert (width, height) == (clip.width, clip.height) == (360, 640) and clip.rotation == rotation
+    # Turned the way the display matrix says: counterclockwise for 90, clockwise for -90.
+    assert pixel_error(frames[0], np.rot90(source[0], k=1 if rotation == 90 else -1)) < 6
+    # The later stages see the clip upright too.
+    assert clip.frames["preview"].frames.shape[1:] == (240 * 3 // 2, 136)
+    assert clip.frames["motion"].frames.shape[1:] == (640, 360)
+    # Stream copy cannot turn pixels: the copied stream keeps the display matrix, players turn it.
+    copied = transcode(make_spec(transcoding={"mode": "copy"}), make_task(path, [(0, 48)])).clips[0]
+    with av.open(io.BytesIO(copied.encoded)) as container:
+        assert next(container.decode(video=0)).rotation == rotation
+    assert copied.frames["motion"].frames.shape[1:] == (640, 360)
+
+
+def test_split_and_transcode_agree_on_frames_of_a_variable_rate_source(tmp_path, make_spec, make_task):
+    """15 frames a second before the cut at 2 s, 30 after: decode order and time disagree about
+    which frame is 'frame n'. Both stages count on the time grid, so a clip starting at the cut
+    the detector found starts with the new scene."""
+    from fractions import Fraction
+
+    from clipforge.samples import frames as sample_frames
+    from clipforge.scenes import SceneDetectDetector
+    from clipforge.stages.probe import probe_container
+
+    before, after = SampleVideo("a", 160, 96, 15, (Segment(2, True, 31),)), SampleVideo("b", 160, 96, 30, (Segment(2, True, 32),))
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
+        stamps = [round(i * 1000 / 15) for i in range(30)] + [2000 + round(i * 1000 / 30) for i in range(60)]
+        pictures = list(sample_frames(before)) + list(sample_frames(after))
+        for pts, picture in zip(stamps, pictures):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        meta = probe_container(container, path.stat().st_size)
+    cuts, _, _ = SceneDetectDetector().find_cuts(str(path))
+    fps = meta.framerate
+    assert cuts == [round(2.0 * fps)] != [30]  # the cut's index on the grid, not in decode order
+    task = transcode(make_spec(transcoding=FAST), make_task(path, [(cuts[0], cuts[0] + 10)], meta=meta))
+    first = task.clips[0]
+    frames = [f.to_ndarray(format="rgb24") for f in av.open(io.BytesIO(first.encoded)).decode(video=0)]
+    assert len(frames) == 10
+    new_scene, old_scene = pictures[30], pictures[29]
+    assert pixel_error(frames[0], new_scene) < 6 < pixel_error(frames[0], old_scene)

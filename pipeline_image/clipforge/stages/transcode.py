@@ -11,8 +11,9 @@ and travel with the clip. Nothing else decoded is kept: a frame is converted, ha
 encoders and dropped. Memory is the open encoders (their lookahead), the finished clips' bytes
 and their sampled frames, bounded by the chunk, not by the video.
 
-Frame indices follow the split stage: frames on the source's constant-rate grid (frames.Timeline),
-so a variable-rate source's clips still hold exactly end_frame - start_frame frames. Frames are
+Frame indices follow the split stage: frames on the source's constant-rate grid (frames.Timeline:
+a variable-rate source's frames go to their nearest index and the frame before a gap is held
+over it), so every clip holds exactly end_frame - start_frame frames. Frames are
 turned upright (the source's display rotation applied: a phone's portrait video gives portrait
 clips) before they are scaled to the output size.
 
@@ -160,6 +161,11 @@ class SourceAudio:
             start = float(frame.pts * frame.time_base)
             self.units.append(_AudioUnit(start, start + frame.samples / frame.sample_rate, frame=frame))
             self.reached = max(self.reached, start)
+
+    @property
+    def clip_codec(self) -> str:
+        """The codec of the clips' audio."""
+        return self.stream.codec_context.name if self.copied else "aac"
 
     def ended(self) -> None:
         self.reached = float("inf")
@@ -404,6 +410,7 @@ class TranscodeStage(Stage):
         active: list[ClipEncoder] = []
         closing: list[ClipEncoder] = []  # video done, waiting for the audio of their span
         written = -1  # last frame index handed to the encoders
+        previous: av.VideoFrame | None = None  # the frame at `written`
         upright = Upright()
         geometry: tuple[int, tuple[int, int], tuple[int, int]] | None = None  # rotation, scaled, shown
 
@@ -468,7 +475,7 @@ class TranscodeStage(Stage):
                 out_w, out_h = geometry[2]
                 clip.width, clip.height, clip.framerate = out_w, out_h, float(fps)
                 clip.num_frames, clip.video_codec = encoder.frames, codec_name
-                clip.audio_codec = encoder.audio_stream.codec_context.name if encoder.audio_stream else None
+                clip.audio_codec = audio.clip_codec if audio is not None else None
                 clip.rotation = geometry[0]
                 clip.frames = encoder.sampler.result()
 
@@ -503,10 +510,11 @@ class TranscodeStage(Stage):
                 frame = upright(scaled, geometry[0])
                 # A decoded frame remembers its picture type; encoders would obey it.
                 frame.pict_type = av.video.frame.PictureType.NONE
-                # Indices the source skipped (a variable frame rate, a lost frame) repeat this frame.
+                # Indices the source skipped (a variable frame rate, a lost frame) hold the frame before.
                 for index in indices:
-                    emit(index, frame, damage.covers(index))
-                written = indices[-1]
+                    shown = frame if index == indices[-1] or previous is None else previous
+                    emit(index, shown, damage.covers(index))
+                written, previous = indices[-1], frame
                 damage.written(written)
                 if not waiting and not active and not closing:
                     break
@@ -751,7 +759,7 @@ def _finish_copy(clip: Clip, span: tuple[int, int], packets: list[_CopiedPacket]
     clip.width, clip.height, clip.framerate = ctx.width, ctx.height, float(timeline.fps)
     clip.num_frames = len(packets)
     clip.video_codec = ctx.name
-    clip.audio_codec = audio.stream.codec_context.name if units else None
+    clip.audio_codec = audio.clip_codec if units else None
 
 
 def _mux_copy(packets: list[_CopiedPacket], in_stream, audio: SourceAudio | None,  # noqa: ANN001
