@@ -82,3 +82,9 @@ def clipforge(*args: str, env: dict | None = None, **kwargs) -> subprocess.Compl
     env = {**os.environ, **(env or {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "clipforge.cli", *args], env=env, capture_output=True, text=True, **kwargs)
+
+
+def worker_hooks(hooks: str, **env: str) -> dict:
+    """Environment that puts tests/pipeline/worker_hooks (crash, hang, trace) in a run's Ray workers."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent / "pipeline" / "worker_hooks"), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "CLIPFORGE_TEST_HOOKS": hooks, **env}

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 from clipforge.cli import main
-from jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, write_manifest
-
-WORKER_FAULTS = Path(__file__).parent / "worker_faults"
-
+from jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, worker_hooks, write_manifest
 
 def run_local(tmp_path: Path, inputs: Path, out: Path, **failures) -> int:
     spec = {"splitting": FIVE_SECOND_CLIPS, "embeddings": {"enabled": False},
@@ -60,7 +57,7 @@ def test_more_failed_videos_than_the_spec_allows_fail_the_job(tmp_path, one_brok
 def test_a_video_that_kills_its_worker_and_one_that_hangs_fail_alone(tmp_path, samples_dir):
     """Real Ray worker processes die (SIGKILL) on one chunk of one video and hang on another video.
 
-    tests/pipeline/worker_faults/sitecustomize.py does it, in Ray's worker processes only: the
+    tests/pipeline/worker_hooks/sitecustomize.py does it, in Ray's worker processes only: the
     crash hits transcode of crash.mp4's second chunk every time, the hang probe of hang.mp4.
     """
     inputs = tmp_path / "inputs"
@@ -72,8 +69,8 @@ def test_a_video_that_kills_its_worker_and_one_that_hangs_fail_alone(tmp_path, s
             "execution": {"executor": "ray", "clipsPerChunk": 1,
                           "failures": {"taskRetries": 1, "taskTimeoutSeconds": 15, "maxFailedFraction": 1}}}
     job = write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))
-    env = {"PYTHONPATH": str(WORKER_FAULTS), "CLIPFORGE_TEST_FAULTS": "crash:crash.mp4:transcode:1,hang:hang.mp4:probe"}
-    result = clipforge("run", str(job), "--no-progress", env=env, timeout=600)
+    hooks = worker_hooks("crash:crash.mp4:transcode:1,hang:hang.mp4:probe")
+    result = clipforge("run", str(job), "--no-progress", env=hooks, timeout=600)
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = load_json(out / "summary.json")

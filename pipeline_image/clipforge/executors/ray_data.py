@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # What a pinned stage's actor asks of its node's custom resource; groups advertise plenty.
 PINNED_RESOURCE_AMOUNT = 0.01
+# Ray-level resubmissions per ledger attempt (see ray_task_retries).
+QUEUED_RETRY_FACTOR = 4
 # An attempt that left no reason behind: its process ended without a word (SIGKILL, segfault, OOM).
 WORKER_DIED = "its worker process died (crash, out of memory or killed)"
 
@@ -103,16 +105,17 @@ class _StageWorker:
         task = pickle.loads(row["task"])
         if task.failed:  # passed on untouched (Stage.run); nothing that could crash
             return [row]
-        outputs: list[VideoTask] = []
+        rows: list[dict] = []
         key = f"{self.stage.name} of {task.relative_path} chunk {task.chunk_index}"
+        # The rows are built inside the attempt: running out of memory pickling them is its death too.
         problem = self._attempt(
-            key, lambda: outputs.extend(self.stage.run(task)), self.failures.task_timeout_seconds
+            key, lambda: rows.extend(_row(t) for t in self.stage.run(task)), self.failures.task_timeout_seconds
         )
         if problem:
             log.error("%s: %s", key, problem)
             task.errors[self.stage.name] = problem
             return [_row(task)]
-        return [_row(t) for t in outputs]
+        return rows
 
     def _attempt(self, key: str, work: Callable[[], object], time_limit: float | None) -> str | None:
         """Runs `work` unless `key` has used up its retries; returns why it gave up, or None."""
@@ -124,6 +127,16 @@ class _StageWorker:
             work()
         self.attempts.finish.remote(key)
         return None
+
+
+def ray_task_retries(spec: VideoCurationJobSpec) -> int:
+    """How often Ray may resubmit one task to a restarted worker before the run fails as a whole.
+
+    Ray resubmits every task a dead worker held, also those only queued behind the one that
+    killed it. The ledger bounds the attempts that ran (one more lets the last record the
+    failure); the factor leaves room for queued tasks, and still ends a run that would loop.
+    """
+    return (spec.execution.failures.task_retries + 1) * QUEUED_RETRY_FACTOR
 
 
 def _row(task: VideoTask) -> dict:
@@ -194,17 +207,12 @@ def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], spec: VideoCur
         return ds.flat_map(
             worker,
             fn_constructor_args=(stage_cls, spec, attempts),
-            # One task at a time per actor: a worker's death then costs only the task it was
-            # running a retry, and a long video's chunks are not queued behind one busy worker.
-            compute=ray.data.ActorPoolStrategy(
-                min_size=execution.min_workers, max_size=execution.max_workers, max_tasks_in_flight_per_actor=1
-            ),
+            compute=ray.data.ActorPoolStrategy(min_size=execution.min_workers, max_size=execution.max_workers),
             num_cpus=execution.cpus,
             num_gpus=execution.gpus or None,
             resources={stage_resource_name(stage_cls.name): PINNED_RESOURCE_AMOUNT} if execution.pinned else None,
             # Restarts are bounded by the ledger: each task ends a bounded number of workers, and
-            # a stage whose workers die while starting fails the run. One more Ray retry than
-            # taskRetries lets the last attempt record the failure instead of running.
+            # a stage whose workers die while starting fails the run.
             max_restarts=-1,
-            max_task_retries=spec.execution.failures.task_retries + 1,
+            max_task_retries=ray_task_retries(spec),
         )
