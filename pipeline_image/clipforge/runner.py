@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from clipforge import layout
 from clipforge.embedding_files import write_video_parquet
 from clipforge.report import publish
-from clipforge.spec import VideoCurationJob, VideoCurationJobSpec, stage_enabled
+from clipforge.spec import VideoCurationJob, VideoCurationJobSpec, clip_settings, stage_enabled
 from clipforge.storage import Storage, StorageError
 from clipforge.tasks import VideoTask
 
@@ -90,8 +90,9 @@ class ProgressWriter:
                 log.warning("could not write progress: %s", exc)
 
 
-def processed_videos(storage: Storage, root: str) -> set[str]:
-    """Relative paths of the videos recorded as processed without errors under root.
+def processed_videos(storage: Storage, root: str, settings: dict) -> set[str]:
+    """Relative paths of the videos recorded as processed without errors under root, with these
+    clip settings (a video done under other settings is redone).
 
     One listing of processed_videos/ and concurrent reads of its records: a rerun over a
     large output must not cost a round trip per input video in sequence.
@@ -105,7 +106,8 @@ def processed_videos(storage: Storage, root: str) -> set[str]:
     def succeeded(record: tuple[str, str, int]) -> str | None:
         uri, relative, _size = record
         # Failed videos are recorded too, but retried: their failure may have been transient.
-        return None if json.loads(storage.read_bytes(uri)).get("errors") else relative[: -len(".json")]
+        done = json.loads(storage.read_bytes(uri))
+        return None if done.get("errors") or done.get("settings") != settings else relative[: -len(".json")]
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {path for path in pool.map(succeeded, records) if path is not None}
@@ -116,12 +118,12 @@ def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool) -> t
     inputs = storage.list_files(spec.input.uri, spec.input.patterns)
     if spec.input.limit:
         inputs = inputs[: spec.input.limit]
-    done = set() if overwrite else processed_videos(storage, spec.output.uri)
+    done = set() if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec))
     tasks = [VideoTask(source=uri, relative_path=rel) for uri, rel, _size in inputs if rel not in done]
     return tasks, len(inputs), len(inputs) - len(tasks)
 
 
-def video_record(chunks: list[VideoTask]) -> dict:
+def video_record(chunks: list[VideoTask], settings: dict) -> dict:
     first = chunks[0]
     meta = next((c.meta for c in chunks if c.meta is not None), None)
     errors: dict[str, str] = {}
@@ -141,6 +143,7 @@ def video_record(chunks: list[VideoTask]) -> dict:
         "num_clips_failed": sum(r["num_clips_failed"] for r in records),
         "clip_chunks": [layout.chunk_record("", first.relative_path, r["chunk_index"]) for r in records],
         "errors": errors,
+        "settings": settings,  # what decided its clips: a rerun under other settings redoes it
         "processed_at": _now(),
     }
 
@@ -171,7 +174,7 @@ class JobRun:
             if len(chunks) < chunk.num_chunks:
                 continue
             del pending[chunk.relative_path]
-            record = video_record(chunks)
+            record = video_record(chunks, clip_settings(self.spec))
             if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
                 write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
             self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)

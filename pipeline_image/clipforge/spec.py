@@ -607,6 +607,17 @@ def stage_enabled(spec: VideoCurationJobSpec, stage: str) -> bool:
     return True
 
 
+# The sections whose settings decide a video's clips and everything written for them.
+_CLIP_SETTINGS = {"splitting", "transcoding", "motion_filter", "previews", "embeddings", "aesthetic_filter", "captions"}
+
+
+def clip_settings(spec: VideoCurationJobSpec) -> dict:
+    """What decided a video's clips (splitting, chunk size, encoding, filters, model outputs), as its
+    chunk and video records carry it: a rerun under other settings redoes the video."""
+    settings = spec.model_dump(mode="json", by_alias=True, include=_CLIP_SETTINGS)
+    return {**settings, "clipsPerChunk": spec.execution.clips_per_chunk}
+
+
 def stage_resources(spec: VideoCurationJobSpec, stage: str) -> StageResources:
     """What `stage` runs with under `spec`: each unset hint falls back to the stage default."""
     hints: StageExecution = getattr(spec.execution.stages, stage)

@@ -80,6 +80,36 @@ def test_rerun_skips_processed_videos_and_overwrite_reproduces_ids(tmp_path, sam
     assert set(tree(out)) == set(first)
 
 
+def test_rerun_under_other_settings_redoes_what_changed(tmp_path, samples_dir):
+    """Chunk and video records carry the settings that decided their clips: a rerun with other
+    splitting or another chunk size redoes the videos and leaves none of the old clips behind."""
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(samples_dir), out) == 0
+    record = load_json(out / "processed_clip_chunks" / "moving_then_static.mp4_0.json")
+    assert record["settings"]["splitting"]["fixedStride"]["clipLengthS"] == 5
+    assert record["settings"]["clipsPerChunk"] == 1
+    four_seconds = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 4, "strideS": 4, "minClipLengthS": 2}}
+    assert run_job(tmp_path, str(samples_dir), out, splitting=four_seconds,
+                   execution={"executor": "local", "clipsPerChunk": 2}) == 0
+    assert load_json(out / "summary.json")["videos"]["skipped"] == 0
+    # 10 s at 24 fps: [0, 96), [96, 192), [192, 240); 11 s at 25 fps: [0, 100), [100, 200), [200, 275).
+    expected = {clip_uuid(str(samples_dir / rel), s, e) for rel, spans in (
+        ("moving_then_static.mp4", [(0, 96), (96, 192), (192, 240)]),
+        ("sub/three_scenes.mp4", [(0, 100), (100, 200), (200, 275)])) for s, e in spans}
+    metas = {p.stem for p in (out / "metas" / "v0").glob("*.json")}
+    written = {p.stem for d in ("clips", "filtered_clips") for p in (out / d).glob("*.mp4")}
+    assert metas == written == {p.stem for p in (out / "previews").glob("*.webp")} == expected
+    assert {p.stem for p in (out / "efficientnet-lite0_embd").glob("*.pickle")} <= expected
+    # Two chunks of two clips each now, where there were two of one: no third record is left.
+    assert sorted(p.name for p in (out / "processed_clip_chunks").rglob("*.json")) == [
+        "moving_then_static.mp4_0.json", "moving_then_static.mp4_1.json",
+        "three_scenes.mp4_0.json", "three_scenes.mp4_1.json"]
+    # The same settings again: nothing to redo.
+    assert run_job(tmp_path, str(samples_dir), out, splitting=four_seconds,
+                   execution={"executor": "local", "clipsPerChunk": 2}) == 0
+    assert load_json(out / "summary.json")["videos"]["skipped"] == 2
+
+
 def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, samples_dir, capsys):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

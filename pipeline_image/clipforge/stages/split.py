@@ -2,16 +2,21 @@
 
 Chunking bounds the memory of everything downstream: a two-hour video becomes many small
 tasks instead of one huge one. A chunk already recorded under processed_clip_chunks/ by an
-interrupted earlier run is passed on empty, marked resumed, so its clips are not redone.
+interrupted earlier run, under the same settings (spec.clip_settings: splitting, chunk size,
+encoding, filters, outputs), is passed on empty, marked resumed, so its clips are not redone.
+A chunk an earlier run recorded under other settings is redone, and what it wrote (and any
+chunk past this run's last) is deleted first, so no stale clip stays in the dataset.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from clipforge import layout
-from clipforge.spec import FixedStrideSpec, SplitAlgorithm
+from clipforge.spec import FixedStrideSpec, SplitAlgorithm, clip_settings
 from clipforge.stages.base import Stage
+from clipforge.stages.write import remove_chunk_outputs
 from clipforge.storage import Storage
 from clipforge.tasks import Clip, VideoTask, clip_uuid
 
@@ -68,10 +73,29 @@ class SplitStage(Stage):
         size = self.spec.execution.clips_per_chunk
         groups = [clips[i : i + size] for i in range(0, len(clips), size)] or [[]]
         out_root = self.spec.output.uri
+        settings = clip_settings(self.spec)
+        stale = self.earlier_chunks(task, len(groups))
         chunks = []
         for index, group in enumerate(groups):
             chunk = replace(task, clips=group, chunk_index=index, num_chunks=len(groups), num_clips_total=len(clips))
-            if group and self.storage.exists(layout.chunk_record(out_root, task.relative_path, index)):
+            if group and index in stale and stale[index].get("settings") == settings:
+                del stale[index]
                 chunk = replace(chunk, clips=[], resumed=True)
             chunks.append(chunk)
+        for index, record in stale.items():
+            remove_chunk_outputs(self.storage, out_root, record)
+            self.storage.delete(layout.chunk_record(out_root, task.relative_path, index))
         return chunks
+
+    def earlier_chunks(self, task: VideoTask, count: int) -> dict[int, dict]:
+        """The chunk records earlier runs left for this video: at this run's `count` indices, and at
+        as many more as those records say their run had."""
+        found: dict[int, dict] = {}
+        index, limit = 0, count
+        while index < limit:
+            uri = layout.chunk_record(self.spec.output.uri, task.relative_path, index)
+            if self.storage.exists(uri):
+                found[index] = json.loads(self.storage.read_bytes(uri))
+                limit = max(limit, int(found[index].get("num_chunks", 0)))
+            index += 1
+        return found

@@ -1,8 +1,9 @@
 """Write: one chunk's clips, previews and metadata, then the chunk's record.
 
 The chunk record is written last: its presence means every object of the chunk exists, which
-is what lets a rerun skip the chunk. Every object is written atomically (see storage.py).
-The task passed on carries no clip bytes, so the driver only ever sees small records.
+is what lets a rerun skip the chunk, when the record's settings (what decided its clips) are
+the rerun's. Every object is written atomically (see storage.py). The task passed on carries
+no clip bytes, so the driver only ever sees small records.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import replace
 
 from clipforge import layout
 from clipforge.embedding_files import embedding_pickle
-from clipforge.spec import VideoCurationJobSpec
+from clipforge.spec import VideoCurationJobSpec, clip_settings
 from clipforge.stages.base import Stage
-from clipforge.storage import Storage
+from clipforge.storage import Storage, StorageError
 from clipforge.tasks import Clip, VideoTask
 
 
@@ -106,7 +107,27 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, spec: VideoCurationJob
     }
 
 
-def chunk_summary(task: VideoTask) -> dict:
+def remove_chunk_outputs(storage: Storage, root: str, record: dict) -> None:
+    """Deletes every object an earlier run wrote for the clips of chunk `record` (their metas say
+    where), then the metas: a chunk redone under other settings leaves nothing stale behind."""
+    for clip_id in [*record.get("clips", []), *record.get("filtered_clips", []), *record.get("failed_clips", {})]:
+        meta_uri = layout.clip_meta(root, clip_id)
+        try:
+            meta = json.loads(storage.read_bytes(meta_uri))
+        except (StorageError, ValueError):
+            meta = {}
+        uris = {layout.clip_file(root, clip_id, True), layout.clip_file(root, clip_id, False),
+                layout.preview_file(root, clip_id)}
+        uris.update(meta[key] for key in ("clip_location", "preview_location") if meta.get(key))
+        uris.update(w["preview_location"] for w in meta.get("windows") or [] if w.get("preview_location"))
+        if (meta.get("embedding") or {}).get("location"):
+            uris.add(meta["embedding"]["location"])
+        for uri in sorted(uris):
+            storage.delete(uri)
+        storage.delete(meta_uri)
+
+
+def chunk_summary(task: VideoTask, settings: dict) -> dict:
     passed = [c.uuid for c in task.clips if c.encoded is not None and c.filtered_by is None]
     filtered = [c.uuid for c in task.clips if c.encoded is not None and c.filtered_by is not None]
     failed = {c.uuid: c.errors for c in task.clips if c.encoded is None}
@@ -123,6 +144,7 @@ def chunk_summary(task: VideoTask) -> dict:
         "clips": passed,
         "filtered_clips": filtered,
         "failed_clips": failed,
+        "settings": settings,
     }
 
 
@@ -156,7 +178,7 @@ class WriteStage(Stage):
                     embedding_pickle(clip.embedding),
                 )
             self.storage.write_json(layout.clip_meta(self.root, clip.uuid), clip_metadata(self.root, task, clip, self.spec))
-        summary = chunk_summary(task)
+        summary = chunk_summary(task, clip_settings(self.spec))
         if task.clips:
             self.storage.write_json(record_uri, summary)
         light_clips = [replace(c, encoded=None, preview=None, window_previews={}, frames={}) for c in task.clips]
