@@ -138,7 +138,7 @@ def _b64(path: Path) -> str:
 class ControlPlane:
     """Starts and stops the control plane and KubeRay; usable as a context manager (yields itself)."""
 
-    def __init__(self, workdir: Path | str, *, start_timeout: float = 180.0):
+    def __init__(self, workdir: Path | str, *, start_timeout: float = 300.0):
         self.workdir = Path(workdir).resolve()
         self.start_timeout = start_timeout
         self.logs_dir = self.workdir / "logs"
@@ -268,12 +268,7 @@ class ControlPlane:
             "--bind-address=127.0.0.1", f"--secure-port={scheduler_port}",
             f"--cert-dir={self.workdir / 'kube-scheduler'}", "--leader-elect=false",
         ])
-        # KubeRay's controllers need their kinds served before the operator starts.
-        self._install_crds(bin_dir / "kuberay-crds", deadline)
-        # KubeRay acts with the ClusterRole its own deployment binds to it, and nothing more.
-        self.kubectl("apply", "-f", str(bin_dir / "kuberay-role.yaml"))
-        self.kubectl("create", "clusterrolebinding", "kuberay-operator", "--clusterrole=kuberay-operator",
-                     "--user=kuberay-operator")
+        self._install_kuberay_manifests(bin_dir, deadline)
         probe_port, metrics_port = free_port(), free_port()
         self._spawn("kuberay-operator", bin_dir, [
             "--enable-leader-election=false",
@@ -346,12 +341,23 @@ class ControlPlane:
         self._wait("kube-apiserver", "/livez and /readyz",
                    lambda: self._api_ok("/livez") and self._api_ok("/readyz"), deadline)
 
-    def _install_crds(self, kuberay_crds: Path, deadline: float) -> None:
-        # server-side: the RayCluster/RayJob CRDs exceed the client-side last-applied annotation limit
-        names = self.kubectl("apply", "--server-side", "--field-manager=clipforge-tests", "-o", "name",
-                             "-f", str(kuberay_crds), "-f", str(OUR_CRD)).stdout.split()
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={max(1, int(deadline - time.monotonic()))}s",
-                     *names)
+    def _install_kuberay_manifests(self, bin_dir: Path, deadline: float) -> None:
+        """The CRDs (KubeRay's and ours), served before KubeRay starts, and KubeRay's ClusterRole."""
+        def kubectl(*args: str) -> str:
+            return self.kubectl(*args, timeout=max(1.0, deadline - time.monotonic())).stdout
+
+        crds = ("-f", str(bin_dir / "kuberay-crds"), "-f", str(OUR_CRD))
+        try:
+            # server-side: the RayCluster/RayJob CRDs exceed the client-side last-applied annotation limit
+            names = kubectl("apply", "--server-side", "--field-manager=clipforge-tests", "-o", "name", *crds).split()
+            kubectl("wait", "--for=condition=Established", f"--timeout={max(1, int(deadline - time.monotonic()))}s",
+                    *names)
+            # KubeRay acts with the ClusterRole its own deployment binds to it, and nothing more.
+            kubectl("apply", "-f", str(bin_dir / "kuberay-role.yaml"))
+            kubectl("create", "clusterrolebinding", "kuberay-operator", "--clusterrole=kuberay-operator",
+                    "--user=kuberay-operator")
+        except (KubectlError, subprocess.TimeoutExpired) as exc:
+            raise self._error("kube-apiserver", f"installing KubeRay's CRDs and ClusterRole: {exc}") from None
 
     def _wait_for_default_service_account(self, namespace: str, deadline: float) -> None:
         self._wait("kube-controller-manager", f"the ServiceAccount {namespace}/default",
@@ -436,7 +442,8 @@ class ControlPlane:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the test control plane and KubeRay in the foreground.")
-    parser.add_argument("--workdir", type=Path, help="where certificates, kubeconfigs and logs go (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path,
+                        help="where certificates, kubeconfigs and logs go (default: a new temporary directory)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clipforge-control-plane-"))
     # Ctrl-C, and SIGTERM too (SIGINT is ignored when started in the background), stops it cleanly.
