@@ -461,6 +461,10 @@ class _PodRunner:
         if self.stage == "sandbox":
             if now < self.retry_at:
                 return
+            if self.pod["spec"].get("hostNetwork"):
+                self._all_waiting("CreateContainerConfigError", "hostNetwork pods are not supported by the process kubelet")
+                self.retry_at = float("inf")
+                return
             try:
                 self.network = netns.PodNetwork.create()
             except Exception as exc:  # noqa: BLE001 - reported on the pod, retried
@@ -476,7 +480,7 @@ class _PodRunner:
                 return
             try:
                 self.volumes = materialise_volumes(self._pod_view(), self.dir, self.k.objects, self.k.allocatable(self))
-            except PodConfigError as exc:  # e.g. the ConfigMap is not created yet: a kubelet retries
+            except Exception as exc:  # noqa: BLE001 - e.g. the ConfigMap is not created yet: a kubelet retries
                 self._all_waiting("ContainerCreating", f"MountVolume failed: {exc}")
                 self.retry_at = now + 1.0
                 return
@@ -531,21 +535,24 @@ class _PodRunner:
 
     def _start(self, c: _Container, now: float) -> None:
         try:
+            if c.init and c.spec.get("restartPolicy") == "Always":
+                raise PodConfigError(f"init container {c.name!r} is a sidecar (restartPolicy Always): "
+                                     f"not supported by the process kubelet")
             c.env = container_env(self._pod_view(), c.spec, self.k.objects, self._base_env(), self.k.allocatable(self))
             argv = container_argv(c.spec, c.env)
             mounts = container_mounts(c.spec, self.volumes, c.env)
             probes = self._probes(c.spec, now)
-        except PodConfigError as exc:
-            c.waiting = ("CreateContainerConfigError", str(exc))
+            argv = die_with_parent(self.network.enter([
+                UNSHARE, "--pid", "--fork", "--kill-child", "--mount", "--uts", "--mount-proc", "--",
+                SH, "-c", self._setup_script(c, mounts), f"{c.name}-setup", *argv]))
+            with open(c.log, "ab") as out:
+                c.proc = subprocess.Popen(argv, env=c.env, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
+        except Exception as exc:  # noqa: BLE001 - a missing Secret or a busy API server: retried, as a kubelet does
+            reason = "CreateContainerConfigError" if isinstance(exc, PodConfigError) else "CreateContainerError"
+            c.waiting = (reason, str(exc))
             c.next_start = now + 1.0
             return
-        script = self._setup_script(c, mounts)
-        argv = die_with_parent(self.network.enter([
-            UNSHARE, "--pid", "--fork", "--kill-child", "--mount", "--uts", "--mount-proc", "--",
-            SH, "-c", script, f"{c.name}-setup", *argv]))
-        with open(c.log, "ab") as out:
-            c.proc = subprocess.Popen(argv, env=c.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                      cwd="/", start_new_session=True)
         if c.runs:
             c.restart_count += 1
         c.runs += 1

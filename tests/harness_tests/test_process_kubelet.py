@@ -372,7 +372,8 @@ def test_restart_policy_back_off_and_probes(control_plane, kubelet, namespace):
                           "the liveness probe to restart the container")
     last = restarted["status"]["containerStatuses"][0]["lastState"]["terminated"]
     assert "liveness probe failed" in last["message"] and last["exitCode"] == 137
-    assert kubelet.logs(ns, "liveness", "c").startswith("alive\nstopped answering\nalive\n")
+    _eventually(lambda: kubelet.logs(ns, "liveness", "c").startswith("alive\nstopped answering\nalive\n"),
+                "the restarted container to run again")
 
 
 def test_a_pod_waits_for_what_it_needs_and_says_why(control_plane, kubelet, namespace):
