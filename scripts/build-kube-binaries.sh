@@ -17,6 +17,7 @@ source "$REPO_ROOT/tests/harness/kube-versions.env"
 CACHE="${KUBE_BIN_CACHE:-$HOME/.cache/clipforge/kube-bin}"
 OUT="$CACHE/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kuberay-$KUBERAY_VERSION"
 if [ "${1:-}" = "--print-dir" ]; then echo "$OUT"; exit 0; fi
+command -v go >/dev/null || { echo "building the kube binaries needs Go (1.26) on PATH" >&2; exit 1; }
 mkdir -p "$OUT"
 # Two test sessions starting at once build once: the second waits here, then finds the cache.
 exec 9>"$CACHE/.build.lock"

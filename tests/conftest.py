@@ -42,6 +42,7 @@ def pod_s3_server():
 # --- Kubernetes: a real control plane and KubeRay operator (see tests/harness/control_plane.py) ----
 
 _CONTROL_PLANE_RAN = pytest.StashKey[str]()
+_KUBE_BUILD_FAILED = pytest.StashKey[Exception]()
 
 
 def _versions_line(versions: dict[str, str]) -> str:
@@ -71,7 +72,10 @@ def pytest_collection_finish(session) -> None:
             reporter = session.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
                 reporter.write_line("building the kube binaries from their Go modules (once per version) ...")
-            kube_binaries.ensure_built()
+            try:
+                kube_binaries.ensure_built()
+            except kube_binaries.KubeBinariesError as exc:  # failed once: the tests that need them report it
+                session.config.stash[_KUBE_BUILD_FAILED] = exc
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +83,8 @@ def control_plane(tmp_path_factory, pytestconfig):
     """One real control plane (etcd, kube-apiserver, controller-manager, scheduler, KubeRay) per session."""
     from harness.control_plane import ControlPlane
 
+    if (failed := pytestconfig.stash.get(_KUBE_BUILD_FAILED, None)) is not None:
+        raise failed
     with ControlPlane(tmp_path_factory.mktemp("control-plane")) as plane:
         pytestconfig.stash[_CONTROL_PLANE_RAN] = (
             f"control plane that ran (started in {plane.start_seconds:.1f}s): {_versions_line(plane.versions)};"

@@ -38,12 +38,12 @@ def ensure_built() -> Path:
     d = built()
     if d is not None:
         return d
-    done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
-    output = (done.stdout + done.stderr).strip()
+    done = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = done.stdout.strip().splitlines()
     if done.returncode != 0:
-        tail = "\n".join(output.splitlines()[-40:])
+        tail = "\n".join(lines[-40:])
         raise KubeBinariesError(f"{BUILD_SCRIPT} failed with status {done.returncode}:\n{tail}")
-    return Path(done.stdout.strip().splitlines()[-1])
+    return Path(lines[-1])
 
 
 def binary_versions(d: Path) -> dict[str, str]:
