@@ -532,6 +532,8 @@ class _PodRunner:
         c.last_terminated, c.terminated = c.terminated, None
         c.waiting = ("CrashLoopBackOff", f"back-off {delay:.0f}s restarting failed container={c.name} "
                                          f"pod={self.name}_{self.namespace}({self.uid})")
+        if not delay:  # the first restart is immediate
+            self._start(c, now)
 
     def _start(self, c: _Container, now: float) -> None:
         try:
