@@ -25,7 +25,8 @@ NS = "crd-tests"
 def cp(control_plane):
     control_plane.create_namespace(NS)
     yield control_plane
-    control_plane.kubectl("delete", "namespace", NS, "--wait=false")
+    # Waited for: an operator a later module starts must not find these hand-made jobs.
+    control_plane.kubectl("delete", "namespace", NS, "--timeout=120s")
 
 
 def kubectl(cp, *args: str, stdin: str | None = None, check: bool = True):  # noqa: ANN001, ANN201

@@ -1,0 +1,175 @@
+"""Helpers for tests that run VideoCurationJobs on the real control plane (tests/harness).
+
+One `Stack` per test module: the session's control plane, process kubelet and pod-reachable Ceph
+RGW, the operator as the Helm chart runs it (harness/operator_process.py), and a namespace of
+the module's own that enforces the `restricted` Pod Security level. Jobs are tiny (two short
+low-resolution videos, 5 s clips, pods of one CPU); every wait fails with what to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from clipforge.samples import write_samples
+from harness.operator_process import ChartOperator
+from jobs import small_samples
+
+REPO = Path(__file__).resolve().parents[1]
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+POD = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+# A quarter CPU per stage worker: every stage's minimum workers fit two one-CPU pods.
+SMALL_STAGES = {s: {"cpus": 0.25} for s in ("probe", "split", "transcode", "motion", "embed", "preview", "write")}
+GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+SECRET = "s3-credentials"
+
+
+class Stack:
+    """What a module's jobs run on, and the reads and waits its tests make."""
+
+    def __init__(self, cp, kubelet, s3, operator: ChartOperator, namespace: str):  # noqa: ANN001
+        self.cp, self.kubelet, self.s3, self.operator, self.ns = cp, kubelet, s3, operator, namespace
+        self.s3_client = s3.client()
+
+    # -- kubectl
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True):  # noqa: ANN201
+        return self.cp.kubectl("-n", self.ns, *args, input=stdin, check=check)
+
+    def get(self, kind: str, name: str) -> dict | None:
+        done = self.kubectl("get", kind, name, "-o", "json", check=False)
+        if done.returncode != 0:
+            assert "NotFound" in done.stderr, done.stderr
+            return None
+        return json.loads(done.stdout)
+
+    def list(self, kind: str, selector: str | None = None) -> list[dict]:
+        args = ["get", kind, "-o", "json"] + (["-l", selector] if selector else [])
+        return json.loads(self.kubectl(*args).stdout)["items"]
+
+    def names(self, kind: str, selector: str | None = None) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in self.list(kind, selector))
+
+    def status(self, job: str) -> dict:
+        return (self.get("videocurationjob", job) or {}).get("status") or {}
+
+    # -- jobs
+
+    def upload_samples(self, tmp: Path, copies: int = 1) -> str:
+        """A fresh bucket with small_samples() under raw/ (`copies` of each); returns the bucket."""
+        bucket = self.s3.create_bucket(f"{self.ns}-{uuid.uuid4().hex[:10]}")
+        videos = tmp / f"videos-{bucket}"
+        write_samples(videos, small_samples())
+        for path in sorted(videos.rglob("*.mp4")):
+            for copy in range(copies):
+                key = f"raw/{copy}/{path.relative_to(videos)}" if copies > 1 else f"raw/{path.relative_to(videos)}"
+                self.s3_client.upload_file(str(path), bucket, key)
+        return bucket
+
+    def job_manifest(self, name: str, bucket: str, **spec: Any) -> dict:
+        """examples/cpu-job.yaml pointed at the bucket, with a cluster sized for this machine."""
+        doc = yaml.safe_load((REPO / "examples" / "cpu-job.yaml").read_text())
+        doc["metadata"] = {"name": name, "namespace": self.ns}
+        doc["spec"].update(
+            input={"uri": f"s3://{bucket}/raw/"}, output={"uri": f"s3://{bucket}/out/"},
+            storage={"endpoint": self.s3.endpoint, "region": self.s3.region, "credentialsSecret": SECRET},
+            cluster={"head": {"resources": POD}, "cpuWorkers": {**doc["spec"]["cluster"]["cpuWorkers"], "resources": POD}},
+            maxRetries=0, ttlSecondsAfterFinished=10,
+        )
+        doc["spec"]["execution"] = {**doc["spec"].get("execution", {}), "stages": json.loads(json.dumps(SMALL_STAGES))}
+        for key, value in spec.items():
+            doc["spec"][key] = value
+        return doc
+
+    def apply_job(self, doc: dict, tmp: Path) -> str:
+        path = tmp / f"{doc['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out = self.kubectl("apply", "-f", str(path)).stdout
+        assert f"videocurationjob.clipforge.dev/{doc['metadata']['name']} created" in out, out
+        return doc["metadata"]["name"]
+
+    # -- waiting
+
+    def wait(self, check: Callable[[], Any], timeout: float, what: str, job: str | None = None,
+             interval: float = 1.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline or not self.operator.alive():
+                state = "the operator died" if not self.operator.alive() else f"timed out after {timeout:g}s"
+                pytest.fail(f"{state} waiting for {what}\n{self.diagnostics(job)}")
+            time.sleep(interval)
+
+    def wait_phase(self, job: str, phases: tuple[str, ...], timeout: float, seen: list[str] | None = None,
+                   on_poll: Callable[[], None] | None = None) -> dict:
+        """Polls the job until its phase is one of `phases`; `seen` collects the phases on the way."""
+        seen = [] if seen is None else seen
+
+        def reached() -> dict | None:
+            status = self.status(job)
+            phase = status.get("phase")
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+            if on_poll is not None:
+                on_poll()
+            return status if phase in phases else None
+
+        return self.wait(reached, timeout, f"job {job} to reach {'/'.join(phases)} (phases seen: {seen})", job)
+
+    def wait_gone(self, kind: str, selector: str, timeout: float, job: str | None = None) -> None:
+        self.wait(lambda: not self.list(kind, selector), timeout, f"every {kind} with {selector} to be deleted", job)
+
+    def diagnostics(self, job: str | None) -> str:
+        parts = []
+        if job:
+            parts.append(f"job status: {json.dumps(self.status(job), indent=1)[-3000:]}")
+        parts.append(self.kubectl("get", "videocurationjobs,rayjobs,rayclusters,jobs,pods", "-o", "wide",
+                                  check=False).stdout)
+        parts.append(self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout[-4000:])
+        for log in sorted((self.kubelet.workdir / "logs").glob(f"{self.ns}_*.log")):
+            parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-1500:]}")
+        parts.append(f"--- operator log ---\n{self.operator.log_text()[-4000:]}")
+        return "\n".join(parts)
+
+    # -- what KubeRay made
+
+    def pods_of(self, job: str, group: str | None = None) -> list[dict]:
+        selector = f"clipforge.dev/job={job}" + (f",clipforge.dev/group={group}" if group else "")
+        return self.list("pods", selector)
+
+    def s3_keys(self, bucket: str, prefix: str) -> list[str]:
+        keys = []
+        for page in self.s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return keys
+
+
+def ray_state(head_ip: str, resource: str) -> list[dict]:
+    """Ray's state API (`ray list nodes|actors --detail`) over HTTP at the head pod's dashboard."""
+    url = f"http://{head_ip}:8265/api/v0/{resource}?detail=1&limit=10000&timeout=20"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        body = json.load(resp)
+    assert body.get("result"), body
+    return body["data"]["result"]["result"]
+
+
+def make_stack(control_plane, kubelet, pod_s3_server, workdir: Path, namespace: str) -> Stack:  # noqa: ANN001
+    """The chart's operator started, and `namespace` created with the `restricted` Pod Security level."""
+    operator = ChartOperator(control_plane, workdir)
+    operator.start()
+    control_plane.create_namespace(namespace)
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    stack = Stack(control_plane, kubelet, pod_s3_server, operator, namespace)
+    stack.cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": namespace},
+                    "type": "Opaque", "stringData": pod_s3_server.env()})
+    return stack

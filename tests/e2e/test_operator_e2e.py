@@ -1,0 +1,187 @@
+"""End to end on a real Kubernetes: `kubectl apply` a VideoCurationJob, get clips in a Ceph bucket.
+
+Real here: kube-apiserver, etcd, controller-manager and scheduler, the KubeRay 1.5.0 operator
+(tests/harness/control_plane.py), our operator with the Helm chart's ServiceAccount and RBAC
+(harness/operator_process.py), Ray, PyAV and Ceph RGW. The pods run as processes in their own
+network namespaces (harness/process_kubelet.py) from this test environment, not from their image:
+there is no container runtime. There is no GPU either: the GPU node is logical (`nvidia.com/gpu`
+capacity and NVIDIA's taint, for the real scheduler), so the "GPU" stage's actors run on its CPU.
+
+One job runs, in a namespace that enforces the `restricted` Pod Security level: examples/cpu-job.yaml
+pointed at the bucket, with the motion stage on a GPU worker group. While it runs, the head's
+state API tells which Ray node (so which pod, so which worker group) advertises which stage
+resource and runs which stage's actors. The tests then read what it left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+
+from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, SECRET, make_stack, ray_state
+from clipforge.spec import stage_resource_name
+from jobs import decode_clip
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+NS = "e2e"
+JOB = "curate"
+CPU_STAGES = ("probe", "split", "transcode", "embed", "preview", "write")  # cpu-job.yaml's, but motion
+GPU_STAGE = "motion"
+
+
+@pytest.fixture(scope="module")
+def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
+    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("e2e-operator"), NS)
+    yield stack
+    stack.operator.stop()
+
+
+@pytest.fixture(scope="module")
+def run(stack, tmp_path_factory):
+    """The job applied and run to its end; Ray's view of its cluster sampled while it ran."""
+    tmp = tmp_path_factory.mktemp("e2e-job")
+    bucket = stack.upload_samples(tmp)
+    doc = stack.job_manifest(JOB, bucket)
+    doc["spec"]["execution"]["stages"][GPU_STAGE] = {"cpus": 0.25, "gpus": 1}
+    doc["spec"]["cluster"]["gpuWorkers"] = {GPU_STAGE: {
+        "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
+    stack.apply_job(doc, tmp)
+
+    ray = SimpleNamespace(nodes={}, actors={}, pods={})
+
+    def sample() -> None:  # Ray's nodes and actors, and the pods behind them, while the job runs
+        pods = stack.pods_of(JOB)
+        heads = [p for p in pods if p["metadata"]["labels"].get("ray.io/node-type") == "head"
+                 and p["status"].get("podIP")]
+        if not heads or stack.status(JOB).get("phase") != "Running":
+            return
+        ray.pods.update({p["status"]["podIP"]: p for p in pods if p["status"].get("podIP")})
+        try:
+            nodes = ray_state(heads[0]["status"]["podIP"], "nodes")
+            actors = ray_state(heads[0]["status"]["podIP"], "actors")
+        except OSError:
+            return  # the dashboard is busy or the cluster just went; the next poll tries again
+        ray.nodes.update({n["node_id"]: n for n in nodes})
+        ray.actors.update({a["actor_id"]: a for a in actors if a.get("node_id")})
+
+    phases: list[str] = []
+    status = stack.wait_phase(JOB, ("Succeeded", "Failed", "Cancelled"), timeout=600, seen=phases, on_poll=sample)
+    finished = time.monotonic()
+    return SimpleNamespace(bucket=bucket, status=status, phases=phases, ray=ray, finished=finished)
+
+
+def test_the_job_succeeds_with_real_counts_and_decodable_clips_in_the_bucket(stack, run):
+    status = run.status
+    assert status["phase"] == "Succeeded", stack.diagnostics(JOB)
+    # Pending until the operator's first write, then exactly these, in order, nothing in between.
+    assert [p for p in run.phases if p != "Pending"] == ["Provisioning", "Running", "Succeeded"], run.phases
+    # Two videos, 5 s clips: 4 clips, the static one filtered by the motion filter.
+    assert {k: v for k, v in status["progress"].items() if k not in ("throughputVideoSecondsPerSecond", "updatedAt")} \
+        == {"videosDone": 2, "videosFailed": 0, "videosSkipped": 0, "videosTotal": 2,
+            "clipsPassed": 3, "clipsFiltered": 1}
+    assert status["progress"]["throughputVideoSecondsPerSecond"] > 0
+    assert status["rayJobName"] == JOB and status["retries"] == 0
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Succeeded"] == "True" and conditions["Submitted"] == "True" and conditions["Running"] == "False"
+
+    clips = [k for k in stack.s3_keys(run.bucket, "out/clips/") if k.endswith(".mp4")]
+    filtered = [k for k in stack.s3_keys(run.bucket, "out/filtered_clips/") if k.endswith(".mp4")]
+    previews = [k for k in stack.s3_keys(run.bucket, "out/previews/") if k.endswith(".webp")]
+    assert (len(clips), len(filtered), len(previews)) == (3, 1, 4)
+    for key in clips + filtered:
+        body = stack.s3_client.get_object(Bucket=run.bucket, Key=key)["Body"].read()
+        frames, codec, width, height = decode_clip(body)
+        assert frames > 0 and codec == "h264" and (width, height) == (320, 180), key
+    summary = json.loads(stack.s3_client.get_object(Bucket=run.bucket, Key="out/summary.json")["Body"].read())
+    assert summary["state"] == "succeeded" and summary["videos"]["done"] == 2 and summary["clips"]["passed"] == 3
+
+
+def group_of_node(run, node: dict) -> str:  # noqa: ANN001
+    pod = run.ray.pods[node["node_ip"]]
+    return pod["metadata"]["labels"]["clipforge.dev/group"]
+
+
+def test_each_group_advertises_its_stages_resources_and_runs_their_actors(run):
+    assert run.ray.nodes, "the head's state API was never reached while the job ran"
+    advertised = defaultdict(set)
+    for node in run.ray.nodes.values():
+        advertised[group_of_node(run, node)] |= {r for r in node["resources_total"] if r.startswith("clipforge_")}
+    assert dict(advertised) == {
+        "head": set(),
+        "cpu": {stage_resource_name(s) for s in CPU_STAGES},
+        f"gpu-{GPU_STAGE}": {stage_resource_name(GPU_STAGE)},
+    }
+    gpu_nodes = [n for n in run.ray.nodes.values() if group_of_node(run, n) == f"gpu-{GPU_STAGE}"]
+    assert [n["resources_total"].get("GPU") for n in gpu_nodes] == [1.0]  # from the nvidia.com/gpu limit
+
+    ran_on = defaultdict(set)  # stage -> groups whose nodes ran an actor of it
+    for actor in run.ray.actors.values():
+        stages = [r.removeprefix("clipforge_") for r in actor.get("required_resources") or {} if r.startswith("clipforge_")]
+        for stage in stages:
+            ran_on[stage].add(group_of_node(run, run.ray.nodes[actor["node_id"]]))
+    assert dict(ran_on) == {**{s: {"cpu"} for s in CPU_STAGES}, GPU_STAGE: {f"gpu-{GPU_STAGE}"}}
+
+
+def test_the_gpu_group_was_scheduled_only_onto_the_gpu_node(run):
+    pods = list(run.ray.pods.values())
+    by_group = defaultdict(set)
+    for pod in pods:
+        by_group[pod["metadata"]["labels"]["clipforge.dev/group"]].add(pod["spec"]["nodeName"])
+    # The GPU node's taint keeps everything else off it; the GPU group's nodeSelector keeps it there.
+    assert by_group.pop("submitter", {"cpu-node"}) == {"cpu-node"}, by_group  # if sampled
+    assert by_group == {"head": {"cpu-node"}, "cpu": {"cpu-node"}, f"gpu-{GPU_STAGE}": {"gpu-node"}}, by_group
+    (gpu_pod,) = [p for p in pods if p["metadata"]["labels"]["clipforge.dev/group"] == f"gpu-{GPU_STAGE}"]
+    (container,) = gpu_pod["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert gpu_pod["spec"]["nodeSelector"] == GPU_NODE_SELECTOR
+    assert GPU_TOLERATION in gpu_pod["spec"]["tolerations"]
+
+
+def test_kuberay_ran_the_submitter_and_removed_the_cluster_after_the_ttl(stack, run):
+    rayjob = stack.get("rayjob", JOB)
+    status = rayjob["status"]
+    assert (status["jobDeploymentStatus"], status["jobStatus"]) == ("Complete", "SUCCEEDED")
+    assert status["startTime"] <= status["endTime"] and status["succeeded"] == 1
+    submitter = stack.get("job", JOB)  # KubeRay's submitter Job ran `ray job submit` and succeeded
+    assert submitter["status"]["succeeded"] == 1
+    # shutdownAfterJobFinishes with ttlSecondsAfterFinished 10: the RayCluster and its pods go.
+    cluster = run.status["rayClusterName"]
+    stack.wait(lambda: stack.get("raycluster", cluster) is None, 90, f"RayCluster {cluster} deleted", JOB)
+    stack.wait(lambda: not [p for p in stack.pods_of(JOB) if p["metadata"]["labels"].get("ray.io/cluster")],
+               90, "the Ray pods deleted", JOB)
+    assert stack.get("videocurationjob", JOB)["status"]["phase"] == "Succeeded"  # the job's record stays
+
+
+def test_the_credentials_appear_nowhere_but_in_their_secret(stack, run):
+    secret_key, access_key = stack.s3.secret_key, stack.s3.access_key
+    encoded = base64.b64encode(secret_key.encode()).decode()
+    places = {
+        "RayJob": json.dumps(stack.get("rayjob", JOB)),
+        "VideoCurationJob": json.dumps(stack.get("videocurationjob", JOB)),
+        "ConfigMaps": json.dumps(stack.list("configmaps")),
+        "events": json.dumps(stack.list("events")),
+        "operator log": stack.operator.log_text(),
+    }
+    assert "Succeeded" in places["VideoCurationJob"] and len(places["operator log"]) > 1000
+    for where, text in places.items():
+        for value in (secret_key, encoded, access_key):
+            assert value not in text, f"a credential appears in the {where}"
+    # The pods get them by reference to the Secret, which is how the process kubelet gave them to Ray.
+    head = stack.get("rayjob", JOB)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in head["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_kubectl_get_shows_the_printer_columns_with_real_values(stack, run):
+    table = stack.kubectl("get", "videocurationjobs", JOB, "-o", "wide").stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "DONE", "TOTAL", "CLIPS", "FAILED", "RETRIES", "RAYJOB", "AGE"], table
+    assert table[1].split()[:8] == [JOB, "Succeeded", "2", "2", "3", "0", "0", JOB], table
+    rayjobs = stack.kubectl("get", "rayjobs", JOB).stdout.splitlines()
+    assert rayjobs[1].split()[:3] == [JOB, "SUCCEEDED", "Complete"], rayjobs

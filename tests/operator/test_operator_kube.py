@@ -1,0 +1,230 @@
+"""The operator against the real control plane and the real KubeRay 1.5.0, pods run by the process kubelet.
+
+The operator runs as the Helm chart deploys it: the chart's ServiceAccount and the RBAC that
+`helm template` renders, under real RBAC authorization, with a token of that ServiceAccount
+(harness/operator_process.py). Every test also fails if the operator was refused anything (403)
+while it ran: a verb or resource the chart forgot shows here. Jobs are tiny (tests/cluster_jobs.py)
+and run in a namespace that enforces the `restricted` Pod Security level.
+
+There is no GPU here: the GPU node is logical (`nvidia.com/gpu` capacity and NVIDIA's taint,
+tests/harness/process_kubelet.py), which is all the scheduler needs to decide placement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack
+from harness.operator_process import ChartOperator
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+NS = "operator-kube"
+FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden")
+LIGHT = {"embeddings": {"enabled": False}, "previews": {"enabled": False}}  # probe, split, transcode, motion, write
+
+
+@pytest.fixture(scope="module")
+def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
+    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("operator-kube"), NS)
+    yield stack
+    stack.operator.stop()
+
+
+@pytest.fixture(autouse=True)
+def never_forbidden(stack):
+    """Whatever the operator logged during the test has no 403 in it: the chart's RBAC sufficed."""
+    start = len(stack.operator.log_text())
+    yield
+    refused = [line for line in stack.operator.log_text()[start:].splitlines() if FORBIDDEN.search(line)]
+    assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
+
+
+@pytest.fixture
+def tmp(tmp_path):
+    return tmp_path
+
+
+def events_of(stack, job: str) -> list[tuple[str, str]]:  # noqa: ANN001
+    return [(e["type"], e["reason"]) for e in stack.list("events")
+            if e["involvedObject"].get("kind") == "VideoCurationJob" and e["involvedObject"]["name"] == job]
+
+
+# ------------------------------------------------------------------------------------ RBAC
+
+
+def test_the_operator_runs_as_the_charts_service_account_and_nothing_more(stack):
+    kubeconfig = stack.operator.kubeconfig
+    who = json.loads(stack.cp.kubectl("auth", "whoami", "-o", "json", kubeconfig=kubeconfig).stdout)
+    assert who["status"]["userInfo"]["username"] == \
+        f"system:serviceaccount:{stack.operator.namespace}:{stack.operator.service_account}"
+    questions = {"create rayjobs.ray.io": "yes", "patch videocurationjobs.clipforge.dev --subresource=status": "yes",
+                 "get secrets": "yes", "list secrets": "no", "create pods": "no", "delete rayclusters.ray.io": "no",
+                 "update videocurationjobs.clipforge.dev": "no"}
+    answers = {q: stack.cp.kubectl("auth", "can-i", *q.split(), "-n", NS, kubeconfig=kubeconfig,
+                                   check=False).stdout.strip() for q in questions}
+    assert answers == questions
+    refused = stack.kubectl("--kubeconfig", str(kubeconfig), "get", "secrets", check=False)
+    assert refused.returncode != 0 and "Forbidden" in refused.stderr  # RBAC is enforced for this identity
+
+
+def test_the_namespace_scoped_chart_serves_its_namespace_with_a_role(stack, tmp_path):
+    """scope=namespace: a Role and RoleBinding in the watched namespace, `--namespace`, no cluster rights."""
+    watched = "operator-kube-ns"
+    stack.cp.create_namespace(watched)
+    scoped = ChartOperator(stack.cp, tmp_path, namespace="clipforge-scoped",
+                           sets=("progressIntervalSeconds=1", "scope=namespace", f"watchNamespace={watched}"))
+    assert {o["kind"] for o in scoped.objects} >= {"Role", "RoleBinding"}
+    assert not {o["kind"] for o in scoped.objects} & {"ClusterRole", "ClusterRoleBinding"}
+    assert f"--namespace={watched}" in scoped.container["args"]
+    stack.operator.stop()  # one operator per job: the cluster-scoped one would take this job too
+    try:
+        scoped.start()
+        # Pods that never schedule: this test is about the API calls, not about Ray.
+        job = {"apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
+               "metadata": {"name": "scoped", "namespace": watched},
+               "spec": {"input": {"uri": "s3://in/"}, "output": {"uri": "s3://out/"},
+                        "cluster": {"head": {"nodeSelector": {"no-such-label": "x"}}}}}
+        stack.cp.apply(job)
+        kubectl = lambda *a: stack.cp.kubectl("-n", watched, *a, check=False)  # noqa: E731
+        stack.wait(lambda: kubectl("get", "rayjob", "scoped").returncode == 0, 60, "the RayJob")
+        stack.wait(lambda: json.loads(kubectl("get", "vcj", "scoped", "-o", "json").stdout)
+                   .get("status", {}).get("phase") == "Provisioning", 60, "phase Provisioning")
+        assert kubectl("get", "configmap", "scoped-config").returncode == 0
+        assert kubectl("delete", "vcj", "scoped", "--timeout=60s").returncode == 0
+        stack.wait(lambda: kubectl("get", "rayjob", "scoped").returncode != 0, 60, "the RayJob deleted")
+        log = scoped.log_text()
+        refused = [line for line in log.splitlines() if FORBIDDEN.search(line)]
+        assert not refused, "the namespace-scoped operator was refused:\n" + "\n".join(refused[:10])
+    finally:
+        scoped.stop()
+        stack.operator.start()
+        stack.cp.kubectl("delete", "namespace", watched, "--wait=false")
+
+
+# ------------------------------------------------------------------------- pending deadline
+
+
+def test_a_gpu_group_without_a_schedulable_gpu_node_stays_pending_until_the_deadline(stack, tmp):
+    """No GPU exists here: the GPU node is logical. Cordoned, it leaves the GPU group unschedulable."""
+    bucket = stack.upload_samples(tmp)
+    doc = stack.job_manifest("no-gpu", bucket, pendingDeadlineSeconds=40, **LIGHT)
+    doc["spec"]["execution"]["stages"]["motion"] = {"cpus": 0.25, "gpus": 1}
+    doc["spec"]["cluster"]["gpuWorkers"] = {"motion": {
+        "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
+    stack.cp.kubectl("cordon", "gpu-node")
+    try:
+        stack.apply_job(doc, tmp)
+        unschedulable: list[dict] = []
+
+        def watch_gpu_pod() -> None:
+            for pod in stack.pods_of("no-gpu", "gpu-motion"):
+                cond = {c["type"]: c for c in pod["status"].get("conditions") or []}.get("PodScheduled")
+                assert not pod["spec"].get("nodeName"), f"the GPU pod was bound to {pod['spec']['nodeName']}"
+                if cond and cond["status"] == "False":
+                    unschedulable.append(cond)
+
+        status = stack.wait_phase("no-gpu", ("Failed", "Succeeded"), timeout=240, on_poll=watch_gpu_pod)
+    finally:
+        stack.cp.kubectl("uncordon", "gpu-node")
+    assert status["phase"] == "Failed", stack.diagnostics("no-gpu")
+    failed = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert failed["reason"] == "PendingDeadlineExceeded" and "not running after 40s" in failed["message"]
+    assert unschedulable and unschedulable[-1]["reason"] == "Unschedulable", unschedulable
+    assert "unschedulable" in unschedulable[-1]["message"], unschedulable[-1]  # the cordon's taint
+    # The operator deletes the stuck RayJob, and the garbage collector everything it made.
+    stack.wait_gone("rayjobs", "clipforge.dev/job=no-gpu", 60, "no-gpu")
+    stack.wait_gone("pods", "clipforge.dev/job=no-gpu", 90, "no-gpu")
+    assert ("Warning", "Failed") in events_of(stack, "no-gpu")
+
+
+# --------------------------------------------------------------------------------- restart
+
+
+def test_an_operator_restarted_mid_job_picks_it_up_and_finishes_it(stack, tmp):
+    bucket = stack.upload_samples(tmp, copies=2)
+    stack.apply_job(stack.job_manifest("restart", bucket, **LIGHT), tmp)
+    running = stack.wait_phase("restart", ("Running",), timeout=300)
+    before = stack.get("rayjob", "restart")
+    stack.operator.restart()  # SIGTERM, as a rolling update of the Deployment would, then a new process
+    assert stack.get("rayjob", "restart")["status"]["jobStatus"] == "RUNNING", \
+        "the job ended before the operator came back: give it more work"
+    status = stack.wait_phase("restart", ("Succeeded", "Failed"), timeout=400)
+    assert status["phase"] == "Succeeded", stack.diagnostics("restart")
+    assert stack.names("rayjobs") == ["restart"]  # no second RayJob
+    assert stack.get("rayjob", "restart")["metadata"]["uid"] == before["metadata"]["uid"]
+    assert status["retries"] == 0 and status["startTime"] == running["startTime"]
+    assert status["progress"]["videosDone"] == 4 and status["progress"]["clipsPassed"] == 6
+    reasons = [r for _, r in events_of(stack, "restart")]
+    assert reasons.count("Running") == 1 and reasons.count("Succeeded") == 1, reasons
+
+
+# ---------------------------------------------------------------------- scaling and deletion
+
+
+@pytest.fixture(scope="module")
+def long_job(stack, tmp_path_factory):
+    """A job with enough work to be still running while the tests below edit and delete it."""
+    tmp = tmp_path_factory.mktemp("long-job")
+    bucket = stack.upload_samples(tmp, copies=4)
+    stack.apply_job(stack.job_manifest("rescale", bucket, **LIGHT), tmp)
+    return stack.wait_phase("rescale", ("Running",), timeout=300)
+
+
+def cpu_group(obj: dict, prefix: tuple[str, ...] = ("spec",)) -> dict:
+    node = obj
+    for key in prefix:
+        node = node[key]
+    (group,) = [g for g in node["workerGroupSpecs"] if g["groupName"] == "cpu"]
+    return group
+
+
+def test_a_live_scaling_edit_rescales_the_real_raycluster(stack, long_job):
+    cluster_name = long_job["rayClusterName"]
+    group = cpu_group(stack.get("raycluster", cluster_name))
+    assert (group["minReplicas"], group["maxReplicas"], group["replicas"]) == (2, 2, 2)
+    stack.kubectl("patch", "videocurationjob", "rescale", "--type=merge", "-p",
+                  json.dumps({"spec": {"cluster": {"cpuWorkers": {"minReplicas": 3, "maxReplicas": 4}}}}))
+
+    def rescaled() -> dict | None:
+        live = cpu_group(stack.get("raycluster", cluster_name))
+        return live if (live["minReplicas"], live["maxReplicas"], live["replicas"]) == (3, 4, 3) else None
+
+    stack.wait(rescaled, 60, "the RayCluster's cpu group at min 3, max 4, replicas 3", "rescale")
+    rayjob_group = cpu_group(stack.get("rayjob", "rescale"), ("spec", "rayClusterSpec"))
+    assert (rayjob_group["minReplicas"], rayjob_group["maxReplicas"]) == (3, 4)
+    # KubeRay acts on it: a third worker pod of the group runs.
+    stack.wait(lambda: len([p for p in stack.pods_of("rescale", "cpu") if p["status"].get("phase") == "Running"
+                            and not p["metadata"].get("deletionTimestamp")]) == 3,
+               120, "three running cpu worker pods", "rescale")
+    assert stack.status("rescale")["phase"] == "Running"
+    assert not any(c["type"] == "SpecUpdateRefused" and c["status"] == "True"
+                   for c in stack.status("rescale")["conditions"])
+
+
+def test_deleting_the_job_cascades_through_garbage_collection(stack, long_job):
+    rayjob = stack.get("rayjob", "rescale")
+    configmap = stack.get("configmap", "rescale-config")
+    uid = stack.get("videocurationjob", "rescale")["metadata"]["uid"]
+    for child in (rayjob, configmap):  # what lets the garbage collector find them
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"], owner["blockOwnerDeletion"]) == \
+            ("VideoCurationJob", uid, True, True)
+    cluster_name = long_job["rayClusterName"]
+    assert stack.get("raycluster", cluster_name) is not None and stack.pods_of("rescale")
+
+    began = time.monotonic()
+    out = stack.kubectl("delete", "videocurationjob", "rescale", "--timeout=120s").stdout
+    assert 'videocurationjob.clipforge.dev "rescale" deleted' in out
+    assert stack.get("videocurationjob", "rescale") is None  # kubectl waited for the operator's finalizer
+    made_by_kuberay = "ray.io/originated-from-cr-name=rescale"  # the submitter Job, the RayJob's head Service
+    for kind, selector in [("configmaps", "clipforge.dev/job=rescale"), ("rayjobs", "clipforge.dev/job=rescale"),
+                           ("rayclusters", "clipforge.dev/job=rescale"), ("jobs", made_by_kuberay),
+                           ("services", made_by_kuberay), ("services", f"ray.io/cluster={cluster_name}"),
+                           ("pods", "clipforge.dev/job=rescale")]:
+        stack.wait_gone(kind, selector, max(10.0, 150 - (time.monotonic() - began)))
+    assert stack.get("raycluster", cluster_name) is None
