@@ -17,6 +17,7 @@ CLIPFORGE_WORKERS (threads for the synchronous handlers, default 8).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -58,13 +59,23 @@ def _context(memo: kopf.Memo) -> r.Context:
     return context
 
 
+def _status_message(exc: ApiException) -> str:
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {message}" if isinstance(message, str) and message else ""
+
+
 def _run(handler: str, memo: kopf.Memo, fn: Any, namespace: str, name: str, **kwargs: Any) -> Any:
     try:
         result = metrics.timed(handler, fn, _context(memo), namespace, name, **kwargs)
     except ApiException as exc:
         # Transient API trouble (conflicts, throttling, 5xx): kopf retries the handler. The body of
-        # an API error is a Status object; it never carries Secret data.
-        raise kopf.TemporaryError(f"Kubernetes API error {exc.status} {exc.reason}", delay=10) from None
+        # an API error is a Status object; it never carries Secret data. Its message says what was
+        # refused (for a 403: the user, verb, resource and namespace), which the operator's log needs.
+        raise kopf.TemporaryError(f"Kubernetes API error {exc.status} {exc.reason}{_status_message(exc)}",
+                                  delay=10) from None
     if fn is r.reconcile:
         TRACKER.track(namespace, name, result)
     return result

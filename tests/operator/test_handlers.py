@@ -584,6 +584,25 @@ def test_handlers_register_with_kopf():
     assert handlers.PROGRESS_INTERVAL <= 30
 
 
+def test_an_api_refusal_is_retried_and_says_what_was_refused():
+    import kopf
+    from kubernetes.client.exceptions import ApiException
+
+    from clipforge_operator import handlers
+
+    def refused(*_: Any, **__: Any) -> None:
+        exc = ApiException(status=403, reason="Forbidden")
+        exc.body = json.dumps({"kind": "Status", "message": 'configmaps is forbidden: User "system:serviceaccount:'
+                               'ops:op" cannot create resource "configmaps" in API group "" in the namespace "v"'})
+        raise exc
+
+    memo = kopf.Memo(clipforge=r.Context(kube=FakeKube()))
+    with pytest.raises(kopf.TemporaryError) as err:
+        handlers._run("create", memo, refused, NS, "demo")
+    assert str(err.value) == ('Kubernetes API error 403 Forbidden: configmaps is forbidden: User "system:serviceaccount:'
+                              'ops:op" cannot create resource "configmaps" in API group "" in the namespace "v"')
+
+
 def test_main_requires_an_explicit_scope():
     from clipforge_operator.__main__ import parse_args
 
