@@ -51,6 +51,8 @@ CLIP_SCHEMA = pa.schema([
     ("framerate", pa.float64()),
     ("num_frames", pa.int64()),
     ("video_codec", pa.string()),
+    ("audio_codec", pa.string()),
+    ("rotation", pa.int64()),
     ("num_bytes", pa.int64()),
     ("clip_location", pa.string()),
     ("preview_location", pa.string()),
@@ -89,6 +91,7 @@ VIDEO_SCHEMA = pa.schema([
         ("pix_fmt", pa.string()),
         ("bit_rate", pa.int64()),
         ("has_audio", pa.bool_()),
+        ("rotation", pa.int64()),
     ])),
     ("split_algorithm", pa.string()),
     ("num_chunks", pa.int64()),
@@ -98,6 +101,9 @@ VIDEO_SCHEMA = pa.schema([
     ("num_clips_failed", pa.int64()),
     ("clip_chunks", pa.list_(pa.string())),
     ("errors", _ERRORS),
+    # The settings that decided the video's clips (spec.clip_settings): JSON text, as their shape
+    # follows the spec's.
+    ("settings", pa.string()),
     ("processed_at", pa.timestamp("ms", tz="UTC")),  # parquet has no seconds unit
 ])
 
@@ -121,7 +127,9 @@ def caption_text(windows: list[dict] | None) -> str | None:
 
 
 def video_row(record: dict) -> dict:
-    return {**record, "processed_at": datetime.fromisoformat(record["processed_at"])}
+    settings = record.get("settings")
+    return {**record, "processed_at": datetime.fromisoformat(record["processed_at"]),
+            "settings": None if settings is None else json.dumps(settings, sort_keys=True)}
 
 
 @dataclass(frozen=True)

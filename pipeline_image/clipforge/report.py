@@ -96,8 +96,7 @@ def _charts(clips: pa.Table) -> str:
     status = with_file.column("status").to_numpy(zero_copy_only=False)
     motion = with_file.column("motion_score").combine_chunks()
     values = {
-        "Clip length (s)": (pc.subtract(pc.list_element(with_file.column("duration_span"), 1),
-                                        pc.list_element(with_file.column("duration_span"), 0)), False),
+        "Clip length (s)": (with_file.column("duration_s"), False),
         "Motion, global mean (log)": (motion.field("global_mean"), True),
         "Motion, least-moving patch (log)": (motion.field("per_patch_min_256"), True),
         "Aesthetic score": (with_file.column("aesthetic_score"), False),
@@ -250,19 +249,33 @@ def _data_js(name: str, part: int, rows: list[dict]) -> bytes:
     return f"clipforgeReport.receive({json.dumps(name)},{part},{payload});\n".encode()
 
 
-class _DataFiles:
-    """The paged tables' files: collected, then written concurrently (many small objects on S3)."""
+class _ReportFiles:
+    """Writes the report's files as they are made, WRITE_THREADS at a time (many small objects
+    on S3), holding only the files in flight in memory; remembers the paged tables' files."""
 
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
+    def __init__(self, storage: Storage, root: str, pool: ThreadPoolExecutor) -> None:
+        self.storage, self.root, self.pool = storage, root, pool
+        self.in_flight: list = []
         self.collections: dict[str, dict] = {}
 
-    def add(self, name: str, count: int, parts) -> None:  # noqa: ANN001 - iterable of row lists
+    def add_table(self, name: str, count: int, parts) -> None:  # noqa: ANN001 - iterable of row lists
         names = []
         for part, rows in enumerate(parts):
             names.append(_data_file(name, part))
-            self.files[names[-1]] = _data_js(name, part, rows)
+            self.write(names[-1], _data_js(name, part, rows), JS)
         self.collections[name] = {"count": count, "files": names}
+
+    def write(self, name: str, body: bytes, content_type: str) -> None:
+        if len(self.in_flight) >= 2 * WRITE_THREADS:
+            self.in_flight.pop(0).result()
+        self.in_flight.append(self.pool.submit(self.storage.write_bytes, layout.report_file(self.root, name),
+                                               body, content_type))
+
+    def finish(self) -> set[str]:
+        """Waits for every write (raising the first error); the data files' names."""
+        for future in self.in_flight:
+            future.result()
+        return {name for c in self.collections.values() for name in c["files"]}
 
 
 def _clip_parts(clips: pa.Table, status: str, videos: dict[str, str]):  # noqa: ANN202 - generator
@@ -331,24 +344,20 @@ def write_report(storage: Storage, root: str) -> str:
     videos = clip_index.read_table(storage, root, layout.VIDEO_INDEX)
     relative = dict(zip(videos.column("video").to_pylist(), videos.column("relative_path").to_pylist()))
 
-    data = _DataFiles()
-    video_rows = _video_rows(videos)
-    data.add("videos", len(video_rows),
-             (video_rows[i:i + ROWS_PER_FILE] for i in range(0, len(video_rows), ROWS_PER_FILE)))
-    for status in ("passed", "filtered"):
-        count = clips.filter(pc.field("status") == status).num_rows
-        data.add(status, count, _clip_parts(clips, status, relative))
-    config = {"pageSize": PAGE_SIZE, "rowsPerFile": ROWS_PER_FILE, "collections": data.collections}
-
     assets = resources.files("clipforge") / "report_assets"
-    files = {
-        **{name: (body, JS) for name, body in data.files.items()},
-        "report.js": ((assets / "report.js").read_bytes(), JS),
-        "report.css": ((assets / "report.css").read_bytes(), CSS),
-    }
     with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
-        list(pool.map(lambda item: storage.write_bytes(layout.report_file(root, item[0]), *item[1]), files.items()))
-    _delete_stale(storage, root, set(data.files))
+        files = _ReportFiles(storage, root, pool)
+        files.write("report.js", (assets / "report.js").read_bytes(), JS)
+        files.write("report.css", (assets / "report.css").read_bytes(), CSS)
+        video_rows = _video_rows(videos)
+        files.add_table("videos", len(video_rows),
+                 (video_rows[i:i + ROWS_PER_FILE] for i in range(0, len(video_rows), ROWS_PER_FILE)))
+        for status in ("passed", "filtered"):
+            count = clips.filter(pc.field("status") == status).num_rows
+            files.add_table(status, count, _clip_parts(clips, status, relative))
+        written = files.finish()
+    _delete_stale(storage, root, written)
+    config = {"pageSize": PAGE_SIZE, "rowsPerFile": ROWS_PER_FILE, "collections": files.collections}
     # The page last: once it is there, everything it loads is.
     page = layout.report_page(root)
     storage.write_bytes(page, _page(root, clips, videos, config).encode(), HTML)

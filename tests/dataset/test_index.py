@@ -34,7 +34,7 @@ def as_meta(row: dict) -> dict:
 
 
 def as_record(row: dict) -> dict:
-    record = {**row, "errors": dict(row["errors"])}
+    record = {**row, "errors": dict(row["errors"]), "settings": json.loads(row["settings"])}
     record["processed_at"] = row["processed_at"].isoformat().replace("+00:00", "Z")
     return record
 
