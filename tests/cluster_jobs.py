@@ -25,8 +25,9 @@ from jobs import small_samples
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 POD = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
-# A quarter CPU per stage worker: every stage's minimum workers fit two one-CPU pods.
-SMALL_STAGES = {s: {"cpus": 0.25} for s in ("probe", "split", "transcode", "motion", "embed", "preview", "write")}
+# One worker of a quarter CPU per stage (at most two): every stage's workers fit two one-CPU pods.
+SMALL_STAGES = {s: {"cpus": 0.25, "minWorkers": 1, "maxWorkers": 2}
+                for s in ("probe", "split", "transcode", "motion", "embed", "preview", "write")}
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 SECRET = "s3-credentials"

@@ -573,7 +573,20 @@ _PROVISIONING_REASONS = {
 }
 
 
-def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int) -> Observation:
+def cluster_problem(raycluster: Mapping | None) -> str:
+    """Why KubeRay cannot make a RayCluster's pods, from its ReplicaFailure condition ('' if none).
+
+    Pods refused at creation (Pod Security, a ResourceQuota, a bad template) show nowhere else
+    but in KubeRay's Events; a job waiting on them should say so instead of "starting".
+    """
+    for cond in ((raycluster or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return f"RayCluster {(raycluster.get('metadata') or {}).get('name')}: {cond.get('reason')}: {cond.get('message')}"
+    return ""
+
+
+def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int,
+                   raycluster: Mapping | None = None) -> Observation:
     """The VideoCurationJob phase a RayJob status implies.
 
     KubeRay's jobDeploymentStatus tracks the cluster and the submission (Initializing -> Running
@@ -582,7 +595,8 @@ def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int
     own (PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED). Only Complete+SUCCEEDED is success;
     a STOPPED job was stopped on purpose (Cancelled); every other terminal state is a failure with
     KubeRay's reason and message carried over. A job not yet RUNNING after the pending deadline
-    (counted from the RayJob's start) fails with PendingDeadlineExceeded.
+    (counted from the RayJob's start) fails with PendingDeadlineExceeded. While it is not running,
+    `raycluster` (the RayJob's, when there is one) adds why its pods cannot be made, if it says.
     """
     status = rayjob.get("status") or {}
     deployment = status.get("jobDeploymentStatus") or ""
@@ -618,6 +632,8 @@ def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int
         # never subject to the pending deadline.
         return Observation(JobPhase.running.value, "JobRunning", message or "the pipeline is running", **common)
 
+    problem = cluster_problem(raycluster)
+    message = "; ".join(m for m in (message, problem) if m)
     since = parse_time(status.get("startTime")) or parse_time((rayjob.get("metadata") or {}).get("creationTimestamp"))
     if since is not None and (now - since).total_seconds() > pending_deadline_seconds:
         return Observation(

@@ -303,7 +303,12 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
             st.condition("Retrying", False, "RetryStarted", f"attempt {attempt + 1} of {total} started")
             st.events.append(b.EventRecord("Normal", "RetryStarted", f"RayJob {rayjob_name}: attempt {attempt + 1} of {total}"))
 
-    obs = b.observe_rayjob(rayjob, now, spec.pending_deadline_seconds)
+    # While KubeRay makes the cluster, the RayCluster says why pods cannot be created, if they cannot.
+    rayjob_status = rayjob.get("status") or {}
+    cluster_name = rayjob_status.get("rayClusterName")
+    starting = rayjob_status.get("jobDeploymentStatus") in ("", "Initializing")
+    raycluster = ctx.kube.get_raycluster(namespace, cluster_name) if cluster_name and starting else None
+    obs = b.observe_rayjob(rayjob, now, spec.pending_deadline_seconds, raycluster)
     if obs.ray_cluster_name:
         st.new["rayClusterName"] = obs.ray_cluster_name
     if obs.dashboard_url:

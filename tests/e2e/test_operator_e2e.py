@@ -48,7 +48,7 @@ def run(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e-job")
     bucket = stack.upload_samples(tmp)
     doc = stack.job_manifest(JOB, bucket)
-    doc["spec"]["execution"]["stages"][GPU_STAGE] = {"cpus": 0.25, "gpus": 1}
+    doc["spec"]["execution"]["stages"][GPU_STAGE]["gpus"] = 1
     doc["spec"]["cluster"]["gpuWorkers"] = {GPU_STAGE: {
         "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
     stack.apply_job(doc, tmp)

@@ -398,6 +398,27 @@ def test_stuck_initializing_fails_after_the_pending_deadline(tmp_path: Path):
     assert h.rayjobs() == []  # the stuck cluster is not left holding nodes
 
 
+def test_pods_kuberay_cannot_create_are_named_in_the_message_and_the_deadline(tmp_path: Path):
+    h = Harness(tmp_path, maxRetries=0, pendingDeadlineSeconds=600)
+    h.reconcile()
+    h.kube.set_rayjob_status("demo", jobDeploymentStatus="Initializing", rayClusterName="demo-x7k2p",
+                             startTime=b.rfc3339(h.now))
+    refusal = ('pods "demo-x7k2p-head-abcde" is forbidden: exceeded quota: small, requested: limits.cpu=1,'
+               ' used: limits.cpu=0, limited: limits.cpu=500m')
+    h.kube.objects[("raycluster", NS, "demo-x7k2p")] = {
+        "metadata": {"name": "demo-x7k2p"},
+        "status": {"conditions": [{"type": "HeadPodReady", "status": "False", "reason": "HeadPodNotFound"},
+                                  {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreateHeadPod",
+                                   "message": refusal}]}}
+    h.advance(5)
+    assert h.reconcile() == "Provisioning"
+    assert h.status["message"] == f"RayCluster demo-x7k2p: FailedCreateHeadPod: {refusal}"
+    h.advance(600)
+    assert h.reconcile() == "Failed"
+    failed = h.condition("Failed")
+    assert failed["reason"] == "PendingDeadlineExceeded" and failed["message"].endswith(f"FailedCreateHeadPod: {refusal}")
+
+
 def test_stopped_ray_job_is_cancelled_without_retry(h: Harness):
     drive_to_running(h)
     fail(h, "demo", jobDeploymentStatus="Complete", jobStatus="STOPPED")

@@ -113,7 +113,7 @@ def test_a_gpu_group_without_a_schedulable_gpu_node_stays_pending_until_the_dead
     """No GPU exists here: the GPU node is logical. Cordoned, it leaves the GPU group unschedulable."""
     bucket = stack.upload_samples(tmp)
     doc = stack.job_manifest("no-gpu", bucket, pendingDeadlineSeconds=40, **LIGHT)
-    doc["spec"]["execution"]["stages"]["motion"] = {"cpus": 0.25, "gpus": 1}
+    doc["spec"]["execution"]["stages"]["motion"]["gpus"] = 1
     doc["spec"]["cluster"]["gpuWorkers"] = {"motion": {
         "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
     stack.cp.kubectl("cordon", "gpu-node")
@@ -140,6 +140,32 @@ def test_a_gpu_group_without_a_schedulable_gpu_node_stays_pending_until_the_dead
     stack.wait_gone("rayjobs", "clipforge.dev/job=no-gpu", 60, "no-gpu")
     stack.wait_gone("pods", "clipforge.dev/job=no-gpu", 90, "no-gpu")
     assert ("Warning", "Failed") in events_of(stack, "no-gpu")
+
+
+def test_pods_a_quota_refuses_are_named_in_the_jobs_message_and_failure(stack):
+    """A ResourceQuota smaller than the head pod: KubeRay cannot create it, and the job says why."""
+    ns = "operator-kube-quota"
+    stack.cp.create_namespace(ns)
+    try:
+        stack.cp.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "small", "namespace": ns},
+                        "spec": {"hard": {"limits.cpu": "500m"}}})
+        stack.cp.apply({"apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
+                        "metadata": {"name": "over-quota", "namespace": ns},
+                        "spec": {"input": {"uri": "s3://in/"}, "output": {"uri": "s3://out/"}, "maxRetries": 0,
+                                 "pendingDeadlineSeconds": 30, "cluster": {"head": {"resources": POD}}}})
+
+        def status() -> dict:
+            done = stack.cp.kubectl("-n", ns, "get", "vcj", "over-quota", "-o", "json")
+            return json.loads(done.stdout).get("status") or {}
+
+        waiting = stack.wait(lambda: "exceeded quota" in (status().get("message") or "") and status(), 60,
+                             "the quota refusal in the job's message")
+        assert waiting["phase"] == "Provisioning" and "FailedCreateHeadPod" in waiting["message"], waiting
+        failed = stack.wait(lambda: status().get("phase") == "Failed" and status(), 90, "the pending deadline")
+        cond = {c["type"]: c for c in failed["conditions"]}["Failed"]
+        assert cond["reason"] == "PendingDeadlineExceeded" and "exceeded quota" in cond["message"], cond
+    finally:
+        stack.cp.kubectl("delete", "namespace", ns, "--wait=false")
 
 
 # --------------------------------------------------------------------------------- restart
