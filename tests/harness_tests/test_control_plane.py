@@ -10,39 +10,23 @@ import json
 import os
 import socket
 import ssl
-import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
 from harness import control_plane as control_plane_module
 from harness.control_plane import ControlPlane, ControlPlaneError
+from harness.waiting import eventually
 
 
-def _eventually(check, what: str, timeout: float = 60.0):  # noqa: ANN001, ANN202
-    """check()'s first truthy result; controllers act asynchronously, so the tests wait for them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def _get_json(cp: ControlPlane, *args: str) -> dict:
     return json.loads(cp.kubectl("get", *args, "-o", "json").stdout)
 
 
-@pytest.fixture
-def namespace(control_plane: ControlPlane) -> str:
-    name = control_plane.create_namespace(f"t-{uuid.uuid4().hex[:8]}")
-    yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def test_versions_are_the_pinned_ones(control_plane: ControlPlane):
@@ -85,7 +69,7 @@ def test_rbac_is_enforced(control_plane: ControlPlane, namespace: str):
     cp.kubectl("create", "role", "secret-reader", "--verb=list", "--resource=secrets", "-n", namespace)
     cp.kubectl("create", "rolebinding", "reader-reads-secrets", "--role=secret-reader",
                f"--serviceaccount={namespace}:reader", "-n", namespace)
-    _eventually(lambda: status(secrets) == 200, "the RoleBinding to take effect")
+    eventually(lambda: status(secrets) == 200, "the RoleBinding to take effect")
     # only what was granted: not pods, not other namespaces' secrets
     assert status(f"/api/v1/namespaces/{namespace}/pods") == 403
     assert status("/api/v1/namespaces/default/secrets") == 403
@@ -106,7 +90,7 @@ def test_job_controller_creates_the_pod_and_the_scheduler_sees_it(control_plane:
             "containers": [{"name": "hello", "image": "busybox", "command": ["true"]}]}}},
     })
     job_uid = _get_json(cp, "job", "hello", "-n", namespace)["metadata"]["uid"]
-    pods = _eventually(lambda: _get_json(cp, "pods", "-n", namespace, "-l", "job-name=hello")["items"],
+    pods = eventually(lambda: _get_json(cp, "pods", "-n", namespace, "-l", "job-name=hello")["items"],
                        "the job controller to create the pod")
     assert len(pods) == 1
     owner = pods[0]["metadata"]["ownerReferences"][0]
@@ -120,7 +104,7 @@ def test_job_controller_creates_the_pod_and_the_scheduler_sees_it(control_plane:
         return any(c["type"] == "PodScheduled" and c["reason"] == "Unschedulable"
                    for c in pod["status"].get("conditions", []))
 
-    _eventually(unschedulable, "the scheduler to find no node for the pod")
+    eventually(unschedulable, "the scheduler to find no node for the pod")
 
 
 def test_garbage_collector_deletes_dependents(control_plane: ControlPlane, namespace: str):
@@ -149,7 +133,7 @@ def test_kuberay_creates_the_rayclusters_service_and_pods(control_plane: Control
     })
     cluster_uid = _get_json(cp, "raycluster", "demo", "-n", namespace)["metadata"]["uid"]
 
-    service = _eventually(lambda: _get_json(cp, "services", "-n", namespace, "-l", "ray.io/cluster=demo")["items"],
+    service = eventually(lambda: _get_json(cp, "services", "-n", namespace, "-l", "ray.io/cluster=demo")["items"],
                           "KubeRay to create the head Service")[0]
     assert service["metadata"]["name"] == "demo-head-svc"
     assert service["spec"]["clusterIP"] == "None"  # KubeRay's head Service is headless by default
@@ -159,7 +143,7 @@ def test_kuberay_creates_the_rayclusters_service_and_pods(control_plane: Control
         pods = _get_json(cp, "pods", "-n", namespace, "-l", "ray.io/cluster=demo")["items"]
         return pods if len(pods) == 2 else None
 
-    pods = _eventually(head_and_worker, "KubeRay to create the head and worker pods")
+    pods = eventually(head_and_worker, "KubeRay to create the head and worker pods")
     by_type = {p["metadata"]["labels"]["ray.io/node-type"]: p for p in pods}
     assert set(by_type) == {"head", "worker"}
     for pod in pods:

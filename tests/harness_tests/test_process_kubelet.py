@@ -12,33 +12,16 @@ import ipaddress
 import json
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from harness import netns
 from harness.process_kubelet import NodeConfig, ProcessKubelet
+from harness.waiting import eventually
 
 
-def _eventually(check, what: str, timeout: float = 60.0):  # noqa: ANN001, ANN202
-    """check()'s first truthy result; the controllers and the kubelet act asynchronously."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
-@pytest.fixture
-def namespace(control_plane) -> str:  # noqa: ANN001
-    name = control_plane.create_namespace(f"k-{uuid.uuid4().hex[:8]}")
-    yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def _get_pod(kubelet: ProcessKubelet, ns: str, name: str) -> dict | None:
@@ -56,7 +39,7 @@ def _describe(kubelet: ProcessKubelet, ns: str, name: str) -> str:
 
 def _wait_pod(kubelet: ProcessKubelet, ns: str, name: str, check, what: str, timeout: float = 60.0) -> dict:  # noqa: ANN001
     try:
-        return _eventually(lambda: (p := _get_pod(kubelet, ns, name)) is not None and check(p) and p, what, timeout)
+        return eventually(lambda: (p := _get_pod(kubelet, ns, name)) is not None and check(p) and p, what, timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{_describe(kubelet, ns, name)}") from None
 
@@ -265,7 +248,7 @@ def test_pods_on_the_same_port_reach_each_other_by_service_names(control_plane, 
     ips = {n: p["status"]["podIP"] for n, p in statuses.items()}
     assert ips["a"] != ips["b"]
     for me, peer in (("a", "b"), ("b", "a")):
-        line = _eventually(lambda: kubelet.logs(ns, me, "peer").strip(), f"pod {me} to reach {peer}")
+        line = eventually(lambda: kubelet.logs(ns, me, "peer").strip(), f"pod {me} to reach {peer}")
         assert json.loads(line) == {"me": me, "peer": peer, "service": sorted(ips.values())}, _describe(kubelet, ns, me)
 
     # Host processes see the same names through the hosts file (the KubeRay operator does).
@@ -279,7 +262,7 @@ def test_pods_on_the_same_port_reach_each_other_by_service_names(control_plane, 
     assert host_lookup(f"b.peers.{ns}.svc.cluster.local") == [ips["b"]]
 
     control_plane.kubectl("delete", "pod", "-n", ns, "a", "b", "--wait=true", "--timeout=60s")
-    _eventually(lambda: host_lookup(f"peers.{ns}.svc.cluster.local") == [], "the names to go with the pods")
+    eventually(lambda: host_lookup(f"peers.{ns}.svc.cluster.local") == [], "the names to go with the pods")
 
 
 def test_deleting_a_pod_stops_all_its_processes_and_its_network(control_plane, kubelet, namespace):
@@ -298,11 +281,11 @@ def test_deleting_a_pod_stops_all_its_processes_and_its_network(control_plane, k
 
     running = _wait_pod(kubelet, ns, "doomed", lambda p: _condition(p, "Ready") == "True", "the pod to run")
     ip = running["status"]["podIP"]
-    _eventually(lambda: "up" in kubelet.logs(ns, "doomed", "graceful"), "the graceful container to start")
+    eventually(lambda: "up" in kubelet.logs(ns, "doomed", "graceful"), "the graceful container to start")
     assert len(_processes_with(marker)) >= 4  # bash, two sleeps, python
 
     control_plane.kubectl("delete", "pod", "-n", ns, "doomed", "--wait=false")
-    _eventually(lambda: _get_pod(kubelet, ns, "doomed") is None, "the pod object to be deleted")
+    eventually(lambda: _get_pod(kubelet, ns, "doomed") is None, "the pod object to be deleted")
     assert _processes_with(marker) == []
     assert kubelet.logs(ns, "doomed", "graceful").splitlines() == ["up", "terminating on SIGTERM"]
     assert not (netns.NETNS_DIR / f"cf-{ip.replace('.', '-')}").exists()
@@ -320,7 +303,7 @@ def test_a_job_pod_runs_to_succeeded(control_plane, kubelet, namespace):
         return job if any(c["type"] == "Complete" and c["status"] == "True"
                           for c in (job.get("status") or {}).get("conditions") or []) else None
 
-    job = _eventually(complete, "the Job to complete")
+    job = eventually(complete, "the Job to complete")
     assert job["status"]["succeeded"] == 1
     pods = kubelet.api.get(f"/api/v1/namespaces/{ns}/pods", query={"labelSelector": "job-name=count"})["items"]
     assert [p["status"]["phase"] for p in pods] == ["Succeeded"]
@@ -372,7 +355,7 @@ def test_restart_policy_back_off_and_probes(control_plane, kubelet, namespace):
                           "the liveness probe to restart the container")
     last = restarted["status"]["containerStatuses"][0]["lastState"]["terminated"]
     assert "liveness probe failed" in last["message"] and last["exitCode"] == 137
-    _eventually(lambda: kubelet.logs(ns, "liveness", "c").startswith("alive\nstopped answering\nalive\n"),
+    eventually(lambda: kubelet.logs(ns, "liveness", "c").startswith("alive\nstopped answering\nalive\n"),
                 "the restarted container to run again")
 
 
@@ -414,7 +397,7 @@ def test_stopping_the_kubelet_leaves_nothing_running(control_plane, kubelet, nam
             tolerations=[{"key": taint["key"], "operator": "Exists", "effect": "NoSchedule"}]))
         running = _wait_pod(second, ns, "orphan", _phase("Running"), "the pod to run on the second kubelet")
         assert running["spec"]["nodeName"] == "stoppable-node"
-        _eventually(lambda: len(_processes_with(marker)) >= 3, "its processes")  # bash and two sleeps
+        eventually(lambda: len(_processes_with(marker)) >= 3, "its processes")  # bash and two sleeps
         ip = running["status"]["podIP"]
     assert _processes_with(marker) == []
     assert not (netns.NETNS_DIR / f"cf-{ip.replace('.', '-')}").exists()
