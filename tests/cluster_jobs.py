@@ -168,8 +168,9 @@ def make_stack(control_plane, kubelet, pod_s3_server, workdir: Path, namespace: 
     """The chart's operator started, and `namespace` created with the `restricted` Pod Security level."""
     operator = ChartOperator(control_plane, workdir)
     operator.start()
-    control_plane.create_namespace(namespace)
-    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    if control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        control_plane.create_namespace(namespace)
+    control_plane.kubectl("label", "--overwrite", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     stack = Stack(control_plane, kubelet, pod_s3_server, operator, namespace)
     stack.cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": namespace},
                     "type": "Opaque", "stringData": pod_s3_server.env()})
