@@ -220,7 +220,8 @@ class StageResources:
 STAGE_DEFAULTS = {
     "probe": StageResources(cpus=0.25, gpus=0.0, min_workers=1, max_workers=2),
     "split": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=4),
-    "transcode": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=8),
+    # Two: its codecs run the threads it reserves, and one worker then keeps a laptop's two cores busy.
+    "transcode": StageResources(cpus=2.0, gpus=0.0, min_workers=1, max_workers=8),
     "motion": StageResources(cpus=0.5, gpus=0.0, min_workers=1, max_workers=4),
     # Model stages default to CPU so a laptop runs them; GPU clusters set gpus in the spec.
     "aesthetic": StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=2),

@@ -216,14 +216,14 @@ def test_cpu_group_bounds_follow_stage_hints_or_explicit_values():
     # The stages a default job runs: aesthetic filter and captions are off.
     assert cpu.name == "cpu" and cpu.stages == tuple(s for s in STAGES if s not in ("aesthetic", "caption"))
     assert cpu.gpus == 0
-    # min workers 0.25+1+1+0.5+1+0.5+0.25 = 4.5 CPUs on 4-CPU pods -> 2; max 0.5+4+8+2+2+2+0.5 = 19 -> 5
-    assert (cpu.min_replicas, cpu.max_replicas) == (2, 5)
+    # min workers 0.25+1+2+0.5+1+0.5+0.25 = 5.5 CPUs on 4-CPU pods -> 2; max 0.5+4+16+2+2+2+0.5 = 27 -> 7
+    assert (cpu.min_replicas, cpu.max_replicas) == (2, 7)
     (explicit,) = b.worker_groups(job(cluster={"cpuWorkers": {"minReplicas": 2, "maxReplicas": 9}}).spec)
     assert (explicit.min_replicas, explicit.max_replicas) == (2, 9)
     (capped,) = b.worker_groups(job(cluster={"cpuWorkers": {"maxReplicas": 1}}).spec)
     assert (capped.min_replicas, capped.max_replicas) == (1, 1)
     (milli,) = b.worker_groups(job(cluster={"cpuWorkers": {"resources": {"limits": {"cpu": "500m"}}}}).spec)
-    assert (milli.min_replicas, milli.max_replicas) == (9, 38)
+    assert (milli.min_replicas, milli.max_replicas) == (11, 54)
 
 
 def test_a_stage_wanting_more_gpus_than_a_pod_has_is_refused():
