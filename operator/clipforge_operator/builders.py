@@ -581,7 +581,10 @@ def cluster_problem(raycluster: Mapping | None) -> str:
     """
     for cond in ((raycluster or {}).get("status") or {}).get("conditions") or []:
         if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-            return f"RayCluster {(raycluster.get('metadata') or {}).get('name')}: {cond.get('reason')}: {cond.get('message')}"
+            reason = cond.get("reason") or "ReplicaFailure"
+            # KubeRay's message is its error chain, "<reason>\n<API error>", one error a line.
+            lines = [line for line in (cond.get("message") or "").splitlines() if line.strip() and line != reason]
+            return f"RayCluster {(raycluster.get('metadata') or {}).get('name')}: {reason}: {'; '.join(lines)}"
     return ""
 
 

@@ -27,7 +27,7 @@ from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, SECRET, make_st
 from clipforge.spec import stage_resource_name
 from jobs import decode_clip
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow]
+pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
 
 NS = "e2e"
 JOB = "curate"

@@ -409,7 +409,7 @@ def test_pods_kuberay_cannot_create_are_named_in_the_message_and_the_deadline(tm
         "metadata": {"name": "demo-x7k2p"},
         "status": {"conditions": [{"type": "HeadPodReady", "status": "False", "reason": "HeadPodNotFound"},
                                   {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreateHeadPod",
-                                   "message": refusal}]}}
+                                   "message": f"FailedCreateHeadPod\n{refusal}"}]}}  # as KubeRay 1.5 writes it
     h.advance(5)
     assert h.reconcile() == "Provisioning"
     assert h.status["message"] == f"RayCluster demo-x7k2p: FailedCreateHeadPod: {refusal}"
