@@ -152,3 +152,15 @@ def test_report_served_from_an_s3_bucket(curated, s3_server, s3_bucket, s3_env, 
         assert browser.evaluate("getComputedStyle(document.querySelector('.counts div')).borderStyle") == "solid"
         keep(browser.screenshot(tmp_path / "report-s3.png"))
         assert browser.errors() == []
+
+
+def test_a_report_that_cannot_be_written_is_logged_not_raised(curated_copy, monkeypatch, caplog):
+    """The end of a run: the clips are written already; the log says how to write the report again."""
+    from clipforge.storage import StorageError
+
+    def refuse(self, uri, data, content_type=None):  # noqa: ANN001
+        raise StorageError(f"cannot write {uri}: quota exceeded")
+
+    monkeypatch.setattr(Storage, "write_bytes", refuse)
+    assert report.publish(Storage(), str(curated_copy)) is None
+    assert "quota exceeded" in caplog.text and f"clipforge report {curated_copy}" in caplog.text
