@@ -40,6 +40,11 @@ class Stack:
         self.cp, self.kubelet, self.s3, self.operator, self.ns = cp, kubelet, s3, operator, namespace
         self.s3_client = s3.client()
 
+    def close(self) -> None:
+        """Deletes the module's jobs (their clusters with them) while the operator still runs, then stops it."""
+        self.kubectl("delete", "videocurationjobs", "--all", "--timeout=120s", check=False)
+        self.operator.stop()
+
     # -- kubectl
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True):  # noqa: ANN201

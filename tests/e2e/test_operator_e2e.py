@@ -39,7 +39,7 @@ GPU_STAGE = "motion"
 def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
     stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("e2e-operator"), NS)
     yield stack
-    stack.operator.stop()
+    stack.close()
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ LIGHT = {"embeddings": {"enabled": False}, "previews": {"enabled": False}}  # pr
 def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
     stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("operator-kube"), NS)
     yield stack
-    stack.operator.stop()
+    stack.close()
 
 
 @pytest.fixture(autouse=True)
