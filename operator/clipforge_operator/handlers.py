@@ -93,6 +93,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.execution.max_workers = int(os.environ.get("CLIPFORGE_WORKERS", "8"))
     settings.networking.request_timeout = 60
+    # A job deleted while its timer tick runs keeps its finalizer until kopf looks at the timer
+    # again: every 60 s by default, which `kubectl delete` sat out. A tick is one short reconcile.
+    settings.background.cancellation_polling = 1
     # Namespace mode has no cluster-scoped RBAC: watch the given namespaces and the resources
     # present at startup, without observing namespaces and CRDs (which would only log warnings).
     settings.scanning.disabled = not _env_bool("CLIPFORGE_SCANNING", True)

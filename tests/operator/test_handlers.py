@@ -624,6 +624,20 @@ def test_an_api_refusal_is_retried_and_says_what_was_refused():
                               'ops:op" cannot create resource "configmaps" in API group "" in the namespace "v"')
 
 
+def test_startup_settings(monkeypatch: pytest.MonkeyPatch):
+    import kopf
+
+    from clipforge_operator import handlers
+
+    monkeypatch.setenv("CLIPFORGE_METRICS_PORT", "0")
+    monkeypatch.setattr(handlers, "_context", lambda memo: None)  # no API to connect to here
+    settings = kopf.OperatorSettings()
+    handlers.startup(settings=settings, memo=kopf.Memo())
+    # Deleting a job whose timer tick is running waits for the tick, not for kopf's 60 s poll.
+    assert settings.background.cancellation_polling <= 1
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+
+
 def test_main_requires_an_explicit_scope():
     from clipforge_operator.__main__ import parse_args
 
