@@ -45,11 +45,6 @@ def never_forbidden(stack):
     assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
 
 
-@pytest.fixture
-def tmp(tmp_path):
-    return tmp_path
-
-
 def events_of(stack, job: str) -> list[tuple[str, str]]:  # noqa: ANN001
     return [(e["type"], e["reason"]) for e in stack.list("events")
             if e["involvedObject"].get("kind") == "VideoCurationJob" and e["involvedObject"]["name"] == job]
@@ -110,16 +105,16 @@ def test_the_namespace_scoped_chart_serves_its_namespace_with_a_role(stack, tmp_
 # ------------------------------------------------------------------------- pending deadline
 
 
-def test_a_gpu_group_without_a_schedulable_gpu_node_stays_pending_until_the_deadline(stack, tmp):
+def test_a_gpu_group_without_a_schedulable_gpu_node_stays_pending_until_the_deadline(stack, tmp_path):
     """No GPU exists here: the GPU node is logical. Cordoned, it leaves the GPU group unschedulable."""
-    bucket = stack.upload_samples(tmp)
+    bucket = stack.upload_samples(tmp_path)
     doc = stack.job_manifest("no-gpu", bucket, pendingDeadlineSeconds=40, **LIGHT)
     doc["spec"]["execution"]["stages"]["motion"]["gpus"] = 1
     doc["spec"]["cluster"]["gpuWorkers"] = {"motion": {
         "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
     stack.cp.kubectl("cordon", "gpu-node")
     try:
-        stack.apply_job(doc, tmp)
+        stack.apply_job(doc, tmp_path)
         unschedulable: list[dict] = []
 
         def watch_gpu_pod() -> None:
@@ -172,9 +167,9 @@ def test_pods_a_quota_refuses_are_named_in_the_jobs_message_and_failure(stack):
 # --------------------------------------------------------------------------------- restart
 
 
-def test_an_operator_restarted_mid_job_picks_it_up_and_finishes_it(stack, tmp):
-    bucket = stack.upload_samples(tmp, copies=2)
-    stack.apply_job(stack.job_manifest("restart", bucket, **LIGHT), tmp)
+def test_an_operator_restarted_mid_job_picks_it_up_and_finishes_it(stack, tmp_path):
+    bucket = stack.upload_samples(tmp_path, copies=2)
+    stack.apply_job(stack.job_manifest("restart", bucket, **LIGHT), tmp_path)
     running = stack.wait_phase("restart", ("Running",), timeout=300)
     before = stack.get("rayjob", "restart")
     stack.operator.restart()  # SIGTERM, as a rolling update of the Deployment would, then a new process
@@ -196,9 +191,9 @@ def test_an_operator_restarted_mid_job_picks_it_up_and_finishes_it(stack, tmp):
 @pytest.fixture(scope="module")
 def long_job(stack, tmp_path_factory):
     """A job with enough work to be still running while the tests below edit and delete it."""
-    tmp = tmp_path_factory.mktemp("long-job")
-    bucket = stack.upload_samples(tmp, copies=4)
-    stack.apply_job(stack.job_manifest("rescale", bucket, **LIGHT), tmp)
+    tmp_path = tmp_path_factory.mktemp("long-job")
+    bucket = stack.upload_samples(tmp_path, copies=4)
+    stack.apply_job(stack.job_manifest("rescale", bucket, **LIGHT), tmp_path)
     return stack.wait_phase("rescale", ("Running",), timeout=300)
 
 
