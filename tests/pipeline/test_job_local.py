@@ -80,6 +80,34 @@ def test_rerun_skips_processed_videos_and_overwrite_reproduces_ids(tmp_path, sam
     assert set(tree(out)) == set(first)
 
 
+@pytest.mark.parametrize("mode", ["encode", "copy"])
+def test_no_stage_decodes_a_clip_again(mode, tmp_path, samples_dir, monkeypatch):
+    """Motion, previews and embeddings take their frames from transcode's decode of the source:
+    in encode mode no clip's bytes are opened for reading at all; stream copy, which decodes
+    nothing to cut, decodes each copied clip exactly once."""
+    import io
+
+    import av
+
+    opened_clips = []
+    real_open = av.open
+
+    def recording_open(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if mode == "r" and isinstance(file, io.BytesIO):
+            opened_clips.append(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", recording_open)
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(samples_dir), out, transcoding={"mode": mode, "preset": "ultrafast"}) == 0
+    metas = [load_json(p) for p in (out / "metas" / "v0").glob("*.json")]
+    assert len(metas) == 4 and all(m["valid"] and m["motion_score"]["global_mean"] is not None for m in metas)
+    assert len(list((out / "previews").glob("*.webp"))) == 4
+    passed = {m["span_uuid"] for m in metas if m["filtered_by"] is None}
+    assert {p.stem for p in (out / "efficientnet-lite0_embd").glob("*.pickle")} == passed
+    assert len(opened_clips) == (0 if mode == "encode" else 4)
+
+
 def test_rerun_under_other_settings_redoes_what_changed(tmp_path, samples_dir):
     """Chunk and video records carry the settings that decided their clips: a rerun with other
     splitting or another chunk size redoes the videos and leaves none of the old clips behind."""
