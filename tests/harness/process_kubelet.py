@@ -101,6 +101,11 @@ NODE_READY_TIMEOUT_S = 90.0
 TERMINAL = ("Succeeded", "Failed")
 # PATH of every container: this test environment's Python first (no image is used), then the system's.
 CONTAINER_PATH = f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What stands in for the image: this environment's Python (a virtualenv's prefix) and the checkout
+# its editable install imports from. Those under /tmp are mounted into each container's private
+# /tmp (read-only), or a checkout or virtualenv under /tmp would vanish inside every pod.
+ENVIRONMENT_UNDER_TMP = sorted({p for p in (Path(sys.prefix), Path(__file__).resolve().parents[2])
+                                if Path("/tmp") in p.parents})
 UNSHARE = shutil.which("unshare") or "unshare"
 SH = shutil.which("sh") or "/bin/sh"
 
@@ -770,6 +775,10 @@ class _PodRunner:
             (own / "profile").write_text(f"{profile.read_text()}\nPATH={q(c.env.get('PATH', CONTAINER_PATH))}\n"
                                          "export PATH\n")
             lines.append(f"mount --bind {q(str(own / 'profile'))} /etc/profile")
+        for path in ENVIRONMENT_UNDER_TMP:
+            target = q(str(tmp / path.relative_to("/tmp")))
+            lines += [f"mkdir -p {target}", f"mount --bind {q(str(path))} {target}",
+                      f"mount -o remount,bind,ro {target}"]
         for m in sorted(mounts, key=lambda m: len(Path(m.target).parts)):  # parents before children
             target = Path(m.target)
             if target == Path("/tmp") or Path("/tmp") in target.parents:
