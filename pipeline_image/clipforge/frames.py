@@ -104,15 +104,16 @@ def frames_for(clip, stage: str) -> SampledFrames:  # noqa: ANN001 - a tasks.Cli
     return sampled
 
 
-def sample_encoded(data: bytes, requests: list[FrameRequest]) -> dict[str, SampledFrames]:
-    """The requested frames of an encoded clip, decoded once (stream copy's clips).
+def sample_encoded(data: bytes, requests: list[FrameRequest], threads: int = 1) -> dict[str, SampledFrames]:
+    """The requested frames of an encoded clip, decoded once (stream copy's clips) by `threads`.
 
     Frames are counted in presentation order and shown upright (the stream's display rotation
     applied), as an encoded clip's frames are.
     """
     with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
         fps = float(stream.average_rate or stream.guessed_rate or 30)
         num_frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
         container.seek(0)

@@ -108,6 +108,20 @@ def test_no_stage_decodes_a_clip_again(mode, tmp_path, samples_dir, monkeypatch)
     assert len(opened_clips) == (0 if mode == "encode" else 4)
 
 
+def test_vp9_clips_pass_and_fail_the_motion_filter_like_h264(tmp_path, samples_dir):
+    """VP9's decoder exports no motion vectors: scored from them, every VP9 clip was unscorable and
+    filtered. Scored from the source's frames, the same clips pass as with libx264."""
+    out = tmp_path / "out"
+    vp9 = {"encoder": "libvpx-vp9", "crf": 40, "preset": "8"}
+    assert run_job(tmp_path, str(samples_dir), out, transcoding=vp9) == 0
+    assert load_json(out / "summary.json")["clips"] == {"passed": 3, "filtered": 1, "failed": 0}
+    static_clip = clip_uuid(str(samples_dir / "moving_then_static.mp4"), 120, 240)
+    assert {p.stem for p in (out / "filtered_clips").glob("*.mp4")} == {static_clip}
+    for meta in (out / "metas" / "v0").glob("*.json"):
+        meta = load_json(meta)
+        assert meta["video_codec"] == "vp9" and meta["errors"] == {} and meta["valid"]
+
+
 def test_rerun_under_other_settings_redoes_what_changed(tmp_path, samples_dir):
     """Chunk and video records carry the settings that decided their clips: a rerun with other
     splitting or another chunk size redoes the videos and leaves none of the old clips behind."""

@@ -188,6 +188,11 @@ class SourceAudio:
     def ended(self) -> None:
         self.reached = float("inf")
 
+    def restart(self) -> None:
+        """Forgets what was read: the pass starts over."""
+        self.units.clear()
+        self.reached = float("-inf")
+
     def complete_until(self, seconds: float) -> bool:
         return self.reached >= seconds
 
@@ -418,7 +423,7 @@ class TranscodeStage(Stage):
                 if self.spec.transcoding.keep_audio and container.streams.audio:
                     audio = SourceAudio(container.streams.audio[0])
                 if self.spec.transcoding.mode == TranscodeMode.copy.value:
-                    _copy_chunk(container, stream, timeline, clips, audio, self.requests)
+                    _copy_chunk(container, stream, timeline, clips, audio, self.requests, self.threads)
                 else:
                     self._encode_chunk(container, stream, timeline, clips, audio)
         return [task]
@@ -538,7 +543,7 @@ class TranscodeStage(Stage):
                     emit(index, shown, damage.covers(index))
                 written, previous = indices[-1], frame
                 damage.written(written)
-                if not waiting and not active and not closing:
+                if not waiting and not active:
                     break
             else:
                 if audio is not None:
@@ -708,11 +713,11 @@ def _read_packets(container, stream, timeline: Timeline, first: int, last: int, 
         if not restart:
             return read
         if audio is not None:
-            audio.units.clear()
+            audio.restart()
 
 
 def _copy_chunk(container, stream, timeline: Timeline, clips: list[Clip],  # noqa: ANN001
-                audio: SourceAudio | None, requests: list[FrameRequest]) -> None:
+                audio: SourceAudio | None, requests: list[FrameRequest], threads: int) -> None:
     """Stream copy: each clip becomes the whole GOPs between the keyframes nearest its start and
     its end (module docstring).
 
@@ -746,13 +751,13 @@ def _copy_chunk(container, stream, timeline: Timeline, clips: list[Clip],  # noq
         if span in written:
             clip.errors["transcode"] = f"snaps to the same keyframe-aligned span {list(span)} as clip {written[span]}"
             continue
-        _finish_copy(clip, span, [read.packets[i] for i in chosen], stream, timeline, audio, requests)
+        _finish_copy(clip, span, [read.packets[i] for i in chosen], stream, timeline, audio, requests, threads)
         if clip.encoded is not None:
             written[span] = clip.uuid
 
 
 def _finish_copy(clip: Clip, span: tuple[int, int], packets: list[_CopiedPacket], in_stream,  # noqa: ANN001
-                 timeline: Timeline, audio: SourceAudio | None, requests: list[FrameRequest]) -> None:
+                 timeline: Timeline, audio: SourceAudio | None, requests: list[FrameRequest], threads: int) -> None:
     if len(packets) != span[1] - span[0]:
         # A variable frame rate: copied frames keep their own timing, off the constant grid.
         log.info("clip %s: %d frames copied for span [%d, %d)", clip.uuid, len(packets), *span)
@@ -768,7 +773,7 @@ def _finish_copy(clip: Clip, span: tuple[int, int], packets: list[_CopiedPacket]
             clip.errors["transcode"] = f"stream copy failed: {type(mp4_exc).__name__}: {mp4_exc}; {exc}"
             return
     try:
-        clip.frames = sample_encoded(data, requests) if requests else {}
+        clip.frames = sample_encoded(data, requests, threads) if requests else {}
     except Exception as exc:  # noqa: BLE001
         clip.errors["transcode"] = f"the copied clip does not decode: {type(exc).__name__}: {exc}"
         return
