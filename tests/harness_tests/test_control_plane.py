@@ -81,12 +81,17 @@ def test_rbac_is_enforced(control_plane: ControlPlane, namespace: str):
     assert denied.returncode != 0 and "forbidden" in denied.stderr
 
 
+# A node selector no node matches: these pods stay Pending even when the session's kubelet has
+# registered nodes (the fixture is session-wide), so the scheduler's verdict is always the same.
+NO_NODE = {"clipforge.dev/test-no-such-node": "true"}
+
+
 def test_job_controller_creates_the_pod_and_the_scheduler_sees_it(control_plane: ControlPlane, namespace: str):
     cp = control_plane
     cp.apply({
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "hello", "namespace": namespace},
         "spec": {"backoffLimit": 0, "template": {"spec": {
-            "restartPolicy": "Never",
+            "restartPolicy": "Never", "nodeSelector": NO_NODE,
             "containers": [{"name": "hello", "image": "busybox", "command": ["true"]}]}}},
     })
     job_uid = _get_json(cp, "job", "hello", "-n", namespace)["metadata"]["uid"]
@@ -101,7 +106,7 @@ def test_job_controller_creates_the_pod_and_the_scheduler_sees_it(control_plane:
 
     def unschedulable() -> bool:
         pod = _get_json(cp, "pod", pods[0]["metadata"]["name"], "-n", namespace)
-        return any(c["type"] == "PodScheduled" and c["reason"] == "Unschedulable"
+        return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
                    for c in pod["status"].get("conditions", []))
 
     eventually(unschedulable, "the scheduler to find no node for the pod")
@@ -123,12 +128,13 @@ def test_garbage_collector_deletes_dependents(control_plane: ControlPlane, names
 def test_kuberay_creates_the_rayclusters_service_and_pods(control_plane: ControlPlane, namespace: str):
     cp = control_plane
     container = {"name": "ray", "image": "rayproject/ray:2.60.0"}
+    pod_spec = {"containers": [container], "nodeSelector": NO_NODE}
     cp.apply({
         "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "demo", "namespace": namespace},
         "spec": {
-            "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [container]}}},
+            "headGroupSpec": {"rayStartParams": {}, "template": {"spec": pod_spec}},
             "workerGroupSpecs": [{"groupName": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
-                                  "rayStartParams": {}, "template": {"spec": {"containers": [container]}}}],
+                                  "rayStartParams": {}, "template": {"spec": pod_spec}}],
         },
     })
     cluster_uid = _get_json(cp, "raycluster", "demo", "-n", namespace)["metadata"]["uid"]
@@ -149,7 +155,7 @@ def test_kuberay_creates_the_rayclusters_service_and_pods(control_plane: Control
     for pod in pods:
         owner = pod["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["uid"]) == ("RayCluster", cluster_uid)
-        assert pod["status"]["phase"] == "Pending"  # no node
+        assert pod["status"]["phase"] == "Pending"  # no node matches
     head_command = " ".join(by_type["head"]["spec"]["containers"][0]["command"]
                             + by_type["head"]["spec"]["containers"][0].get("args", []))
     assert "ray start --head" in head_command
