@@ -67,14 +67,15 @@ def frames(video: SampleVideo):
             yield np.ascontiguousarray(np.roll(texture, -offset, axis=1)[:, : video.width])
 
 
-def write_video(video: SampleVideo, path: Path, codec: str = "libx264", gop: int = 48) -> Path:
+def write_video(video: SampleVideo, path: Path, codec: str = "libx264", gop: int = 48, preset: str = "veryfast") -> Path:
+    """Encodes the sample; `preset` is libx264's (benchmarks writing hours of input use ultrafast)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=Fraction(video.fps))
         stream.width, stream.height, stream.pix_fmt = video.width, video.height, "yuv420p"
         stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.codec_context.options = {"preset": "veryfast", "crf": "20"}
+            stream.codec_context.options = {"preset": preset, "crf": "20"}
         for frame_array in frames(video):
             frame = av.VideoFrame.from_ndarray(frame_array, format="rgb24")
             container.mux(stream.encode(frame))

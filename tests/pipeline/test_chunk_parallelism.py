@@ -17,7 +17,8 @@ def test_the_chunks_of_one_video_go_to_several_workers(tmp_path):
     write_samples(inputs, [SampleVideo("long", 320, 180, 24, scenes)])
     out, trace = tmp_path / "out", tmp_path / "trace"
     spec = {"splitting": FIVE_SECOND_CLIPS, "embeddings": {"enabled": False},
-            "execution": {"executor": "ray", "clipsPerChunk": 1,
+            # No retries: workers starting side by side are not deaths while starting.
+            "execution": {"executor": "ray", "clipsPerChunk": 1, "failures": {"taskRetries": 0},
                           "stages": {"transcode": {"minWorkers": 2, "maxWorkers": 2}}}}
     job = write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))
     # Each transcode records its worker and holds on until a second worker has begun one too.

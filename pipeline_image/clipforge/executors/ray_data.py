@@ -95,9 +95,11 @@ class _StageWorker:
         self.attempts = attempts
         self.failures = spec.execution.failures
         self.stage = stage_cls(spec)
-        # One key per stage, cleared by any successful start: consecutive deaths while starting.
-        # No time limit: loading a model may take longer than any one task.
-        problem = self._attempt(f"{stage_cls.name} worker setup", self.stage.setup, time_limit=None)
+        # Keyed by the actor, which keeps its id across restarts, and cleared by each successful
+        # start: the deaths counted are consecutive ones while starting, not its workers starting
+        # side by side. No time limit: loading a model may take longer than any one task.
+        key = f"{stage_cls.name} worker setup ({ray.get_runtime_context().get_actor_id()})"
+        problem = self._attempt(key, self.stage.setup, time_limit=None)
         if problem:
             raise WorkerSetupError(f"{stage_cls.name} workers cannot start: {problem}")
 

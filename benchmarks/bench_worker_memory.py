@@ -1,0 +1,130 @@
+"""Peak memory of every Ray worker while the default pipeline curates one long 1080p video.
+
+The input (default: one hour) is a generated minute of 1080p moving scenes repeated end to end
+(packets concatenated: a real long H.264 file, cheap to make). A sampler reads each process's
+VmHWM (the kernel's peak resident set) from /proc for every process this run's local Ray
+started, twice a second until the run ends; the resident set counts the pages of Ray's shared
+object store a worker maps, so the largest private and shared parts seen are printed too. Prints each worker's peak, then the largest against
+the 1.5 GiB each worker must stay under (memory must follow the chunk, not the video's length).
+
+    python benchmarks/bench_worker_memory.py                  # 60 minutes, default stages
+    python benchmarks/bench_worker_memory.py --minutes 10 --copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from bench_long_video import concatenate, write_parts
+from bench_pipeline import job_document, run_pipeline
+
+LIMIT_BYTES = 1.5 * 2**30
+SAMPLE_INTERVAL_S = 0.5
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident set), RssAnon (private now), RssShmem (shared now: Ray's object store) in bytes."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = (line.split() for line in lines)
+    return {f[0][:-1]: int(f[1]) * 1024 for f in fields if f and f[0] in ("VmHWM:", "RssAnon:", "RssShmem:")}
+
+
+class PeakSampler:
+    """Peak RSS of every process below this one (Ray's workers are the raylet's children)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, int] = {}
+        # The largest private and shared parts seen: where a peak came from.
+        self.anon: dict[int, int] = {}
+        self.shmem: dict[int, int] = {}
+        self.titles: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            for pid in _descendants(os.getpid()):
+                memory = _memory(pid)
+                if "VmHWM" not in memory:
+                    continue
+                self.peaks[pid] = max(memory["VmHWM"], self.peaks.get(pid, 0))
+                self.anon[pid] = max(memory.get("RssAnon", 0), self.anon.get(pid, 0))
+                self.shmem[pid] = max(memory.get("RssShmem", 0), self.shmem.get(pid, 0))
+                try:  # Ray titles a worker by what runs in it (ray::MapWorker(FlatMap(<Stage>Worker)) ...)
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if title.startswith("ray::") or pid not in self.titles:
+                    self.titles[pid] = title.strip()[:90]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=int, default=60, help="length of the input video")
+    parser.add_argument("--fps", type=int, default=24)
+    parser.add_argument("--copy", action="store_true", help="transcoding.mode copy (a faster run over the same input)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="clipforge-bench-memory-") as tmp:
+        print(f"generating {args.minutes} min of 1080p ...", flush=True)
+        minute = write_parts(Path(tmp) / "minute", 1, 1, args.fps, "ultrafast")
+        concatenate(minute, Path(tmp) / "in" / "long.mp4", repeat=args.minutes)
+        document = job_document(Path(tmp) / "in", Path(tmp) / "out", "ray", stages=True, copy=args.copy)
+        with PeakSampler() as sampler:
+            elapsed, summary = run_pipeline(document, "ray")
+    assert summary["videos"]["done"] == 1, summary["failures"]
+
+    clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
+    print(f"input: {summary['videoSecondsProcessed'] / 60:.0f} min of 1080p, {clips} clips in {elapsed:.0f} s"
+          f" ({'copy' if args.copy else 'encode'})")
+    workers = {pid: peak for pid, peak in sampler.peaks.items() if sampler.titles.get(pid, "").startswith("ray::")}
+    for pid, peak in sorted(workers.items(), key=lambda item: -item[1]):
+        print(f"  {peak / 2**20:7.0f} MiB (private up to {sampler.anon[pid] / 2**20:5.0f}, object store up to"
+              f" {sampler.shmem[pid] / 2**20:5.0f})  pid {pid:<7} {sampler.titles[pid]}")
+    others = {pid: peak for pid, peak in sampler.peaks.items() if pid not in workers}
+    if others:
+        pid = max(others, key=others.get)
+        print(f"largest other process (Ray's own services): {others[pid] / 2**20:.0f} MiB, {sampler.titles.get(pid, '?')}")
+    print(f"driver (this process): {_memory(os.getpid())['VmHWM'] / 2**20:.0f} MiB")
+    worst = max(workers.values())
+    print(f"ratio peak worker RSS/1.5 GiB: {worst / LIMIT_BYTES:.2f}")
+    return 0 if worst < LIMIT_BYTES else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
