@@ -3,7 +3,7 @@
 One `Stack` per test module: the session's control plane, process kubelet and pod-reachable Ceph
 RGW, the operator as the Helm chart runs it (harness/operator_process.py), and a namespace of
 the module's own that enforces the `restricted` Pod Security level. Jobs are tiny (two short
-low-resolution videos, 5 s clips, one CPU worker pod); every wait fails with what to look at.
+low-resolution videos, 5 s clips, pods of one CPU); every wait fails with what to look at.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from jobs import small_samples
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 POD = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
-# Few Ray nodes: starting one is what costs most on a small machine, so one CPU worker of two CPUs.
-CPU_WORKER_POD = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
-# One worker of a quarter CPU per stage (at most two): every stage's workers fit that one pod.
+# One worker of a quarter CPU per stage (at most two): every stage's workers fit two one-CPU pods.
 SMALL_STAGES = {s: {"cpus": 0.25, "minWorkers": 1, "maxWorkers": 2}
                 for s in ("probe", "split", "transcode", "motion", "embed", "preview", "write")}
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
@@ -89,7 +87,7 @@ class Stack:
         doc["spec"].update(
             input={"uri": f"s3://{bucket}/raw/"}, output={"uri": f"s3://{bucket}/out/"},
             storage={"endpoint": self.s3.endpoint, "region": self.s3.region, "credentialsSecret": SECRET},
-            cluster={"head": {"resources": POD}, "cpuWorkers": {**doc["spec"]["cluster"]["cpuWorkers"], "resources": CPU_WORKER_POD}},
+            cluster={"head": {"resources": POD}, "cpuWorkers": {**doc["spec"]["cluster"]["cpuWorkers"], "resources": POD}},
             maxRetries=0, ttlSecondsAfterFinished=10,
         )
         doc["spec"]["execution"] = {**doc["spec"].get("execution", {}), "stages": json.loads(json.dumps(SMALL_STAGES))}

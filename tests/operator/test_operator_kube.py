@@ -208,21 +208,21 @@ def cpu_group(obj: dict, prefix: tuple[str, ...] = ("spec",)) -> dict:
 def test_a_live_scaling_edit_rescales_the_real_raycluster(stack, long_job):
     cluster_name = long_job["rayClusterName"]
     group = cpu_group(stack.get("raycluster", cluster_name))
-    assert (group["minReplicas"], group["maxReplicas"], group["replicas"]) == (1, 2, 1)
+    assert (group["minReplicas"], group["maxReplicas"], group["replicas"]) == (2, 2, 2)
     stack.kubectl("patch", "videocurationjob", "rescale", "--type=merge", "-p",
-                  json.dumps({"spec": {"cluster": {"cpuWorkers": {"minReplicas": 2, "maxReplicas": 3}}}}))
+                  json.dumps({"spec": {"cluster": {"cpuWorkers": {"minReplicas": 3, "maxReplicas": 4}}}}))
 
     def rescaled() -> dict | None:
         live = cpu_group(stack.get("raycluster", cluster_name))
-        return live if (live["minReplicas"], live["maxReplicas"], live["replicas"]) == (2, 3, 2) else None
+        return live if (live["minReplicas"], live["maxReplicas"], live["replicas"]) == (3, 4, 3) else None
 
-    stack.wait(rescaled, 60, "the RayCluster's cpu group at min 2, max 3, replicas 2", "rescale")
+    stack.wait(rescaled, 60, "the RayCluster's cpu group at min 3, max 4, replicas 3", "rescale")
     rayjob_group = cpu_group(stack.get("rayjob", "rescale"), ("spec", "rayClusterSpec"))
-    assert (rayjob_group["minReplicas"], rayjob_group["maxReplicas"]) == (2, 3)
-    # KubeRay acts on it: a second worker pod of the group runs.
+    assert (rayjob_group["minReplicas"], rayjob_group["maxReplicas"]) == (3, 4)
+    # KubeRay acts on it: a third worker pod of the group runs.
     stack.wait(lambda: len([p for p in stack.pods_of("rescale", "cpu") if p["status"].get("phase") == "Running"
-                            and not p["metadata"].get("deletionTimestamp")]) == 2,
-               180, "two running cpu worker pods", "rescale")
+                            and not p["metadata"].get("deletionTimestamp")]) == 3,
+               120, "three running cpu worker pods", "rescale")
     assert stack.status("rescale")["phase"] == "Running"
     assert not any(c["type"] == "SpecUpdateRefused" and c["status"] == "True"
                    for c in stack.status("rescale")["conditions"])
