@@ -350,8 +350,11 @@ class ControlPlane:
         try:
             # server-side: the RayCluster/RayJob CRDs exceed the client-side last-applied annotation limit
             names = kubectl("apply", "--server-side", "--field-manager=clipforge-tests", "-o", "name", *crds).split()
-            kubectl("wait", "--for=condition=Established", f"--timeout={max(1, int(deadline - time.monotonic()))}s",
-                    *names)
+            # kubectl wait fails at once (".status.conditions accessor error") on a CRD whose status
+            # the API server has not written yet, instead of waiting: ask again until the deadline.
+            self._wait("kube-apiserver", "CRDs to be Established", lambda: self.kubectl(
+                "wait", "--for=condition=Established", "--timeout=10s", *names, check=False, timeout=30,
+            ).returncode == 0, deadline)
             # KubeRay acts with the ClusterRole its own deployment binds to it, and nothing more.
             kubectl("apply", "-f", str(bin_dir / "kuberay-role.yaml"))
             kubectl("create", "clusterrolebinding", "kuberay-operator", "--clusterrole=kuberay-operator",
