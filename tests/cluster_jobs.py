@@ -105,15 +105,17 @@ class Stack:
     # -- waiting
 
     def wait(self, check: Callable[[], Any], timeout: float, what: str, job: str | None = None,
-             interval: float = 1.0) -> Any:
+             interval: float = 1.0, operator: ChartOperator | None = None) -> Any:
+        """Polls `check` until truthy; fails at once if `operator` (the stack's own by default) dies."""
+        operator = operator or self.operator
         deadline = time.monotonic() + timeout
         while True:
             value = check()
             if value:
                 return value
-            if time.monotonic() > deadline or not self.operator.alive():
-                state = "the operator died" if not self.operator.alive() else f"timed out after {timeout:g}s"
-                pytest.fail(f"{state} waiting for {what}\n{self.diagnostics(job)}")
+            if time.monotonic() > deadline or not operator.alive():
+                state = "the operator died" if not operator.alive() else f"timed out after {timeout:g}s"
+                pytest.fail(f"{state} waiting for {what}\n{self.diagnostics(job, operator)}")
             time.sleep(interval)
 
     def wait_phase(self, job: str, phases: tuple[str, ...], timeout: float, seen: list[str] | None = None,
@@ -135,7 +137,7 @@ class Stack:
     def wait_gone(self, kind: str, selector: str, timeout: float, job: str | None = None) -> None:
         self.wait(lambda: not self.list(kind, selector), timeout, f"every {kind} with {selector} to be deleted", job)
 
-    def diagnostics(self, job: str | None) -> str:
+    def diagnostics(self, job: str | None, operator: ChartOperator | None = None) -> str:
         parts = []
         if job:
             parts.append(f"job status: {json.dumps(self.status(job), indent=1)[-3000:]}")
@@ -144,7 +146,7 @@ class Stack:
         parts.append(self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout[-4000:])
         for log in sorted((self.kubelet.workdir / "logs").glob(f"{self.ns}_*.log")):
             parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-1500:]}")
-        parts.append(f"--- operator log ---\n{self.operator.log_text()[-4000:]}")
+        parts.append(f"--- operator log ---\n{(operator or self.operator).log_text()[-4000:]}")
         return "\n".join(parts)
 
     # -- what KubeRay made

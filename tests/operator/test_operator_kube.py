@@ -87,12 +87,12 @@ def test_the_namespace_scoped_chart_serves_its_namespace_with_a_role(stack, tmp_
                         "cluster": {"head": {"nodeSelector": {"no-such-label": "x"}}}}}
         stack.cp.apply(job)
         kubectl = lambda *a: stack.cp.kubectl("-n", watched, *a, check=False)  # noqa: E731
-        stack.wait(lambda: kubectl("get", "rayjob", "scoped").returncode == 0, 60, "the RayJob")
+        stack.wait(lambda: kubectl("get", "rayjob", "scoped").returncode == 0, 60, "the RayJob", operator=scoped)
         stack.wait(lambda: json.loads(kubectl("get", "vcj", "scoped", "-o", "json").stdout)
-                   .get("status", {}).get("phase") == "Provisioning", 60, "phase Provisioning")
+                   .get("status", {}).get("phase") == "Provisioning", 60, "phase Provisioning", operator=scoped)
         assert kubectl("get", "configmap", "scoped-config").returncode == 0
         assert kubectl("delete", "vcj", "scoped", "--timeout=60s").returncode == 0
-        stack.wait(lambda: kubectl("get", "rayjob", "scoped").returncode != 0, 60, "the RayJob deleted")
+        stack.wait(lambda: kubectl("get", "rayjob", "scoped").returncode != 0, 60, "the RayJob deleted", operator=scoped)
         log = scoped.log_text()
         refused = [line for line in log.splitlines() if FORBIDDEN.search(line)]
         assert not refused, "the namespace-scoped operator was refused:\n" + "\n".join(refused[:10])
