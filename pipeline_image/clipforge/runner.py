@@ -119,7 +119,7 @@ def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool) -> t
     if spec.input.limit:
         inputs = inputs[: spec.input.limit]
     done = set() if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec))
-    tasks = [VideoTask(source=uri, relative_path=rel) for uri, rel, _size in inputs if rel not in done]
+    tasks = [VideoTask(source=uri, relative_path=rel, redo=overwrite) for uri, rel, _size in inputs if rel not in done]
     return tasks, len(inputs), len(inputs) - len(tasks)
 
 

@@ -102,6 +102,8 @@ class VideoTask:
     split_algorithm: str | None = None
     # True when an interrupted earlier run already wrote this chunk: nothing to redo.
     resumed: bool = False
+    # True under `--overwrite`: earlier chunk records are replaced, never resumed.
+    redo: bool = False
     # Set by the writer: the chunk's record as written to processed_clip_chunks/.
     chunk_record: dict | None = None
 

@@ -4,7 +4,8 @@ Chunking bounds the memory of everything downstream: a two-hour video becomes ma
 tasks instead of one huge one. A chunk already recorded under processed_clip_chunks/ by an
 interrupted earlier run, under the same settings (spec.clip_settings: splitting, chunk size,
 encoding, filters, outputs), is passed on empty, marked resumed, so its clips are not redone.
-A chunk an earlier run recorded under other settings is redone, and what it wrote (and any
+A chunk an earlier run recorded under other settings, or any chunk under `--overwrite`, is
+redone, and what it wrote (and any
 chunk past this run's last) is deleted first, so no stale clip stays in the dataset.
 """
 
@@ -78,7 +79,7 @@ class SplitStage(Stage):
         chunks = []
         for index, group in enumerate(groups):
             chunk = replace(task, clips=group, chunk_index=index, num_chunks=len(groups), num_clips_total=len(clips))
-            if group and index in stale and stale[index].get("settings") == settings:
+            if group and index in stale and not task.redo and stale[index].get("settings") == settings:
                 del stale[index]
                 chunk = replace(chunk, clips=[], resumed=True)
             chunks.append(chunk)
