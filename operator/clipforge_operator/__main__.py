@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from clipforge_operator.policy import POLICY_ENV, PolicyError, parse_policy
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clipforge_operator", description="ClipForge operator.")
@@ -30,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.namespace and not args.all_namespaces:
         parser.error("give --namespace NAME (repeatable) or --all-namespaces")
+    try:  # a policy that does not parse stops the operator here, not in its first reconcile
+        parse_policy(os.environ.get(POLICY_ENV))
+    except PolicyError as exc:
+        parser.error(str(exc))
     return args
 
 

@@ -281,7 +281,8 @@ def worker_groups(spec: VideoCurationJobSpec) -> list[GroupPlan]:
 
 
 def _resource_list(amounts: Any) -> dict[str, str]:
-    return {k: v for k, v in (("cpu", amounts.cpu), ("memory", amounts.memory)) if v is not None}
+    pairs = (("cpu", amounts.cpu), ("memory", amounts.memory), ("ephemeral-storage", amounts.ephemeral_storage))
+    return {k: v for k, v in pairs if v is not None}
 
 
 def container_resources(resources: PodResources, gpus: int = 0) -> dict:
@@ -321,6 +322,41 @@ def _container_security() -> dict:
     return copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
 
 
+def _under(path: str, mount: str) -> bool:
+    return path.rstrip("/") == mount.rstrip("/") or path.startswith(mount.rstrip("/") + "/")
+
+
+def _add_pod_extras(spec: VideoCurationJobSpec, pod: dict, volumes: bool) -> None:
+    """cluster.imagePullSecrets and env (with `volumes`, cluster.volumes and volumeMounts too) added to
+    a pod the operator built. Nothing the operator set may be replaced: a variable of the same name
+    would win over the operator's, and credentials as literal values would land in the job's ConfigMap."""
+    cluster = spec.cluster
+    if cluster.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": ref.name} for ref in cluster.image_pull_secrets]
+    (container,) = pod["containers"]
+    taken = {e["name"] for e in container["env"]} | set(CREDENTIAL_KEYS) | set(OPTIONAL_CREDENTIAL_KEYS)
+    clash = sorted(taken & {e.name for e in cluster.env})
+    if clash:
+        raise BuildError(f"cluster.env: {', '.join(clash)} is set by the operator (credentials come from"
+                         " storage.credentialsSecret)")
+    container["env"] = [*container["env"], *({"name": e.name, "value": e.value} for e in cluster.env)]
+    if not volumes or not cluster.volumes:
+        return
+    own_volumes = {v["name"] for v in pod.get("volumes") or []}
+    clash = sorted(own_volumes & {v.name for v in cluster.volumes})
+    if clash:
+        raise BuildError(f"cluster.volumes: the name {', '.join(clash)} is the operator's")
+    own_mounts = [m["mountPath"] for m in container.get("volumeMounts") or []]
+    clash = sorted(m.mount_path for m in cluster.volume_mounts if any(_under(m.mount_path, own) for own in own_mounts))
+    if clash:
+        raise BuildError(f"cluster.volumeMounts: {', '.join(clash)} is where the operator mounts the job"
+                         f" ({', '.join(own_mounts)})")
+    pod["volumes"] = [*(pod.get("volumes") or []),
+                      *(v.model_dump(by_alias=True, mode="json", exclude_none=True) for v in cluster.volumes)]
+    container["volumeMounts"] = [*(container.get("volumeMounts") or []),
+                                 *(m.model_dump(by_alias=True, mode="json") for m in cluster.volume_mounts)]
+
+
 def _pod_template(
     spec: VideoCurationJobSpec, pod_labels: dict, container: str, resources: dict,
     node_selector: dict, tolerations: list[dict], job_configmap: str | None = None,
@@ -344,6 +380,7 @@ def _pod_template(
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod["tolerations"] = tolerations
+    _add_pod_extras(spec, pod, volumes=True)
     return {"metadata": {"labels": pod_labels}, "spec": pod}
 
 
@@ -413,6 +450,8 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int =
     }
     if spec.cluster.service_account_name:
         submitter["spec"]["serviceAccountName"] = spec.cluster.service_account_name
+    # It pulls the same image and runs `ray job submit` only: no volumes.
+    _add_pod_extras(spec, submitter["spec"], volumes=False)
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",

@@ -12,7 +12,8 @@ Settings from the environment: CLIPFORGE_METRICS_PORT (default 9090, 0 disables)
 CLIPFORGE_READ_SECRETS (default true: read storage.credentialsSecret to fetch S3 progress),
 CLIPFORGE_PROGRESS_INTERVAL (seconds, default 15), CLIPFORGE_SCANNING (default true: follow
 namespaces and CRDs appearing at runtime; __main__ turns it off in namespace mode),
-CLIPFORGE_WORKERS (threads for the synchronous handlers, default 8).
+CLIPFORGE_WORKERS (threads for the synchronous handlers, default 8), CLIPFORGE_JOB_POLICY (the images,
+service accounts and Secrets jobs may use, JSON; see policy.py; unset: no restriction).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from clipforge_operator import builders as b
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
 from clipforge_operator.kube import Kube, load_config
+from clipforge_operator.policy import POLICY_ENV, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ def _context(memo: kopf.Memo) -> r.Context:
     if context is None:  # made at startup, or on first use by handlers registered elsewhere
         load_config()
         context = memo.clipforge = r.Context(kube=Kube(), emit=_emit,
-                                              read_secrets=_env_bool("CLIPFORGE_READ_SECRETS", True))
+                                              read_secrets=_env_bool("CLIPFORGE_READ_SECRETS", True),
+                                              policy=parse_policy(os.environ.get(POLICY_ENV)))
     return context
 
 

@@ -35,6 +35,7 @@ from clipforge.spec import (
 )
 from clipforge_operator import builders as b
 from clipforge_operator.kube import AlreadyExists
+from clipforge_operator.policy import JobPolicy, violations
 from clipforge_operator.progress import (
     Credentials,
     ProgressUnavailable,
@@ -65,6 +66,7 @@ class Context:
     progress: ProgressFn = read_progress
     outcome: OutcomeFn = read_outcome  # the pipeline's summary.json, read when an attempt fails
     read_secrets: bool = True  # read storage.credentialsSecret to fetch progress from S3
+    policy: JobPolicy = JobPolicy()  # the images, service accounts and Secrets jobs may use
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -261,7 +263,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body},
                         f"{namespace}/{name}")
         job = job.model_copy(update={"spec": accepted_spec(ctx, namespace, job, uid)})
-        b.worker_groups(job.spec)  # a spec that cannot become a cluster fails here, before any child
+        b.build_rayjob(job, namespace, uid)  # a spec that cannot become a cluster fails here, before any child
     except InvalidJobError as exc:
         _fail(st, "InvalidSpec", "; ".join(exc.problems))
         return _commit(ctx, namespace, name, st)
@@ -270,6 +272,11 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         return _commit(ctx, namespace, name, st)
     except NameConflict as exc:
         _fail(st, "NameConflict", str(exc))
+        return _commit(ctx, namespace, name, st)
+    # Judged before anything is made for the job; a started job keeps what it was admitted with.
+    refused = violations(job.spec, ctx.policy) if not st.new.get("startTime") else []
+    if refused:
+        _fail(st, "PolicyViolation", "; ".join(refused))
         return _commit(ctx, namespace, name, st)
 
     spec = job.spec

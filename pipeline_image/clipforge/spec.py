@@ -366,6 +366,11 @@ class Toleration(SpecModel):
 class ResourceAmounts(SpecModel):
     cpu: Quantity | None = _f(None, "CPU cores, such as 2 or 500m.")
     memory: Quantity | None = _f(None, "Memory, such as 8Gi.")
+    ephemeral_storage: Quantity | None = _f(
+        None,
+        "Node-local disk (the pod's ephemeral-storage), such as 40Gi: size it for the models the group's"
+        " stages copy into models.cacheDir plus scratch space. Unset: no request or limit.",
+    )
 
 
 class PodResources(SpecModel):
@@ -449,12 +454,79 @@ class GpuWorkerGroups(SpecModel):
     write: GpuWorkerGroupSpec | None = _gpu_group("write")
 
 
+# Names of Kubernetes objects (volumes, ConfigMaps, claims, Secrets) and environment variables.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+class LocalObjectReference(SpecModel):
+    name: str = _f(description="Name of the object in the job's namespace.", min_length=1, max_length=253,
+                   pattern=DNS_SUBDOMAIN)
+
+
+class EnvVar(SpecModel):
+    name: str = _f(description="Variable name.", min_length=1, pattern=ENV_NAME)
+    value: str = _f("", "Its value, literally. Credentials reach the pods through storage.credentialsSecret only.")
+
+
+class EmptyDirSource(SpecModel):
+    medium: Literal["", "Memory"] = _f("", "Empty: the node's disk (counts as ephemeral storage); Memory: a tmpfs.")
+    size_limit: Quantity | None = _f(None, "Most the volume may hold, such as 20Gi.")
+
+
+class ConfigMapSource(SpecModel):
+    name: str = _f(description="ConfigMap in the job's namespace; its keys become files.", min_length=1,
+                   max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class PersistentVolumeClaimSource(SpecModel):
+    claim_name: str = _f(description="PersistentVolumeClaim in the job's namespace, such as a claim holding the"
+                         " models.", min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    read_only: bool = _f(False, "Mount the claim read-only.")
+
+
+class Volume(SpecModel):
+    """A volume of the head and worker pods, of a kind the restricted Pod Security Standard allows, holding no Secret."""
+
+    name: str = _f(description="Volume name, referenced by volumeMounts.", min_length=1, max_length=63,
+                   pattern=DNS_LABEL)
+    empty_dir: EmptyDirSource | None = _f(None, "Scratch space that lives as long as the pod.")
+    config_map: ConfigMapSource | None = _f(None, "A ConfigMap's keys as files.")
+    persistent_volume_claim: PersistentVolumeClaimSource | None = _f(None, "A PersistentVolumeClaim.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        sources = [s for s in (self.empty_dir, self.config_map, self.persistent_volume_claim) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of emptyDir, configMap, persistentVolumeClaim")
+        return self
+
+
+class VolumeMount(SpecModel):
+    name: str = _f(description="The volume (cluster.volumes) to mount.", min_length=1, pattern=DNS_LABEL)
+    mount_path: str = _f(description="Absolute path in the Ray containers.", pattern=r"^/")
+    read_only: bool = _f(False, "Mount read-only.")
+
+
 class ClusterSpec(SpecModel):
     image: str = _f(DEFAULT_IMAGE, "Container image of every Ray pod; it must contain clipforge and Ray.", min_length=1)
     image_pull_policy: ImagePullPolicy = _f(ImagePullPolicy.if_not_present, "Image pull policy of every Ray pod.")
     ray_version: str = _f(DEFAULT_RAY_VERSION, "Ray version inside the image (KubeRay uses it to pick features).")
     service_account_name: str | None = _f(
         None, "Service account of the Ray pods (for example one bound to cloud storage); unset: the namespace default."
+    )
+    image_pull_secrets: list[LocalObjectReference] = _f(
+        default_factory=list, description="Secrets the kubelet pulls the image with, in every Ray pod."
+    )
+    env: list[EnvVar] = _f(
+        default_factory=list,
+        description="Extra environment variables of every Ray container (head, workers, job submitter);"
+        " the variables the operator sets itself (such as RAY_AUTH_MODE and the AWS credentials) cannot be given.",
+    )
+    volumes: list[Volume] = _f(default_factory=list, description="Extra volumes of the head and worker pods.")
+    volume_mounts: list[VolumeMount] = _f(
+        default_factory=list, description="Where the head and worker containers mount cluster.volumes."
     )
     head: HeadGroupSpec = _f(default_factory=HeadGroupSpec, description="The Ray head pod.")
     cpu_workers: WorkerGroupSpec = _f(
@@ -465,6 +537,19 @@ class ClusterSpec(SpecModel):
         default_factory=GpuWorkerGroups,
         description="One GPU worker group per stage that asks for GPUs (execution.stages.<stage>.gpus > 0).",
     )
+
+    @model_validator(mode="after")
+    def _pod_extras(self) -> ClusterSpec:
+        for field, names in (("env", [e.name for e in self.env]), ("volumes", [v.name for v in self.volumes]),
+                             ("volumeMounts", [m.mount_path for m in self.volume_mounts])):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{field}: {', '.join(twice)} given more than once")
+        volumes = {v.name for v in self.volumes}
+        unknown = sorted({m.name for m in self.volume_mounts} - volumes)
+        if unknown:
+            raise ValueError(f"volumeMounts: no volume named {', '.join(unknown)} in cluster.volumes")
+        return self
 
 
 class RetryBackoffSpec(SpecModel):
@@ -637,7 +722,7 @@ def stage_resources(spec: VideoCurationJobSpec, stage: str) -> StageResources:
 class ObjectMeta(BaseModel):
     # Kubernetes owns metadata; keep whatever it holds and require only a name.
     model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     namespace: str | None = None
 
 

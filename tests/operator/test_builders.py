@@ -13,7 +13,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from clipforge.spec import STAGES, VideoCurationJob, parse_job, stage_resource_name
+from clipforge.spec import STAGES, InvalidJobError, VideoCurationJob, parse_job, stage_resource_name
 from clipforge_operator import builders as b
 from clipforge_operator.progress import (
     Credentials,
@@ -245,6 +245,103 @@ def test_placement_and_service_account_reach_every_pod():
     assert head["nodeSelector"] == {"pool": "system"} and "nodeSelector" not in worker
     assert worker["tolerations"] == [{"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
     assert all(c["imagePullPolicy"] == "Always" for c in containers(rj).values())
+
+
+EXTRAS = {
+    "imagePullSecrets": [{"name": "registry-creds"}],
+    "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}, {"name": "RAY_DEDUP_LOGS", "value": "0"}],
+    "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "model-store", "readOnly": True}},
+                {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}},
+                {"name": "ca", "configMap": {"name": "corp-ca"}}],
+    "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True},
+                     {"name": "scratch", "mountPath": "/scratch"}, {"name": "ca", "mountPath": "/etc/ssl/corp"}],
+}
+
+
+def pods(rayjob: dict) -> dict[str, dict]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    out = {"head": cluster["headGroupSpec"]["template"]["spec"],
+           "submitter": rayjob["spec"]["submitterPodTemplate"]["spec"]}
+    for group in cluster["workerGroupSpecs"]:
+        out[group["groupName"]] = group["template"]["spec"]
+    return out
+
+
+def test_pull_secrets_env_and_volumes_reach_every_ray_pod():
+    spec = gpu_job().spec.model_dump(by_alias=True, mode="json")
+    spec["cluster"].update(EXTRAS)
+    rj = b.build_rayjob(job(**spec), "videos", UID)
+    by_pod = pods(rj)
+    assert set(by_pod) == {"head", "submitter", "cpu", "gpu-split", "gpu-transcode"}
+    for name, pod in by_pod.items():
+        assert pod["imagePullSecrets"] == [{"name": "registry-creds"}], name
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["HTTPS_PROXY"] == "http://proxy:3128" and env["RAY_DEDUP_LOGS"] == "0", name
+        assert env["RAY_AUTH_MODE"] == "disabled", name  # the operator's own variables stay
+        if name == "submitter":  # it only submits: the image's pull secret and env, no volumes
+            assert "volumes" not in pod and "volumeMounts" not in container
+            continue
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["models"] == {"name": "models", "persistentVolumeClaim": {"claimName": "model-store",
+                                                                               "readOnly": True}}
+        assert volumes["scratch"] == {"name": "scratch", "emptyDir": {"medium": "", "sizeLimit": "20Gi"}}
+        assert volumes["ca"] == {"name": "ca", "configMap": {"name": "corp-ca"}}
+        mounts = {m["mountPath"]: (m["name"], m["readOnly"]) for m in container["volumeMounts"]}
+        assert {k: mounts[k] for k in ("/models", "/scratch", "/etc/ssl/corp")} == {
+            "/models": ("models", True), "/scratch": ("scratch", False), "/etc/ssl/corp": ("ca", False)}
+    # The head keeps the job's manifest next to the extra volumes.
+    assert {"name": "job", "configMap": {"name": "demo-config"}} in by_pod["head"]["volumes"]
+    assert "/etc/clipforge" in {m["mountPath"] for m in by_pod["head"]["containers"][0]["volumeMounts"]}
+
+
+def test_no_extras_add_nothing_to_the_pods():
+    for name, pod in pods(b.build_rayjob(job(), "videos", UID)).items():
+        assert "imagePullSecrets" not in pod, name
+        assert [e["name"] for e in pod["containers"][0]["env"]] == ["RAY_AUTH_MODE"], name
+    worker = pods(b.build_rayjob(job(), "videos", UID))["cpu"]
+    assert "volumes" not in worker and "volumeMounts" not in worker["containers"][0]
+
+
+def test_ephemeral_storage_is_requested_per_group():
+    j = job(cluster={"head": {"resources": {"requests": {"cpu": 1, "memory": "4Gi", "ephemeralStorage": "2Gi"}}},
+                     "cpuWorkers": {"resources": {"requests": {"cpu": 4, "memory": "8Gi", "ephemeralStorage": "40Gi"},
+                                                  "limits": {"cpu": 4, "memory": "8Gi", "ephemeralStorage": "60Gi"}}}})
+    by_pod = pods(b.build_rayjob(j, "videos", UID))
+    head, worker = by_pod["head"]["containers"][0]["resources"], by_pod["cpu"]["containers"][0]["resources"]
+    assert head["requests"] == {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "2Gi"}
+    assert worker["requests"]["ephemeral-storage"] == "40Gi" and worker["limits"]["ephemeral-storage"] == "60Gi"
+    defaults = pods(b.build_rayjob(job(), "videos", UID))
+    assert not any("ephemeral-storage" in c["resources"].get(kind, {}) for pod in defaults.values()
+                   for c in pod["containers"] for kind in ("requests", "limits"))
+
+
+@pytest.mark.parametrize("cluster, problem", [
+    ({"env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}]}, "cluster.env: RAY_AUTH_MODE is set by the operator"),
+    ({"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}, "cluster.env: AWS_SECRET_ACCESS_KEY is set"),
+    ({"volumes": [{"name": "job", "emptyDir": {}}]}, "cluster.volumes: the name job is the operator's"),
+    ({"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/etc/clipforge/"}]},
+     "cluster.volumeMounts: /etc/clipforge/ is where the operator mounts the job"),
+    ({"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/etc/clipforge/a"}]},
+     "cluster.volumeMounts: /etc/clipforge/a"),
+], ids=["ray-env", "credential-env", "volume-name", "mount-path", "mount-below"])
+def test_extras_cannot_replace_what_the_operator_sets(cluster: dict, problem: str):
+    with pytest.raises(b.BuildError, match=re.escape(problem)):
+        b.build_rayjob(job(cluster=cluster), "videos", UID)
+
+
+@pytest.mark.parametrize("cluster, problem", [
+    ({"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "env: A given more than once"),
+    ({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "volumeMounts: no volume named nope"),
+    ({"volumes": [{"name": "v", "emptyDir": {}, "configMap": {"name": "c"}}]}, "exactly one of emptyDir"),
+    ({"volumes": [{"name": "v"}]}, "exactly one of emptyDir"),
+    ({"volumes": [{"name": "v", "hostPath": {"path": "/"}}]}, "hostPath"),
+    ({"volumes": [{"name": "v", "secret": {"secretName": "s"}}]}, "secret"),
+    ({"volumeMounts": [{"name": "v", "mountPath": "relative"}]}, "mountPath"),
+], ids=["env-twice", "mount-unknown", "two-sources", "no-source", "host-path", "secret-volume", "relative"])
+def test_the_spec_refuses_pod_extras_that_cannot_work(cluster: dict, problem: str):
+    with pytest.raises(InvalidJobError, match=re.escape(problem)):
+        job(cluster=cluster)
 
 
 # ------------------------------------------------------------------------------------ scaling

@@ -23,6 +23,7 @@ from clipforge_operator import builders as b
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
 from clipforge_operator.kube import AlreadyExists
+from clipforge_operator.policy import JobPolicy
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 NS = "videos"
@@ -739,3 +740,53 @@ def test_infrastructure_failures_keep_their_retries(h: Harness):
     fail(h, "demo-retry-2", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
          message="the head node died", startTime=b.rfc3339(h.now))
     assert h.status["phase"] == "Failed" and h.condition("Failed")["reason"] == "AppFailed"
+
+
+# ------------------------------------------------------------------------------ job policy
+
+
+STRICT = JobPolicy(images=("docker.io/clipforge/pipeline",), service_accounts=("model-reader",),
+                   credentials_secrets=("clipforge-s3",))
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"cluster": {"image": "evil.example.com/miner:1"}}, "spec.cluster.image: evil.example.com/miner:1"),
+    ({"cluster": {"serviceAccountName": "cluster-admin-sa"}}, "spec.cluster.serviceAccountName: cluster-admin-sa"),
+    ({"storage": {"credentialsSecret": "prod-db"}}, "spec.storage.credentialsSecret: prod-db"),
+], ids=["image", "service-account", "credentials-secret"])
+def test_a_job_the_policy_refuses_fails_naming_the_field_and_nothing_is_created(tmp_path: Path, spec: dict,
+                                                                                field: str):
+    h = Harness(tmp_path, **spec)
+    h.ctx.policy = STRICT
+    assert h.reconcile() == "Failed"
+    failed = h.condition("Failed")
+    assert failed["reason"] == "PolicyViolation" and failed["message"].startswith(field), failed
+    assert h.status["message"] == failed["message"]
+    (event,) = h.events
+    assert (event.type, event.reason) == ("Warning", "Failed") and field in event.message
+    assert event.message.startswith("PolicyViolation: ")
+    assert h.kube.count("create_configmap") == 0 and h.kube.count("create_rayjob") == 0
+    assert h.kube.count("get_secret") == 0
+    assert h.reconcile() == "Failed" and len(h.events) == 1  # terminal: judged once
+
+
+def test_a_job_the_policy_admits_runs(tmp_path: Path):
+    h = Harness(tmp_path, cluster={"serviceAccountName": "model-reader"}, storage={"credentialsSecret": "clipforge-s3"})
+    h.ctx.policy = STRICT
+    assert h.reconcile() == "Provisioning" and h.rayjobs() == ["demo"]
+
+
+def test_a_started_job_keeps_running_under_a_stricter_policy(h: Harness):
+    """The policy judges a job before anything is made for it; a running job is not failed mid-run."""
+    drive_to_running(h)
+    h.ctx.policy = JobPolicy(images=("registry.example.com/",))
+    assert h.reconcile() == "Running"
+    assert h.condition("Failed") is None
+
+
+def test_pod_extras_that_would_replace_the_operators_fail_without_children(tmp_path: Path):
+    h = Harness(tmp_path, cluster={"env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}]})
+    assert h.reconcile() == "Failed"
+    failed = h.condition("Failed")
+    assert failed["reason"] == "InvalidSpec" and "cluster.env: RAY_AUTH_MODE is set by the operator" in failed["message"]
+    assert h.kube.count("create_configmap") == 0 and h.kube.count("create_rayjob") == 0
