@@ -30,7 +30,7 @@ SMALL_STAGES = {s: {"cpus": 0.25, "minWorkers": 1, "maxWorkers": 2}
                 for s in ("probe", "split", "transcode", "motion", "embed", "preview", "write")}
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-SECRET = "s3-credentials"
+SECRET = "clipforge-s3"  # the name the chart's jobPolicy admits by default
 
 
 class Stack:

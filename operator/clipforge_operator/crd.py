@@ -1,7 +1,8 @@
 """Generates the VideoCurationJob CustomResourceDefinition from the pydantic models.
 
 `python -m clipforge_operator.crd > crds/videocurationjobs.yaml` (or `clipforge-crd`) writes it;
-the chart carries a copy under charts/clipforge-operator/crds/. Tests regenerate and compare.
+the chart carries a copy in charts/clipforge-operator/files/, which its templates/crd.yaml installs
+and upgrades (Helm never upgrades a CRD under a chart's crds/). Tests regenerate and compare.
 
 Kubernetes wants a *structural* OpenAPI v3 schema, which is narrower than the JSON Schema
 pydantic emits: no `$ref` (everything inline), `nullable: true` instead of `anyOf [X, null]`,
@@ -26,7 +27,7 @@ CRD_NAME = f"{PLURAL}.{API_GROUP}"
 GENERATE_COMMAND = "python -m clipforge_operator.crd > crds/videocurationjobs.yaml"
 HEADER = (
     "# Generated from clipforge.spec by `python -m clipforge_operator.crd`; do not edit by hand.\n"
-    "# A copy lives in charts/clipforge-operator/crds/ (tests keep the two identical).\n"
+    "# A copy lives in charts/clipforge-operator/files/ (tests keep the two identical).\n"
 )
 
 # Keys of pydantic's JSON Schema that a structural schema keeps as they are.
@@ -174,7 +175,9 @@ def crd() -> dict:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "clipforge"}},
+        # Kept when the chart's release is uninstalled: deleting the CRD would delete every job.
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "clipforge"},
+                     "annotations": {"helm.sh/resource-policy": "keep"}},
         "spec": {
             "group": API_GROUP,
             "scope": "Namespaced",

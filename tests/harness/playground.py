@@ -6,7 +6,7 @@ starts, as the operator tests do: the real control plane and KubeRay operator (c
 the process kubelet with a CPU and a (logical) GPU node (process_kubelet.py), a Ceph RADOS gateway
 on the pod bridge (tests/s3_server.py) and the ClipForge operator with the Helm chart's
 ServiceAccount and RBAC (operator_process.py). It uploads sample videos to a bucket, puts the
-gateway's keys in the Secret `s3-credentials` of the namespace `default`, writes `cpu-job.yaml`
+gateway's keys in the Secret `clipforge-s3` of the namespace `default`, writes `cpu-job.yaml`
 (examples/cpu-job.yaml pointed at that bucket, sized for a small machine), prints what to type,
 and runs until Ctrl-C, which stops everything it started.
 

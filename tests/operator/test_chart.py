@@ -24,7 +24,7 @@ EXPECTED_RULES = {
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("ray.io", "rayclusters"): {"get", "patch"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
-    ("", "secrets"): {"get"},
+    ("", "secrets"): {"get"},  # only the names in jobPolicy.allowedCredentialsSecrets (resourceNames)
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -44,10 +44,8 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def render(*sets: str, namespace: str = "clipforge-system", crds: bool = False) -> list[dict]:
+def render(*sets: str, namespace: str = "clipforge-system") -> list[dict]:
     args = ["template", "cf", str(CHART), "--namespace", namespace]
-    if crds:
-        args.append("--include-crds")
     for s in sets:
         args += ["--set", s]
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
@@ -89,7 +87,8 @@ def test_helm_lint(sets: list[str]):
 
 def test_values_schema_rejects_bad_values():
     for bad in ("scope=everywhere", "logFormat=xml", "progressIntervalSeconds=120", "image.pullPolicy=Sometimes",
-                "unknownKey=1"):
+                "unknownKey=1", "jobPolicy.allowedCredentialsSecrets={Not_A_Name}", "jobPolicy.allowedImages={,}",
+                "jobPolicy.allowedServiceAccounts={a/b}", "jobPolicy.other=1"):
         proc = helm("template", "cf", str(CHART), "--set", bad, check=False)
         assert proc.returncode != 0, bad
     json.loads((CHART / "values.schema.json").read_text())  # plain JSON
@@ -100,8 +99,8 @@ def test_values_schema_rejects_bad_values():
 
 def test_cluster_scope_renders_a_locked_down_single_replica_operator():
     objects = render()
-    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment",
-                                                 "Service", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                                                 "Deployment", "Service", "ServiceAccount"]
     deployment = one(objects, "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
@@ -158,10 +157,48 @@ def test_namespace_scope_can_serve_another_namespace():
     assert "--namespace=videos" in container(objects)["args"]
 
 
+def secret_rules(role: dict) -> list[dict]:
+    return [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
+def test_the_operator_may_read_only_the_secrets_jobs_may_name(scope: str):
+    role = one(render(f"scope={scope}"), "ClusterRole" if scope == "cluster" else "Role")
+    assert secret_rules(role) == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["clipforge-s3"],
+                                   "verbs": ["get"]}]
+    listed = one(render(f"scope={scope}", "jobPolicy.allowedCredentialsSecrets={team-a-s3,team-b-s3}"),
+                 "ClusterRole" if scope == "cluster" else "Role")
+    assert secret_rules(listed)[0]["resourceNames"] == ["team-a-s3", "team-b-s3"]
+
+
+def test_reading_any_secret_is_an_explicit_option():
+    role = one(render("jobPolicy.allowedCredentialsSecrets={*}"), "ClusterRole")
+    assert secret_rules(role) == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+
+
+def test_no_secret_names_means_no_secret_rule():
+    # An empty resourceNames would grant every Secret: with no names the rule must not exist.
+    out = helm("template", "cf", str(CHART), "--set-json", "jobPolicy.allowedCredentialsSecrets=[]").stdout
+    objects = [d for d in yaml.safe_load_all(out) if d]
+    assert secret_rules(one(objects, "ClusterRole")) == []
+
+
 def test_secrets_access_can_be_turned_off():
     objects = render("rbac.readJobSecrets=false")
     assert ("", "secrets") not in rules(one(objects, "ClusterRole"))
     assert "--no-read-secrets" in container(objects)["args"]
+
+
+def test_the_job_policy_reaches_the_operator_as_json():
+    from clipforge_operator.policy import JobPolicy, parse_policy
+
+    env = {e["name"]: e["value"] for e in container(render())["env"]}
+    assert parse_policy(env["CLIPFORGE_JOB_POLICY"]) == JobPolicy(
+        images=("docker.io/clipforge/pipeline",), service_accounts=(), credentials_secrets=("clipforge-s3",))
+    env = {e["name"]: e["value"] for e in container(render(
+        "jobPolicy.allowedImages={registry.example.com/ml/}", "jobPolicy.allowedServiceAccounts={model-reader}"))["env"]}
+    policy = parse_policy(env["CLIPFORGE_JOB_POLICY"])
+    assert policy.images == ("registry.example.com/ml/",) and policy.service_accounts == ("model-reader",)
 
 
 def test_metrics_and_service_account_toggles():
@@ -175,11 +212,18 @@ def test_metrics_and_service_account_toggles():
     assert not any(o["kind"] in ("ClusterRole", "Role") for o in render("rbac.create=false"))
 
 
-def test_chart_installs_the_generated_crd():
-    objects = render(crds=True)
-    crd = one(objects, "CustomResourceDefinition")
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
+def test_chart_installs_and_upgrades_the_generated_crd(scope: str):
+    # A template, not crds/ (which Helm never upgrades), kept when the release is uninstalled.
+    assert not (CHART / "crds").exists()
+    crd = one(render(f"scope={scope}"), "CustomResourceDefinition")
     assert crd == yaml.safe_load((REPO / "crds" / "videocurationjobs.yaml").read_text())
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["spec"]["names"]["shortNames"] == ["vcj"]
+
+
+def test_a_second_release_can_leave_the_crd_to_the_first():
+    assert not [o for o in render("installCRD=false", "scope=namespace") if o["kind"] == "CustomResourceDefinition"]
 
 
 def test_dockerfile_runs_the_operator_extra_as_non_root():

@@ -14,7 +14,7 @@ from clipforge_operator import crd
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "videocurationjobs.yaml"
-CHART_CRD_FILE = REPO / "charts" / "clipforge-operator" / "crds" / "videocurationjobs.yaml"
+CHART_CRD_FILE = REPO / "charts" / "clipforge-operator" / "files" / "videocurationjobs.yaml"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 
@@ -65,14 +65,14 @@ def test_committed_crd_is_up_to_date():
     assert CRD_FILE.exists(), f"missing {CRD_FILE}; generate it with: {crd.GENERATE_COMMAND}"
     assert CRD_FILE.read_text() == crd.render(), (
         f"crds/videocurationjobs.yaml is stale (the spec models changed). Regenerate it with:\n"
-        f"  {crd.GENERATE_COMMAND} && cp crds/videocurationjobs.yaml charts/clipforge-operator/crds/"
+        f"  {crd.GENERATE_COMMAND} && cp crds/videocurationjobs.yaml charts/clipforge-operator/files/"
     )
 
 
 def test_chart_carries_the_same_crd():
     assert CHART_CRD_FILE.read_text() == CRD_FILE.read_text(), (
-        "charts/clipforge-operator/crds/videocurationjobs.yaml differs from crds/; sync it with:\n"
-        "  cp crds/videocurationjobs.yaml charts/clipforge-operator/crds/"
+        "charts/clipforge-operator/files/videocurationjobs.yaml differs from crds/; sync it with:\n"
+        "  cp crds/videocurationjobs.yaml charts/clipforge-operator/files/"
     )
 
 

@@ -59,7 +59,7 @@ def test_the_operator_runs_as_the_charts_service_account_and_nothing_more(stack)
     assert who["status"]["userInfo"]["username"] == \
         f"system:serviceaccount:{stack.operator.namespace}:{stack.operator.service_account}"
     questions = {"create rayjobs.ray.io": "yes", "patch videocurationjobs.clipforge.dev --subresource=status": "yes",
-                 "get secrets": "yes", "list secrets": "no", "create pods": "no", "delete rayclusters.ray.io": "no",
+                 "get secrets/clipforge-s3": "yes", "get secrets": "no", "list secrets": "no", "create pods": "no", "delete rayclusters.ray.io": "no",
                  "update videocurationjobs.clipforge.dev": "no"}
     answers = {q: stack.cp.kubectl("auth", "can-i", *q.split(), "-n", NS, kubeconfig=kubeconfig,
                                    check=False).stdout.strip() for q in questions}

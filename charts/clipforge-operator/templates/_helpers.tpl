@@ -70,10 +70,19 @@ Least privilege: no wildcards, no list/watch where a get suffices, no update whe
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "patch", "delete"]
-{{- if .Values.rbac.readJobSecrets }}
-# storage.credentialsSecret of a job, read by name to fetch its progress from S3.
+{{- $secrets := .Values.jobPolicy.allowedCredentialsSecrets }}
+{{- if and .Values.rbac.readJobSecrets (has "*" $secrets) }}
+# storage.credentialsSecret of a job, read to fetch its progress from S3. Any name: the explicit
+# opt-in jobPolicy.allowedCredentialsSecrets ["*"].
 - apiGroups: [""]
   resources: ["secrets"]
+  verbs: ["get"]
+{{- else if and .Values.rbac.readJobSecrets $secrets }}
+# storage.credentialsSecret of a job, read to fetch its progress from S3: only the names jobs may
+# use (an empty resourceNames would mean every Secret, so no rule at all when there are none).
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: {{ toJson $secrets }}
   verbs: ["get"]
 {{- end }}
 # Kubernetes Events on the jobs (phase changes, failures, retries).
