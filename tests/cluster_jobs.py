@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from clipforge.samples import write_samples
-from harness.operator_process import ChartOperator
+from harness.operator_process import DEFAULT_SETS, ChartOperator
 from jobs import small_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,9 +171,11 @@ def ray_state(head_ip: str, resource: str) -> list[dict]:
     return body["data"]["result"]["result"]
 
 
-def make_stack(control_plane, kubelet, pod_s3_server, workdir: Path, namespace: str) -> Stack:  # noqa: ANN001
-    """The chart's operator started, and `namespace` created with the `restricted` Pod Security level."""
-    operator = ChartOperator(control_plane, workdir)
+def make_stack(control_plane, kubelet, pod_s3_server, workdir: Path, namespace: str,  # noqa: ANN001
+               sets: tuple[str, ...] = ()) -> Stack:
+    """The chart's operator (with these `--set` values) started, and `namespace` created with the
+    `restricted` Pod Security level."""
+    operator = ChartOperator(control_plane, workdir, sets=(*DEFAULT_SETS, *sets))
     operator.start()
     if control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0:
         control_plane.create_namespace(namespace)

@@ -33,6 +33,7 @@ HELM = REPO_ROOT / ".tools" / "bin" / "helm"
 CHART = REPO_ROOT / "charts" / "clipforge-operator"
 RELEASE = "cf"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+DEFAULT_SETS = ("progressIntervalSeconds=1",)  # tests wait on progress: refresh it every second
 
 
 class OperatorError(RuntimeError):
@@ -56,7 +57,7 @@ class ChartOperator:
     """The chart's RBAC in the cluster and the chart's operator command as a child process."""
 
     def __init__(self, control_plane, workdir: Path, *, namespace: str = "clipforge-system",  # noqa: ANN001
-                 sets: tuple[str, ...] = ("progressIntervalSeconds=1",)):
+                 sets: tuple[str, ...] = DEFAULT_SETS):
         self.cp = control_plane
         self.workdir = Path(workdir)
         self.namespace = namespace
