@@ -8,6 +8,7 @@ low-resolution videos, 5 s clips, pods of one CPU); every wait fails with what t
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.request
@@ -66,6 +67,11 @@ class Stack:
 
     def status(self, job: str) -> dict:
         return (self.get("videocurationjob", job) or {}).get("status") or {}
+
+    def ray_token(self, job: str) -> str:
+        """The job's Ray token, from the Secret its status names (read as the test's admin, not the operator)."""
+        secret = self.get("secret", self.status(job)["rayTokenSecret"])
+        return base64.b64decode(secret["data"]["RAY_AUTH_TOKEN"]).decode()
 
     # -- jobs
 
@@ -162,10 +168,11 @@ class Stack:
         return keys
 
 
-def ray_state(head_ip: str, resource: str) -> list[dict]:
-    """Ray's state API (`ray list nodes|actors --detail`) over HTTP at the head pod's dashboard."""
+def ray_state(head_ip: str, resource: str, token: str) -> list[dict]:
+    """Ray's state API (`ray list nodes|actors --detail`) over HTTP at the head pod's dashboard, with the job's token."""
     url = f"http://{head_ip}:8265/api/v0/{resource}?detail=1&limit=10000&timeout=20"
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
         body = json.load(resp)
     assert body.get("result"), body
     return body["data"]["result"]["result"]

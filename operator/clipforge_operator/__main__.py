@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from clipforge_operator.builders import KUBERAY_PODS_ENV, KubeRayPods
 from clipforge_operator.policy import POLICY_ENV, PolicyError, parse_policy
 
 
@@ -36,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parse_policy(os.environ.get(POLICY_ENV))
     except PolicyError as exc:
         parser.error(str(exc))
+    try:
+        KubeRayPods.from_json(os.environ.get(KUBERAY_PODS_ENV))
+    except ValueError as exc:
+        parser.error(f"${KUBERAY_PODS_ENV}: {exc}")
     return args
 
 

@@ -4,6 +4,7 @@ Nothing here talks to Kubernetes: the handlers read, call these, compare and pat
 
 - names: deterministic, DNS-1035, short enough for KubeRay (a RayJob name is at most 47 characters);
 - the ConfigMap with the job manifest the pipeline runs (every stage pinned to its worker group);
+- the job's Ray token Secret and the NetworkPolicy that closes its Ray cluster to other pods;
 - the RayJob (KubeRay ray.io/v1) with a head group, one CPU worker group for the CPU stages and
   one GPU worker group per GPU stage, each advertising the custom Ray resources of its stages;
 - the JSON patch that rescales a live RayCluster, and the rule for which spec changes are allowed
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -56,13 +58,19 @@ JOB_FILE = "job.yaml"
 JOB_PATH = f"{JOB_MOUNT_DIR}/{JOB_FILE}"
 ENTRYPOINT = f"clipforge run {JOB_PATH}"
 
-# Ray 2.52+ can require a token for every call to the dashboard/GCS (RAY_AUTH_MODE=token), and the
-# Ray release this project pins turns that on for job submission unless told otherwise. Inside a
-# RayJob's own cluster the submitter, the head and the workers are the only clients, the cluster's
-# services are not exposed outside the namespace, and Kubernetes RBAC already guards who can create
-# RayJobs; a token would only add a Secret to distribute. So every Ray container (head, workers,
-# autoscaler, submitter) gets RAY_AUTH_MODE=disabled explicitly, rather than by Ray's default.
-RAY_AUTH_MODE = "disabled"
+# Every Ray container runs with Ray's token authentication: without the job's token nobody submits
+# to its dashboard or talks to its GCS, raylets or workers, whatever the network lets through (a
+# ClusterIP Service is reachable from every pod of the cluster). The token is the job's own, made by
+# the operator into a Secret the job owns (build_ray_token_secret), and reaches every container by
+# secretKeyRef only. KubeRay 1.5.0 knows nothing of Ray's token: its operator polls the dashboard for
+# the job's status without one. So the head's dashboard listens on the pod's loopback, behind
+# clipforge.dashboard_gate on the dashboard's usual port, which answers that one poll itself and
+# relays everything else for Ray to judge (see there).
+RAY_AUTH_MODE = "token"
+RAY_TOKEN_KEY = "RAY_AUTH_TOKEN"  # the Secret's key, and the variable Ray reads the token from
+DASHBOARD_PORT = 8265  # KubeRay's: the head Service's `dashboard` port, its probes and its submitter
+DASHBOARD_LOOPBACK_PORT = 8266  # Ray's dashboard itself, reachable only inside the head pod
+GATE_CONTAINER = "dashboard-gate"
 
 # Every pod and container passes the `restricted` Pod Security Standard, which namespaces of shared
 # clusters enforce: KubeRay copies a worker's container securityContext to its wait-gcs-ready init
@@ -122,6 +130,15 @@ def rayjob_name(job_name: str, attempt: int = 0) -> str:
 
 def configmap_name(job_name: str) -> str:
     return f"{base_name(job_name)}-config"
+
+
+def ray_token_secret_prefix(job_name: str) -> str:
+    """The token Secret's generateName: the API server appends a suffix nobody can claim beforehand."""
+    return f"{base_name(job_name)}-ray-token-"
+
+
+def network_policy_name(job_name: str) -> str:
+    return f"{base_name(job_name)}-ray"
 
 
 def labels(job_name: str, job_uid: str, attempt: int | None = None) -> dict[str, str]:
@@ -194,6 +211,87 @@ def spec_from_configmap(configmap: Mapping) -> VideoCurationJobSpec:
     """The spec a ConfigMap built by build_configmap carries (the spec the job was started with)."""
     document = yaml.safe_load(configmap["data"][JOB_FILE])
     return VideoCurationJobSpec.model_validate(document["spec"])
+
+
+# ------------------------------------------------------------------------- the cluster's closure
+
+
+def build_ray_token_secret(job_name: str, namespace: str, uid: str, token: str) -> dict:
+    """The job's Ray token (made once, by the caller, with `secrets`); immutable, owned by the job.
+
+    Its name is generated: no Secret someone made beforehand can pass for it, and the operator,
+    which learns the name from the create, never needs to read a Secret back to check whose it is.
+    """
+    metadata = _meta("", namespace, job_name, uid)
+    del metadata["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"generateName": ray_token_secret_prefix(job_name), **metadata},
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {RAY_TOKEN_KEY: token},
+    }
+
+
+def ray_token_env(token_secret: str) -> dict:
+    """The job's token, by reference to its Secret."""
+    return {"name": RAY_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": token_secret, "key": RAY_TOKEN_KEY}}}
+
+
+def ray_auth_env(token_secret: str) -> list[dict]:
+    """RAY_AUTH_MODE and the job's token: what every Ray process of the job needs."""
+    return [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}, ray_token_env(token_secret)]
+
+
+KUBERAY_PODS_ENV = "CLIPFORGE_KUBERAY_PODS"  # how the operator's Deployment passes KubeRayPods, as JSON
+
+
+@dataclass(frozen=True)
+class KubeRayPods:
+    """Where the KubeRay operator runs, which polls a job's dashboard (through the gate) for its status."""
+
+    namespace: str = ""  # empty: any namespace
+    labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "kuberay-operator"),)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> KubeRayPods:
+        """From {"namespace": "...", "podLabels": {...}} (the chart's `kuberay` values); None: the defaults."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            namespace, pod_labels = data.get("namespace") or "", data.get("podLabels") or {}
+            if not (isinstance(namespace, str) and isinstance(pod_labels, dict) and pod_labels
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in pod_labels.items())):
+                raise ValueError
+        except (ValueError, AttributeError):
+            raise ValueError(f"the KubeRay operator's pods: want {{\"namespace\": str, \"podLabels\":"
+                             f" {{str: str, ...}}}} with at least one label, got {text!r}") from None
+        return cls(namespace, tuple(sorted(pod_labels.items())))
+
+
+def build_network_policy(job_name: str, namespace: str, uid: str, kuberay: KubeRayPods) -> dict:
+    """Ingress to the job's pods (every attempt's) from its own pods only, and to the dashboard port
+    from KubeRay's operator. The ClipForge operator never connects to a Ray cluster: no rule for it."""
+    job_pods = {"matchLabels": {LABEL_JOB_UID: uid}}
+    operator_namespace = ({"matchLabels": {"kubernetes.io/metadata.name": kuberay.namespace}}
+                          if kuberay.namespace else {})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(network_policy_name(job_name), namespace, job_name, uid),
+        "spec": {
+            "podSelector": job_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": job_pods}]},
+                {"from": [{"namespaceSelector": operator_namespace,
+                           "podSelector": {"matchLabels": dict(kuberay.labels)}}],
+                 "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+            ],
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------- worker groups
@@ -302,9 +400,9 @@ def _tolerations(items: Iterable[Toleration]) -> list[dict]:
     return [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in items]
 
 
-def ray_env(spec: VideoCurationJobSpec) -> list[dict]:
-    """Environment of every Ray container. Credentials are references to the Secret, never values."""
-    env: list[dict] = [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}]
+def ray_env(spec: VideoCurationJobSpec, token_secret: str) -> list[dict]:
+    """Environment of every Ray container. The token and credentials are references to Secrets, never values."""
+    env = ray_auth_env(token_secret)
     secret = spec.storage.credentials_secret
     if secret:
         for key in CREDENTIAL_KEYS:
@@ -358,7 +456,7 @@ def _add_pod_extras(spec: VideoCurationJobSpec, pod: dict, volumes: bool) -> Non
 
 
 def _pod_template(
-    spec: VideoCurationJobSpec, pod_labels: dict, container: str, resources: dict,
+    spec: VideoCurationJobSpec, token_secret: str, pod_labels: dict, container: str, resources: dict,
     node_selector: dict, tolerations: list[dict], job_configmap: str | None = None,
 ) -> dict:
     cluster = spec.cluster
@@ -366,7 +464,7 @@ def _pod_template(
         "name": container,
         "image": cluster.image,
         "imagePullPolicy": cluster.image_pull_policy,
-        "env": ray_env(spec),
+        "env": ray_env(spec, token_secret),
         "resources": resources,
         "securityContext": _container_security(),
     }
@@ -384,7 +482,7 @@ def _pod_template(
     return {"metadata": {"labels": pod_labels}, "spec": pod}
 
 
-def _worker_group(spec: VideoCurationJobSpec, plan: GroupPlan, pod_labels: dict) -> dict:
+def _worker_group(spec: VideoCurationJobSpec, token_secret: str, plan: GroupPlan, pod_labels: dict) -> dict:
     # The stage resources go in the group's `resources` field, not rayStartParams: KubeRay pastes
     # rayStartParams unquoted into a bash line (`ray start --resources={...}` would be split by the
     # shell), while `resources` it renders as quoted JSON itself, and Ray's autoscaler reads it too.
@@ -398,15 +496,38 @@ def _worker_group(spec: VideoCurationJobSpec, plan: GroupPlan, pod_labels: dict)
         "rayStartParams": {},
         "resources": {name: str(amount) for name, amount in sorted(plan.ray_resources.items())},
         "template": _pod_template(
-            spec, {**pod_labels, f"{API_GROUP}/group": plan.name}, "ray-worker",
+            spec, token_secret, {**pod_labels, f"{API_GROUP}/group": plan.name}, "ray-worker",
             container_resources(plan.settings.resources, plan.gpus),
             plan.settings.node_selector, _tolerations(plan.settings.tolerations),
         ),
     }
 
 
-def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int = 0) -> dict:
-    """The RayJob for one attempt. KubeRay retries nothing (backoffLimit 0): the operator does."""
+def _head_template(spec: VideoCurationJobSpec, job_name: str, token_secret: str, pod_labels: dict,
+                   job_id: str) -> dict:
+    """The head pod: Ray (its container first, as KubeRay wants) and the dashboard gate beside it."""
+    head = spec.cluster.head
+    template = _pod_template(
+        spec, token_secret, {**pod_labels, f"{API_GROUP}/group": "head"}, "ray-head",
+        container_resources(head.resources), head.node_selector, _tolerations(head.tolerations),
+        job_configmap=configmap_name(job_name),
+    )
+    template["spec"]["containers"].append({
+        "name": GATE_CONTAINER,
+        "image": spec.cluster.image,
+        "imagePullPolicy": spec.cluster.image_pull_policy,
+        "command": ["python", "-m", "clipforge.dashboard_gate", f"--listen=0.0.0.0:{DASHBOARD_PORT}",
+                    f"--dashboard=127.0.0.1:{DASHBOARD_LOOPBACK_PORT}", f"--job-id={job_id}"],
+        "env": [ray_token_env(token_secret)],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": _container_security(),
+    })
+    return template
+
+
+def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: str, attempt: int = 0) -> dict:
+    """The RayJob for one attempt, its Ray processes reading the token from `token_secret`.
+    KubeRay retries nothing (backoffLimit 0): the operator does."""
     spec = job.spec
     name = job.metadata.name
     pod_labels = labels(name, uid, attempt)
@@ -417,19 +538,17 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int =
         "autoscalerOptions": {
             "upscalingMode": "Default",
             "idleTimeoutSeconds": 60,
-            "env": [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}],
+            "env": ray_auth_env(token_secret),
             "securityContext": _container_security(),
         },
         "headGroupSpec": {
             # The head schedules no stage work (num-cpus 0); it runs the driver and Ray's services.
-            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": _pod_template(
-                spec, {**pod_labels, f"{API_GROUP}/group": "head"}, "ray-head",
-                container_resources(head.resources), head.node_selector, _tolerations(head.tolerations),
-                job_configmap=configmap_name(name),
-            ),
+            # Its dashboard answers on loopback only: the gate beside it is the door (see RAY_AUTH_MODE).
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "127.0.0.1",
+                               "dashboard-port": str(DASHBOARD_LOOPBACK_PORT)},
+            "template": _head_template(spec, name, token_secret, pod_labels, rayjob_name(name, attempt)),
         },
-        "workerGroupSpecs": [_worker_group(spec, plan, pod_labels) for plan in worker_groups(spec)],
+        "workerGroupSpecs": [_worker_group(spec, token_secret, plan, pod_labels) for plan in worker_groups(spec)],
     }
     submitter = {
         "metadata": {"labels": {**labels(name, uid, attempt), f"{API_GROUP}/group": "submitter"}},
@@ -441,7 +560,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int =
                 "name": "ray-job-submitter",
                 "image": spec.cluster.image,
                 "imagePullPolicy": spec.cluster.image_pull_policy,
-                "env": [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}],
+                "env": ray_auth_env(token_secret),
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                               "limits": {"cpu": "1", "memory": "1Gi"}},
                 "securityContext": _container_security(),
@@ -459,6 +578,8 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, attempt: int =
         "spec": {
             # The manifest is mounted from the ConfigMap into the head pod, where the driver runs.
             "entrypoint": ENTRYPOINT,
+            # Named, not generated by KubeRay: the gate answers the status poll of this job only.
+            "jobId": rayjob_name(name, attempt),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,

@@ -13,7 +13,9 @@ CLIPFORGE_READ_SECRETS (default true: read storage.credentialsSecret to fetch S3
 CLIPFORGE_PROGRESS_INTERVAL (seconds, default 15), CLIPFORGE_SCANNING (default true: follow
 namespaces and CRDs appearing at runtime; __main__ turns it off in namespace mode),
 CLIPFORGE_WORKERS (threads for the synchronous handlers, default 8), CLIPFORGE_JOB_POLICY (the images,
-service accounts and Secrets jobs may use, JSON; see policy.py; unset: no restriction).
+service accounts and Secrets jobs may use, JSON; see policy.py; unset: no restriction),
+CLIPFORGE_KUBERAY_PODS (the KubeRay operator's namespace and pod labels, JSON, admitted to the jobs'
+dashboards by their NetworkPolicy; unset: pods labelled app.kubernetes.io/name=kuberay-operator anywhere).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _context(memo: kopf.Memo) -> r.Context:
         load_config()
         context = memo.clipforge = r.Context(kube=Kube(), emit=_emit,
                                               read_secrets=_env_bool("CLIPFORGE_READ_SECRETS", True),
-                                              policy=parse_policy(os.environ.get(POLICY_ENV)))
+                                              policy=parse_policy(os.environ.get(POLICY_ENV)),
+                                              kuberay=b.KubeRayPods.from_json(os.environ.get(b.KUBERAY_PODS_ENV)))
     return context
 
 

@@ -146,3 +146,16 @@ class Kube:
     def get_secret(self, namespace: str, name: str) -> dict | None:
         """A Secret's body. Callers must keep its values out of logs, status and events."""
         return self._get(_core(namespace, "secrets", name))
+
+    def create_secret(self, body: dict) -> dict:
+        """Creates a Secret; the answer holds its data, which callers must keep out of logs, status and events."""
+        return self.request("POST", _core(body["metadata"]["namespace"], "secrets"), body=body)
+
+    # -- NetworkPolicy
+
+    def get_network_policy(self, namespace: str, name: str) -> dict | None:
+        return self._get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}")
+
+    def create_network_policy(self, body: dict) -> dict:
+        namespace = body["metadata"]["namespace"]
+        return self.request("POST", f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies", body=body)

@@ -4,7 +4,7 @@ Every entry point re-reads the job, works out what its children and status shoul
 the missing children, and patches only what differs. Running it twice, concurrently with
 itself (a per-job lock) or after an operator restart neither duplicates nor loses work:
 child names are deterministic, a 409 on create means "read it back", and the attempt number
-lives in the job's status.
+lives in the job's status, as does the generated name of the job's Ray token Secret.
 
 The kopf handlers (handlers.py) call these functions; tests call them with a fake `Kube`.
 """
@@ -12,6 +12,7 @@ The kopf handlers (handlers.py) call these functions; tests call them with a fak
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class Context:
     progress: ProgressFn = read_progress
     outcome: OutcomeFn = read_outcome  # the pipeline's summary.json, read when an attempt fails
     read_secrets: bool = True  # read storage.credentialsSecret to fetch progress from S3
+    kuberay: b.KubeRayPods = b.KubeRayPods()  # admitted to the jobs' dashboards (their NetworkPolicy)
     policy: JobPolicy = JobPolicy()  # the images, service accounts and Secrets jobs may use
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
@@ -204,29 +206,48 @@ def accepted_spec(ctx: Context, namespace: str, job: VideoCurationJob, uid: str)
     return b.merge_allowed(b.spec_from_configmap(configmap), job.spec)
 
 
-def _ensure_configmap(ctx: Context, namespace: str, job: VideoCurationJob, uid: str) -> None:
-    name = b.configmap_name(job.metadata.name)
+def _ensure_owned(create: Callable[[dict], Any], read: Callable[[str, str], dict | None], body: dict, uid: str) -> None:
+    """Creates a child of the job; one of that name already there must be the job's (made by an earlier run)."""
+    meta = body["metadata"]
     try:
-        ctx.kube.create_configmap(b.build_configmap(job, namespace, uid))
+        create(body)
     except AlreadyExists:
-        existing = ctx.kube.get_configmap(namespace, name)
+        existing = read(meta["namespace"], meta["name"])
         if existing is not None and not _owned_by(existing, uid):
-            raise NameConflict(f"ConfigMap {name} exists and is not this job's") from None
+            raise NameConflict(f"{body['kind']} {meta['name']} exists and is not this job's") from None
 
 
-def _ensure_rayjob(ctx: Context, namespace: str, job: VideoCurationJob, uid: str, attempt: int) -> tuple[dict, bool]:
-    """The attempt's RayJob, creating it (and the ConfigMap) if missing. True if created now."""
+def _ensure_ray_token(ctx: Context, st: _Status, namespace: str, name: str, uid: str) -> str:
+    """The Secret with the job's Ray token, made once for all its attempts and named in its status.
+
+    A crash between the create and the status write leaves one more Secret, which the job owns
+    (the garbage collector takes it with the job); the next attempt makes and records another.
+    """
+    if st.new.get("rayTokenSecret"):
+        return st.new["rayTokenSecret"]
+    body = b.build_ray_token_secret(name, namespace, uid, secrets.token_hex(32))  # 256 bits, as Ray's own
+    st.new["rayTokenSecret"] = ctx.kube.create_secret(body)["metadata"]["name"]  # the answer's data unread
+    return st.new["rayTokenSecret"]
+
+
+def _ensure_rayjob(ctx: Context, st: _Status, namespace: str, job: VideoCurationJob, uid: str,
+                   attempt: int) -> tuple[dict, bool]:
+    """The attempt's RayJob, creating it (and the ConfigMap, token Secret and NetworkPolicy) if missing.
+    True if created now."""
     name = b.rayjob_name(job.metadata.name, attempt)
     existing = ctx.kube.get_rayjob(namespace, name)
     if existing is not None:
         if not _owned_by(existing, uid):
             raise NameConflict(f"RayJob {name} exists and is not this job's")
         return existing, False
-    _ensure_configmap(ctx, namespace, job, uid)
+    _ensure_owned(ctx.kube.create_configmap, ctx.kube.get_configmap, b.build_configmap(job, namespace, uid), uid)
+    token_secret = _ensure_ray_token(ctx, st, namespace, job.metadata.name, uid)
+    _ensure_owned(ctx.kube.create_network_policy, ctx.kube.get_network_policy,
+                  b.build_network_policy(job.metadata.name, namespace, uid, ctx.kuberay), uid)
     if attempt > 0:  # the failed attempt's RayJob, if a crash left it behind
         ctx.kube.delete_rayjob(namespace, b.rayjob_name(job.metadata.name, attempt - 1))
     try:
-        return ctx.kube.create_rayjob(b.build_rayjob(job, namespace, uid, attempt)), True
+        return ctx.kube.create_rayjob(b.build_rayjob(job, namespace, uid, token_secret, attempt)), True
     except ApiException as exc:
         if exc.status == 404:
             raise KubeRayMissing(f"cannot create RayJob {name}: the API has no {b.RAY_GROUP}/{b.RAY_VERSION}"
@@ -263,7 +284,8 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body},
                         f"{namespace}/{name}")
         job = job.model_copy(update={"spec": accepted_spec(ctx, namespace, job, uid)})
-        b.build_rayjob(job, namespace, uid)  # a spec that cannot become a cluster fails here, before any child
+        # A spec that cannot become a cluster fails here, before any child (the Secret's name is not needed).
+        b.build_rayjob(job, namespace, uid, token_secret="")
     except InvalidJobError as exc:
         _fail(st, "InvalidSpec", "; ".join(exc.problems))
         return _commit(ctx, namespace, name, st)
@@ -286,7 +308,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         return _commit(ctx, namespace, name, st)  # waiting out the backoff
 
     try:
-        rayjob, created = _ensure_rayjob(ctx, namespace, job, uid, attempt)
+        rayjob, created = _ensure_rayjob(ctx, st, namespace, job, uid, attempt)
     except NameConflict as exc:
         _fail(st, "NameConflict", str(exc))
         return _commit(ctx, namespace, name, st)

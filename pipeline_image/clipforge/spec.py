@@ -859,6 +859,10 @@ class VideoCurationJobStatus(SpecModel):
     ray_job_name: str | None = _f(None, "Name of the current attempt's RayJob.")
     ray_cluster_name: str | None = _f(None, "Name of the RayCluster KubeRay created for the current attempt.")
     dashboard_url: str | None = Field(None, alias="dashboardURL", description="Ray dashboard of the current attempt.")
+    ray_token_secret: str | None = _f(
+        None, "Secret (key RAY_AUTH_TOKEN) with the Ray token of the job's clusters: their dashboard and GCS"
+        " refuse every request without it. The job owns it; it goes with the job.",
+    )
     start_time: datetime | None = _f(None, "When the operator started the job's first attempt (RFC 3339).")
     completion_time: datetime | None = _f(None, "When the job reached a terminal phase (RFC 3339).")
     retries: int = _f(0, "Attempts made after the first one failed.", ge=0)

@@ -53,7 +53,7 @@ def run(stack, tmp_path_factory):
         "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
     stack.apply_job(doc, tmp)
 
-    ray = SimpleNamespace(nodes={}, actors={}, pods={})
+    ray = SimpleNamespace(nodes={}, actors={}, pods={}, token=None)
 
     def sample() -> None:  # Ray's nodes and actors, and the pods behind them, while the job runs
         pods = stack.pods_of(JOB)
@@ -62,9 +62,10 @@ def run(stack, tmp_path_factory):
         if not heads or stack.status(JOB).get("phase") != "Running":
             return
         ray.pods.update({p["status"]["podIP"]: p for p in pods if p["status"].get("podIP")})
+        ray.token = ray.token or stack.ray_token(JOB)  # the state API, like the rest of the dashboard, wants it
         try:
-            nodes = ray_state(heads[0]["status"]["podIP"], "nodes")
-            actors = ray_state(heads[0]["status"]["podIP"], "actors")
+            nodes = ray_state(heads[0]["status"]["podIP"], "nodes", ray.token)
+            actors = ray_state(heads[0]["status"]["podIP"], "actors", ray.token)
         except OSError:
             return  # the dashboard is busy or the cluster just went; the next poll tries again
         ray.nodes.update({n["node_id"]: n for n in nodes})
@@ -158,24 +159,51 @@ def test_kuberay_ran_the_submitter_and_removed_the_cluster_after_the_ttl(stack, 
     assert stack.get("videocurationjob", JOB)["status"]["phase"] == "Succeeded"  # the job's record stays
 
 
-def test_the_credentials_appear_nowhere_but_in_their_secret(stack, run):
-    secret_key, access_key = stack.s3.secret_key, stack.s3.access_key
-    encoded = base64.b64encode(secret_key.encode()).decode()
+def test_the_credentials_and_the_ray_token_appear_nowhere_but_in_their_secrets(stack, run):
+    secret_key, access_key, token = stack.s3.secret_key, stack.s3.access_key, stack.ray_token(JOB)
+    values = {"the S3 secret key": secret_key, "the S3 access key": access_key, "the Ray token": token,
+              "the S3 secret key (base64)": base64.b64encode(secret_key.encode()).decode(),
+              "the Ray token (base64)": base64.b64encode(token.encode()).decode()}
+    outputs = [k for k in stack.s3_keys(run.bucket, "out/") if k.endswith((".json", ".html"))]
     places = {
         "RayJob": json.dumps(stack.get("rayjob", JOB)),
         "VideoCurationJob": json.dumps(stack.get("videocurationjob", JOB)),
         "ConfigMaps": json.dumps(stack.list("configmaps")),
         "events": json.dumps(stack.list("events")),
         "operator log": stack.operator.log_text(),
+        "logs of the job's containers": "".join(log.read_text(errors="replace") for log in
+                                                (stack.kubelet.workdir / "logs").glob(f"{NS}_{JOB}*.log")),
+        "outputs": "".join(stack.s3_client.get_object(Bucket=run.bucket, Key=k)["Body"].read().decode(errors="replace")
+                           for k in outputs),
     }
     assert "Succeeded" in places["VideoCurationJob"] and len(places["operator log"]) > 1000
+    assert "curate" in places["logs of the job's containers"] and "out/summary.json" in outputs
     for where, text in places.items():
-        for value in (secret_key, encoded, access_key):
-            assert value not in text, f"a credential appears in the {where}"
-    # The pods get them by reference to the Secret, which is how the process kubelet gave them to Ray.
-    head = stack.get("rayjob", JOB)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        for what, value in values.items():
+            assert value not in text, f"{what} appears in the {where}"
+    # The pods get them by reference to the Secrets, which is how the process kubelet gave them to Ray.
+    rayjob = stack.get("rayjob", JOB)
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in head["env"]}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": run.status["rayTokenSecret"],
+                                                                  "key": "RAY_AUTH_TOKEN"}
+
+
+def test_the_job_ran_with_ray_token_auth_and_kuberay_polled_it_through_the_gate(stack, run):
+    """Token auth was on in every Ray process (so the success above was with it), and KubeRay 1.5.0,
+    which sends no token, still read the job's end: from the dashboard gate (clipforge.dashboard_gate)."""
+    rayjob = stack.get("rayjob", JOB)
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"], rayjob["spec"]["submitterPodTemplate"],
+                 *(g["template"] for g in cluster["workerGroupSpecs"])]
+    envs = [c["env"] for t in templates for c in t["spec"]["containers"] if c["name"] != "dashboard-gate"]
+    for env in [*envs, cluster["autoscalerOptions"]["env"]]:
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in env
+    assert rayjob["status"]["jobId"] == JOB and rayjob["status"]["jobStatus"] == "SUCCEEDED"
+    gate_log = "".join(log.read_text(errors="replace")
+                       for log in (stack.kubelet.workdir / "logs").glob(f"{NS}_{JOB}*head*_dashboard-gate.log"))
+    assert f"status poll of job {JOB}" in gate_log
 
 
 def test_kubectl_get_shows_the_printer_columns_with_real_values(stack, run):

@@ -25,6 +25,7 @@ from clipforge_operator.progress import (
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 UID = "0b8f9a52-1111-2222-3333-444455556666"
+TOKEN_SECRET = "demo-ray-token-x7k2p"  # the name the API server gave the job's token Secret
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -123,7 +124,7 @@ def test_configmap_keeps_explicit_nulls():
 
 
 def test_rayjob_basics():
-    rj = b.build_rayjob(job(), "videos", UID)
+    rj = b.build_rayjob(job(), "videos", UID, TOKEN_SECRET)
     assert rj["apiVersion"] == "ray.io/v1" and rj["kind"] == "RayJob"
     meta = rj["metadata"]
     assert meta["name"] == "demo" and meta["namespace"] == "videos"
@@ -137,11 +138,11 @@ def test_rayjob_basics():
     assert spec["ttlSecondsAfterFinished"] == 300
     assert spec["backoffLimit"] == 0  # the operator retries, not KubeRay
     assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True
-    assert b.build_rayjob(job(), "videos", UID, attempt=2)["metadata"]["name"] == "demo-retry-2"
+    assert b.build_rayjob(job(), "videos", UID, TOKEN_SECRET, attempt=2)["metadata"]["name"] == "demo-retry-2"
 
 
 def test_head_mounts_the_job_and_runs_no_stage_work():
-    rj = b.build_rayjob(job(), "videos", UID)
+    rj = b.build_rayjob(job(), "videos", UID, TOKEN_SECRET)
     head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     pod = head["template"]["spec"]
@@ -150,17 +151,72 @@ def test_head_mounts_the_job_and_runs_no_stage_work():
     assert pod["containers"][0]["image"] == job().spec.cluster.image
 
 
-def test_ray_auth_mode_is_set_in_every_ray_container():
-    rj = b.build_rayjob(gpu_job(), "videos", UID)
-    for name, container in containers(rj).items():
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["RAY_AUTH_MODE"] == "disabled", name
-    autoscaler = {e["name"]: e["value"] for e in rj["spec"]["rayClusterSpec"]["autoscalerOptions"]["env"]}
-    assert autoscaler["RAY_AUTH_MODE"] == "disabled"
+def test_every_ray_process_runs_with_token_auth_and_gets_the_token_by_reference_only():
+    rj = b.build_rayjob(gpu_job(), "videos", UID, TOKEN_SECRET)
+    by_reference = {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": "RAY_AUTH_TOKEN"}}}
+    cluster = rj["spec"]["rayClusterSpec"]
+    for name, env in [*((n, c["env"]) for n, c in containers(rj).items()), ("autoscaler", cluster["autoscalerOptions"]["env"])]:
+        named = {e["name"]: e for e in env}
+        assert named["RAY_AUTH_MODE"] == {"name": "RAY_AUTH_MODE", "value": "token"}, name
+        assert named["RAY_AUTH_TOKEN"] == by_reference, name
+    gate = cluster["headGroupSpec"]["template"]["spec"]["containers"][1]
+    assert gate["name"] == "dashboard-gate" and gate["env"] == [by_reference]
+
+
+def test_the_heads_dashboard_answers_on_loopback_behind_the_gate():
+    rj = b.build_rayjob(job(), "videos", UID, TOKEN_SECRET, attempt=1)
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert (head["rayStartParams"]["dashboard-host"], head["rayStartParams"]["dashboard-port"]) == ("127.0.0.1", "8266")
+    ray, gate = head["template"]["spec"]["containers"]
+    assert ray["name"] == "ray-head" and "ports" not in ray  # KubeRay runs Ray in the first; its Service keeps 8265
+    assert gate["command"] == ["python", "-m", "clipforge.dashboard_gate", "--listen=0.0.0.0:8265",
+                               "--dashboard=127.0.0.1:8266", "--job-id=demo-retry-1"]
+    assert gate["image"] == ray["image"] and gate["resources"]["limits"] == {"cpu": "500m", "memory": "256Mi"}
+    assert rj["spec"]["jobId"] == "demo-retry-1"  # the one job whose status the gate tells without a token
+
+
+def test_the_token_secret_has_a_generated_name_and_belongs_to_the_job():
+    secret = b.build_ray_token_secret("demo", "videos", UID, "t0ken")
+    assert "name" not in secret["metadata"] and secret["metadata"]["generateName"] == "demo-ray-token-"
+    assert secret["stringData"] == {"RAY_AUTH_TOKEN": "t0ken"} and secret["immutable"] is True
+    assert secret["metadata"]["labels"][b.LABEL_JOB_UID] == UID
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("VideoCurationJob", UID, True)
+
+
+def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboard_only():
+    policy = b.build_network_policy("demo", "videos", UID, b.KubeRayPods())
+    assert policy["metadata"]["name"] == "demo-ray" and policy["metadata"]["ownerReferences"][0]["uid"] == UID
+    spec = policy["spec"]
+    job_pods = {"matchLabels": {b.LABEL_JOB_UID: UID}}
+    assert spec["podSelector"] == job_pods and spec["policyTypes"] == ["Ingress"]
+    own, kuberay = spec["ingress"]
+    assert own == {"from": [{"podSelector": job_pods}]}  # every port: Ray's nodes talk on many
+    assert kuberay == {"from": [{"namespaceSelector": {},
+                                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
+                       "ports": [{"protocol": "TCP", "port": 8265}]}
+    pinned = b.KubeRayPods.from_json('{"namespace": "ray-system", "podLabels": {"app": "kuberay", "tier": "op"}}')
+    (peer,) = b.build_network_policy("demo", "videos", UID, pinned)["spec"]["ingress"][1]["from"]
+    assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}},
+                    "podSelector": {"matchLabels": {"app": "kuberay", "tier": "op"}}}
+    # Every pod of every attempt carries the label the policy selects.
+    for attempt in (0, 3):
+        rj = b.build_rayjob(gpu_job(), "videos", UID, TOKEN_SECRET, attempt=attempt)
+        cluster = rj["spec"]["rayClusterSpec"]
+        templates = [cluster["headGroupSpec"]["template"], rj["spec"]["submitterPodTemplate"],
+                     *(g["template"] for g in cluster["workerGroupSpecs"])]
+        assert all(t["metadata"]["labels"][b.LABEL_JOB_UID] == UID for t in templates)
+
+
+@pytest.mark.parametrize("text", ['{"podLabels": {}}', '{"namespace": 3, "podLabels": {"a": "b"}}',
+                                  '{"podLabels": {"a": 1}}', "[]", "app=kuberay"])
+def test_kuberay_pod_settings_that_select_nothing_sensible_are_refused(text: str):
+    with pytest.raises(ValueError, match="the KubeRay operator's pods"):
+        b.KubeRayPods.from_json(text)
 
 
 def test_credentials_come_from_the_secret_by_reference_only():
-    rj = b.build_rayjob(gpu_job(), "videos", UID)
+    rj = b.build_rayjob(gpu_job(), "videos", UID, TOKEN_SECRET)
     for name, container in containers(rj).items():
         aws = [e for e in container["env"] if e["name"].startswith("AWS_")]
         if name == "submitter":
@@ -169,13 +225,13 @@ def test_credentials_come_from_the_secret_by_reference_only():
         assert {e["name"] for e in aws} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
         for e in aws:
             assert "value" not in e and e["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
-    no_secret = b.build_rayjob(job(), "videos", UID)
+    no_secret = b.build_rayjob(job(), "videos", UID, TOKEN_SECRET)
     assert not any(e["name"].startswith("AWS_") for c in containers(no_secret).values() for e in c["env"])
 
 
 def test_every_pod_and_container_meets_the_restricted_pod_security_standard():
     # What PodSecurity admission checks at level `restricted` (the e2e tests run in such a namespace).
-    rj = b.build_rayjob(gpu_job(), "videos", UID)
+    rj = b.build_rayjob(gpu_job(), "videos", UID, TOKEN_SECRET)
     cluster = rj["spec"]["rayClusterSpec"]
     pods = [cluster["headGroupSpec"]["template"]["spec"], rj["spec"]["submitterPodTemplate"]["spec"],
             *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
@@ -189,7 +245,7 @@ def test_every_pod_and_container_meets_the_restricted_pod_security_standard():
 
 
 def test_worker_groups_advertise_their_stages_resources():
-    rj = b.build_rayjob(gpu_job(), "videos", UID)
+    rj = b.build_rayjob(gpu_job(), "videos", UID, TOKEN_SECRET)
     groups = {g["groupName"]: g for g in rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
     assert list(groups) == ["cpu", "gpu-split", "gpu-transcode"]
     cpu = groups["cpu"]["resources"]
@@ -229,14 +285,14 @@ def test_cpu_group_bounds_follow_stage_hints_or_explicit_values():
 def test_a_stage_wanting_more_gpus_than_a_pod_has_is_refused():
     bad = job(execution={"stages": {"split": {"gpus": 2}}})
     with pytest.raises(b.BuildError, match="gpuWorkers.split.gpus"):
-        b.build_rayjob(bad, "videos", UID)
+        b.build_rayjob(bad, "videos", UID, TOKEN_SECRET)
 
 
 def test_placement_and_service_account_reach_every_pod():
     j = job(cluster={"serviceAccountName": "clipforge-runner", "imagePullPolicy": "Always",
                      "head": {"nodeSelector": {"pool": "system"}},
                      "cpuWorkers": {"tolerations": [{"key": "spot", "value": "true", "effect": "NoSchedule"}]}})
-    rj = b.build_rayjob(j, "videos", UID)
+    rj = b.build_rayjob(j, "videos", UID, TOKEN_SECRET)
     cluster = rj["spec"]["rayClusterSpec"]
     head = cluster["headGroupSpec"]["template"]["spec"]
     worker = cluster["workerGroupSpecs"][0]["template"]["spec"]
@@ -270,15 +326,15 @@ def pods(rayjob: dict) -> dict[str, dict]:
 def test_pull_secrets_env_and_volumes_reach_every_ray_pod():
     spec = gpu_job().spec.model_dump(by_alias=True, mode="json")
     spec["cluster"].update(EXTRAS)
-    rj = b.build_rayjob(job(**spec), "videos", UID)
+    rj = b.build_rayjob(job(**spec), "videos", UID, TOKEN_SECRET)
     by_pod = pods(rj)
     assert set(by_pod) == {"head", "submitter", "cpu", "gpu-split", "gpu-transcode"}
     for name, pod in by_pod.items():
         assert pod["imagePullSecrets"] == [{"name": "registry-creds"}], name
-        (container,) = pod["containers"]
+        container = pod["containers"][0]  # Ray's (the head's second is the dashboard gate)
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["HTTPS_PROXY"] == "http://proxy:3128" and env["RAY_DEDUP_LOGS"] == "0", name
-        assert env["RAY_AUTH_MODE"] == "disabled", name  # the operator's own variables stay
+        assert env["RAY_AUTH_MODE"] == "token", name  # the operator's own variables stay
         if name == "submitter":  # it only submits: the image's pull secret and env, no volumes
             assert "volumes" not in pod and "volumeMounts" not in container
             continue
@@ -296,10 +352,10 @@ def test_pull_secrets_env_and_volumes_reach_every_ray_pod():
 
 
 def test_no_extras_add_nothing_to_the_pods():
-    for name, pod in pods(b.build_rayjob(job(), "videos", UID)).items():
+    for name, pod in pods(b.build_rayjob(job(), "videos", UID, TOKEN_SECRET)).items():
         assert "imagePullSecrets" not in pod, name
-        assert [e["name"] for e in pod["containers"][0]["env"]] == ["RAY_AUTH_MODE"], name
-    worker = pods(b.build_rayjob(job(), "videos", UID))["cpu"]
+        assert [e["name"] for e in pod["containers"][0]["env"]] == ["RAY_AUTH_MODE", "RAY_AUTH_TOKEN"], name
+    worker = pods(b.build_rayjob(job(), "videos", UID, TOKEN_SECRET))["cpu"]
     assert "volumes" not in worker and "volumeMounts" not in worker["containers"][0]
 
 
@@ -307,11 +363,11 @@ def test_ephemeral_storage_is_requested_per_group():
     j = job(cluster={"head": {"resources": {"requests": {"cpu": 1, "memory": "4Gi", "ephemeralStorage": "2Gi"}}},
                      "cpuWorkers": {"resources": {"requests": {"cpu": 4, "memory": "8Gi", "ephemeralStorage": "40Gi"},
                                                   "limits": {"cpu": 4, "memory": "8Gi", "ephemeralStorage": "60Gi"}}}})
-    by_pod = pods(b.build_rayjob(j, "videos", UID))
+    by_pod = pods(b.build_rayjob(j, "videos", UID, TOKEN_SECRET))
     head, worker = by_pod["head"]["containers"][0]["resources"], by_pod["cpu"]["containers"][0]["resources"]
     assert head["requests"] == {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "2Gi"}
     assert worker["requests"]["ephemeral-storage"] == "40Gi" and worker["limits"]["ephemeral-storage"] == "60Gi"
-    defaults = pods(b.build_rayjob(job(), "videos", UID))
+    defaults = pods(b.build_rayjob(job(), "videos", UID, TOKEN_SECRET))
     assert not any("ephemeral-storage" in c["resources"].get(kind, {}) for pod in defaults.values()
                    for c in pod["containers"] for kind in ("requests", "limits"))
 
@@ -327,7 +383,7 @@ def test_ephemeral_storage_is_requested_per_group():
 ], ids=["ray-env", "credential-env", "volume-name", "mount-path", "mount-below"])
 def test_extras_cannot_replace_what_the_operator_sets(cluster: dict, problem: str):
     with pytest.raises(b.BuildError, match=re.escape(problem)):
-        b.build_rayjob(job(cluster=cluster), "videos", UID)
+        b.build_rayjob(job(cluster=cluster), "videos", UID, TOKEN_SECRET)
 
 
 @pytest.mark.parametrize("cluster, problem", [
@@ -348,7 +404,7 @@ def test_the_spec_refuses_pod_extras_that_cannot_work(cluster: dict, problem: st
 
 
 def _live_cluster(j: VideoCurationJob) -> dict:
-    return {"spec": b.build_rayjob(j, "videos", UID)["spec"]["rayClusterSpec"]}
+    return {"spec": b.build_rayjob(j, "videos", UID, TOKEN_SECRET)["spec"]["rayClusterSpec"]}
 
 
 def test_scaling_patch_targets_groups_by_index_guarded_by_name():
@@ -382,7 +438,7 @@ def test_scaling_patch_fails_whole_when_groups_were_reordered():
 
 
 def test_scaling_patch_on_a_rayjob_uses_its_cluster_spec_prefix():
-    rayjob = b.build_rayjob(job(), "videos", UID)
+    rayjob = b.build_rayjob(job(), "videos", UID, TOKEN_SECRET)
     after = job(cluster={"cpuWorkers": {"maxReplicas": 2}}).spec
     ops = b.scaling_patch(rayjob, after, prefix="/spec/rayClusterSpec")
     assert ops and all(op["path"].startswith("/spec/rayClusterSpec/workerGroupSpecs/0/") for op in ops)

@@ -24,7 +24,9 @@ EXPECTED_RULES = {
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("ray.io", "rayclusters"): {"get", "patch"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
-    ("", "secrets"): {"get"},  # only the names in jobPolicy.allowedCredentialsSecrets (resourceNames)
+    # get: only the names in jobPolicy.allowedCredentialsSecrets (resourceNames); create: each job's Ray token
+    ("", "secrets"): {"get", "create"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create"},  # each job's, deleted with it by the GC
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -158,7 +160,17 @@ def test_namespace_scope_can_serve_another_namespace():
 
 
 def secret_rules(role: dict) -> list[dict]:
-    return [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+    """The rules that let the operator read Secrets."""
+    return [rule for rule in role["rules"] if "secrets" in rule["resources"] and rule["verbs"] != ["create"]]
+
+
+@pytest.mark.parametrize("sets", [[], ["scope=namespace"], ["rbac.readJobSecrets=false"]],
+                         ids=["cluster", "namespace", "no-read-secrets"])
+def test_the_operator_may_create_secrets_and_read_none_it_made(sets: list[str]):
+    """Jobs' Ray tokens: created under generated names the create answers with, never read back."""
+    (role,) = [o for o in render(*sets) if o["kind"] in ("ClusterRole", "Role")]
+    created = [r for r in role["rules"] if "secrets" in r["resources"] and "create" in r["verbs"]]
+    assert created == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
 
 
 @pytest.mark.parametrize("scope", ["cluster", "namespace"])
@@ -185,7 +197,8 @@ def test_no_secret_names_means_no_secret_rule():
 
 def test_secrets_access_can_be_turned_off():
     objects = render("rbac.readJobSecrets=false")
-    assert ("", "secrets") not in rules(one(objects, "ClusterRole"))
+    assert rules(one(objects, "ClusterRole"))[("", "secrets")] == {"create"}  # the jobs' Ray tokens only
+    assert secret_rules(one(objects, "ClusterRole")) == []
     assert "--no-read-secrets" in container(objects)["args"]
 
 
@@ -199,6 +212,21 @@ def test_the_job_policy_reaches_the_operator_as_json():
         "jobPolicy.allowedImages={registry.example.com/ml/}", "jobPolicy.allowedServiceAccounts={model-reader}"))["env"]}
     policy = parse_policy(env["CLIPFORGE_JOB_POLICY"])
     assert policy.images == ("registry.example.com/ml/",) and policy.service_accounts == ("model-reader",)
+
+
+def test_where_kuberay_runs_reaches_the_operator_as_json():
+    from clipforge_operator.builders import KubeRayPods
+
+    env = {e["name"]: e["value"] for e in container(render())["env"]}
+    assert KubeRayPods.from_json(env["CLIPFORGE_KUBERAY_PODS"]) == KubeRayPods()  # KubeRay's chart's labels
+    env = {e["name"]: e["value"] for e in container(render(
+        "kuberay.namespace=ray-system", "kuberay.podLabels.app=kuberay"))["env"]}
+    assert KubeRayPods.from_json(env["CLIPFORGE_KUBERAY_PODS"]) == KubeRayPods(
+        "ray-system", (("app", "kuberay"), ("app.kubernetes.io/name", "kuberay-operator")))
+    for bad in ("kuberay.namespace=Not_A_Namespace", "kuberay.other=1"):
+        assert helm("template", "cf", str(CHART), "--set", bad, check=False).returncode != 0, bad
+    no_labels = 'kuberay.podLabels={"app.kubernetes.io/name": null}'  # would admit every pod
+    assert helm("template", "cf", str(CHART), "--set-json", no_labels, check=False).returncode != 0
 
 
 def test_metrics_and_service_account_toggles():

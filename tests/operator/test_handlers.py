@@ -12,6 +12,7 @@ import base64
 import copy
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,21 @@ class FakeKube:
     def get_secret(self, ns: str, name: str) -> dict | None:
         self.calls.append(("get_secret", name))
         return self._get("secret", ns, name)
+
+    def create_secret(self, body: dict) -> dict:
+        body = copy.deepcopy(body)
+        if "generateName" in body["metadata"]:  # as the API server does, with a counter for its random suffix
+            body["metadata"]["name"] = f"{body['metadata'].pop('generateName')}{self.count('create_secret'):05d}"
+        self.calls.append(("create_secret", body["metadata"]["name"]))
+        return self._put("secret", body)
+
+    # NetworkPolicy
+    def get_network_policy(self, ns: str, name: str) -> dict | None:
+        return self._get("networkpolicy", ns, name)
+
+    def create_network_policy(self, body: dict) -> dict:
+        self.calls.append(("create_network_policy", body["metadata"]["name"]))
+        return self._put("networkpolicy", body)
 
     # test helpers
     def count(self, call: str) -> int:
@@ -240,9 +256,55 @@ def test_existing_children_of_this_job_are_adopted_not_duplicated(h: Harness):
 
     job = parse_job(h.kube.get_job(NS, "demo"))
     h.kube._put("configmap", b.build_configmap(job, NS, UID))
-    h.kube._put("rayjob", b.build_rayjob(job, NS, UID))
+    h.kube._put("rayjob", b.build_rayjob(job, NS, UID, "demo-ray-token-abcde"))
     assert h.reconcile() == "Provisioning"
     assert h.rayjobs() == ["demo"] and h.status["rayJobName"] == "demo"
+
+
+def token_refs(rayjob: dict) -> set[str]:
+    """The Secrets every RAY_AUTH_TOKEN of the RayJob's containers (autoscaler included) refers to."""
+    found = re.findall(r'"name": "RAY_AUTH_TOKEN", "valueFrom": \{"secretKeyRef": \{"name": "([^"]+)"', json.dumps(rayjob))
+    assert len(found) >= 4, found  # head, dashboard gate, autoscaler, submitter at least
+    return set(found)
+
+
+def test_the_job_gets_one_ray_token_and_one_network_policy_for_all_its_attempts(h: Harness):
+    drive_to_running(h)
+    secrets = [o for (k, _, _), o in h.kube.objects.items() if k == "secret"]
+    (secret,) = secrets
+    name = secret["metadata"]["name"]
+    assert name.startswith("demo-ray-token-") and h.status["rayTokenSecret"] == name
+    assert re.fullmatch(r"[0-9a-f]{64}", secret["stringData"]["RAY_AUTH_TOKEN"]) and secret["immutable"] is True
+    policy = h.kube.get_network_policy(NS, "demo-ray")
+    for child in (secret, policy):
+        assert [(o["kind"], o["uid"], o["controller"]) for o in child["metadata"]["ownerReferences"]] == \
+            [("VideoCurationJob", UID, True)]
+    assert token_refs(h.kube.get_rayjob(NS, "demo")) == {name}
+
+    fail(h, "demo", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", message="exit code 1")
+    h.advance(31)
+    assert h.reconcile() == "Provisioning" and h.rayjobs() == ["demo-retry-1"]
+    assert token_refs(h.kube.get_rayjob(NS, "demo-retry-1")) == {name}  # the retry keeps the token
+    assert h.kube.count("create_secret") == 1
+    assert [n for (k, _, n) in h.kube.objects if k in ("secret", "networkpolicy")] == [name, "demo-ray"]
+
+
+def test_a_secret_made_by_someone_else_never_becomes_the_jobs_token(h: Harness):
+    """Who could plant a Secret under the token's name would know the token: the name is generated."""
+    h.kube._put("secret", {"metadata": {"name": "demo-ray-token-00000", "namespace": NS},
+                           "stringData": {"RAY_AUTH_TOKEN": "known-to-the-planter"}})
+    h.kube.calls.append(("create_secret", "planted"))  # the fake's next generated name is then another
+    assert h.reconcile() == "Provisioning"
+    ours = h.status["rayTokenSecret"]
+    assert ours != "demo-ray-token-00000" and token_refs(h.kube.get_rayjob(NS, "demo")) == {ours}
+
+
+def test_a_foreign_network_policy_with_our_name_fails_the_job(h: Harness):
+    h.kube._put("networkpolicy", {"kind": "NetworkPolicy", "metadata": {"name": "demo-ray", "namespace": NS}})
+    assert h.reconcile() == "Failed"
+    failed = h.condition("Failed")
+    assert failed["reason"] == "NameConflict" and "NetworkPolicy demo-ray exists" in failed["message"]
+    assert h.rayjobs() == []
 
 
 def test_a_foreign_object_with_our_name_fails_the_job(h: Harness):
@@ -560,6 +622,9 @@ def test_secrets_never_reach_status_events_or_logs(tmp_path: Path, caplog: pytes
     everything += json.dumps([o for (k, _, _), o in h.kube.objects.items() if k != "secret"])
     assert SECRET_VALUE not in everything  # ... and nowhere else
     assert base64.b64encode(SECRET_VALUE.encode()).decode() not in everything
+    # Nor the job's Ray token, which only its own Secret holds.
+    token = h.kube.objects[("secret", NS, h.status["rayTokenSecret"])]["stringData"]["RAY_AUTH_TOKEN"]
+    assert token not in everything and base64.b64encode(token.encode()).decode() not in everything
 
 
 def test_progress_errors_never_fail_the_job(h: Harness):

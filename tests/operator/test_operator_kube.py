@@ -12,12 +12,14 @@ tests/harness/process_kubelet.py), which is all the scheduler needs to decide pl
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
 
 import pytest
 
+from clipforge.dashboard_gate import STATUS_FIELDS
 from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack
 from harness.operator_process import ChartOperator
 
@@ -60,7 +62,11 @@ def test_the_operator_runs_as_the_charts_service_account_and_nothing_more(stack)
         f"system:serviceaccount:{stack.operator.namespace}:{stack.operator.service_account}"
     questions = {"create rayjobs.ray.io": "yes", "patch videocurationjobs.clipforge.dev --subresource=status": "yes",
                  "get secrets/clipforge-s3": "yes", "get secrets": "no", "list secrets": "no", "create pods": "no", "delete rayclusters.ray.io": "no",
-                 "update videocurationjobs.clipforge.dev": "no"}
+                 "update videocurationjobs.clipforge.dev": "no",
+                 # The jobs' Ray tokens and NetworkPolicies: made, never changed; the GC deletes them with the job.
+                 "create secrets": "yes", "update secrets": "no", "delete secrets": "no",
+                 "create networkpolicies.networking.k8s.io": "yes", "get networkpolicies.networking.k8s.io": "yes",
+                 "delete networkpolicies.networking.k8s.io": "no", "patch networkpolicies.networking.k8s.io": "no"}
     answers = {q: stack.cp.kubectl("auth", "can-i", *q.split(), "-n", NS, kubeconfig=kubeconfig,
                                    check=False).stdout.strip() for q in questions}
     assert answers == questions
@@ -100,6 +106,133 @@ def test_the_namespace_scoped_chart_serves_its_namespace_with_a_role(stack, tmp_
         scoped.stop()
         stack.operator.start()
         stack.cp.kubectl("delete", "namespace", watched, "--wait=false")
+
+
+# --------------------------------------------------------------------- the closed Ray cluster
+
+# What a pod outside the job tries against the job's head: the dashboard's job submission, list and
+# logs, the job's status (the one thing the gate tells without a token), and the GCS, each without
+# Ray's token, with a wrong one, and with the right one (which this pod has by reference to the
+# job's token Secret, for the comparison). Prints one JSON object: what each attempt got.
+OUTSIDER = r"""
+import json, os, subprocess, sys, urllib.error, urllib.request
+head, job_id, token = sys.argv[1], sys.argv[2], os.environ.pop("JOB_TOKEN")
+def http(method, path, body=None, auth=None):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {auth}"} if auth else {})}
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{head}:8265{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return [answer.status, answer.read().decode()]
+    except urllib.error.HTTPError as refused:
+        return [refused.code, refused.read().decode()]
+def gcs(env):
+    done = subprocess.run(["ray", "health-check", "--address", f"{head}:6379"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+    return [done.returncode, (done.stdout + done.stderr)[-2000:]]
+submission = {"entrypoint": "echo outsider", "submission_id": job_id}
+wrong = "0" * 64
+print(json.dumps({
+    "submit": http("POST", "/api/jobs/", submission), "submit_wrong": http("POST", "/api/jobs/", submission, wrong),
+    "list": http("GET", "/api/jobs/"), "state": http("GET", "/api/v0/nodes"),
+    "gcs": gcs({"RAY_AUTH_MODE": "disabled"}), "gcs_wrong": gcs({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": wrong}),
+    "submit_token": http("POST", "/api/jobs/", submission, token),
+    "status": http("GET", f"/api/jobs/{job_id}"), "logs": http("GET", f"/api/jobs/{job_id}/logs"),
+    "status_token": http("GET", f"/api/jobs/{job_id}", auth=token),
+    "gcs_token": gcs({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}),
+}))
+"""
+
+
+def outsider_pod(name: str, head_ip: str, job_id: str, token_secret: str) -> dict:
+    """A pod of nobody's job (no job labels) in the job's namespace, as Pod Security `restricted` admits it."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+            "spec": {"restartPolicy": "Never",
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{
+                         "name": "outsider", "image": "clipforge/pipeline:0.1.0",
+                         "command": ["python", "-c", OUTSIDER, head_ip, job_id],
+                         # HOME: no token file of anyone's (Ray would read ~/.ray/auth_token).
+                         "env": [{"name": "HOME", "value": "/tmp"},
+                                 {"name": "JOB_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret,
+                                                                                     "key": "RAY_AUTH_TOKEN"}}}],
+                         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}
+
+
+def test_a_pod_outside_the_job_is_refused_by_its_ray_cluster_without_the_token(stack, tmp_path):
+    """The job's Ray cluster answers nobody without its token, and the job's Secret and NetworkPolicy
+    are made, owned by the job and deleted with it.
+
+    The process kubelet has no CNI: nothing enforces a NetworkPolicy here (docs/testing.md), so the
+    outsider does reach the head's ports and only Ray's token refuses it. The NetworkPolicy is checked
+    as the object the API server stores (its selectors and ports), not as traffic it stops.
+    A head-only cluster is enough: the workers select a node nobody has, so the job stays Provisioning.
+    """
+    doc = stack.job_manifest("closed", "unused-bucket", pendingDeadlineSeconds=900, **LIGHT)
+    doc["spec"]["cluster"]["cpuWorkers"]["nodeSelector"] = {"no-such-label": "x"}
+    stack.apply_job(doc, tmp_path)
+    job = stack.get("videocurationjob", "closed")
+    uid = job["metadata"]["uid"]
+
+    def head_ready() -> dict | None:
+        for pod in stack.pods_of("closed", "head"):
+            conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
+            if conditions.get("Ready") == "True":  # KubeRay's probes ask the gate for Ray's health
+                return pod
+        return None
+
+    head = stack.wait(head_ready, 240, "the head pod ready", "closed")
+    status = stack.status("closed")
+    token_secret = status["rayTokenSecret"]
+    assert status["phase"] == "Provisioning" and token_secret.startswith("closed-ray-token-")
+
+    # The Secret and the NetworkPolicy, as the API server has them.
+    secret = stack.get("secret", token_secret)
+    policy = stack.get("networkpolicy", "closed-ray")
+    for child in (secret, policy):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("VideoCurationJob", uid, True)
+    assert secret["immutable"] is True and len(base64.b64decode(secret["data"]["RAY_AUTH_TOKEN"])) == 64
+    job_pods = {"matchLabels": {"clipforge.dev/job-uid": uid}}
+    assert policy["spec"]["podSelector"] == job_pods and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"podSelector": job_pods}]},
+        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
+         "ports": [{"protocol": "TCP", "port": 8265}]}]
+    selected = stack.list("pods", "clipforge.dev/job-uid=" + uid)
+    assert head["metadata"]["name"] in {p["metadata"]["name"] for p in selected}
+
+    stack.cp.apply(outsider_pod("outsider", head["status"]["podIP"], "closed", token_secret))
+    try:
+        stack.wait(lambda: (stack.get("pod", "outsider") or {}).get("status", {}).get("phase") in ("Succeeded", "Failed"),
+                   300, "the outsider pod to finish", "closed")
+        log = stack.kubelet.logs(NS, "outsider", "outsider")
+        assert stack.get("pod", "outsider")["status"]["phase"] == "Succeeded", log[-3000:]
+        got = json.loads(log.strip().splitlines()[-1])
+    finally:
+        stack.kubectl("delete", "pod", "outsider", "--wait=false", check=False)
+
+    # Without the token: Ray's dashboard (behind the gate) and its GCS refuse everything.
+    assert got["submit"] == [401, "Unauthorized: Missing authentication token"], got["submit"]
+    assert got["submit_wrong"] == [403, "Forbidden: Invalid authentication token"], got["submit_wrong"]
+    assert got["list"][0] == 401 and got["state"][0] == 401 and got["logs"][0] == 401
+    for attempt in ("gcs", "gcs_wrong"):
+        code, output = got[attempt]
+        assert code != 0 and "InvalidAuthToken" in output, (attempt, output)  # the GCS's refusal, not a network error
+    # With it, the same calls succeed.
+    code, answer = got["submit_token"]
+    assert code == 200 and json.loads(answer)["submission_id"] == "closed", got["submit_token"]
+    assert got["gcs_token"][0] == 0, got["gcs_token"]
+    # The job's status, which KubeRay polls without a token: the gate gives its status fields, nothing more.
+    code, view = got["status"]
+    assert code == 200 and set(json.loads(view)) <= set(STATUS_FIELDS) and "entrypoint" not in view, got["status"]
+    assert json.loads(view)["submission_id"] == "closed" and json.loads(view)["status"] in ("PENDING", "RUNNING", "SUCCEEDED")
+    assert json.loads(got["status_token"][1])["entrypoint"] == "echo outsider"  # the dashboard's own answer
+
+    assert stack.kubectl("delete", "videocurationjob", "closed", "--timeout=120s").returncode == 0
+    # The garbage collector deletes what the job owns: its token Secret and NetworkPolicy too.
+    stack.wait(lambda: stack.get("secret", token_secret) is None and stack.get("networkpolicy", "closed-ray") is None,
+               120, "the token Secret and the NetworkPolicy deleted with the job")
 
 
 # ------------------------------------------------------------------------- pending deadline

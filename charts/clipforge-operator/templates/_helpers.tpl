@@ -85,6 +85,17 @@ Least privilege: no wildcards, no list/watch where a get suffices, no update whe
   resourceNames: {{ toJson $secrets }}
   verbs: ["get"]
 {{- end }}
+# Each job's Ray token: created once under a generated name, which the operator learns from the
+# create; it never reads one back (the job's pods get it by reference, the garbage collector
+# deletes it with the job).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+# Each job's NetworkPolicy: created, read back only when the name is taken; deleted with the job
+# by the garbage collector.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
 # Kubernetes Events on the jobs (phase changes, failures, retries).
 - apiGroups: [""]
   resources: ["events"]

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import pickle
+import secrets
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -160,10 +161,12 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    # Ray 2.60 turns token auth on for a new local cluster and writes a token under ~/.ray.
-    # This private cluster has no dashboard or job server and lives only for this run, so
-    # auth is off unless the user chose a mode. Joined clusters keep whatever they use.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # This private cluster's GCS and workers listen on the machine's address while the run lasts:
+    # Ray's default for a new local cluster, token auth, stays on (unless the user set a mode), with
+    # a token of this process's own in its environment, which Ray's processes inherit, rather than
+    # the token file Ray would write under ~/.ray to outlive the run. A joined cluster brings its own.
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     num_cpus = local_cpus_needed(spec)
     if num_cpus > (os.cpu_count() or 1):
         log.info("local Ray: %d logical CPUs so each stage gets its minimum workers (%d cores)", num_cpus, os.cpu_count())

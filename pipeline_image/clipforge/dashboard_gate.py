@@ -1,0 +1,165 @@
+"""The one door to a ClipForge Ray head's dashboard: Ray's token checks everything but KubeRay's status poll.
+
+A job's Ray cluster runs with Ray's token authentication (RAY_AUTH_MODE=token): without the job's
+token nothing is submitted, no GCS call is answered. KubeRay 1.5.0 submits through a pod that has
+the token, but its operator polls `GET /api/jobs/<job id>` without any token, and a RayJob whose
+status it cannot read fails after its submitter finishes. So the head's dashboard listens on the
+pod's loopback only, and this gate listens on the dashboard's port in its place:
+
+- a request that carries no credentials and is exactly `GET /api/jobs/<this RayJob's job id>`
+  without a body is answered by the gate itself: it asks the dashboard with the token and returns
+  only the fields KubeRay reads (status, message, times, ids), never the entrypoint, runtime
+  environment or driver details; and it closes the connection, so nothing else rides on it;
+- every other connection is relayed byte for byte, untouched: the dashboard checks the token of
+  each request on it (job submission, logs, the state API) as it would without the gate.
+
+    python -m clipforge.dashboard_gate --listen 0.0.0.0:8265 --dashboard 127.0.0.1:8266 --job-id JOB
+
+The token comes from $RAY_AUTH_TOKEN (a reference to the job's token Secret, never a literal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import logging
+import os
+import sys
+
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+# What KubeRay 1.5.0's RayJobInfo reads from a job's details (its dashboard client's types.go),
+# minus the entrypoint, metadata and runtime environment: the gate is no place to read those.
+STATUS_FIELDS = ("job_id", "submission_id", "status", "message", "error_type", "start_time", "end_time")
+# Headers that make a request more than a bare status poll: credentials of its own (Ray checks
+# those), or a body that a relay would have to forward.
+NOT_A_POLL = (b"authorization", b"x-ray-authorization", b"cookie", b"content-length", b"transfer-encoding")
+MAX_HEAD = 64 * 1024
+HEAD_TIMEOUT_S = 30.0
+DASHBOARD_TIMEOUT_S = 10.0
+CHUNK = 64 * 1024
+
+log = logging.getLogger("clipforge.dashboard_gate")
+
+
+def is_status_poll(head: bytes, job_id: str) -> bool:
+    """True for a request head (request line and headers) that is KubeRay's status poll of `job_id`."""
+    request_line, *header_lines = head.split(b"\r\n")
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or parts[0] != b"GET" or parts[1] != f"/api/jobs/{job_id}".encode():
+        return False
+    if parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+        return False
+    names = {line.split(b":", 1)[0].strip().lower() for line in header_lines if line}
+    return not names & set(NOT_A_POLL)
+
+
+def status_view(details: dict) -> dict:
+    """The fields of a job's details that the gate gives out without a token."""
+    return {key: details[key] for key in STATUS_FIELDS if key in details}
+
+
+def _response(status: int, reason: str, body: bytes, content_type: str) -> bytes:
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class Gate:
+    def __init__(self, dashboard_host: str, dashboard_port: int, job_id: str, token: str):
+        self.dashboard_host, self.dashboard_port = dashboard_host, dashboard_port
+        self.job_id, self.token = job_id, token
+
+    def _ask_dashboard(self) -> bytes:
+        """The dashboard's answer about the job, as a response to send back (runs in a thread)."""
+        conn = http.client.HTTPConnection(self.dashboard_host, self.dashboard_port, timeout=DASHBOARD_TIMEOUT_S)
+        try:
+            conn.request("GET", f"/api/jobs/{self.job_id}", headers={"Authorization": f"Bearer {self.token}"})
+            answer = conn.getresponse()
+            body = answer.read()
+        except OSError as exc:
+            return _response(502, "Bad Gateway", f"the Ray dashboard did not answer: {exc}".encode(), "text/plain")
+        finally:
+            conn.close()
+        if answer.status != 200:  # 404 (no such job yet) and the rest, as the dashboard said them
+            return _response(answer.status, answer.reason, body, answer.getheader("Content-Type") or "text/plain")
+        try:
+            view = status_view(json.loads(body))
+        except (ValueError, TypeError, AttributeError):
+            return _response(502, "Bad Gateway", b"the Ray dashboard's answer was not a job's details", "text/plain")
+        return _response(200, "OK", json.dumps(view).encode(), "application/json")
+
+    async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+            except asyncio.IncompleteReadError as exc:  # the client closed mid-head: relay what it sent
+                head = exc.partial
+            except asyncio.LimitOverrunError:  # an oversized head stays buffered: relay it, Ray judges it
+                head = b""
+            if not head and client_reader.at_eof():
+                return
+            if is_status_poll(head, self.job_id):
+                client_writer.write(await asyncio.to_thread(self._ask_dashboard))
+                await client_writer.drain()
+                return
+            await self._relay(head, client_reader, client_writer)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.debug("connection ended: %s", exc)
+        finally:
+            client_writer.close()
+
+    async def _relay(self, head: bytes, client_reader: asyncio.StreamReader,
+                     client_writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.dashboard_host, self.dashboard_port)
+        try:
+            up_writer.write(head)
+            await asyncio.gather(_pipe(client_reader, up_writer), _pipe(up_reader, client_writer))
+        finally:
+            up_writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copies until EOF, then half-closes the other side (a client may wait for the rest of a reply)."""
+    try:
+        while chunk := await reader.read(CHUNK):
+            writer.write(chunk)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        writer.close()
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    return host, int(port)
+
+
+async def serve(listen: tuple[str, int], gate: Gate) -> None:
+    server = await asyncio.start_server(gate.handle, *listen, limit=MAX_HEAD)
+    log.info("dashboard gate on %s:%d, dashboard at %s:%d, status poll of job %s",
+             *listen, gate.dashboard_host, gate.dashboard_port, gate.job_id)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipforge.dashboard_gate", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", type=_address, required=True, help="HOST:PORT the gate listens on")
+    parser.add_argument("--dashboard", type=_address, required=True, help="HOST:PORT of the Ray dashboard")
+    parser.add_argument("--job-id", required=True, help="the RayJob's Ray job id (its spec.jobId)")
+    args = parser.parse_args(argv)
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        parser.error(f"${TOKEN_ENV} is not set: the gate needs the job's Ray token to ask the dashboard")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args.listen, Gate(*args.dashboard, args.job_id, token)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

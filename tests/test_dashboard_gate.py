@@ -1,0 +1,57 @@
+"""Which requests the dashboard gate answers itself, and what it gives out without a token.
+
+The gate against a real Ray head (token auth on, KubeRay polling through it, a pod without the
+token refused) is tests/operator/test_operator_kube.py and tests/e2e/test_operator_e2e.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from clipforge.dashboard_gate import STATUS_FIELDS, is_status_poll, status_view
+
+JOB = "curate-retry-1"
+# What KubeRay 1.5.0's dashboard client sends (Go's net/http, no body, no credentials).
+KUBERAY_POLL = (b"GET /api/jobs/curate-retry-1 HTTP/1.1\r\nHost: curate-head-svc.ns.svc.cluster.local:8265\r\n"
+                b"User-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+
+
+def test_kuberays_status_poll_of_this_job_is_answered_by_the_gate():
+    assert is_status_poll(KUBERAY_POLL, JOB)
+    assert is_status_poll(b"GET /api/jobs/curate-retry-1 HTTP/1.0\r\n\r\n", JOB)
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /api/jobs/curate HTTP/1.1\r\n\r\n",  # another job (an earlier attempt's name)
+    b"GET /api/jobs/curate-retry-10 HTTP/1.1\r\n\r\n",
+    b"GET /api/jobs/ HTTP/1.1\r\n\r\n",  # the list
+    b"GET /api/jobs/curate-retry-1/logs HTTP/1.1\r\n\r\n",
+    b"GET /api/jobs/curate-retry-1?x=1 HTTP/1.1\r\n\r\n",
+    b"GET http://head:8265/api/jobs/curate-retry-1 HTTP/1.1\r\n\r\n",  # absolute form
+    b"POST /api/jobs/curate-retry-1 HTTP/1.1\r\n\r\n",
+    b"POST /api/jobs/ HTTP/1.1\r\nContent-Length: 30\r\n\r\n",  # a submission
+    b"GET /api/jobs/curate-retry-1 HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n",  # Ray judges credentials
+    b"GET /api/jobs/curate-retry-1 HTTP/1.1\r\nX-Ray-Authorization: Bearer abc\r\n\r\n",
+    b"GET /api/jobs/curate-retry-1 HTTP/1.1\r\nCookie: ray-authentication-token=abc\r\n\r\n",
+    b"GET /api/jobs/curate-retry-1 HTTP/1.1\r\ncontent-length: 5\r\n\r\n",  # a body to smuggle
+    b"GET /api/jobs/curate-retry-1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET  /api/jobs/curate-retry-1 HTTP/1.1\r\n\r\n",
+    b"GET /api/jobs/curate-retry-1 HTTP/2\r\n\r\n",
+    b"",
+], ids=lambda h: h[:60].decode(errors="replace"))
+def test_everything_else_goes_to_ray_untouched(head: bytes):
+    assert not is_status_poll(head, JOB)
+
+
+def test_the_status_view_keeps_what_kuberay_reads_and_nothing_else():
+    # A job's details as Ray 2.60's GET /api/jobs/<id> answers them.
+    details = {"type": "SUBMISSION", "job_id": "02000000", "submission_id": JOB, "driver_info": {"id": "02000000",
+               "node_ip_address": "10.200.0.5", "pid": "4242"}, "status": "RUNNING", "entrypoint":
+               "clipforge run /etc/clipforge/job.yaml", "message": "Job is currently running.", "error_type": None,
+               "start_time": 1764600000000, "end_time": None, "metadata": {"owner": "x"},
+               "runtime_env": {"env_vars": {"A": "b"}}, "driver_agent_http_address": "http://10.200.0.5:52365",
+               "driver_node_id": "abc", "driver_exit_code": None}
+    view = status_view(details)
+    assert set(view) == set(STATUS_FIELDS)
+    assert view["status"] == "RUNNING" and view["submission_id"] == JOB and view["start_time"] == 1764600000000
+    assert not {"entrypoint", "runtime_env", "metadata", "driver_info", "driver_agent_http_address"} & set(view)
