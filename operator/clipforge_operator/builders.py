@@ -537,7 +537,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
         "enableInTreeAutoscaling": True,
         "autoscalerOptions": {
             "upscalingMode": "Default",
-            "idleTimeoutSeconds": 60,
+            "idleTimeoutSeconds": spec.cluster.worker_idle_timeout_seconds,
             "env": ray_auth_env(token_secret),
             "securityContext": _container_security(),
         },
@@ -746,6 +746,38 @@ def cluster_problem(raycluster: Mapping | None) -> str:
             lines = [line for line in (cond.get("message") or "").splitlines() if line.strip() and line != reason]
             return f"RayCluster {(raycluster.get('metadata') or {}).get('name')}: {reason}: {'; '.join(lines)}"
     return ""
+
+
+# KubeRay's labels on the pods of a RayCluster.
+KUBERAY_CLUSTER_LABEL, KUBERAY_GROUP_LABEL, KUBERAY_NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
+
+
+def worker_pods_selector(raycluster_name: str) -> str:
+    """The label selector of a RayCluster's worker pods."""
+    return f"{KUBERAY_CLUSTER_LABEL}={raycluster_name},{KUBERAY_NODE_TYPE_LABEL}=worker"
+
+
+def worker_group_sizes(raycluster: Mapping, pods: Iterable[Mapping]) -> list[dict]:
+    """status.workerGroups: each worker group's bounds, the pods wanted now and the pods Ready.
+
+    Wanted is the live RayCluster's `replicas`, which the Ray autoscaler moves between the bounds
+    (KubeRay's status counts workers for the whole cluster only); Ready counts the group's pods,
+    those being deleted aside.
+    """
+    ready: dict[str, int] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if not meta.get("deletionTimestamp") and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            group = (meta.get("labels") or {}).get(KUBERAY_GROUP_LABEL, "")
+            ready[group] = ready.get(group, 0) + 1
+    sizes = []
+    for group in ((raycluster.get("spec") or {}).get("workerGroupSpecs") or []):
+        low = group.get("minReplicas") or 0
+        sizes.append({"name": group.get("groupName", ""), "minReplicas": low, "maxReplicas": group.get("maxReplicas", low),
+                      "desiredReplicas": group.get("replicas", low), "readyReplicas": ready.get(group.get("groupName"), 0)})
+    return sizes
 
 
 def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int,

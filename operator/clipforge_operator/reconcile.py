@@ -189,6 +189,21 @@ def _attempt_outcome(ctx: Context, namespace: str, spec: VideoCurationJobSpec, r
     return outcome
 
 
+def _observe_worker_groups(ctx: Context, st: _Status, namespace: str, raycluster: Mapping | None) -> None:
+    """status.workerGroups from the live RayCluster and its worker pods (none without a cluster).
+    Best effort, as progress is: a failed pod list keeps the last sizes and never holds up the job."""
+    if raycluster is None:
+        st.new["workerGroups"] = None
+        return
+    cluster = _meta(raycluster).get("name", "")
+    try:
+        pods = ctx.kube.list_pods(namespace, b.worker_pods_selector(cluster))
+    except ApiException as exc:
+        log.warning("could not list the pods of RayCluster %s/%s: %s %s", namespace, cluster, exc.status, exc.reason)
+        return
+    st.new["workerGroups"] = b.worker_group_sizes(raycluster, pods)
+
+
 def _failed_videos_text(outcome: RunOutcome) -> str:
     names = ", ".join(outcome.failed_videos[:3])
     more = f" and {len(outcome.failed_videos) - 3} more" if len(outcome.failed_videos) > 3 else ""
@@ -332,12 +347,15 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
             st.condition("Retrying", False, "RetryStarted", f"attempt {attempt + 1} of {total} started")
             st.events.append(b.EventRecord("Normal", "RetryStarted", f"RayJob {rayjob_name}: attempt {attempt + 1} of {total}"))
 
-    # While KubeRay makes the cluster, the RayCluster says why pods cannot be created, if they cannot.
+    # The live RayCluster: while KubeRay makes it, why pods cannot be created, if they cannot; while
+    # it runs, how many pods each worker group has and wants.
     rayjob_status = rayjob.get("status") or {}
     cluster_name = rayjob_status.get("rayClusterName")
-    starting = rayjob_status.get("jobDeploymentStatus") in ("", "Initializing")
-    raycluster = ctx.kube.get_raycluster(namespace, cluster_name) if cluster_name and starting else None
-    obs = b.observe_rayjob(rayjob, now, spec.pending_deadline_seconds, raycluster)
+    deployment = rayjob_status.get("jobDeploymentStatus")
+    starting = deployment in ("", "Initializing")
+    live = cluster_name and (starting or deployment == "Running")
+    raycluster = ctx.kube.get_raycluster(namespace, cluster_name) if live else None
+    obs = b.observe_rayjob(rayjob, now, spec.pending_deadline_seconds, raycluster if starting else None)
     if obs.ray_cluster_name:
         st.new["rayClusterName"] = obs.ray_cluster_name
     if obs.dashboard_url:
@@ -345,12 +363,14 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
 
     if not obs.terminal:
         st.set_phase(obs.phase, obs.reason, obs.message)
+        _observe_worker_groups(ctx, st, namespace, raycluster)
         if poll_progress and obs.phase == JobPhase.running.value:
             progress = _read_progress(ctx, namespace, spec, final=False)
             if progress is not None:
                 st.new["progress"] = progress
         return _commit(ctx, namespace, name, st)
 
+    st.new["workerGroups"] = None  # the attempt's cluster is going
     final = _read_progress(ctx, namespace, spec, final=True)
     if final is not None:
         st.new["progress"] = final

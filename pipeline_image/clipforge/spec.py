@@ -537,6 +537,12 @@ class ClusterSpec(SpecModel):
         default_factory=GpuWorkerGroups,
         description="One GPU worker group per stage that asks for GPUs (execution.stages.<stage>.gpus > 0).",
     )
+    worker_idle_timeout_seconds: int = _f(
+        60,
+        "Seconds a worker pod runs no Ray task or actor before the Ray autoscaler removes it (never below"
+        " its group's minReplicas).",
+        ge=1,
+    )
 
     @model_validator(mode="after")
     def _pod_extras(self) -> ClusterSpec:
@@ -849,6 +855,14 @@ class JobOutputs(SpecModel):
                    report=f"{base}/{REPORT_DIR}/{REPORT_PAGE}")
 
 
+class WorkerGroupStatus(SpecModel):
+    name: str = _f(description="The worker group: cpu, or gpu-<stage>.")
+    min_replicas: int = _f(0, "Fewest pods the group keeps.", ge=0)
+    max_replicas: int = _f(0, "Most pods the Ray autoscaler may start.", ge=0)
+    desired_replicas: int = _f(0, "Pods the Ray autoscaler wants now (the live RayCluster's replicas).", ge=0)
+    ready_replicas: int = _f(0, "Pods of the group that are Ready.", ge=0)
+
+
 class VideoCurationJobStatus(SpecModel):
     phase: JobPhase = _f(JobPhase.pending, "Pending, Provisioning, Running, Succeeded, Failed or Cancelled.")
     message: str = _f("", "Human-readable summary of the phase.")
@@ -868,4 +882,7 @@ class VideoCurationJobStatus(SpecModel):
     retries: int = _f(0, "Attempts made after the first one failed.", ge=0)
     next_retry_time: datetime | None = _f(None, "When the next attempt starts, while waiting out a retry backoff.")
     progress: JobProgress | None = _f(None, "The pipeline's latest progress report.")
+    worker_groups: list[WorkerGroupStatus] | None = _f(
+        None, "The current attempt's worker groups while its Ray cluster runs: how many pods each has and wants."
+    )
     outputs: JobOutputs | None = _f(None, "Where a finished run's summary, clip index and report are.")

@@ -452,6 +452,40 @@ def test_replicas_are_clamped_down_too():
     assert {"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 2} in ops
 
 
+def test_the_autoscalers_idle_timeout_comes_from_the_spec():
+    def idle_timeout(rj: dict) -> int:
+        return rj["spec"]["rayClusterSpec"]["autoscalerOptions"]["idleTimeoutSeconds"]
+
+    assert idle_timeout(b.build_rayjob(job(), "videos", UID, TOKEN_SECRET)) == 60  # KubeRay's default
+    quick = job(cluster={"workerIdleTimeoutSeconds": 15})
+    assert idle_timeout(b.build_rayjob(quick, "videos", UID, TOKEN_SECRET)) == 15
+    with pytest.raises(InvalidJobError, match="workerIdleTimeoutSeconds"):
+        job(cluster={"workerIdleTimeoutSeconds": 0})
+
+
+def _pod(group: str, ready: bool, deleting: bool = False) -> dict:
+    meta: dict[str, Any] = {"labels": {"ray.io/group": group, "ray.io/node-type": "worker"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2025-06-01T12:00:00Z"
+    return {"metadata": meta, "status": {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def test_group_sizes_are_the_autoscalers_replicas_and_the_ready_pods():
+    live = _live_cluster(job(execution={"stages": {"motion": {"gpus": 1, "maxWorkers": 3}}}))
+    groups = live["spec"]["workerGroupSpecs"]
+    assert [g["groupName"] for g in groups] == ["cpu", "gpu-motion"]
+    groups[1]["replicas"] = 3  # the autoscaler wants two more pods of the motion group
+    del groups[0]["replicas"]  # unset: KubeRay keeps minReplicas
+    pods = [_pod("cpu", True), _pod("gpu-motion", True), _pod("gpu-motion", False),  # one still starting
+            _pod("gpu-motion", True, deleting=True)]  # one the autoscaler removed earlier, on its way out
+    assert b.worker_group_sizes(live, pods) == [
+        {"name": "cpu", "minReplicas": groups[0]["minReplicas"], "maxReplicas": groups[0]["maxReplicas"],
+         "desiredReplicas": groups[0]["minReplicas"], "readyReplicas": 1},
+        {"name": "gpu-motion", "minReplicas": 1, "maxReplicas": 3, "desiredReplicas": 3, "readyReplicas": 1}]
+    assert b.worker_pods_selector("demo-x7k2p") == "ray.io/cluster=demo-x7k2p,ray.io/node-type=worker"
+
+
 # ----------------------------------------------------------------------------- spec changes
 
 

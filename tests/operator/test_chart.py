@@ -23,6 +23,7 @@ EXPECTED_RULES = {
     ("clipforge.dev", "videocurationjobs/finalizers"): {"update"},
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("ray.io", "rayclusters"): {"get", "patch"},
+    ("", "pods"): {"list"},  # a job's Ray worker pods, counted per group for its status
     ("", "configmaps"): {"get", "create", "patch", "delete"},
     # get: only the names in jobPolicy.allowedCredentialsSecrets (resourceNames); create: each job's Ray token
     ("", "secrets"): {"get", "create"},

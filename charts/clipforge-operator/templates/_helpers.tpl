@@ -66,6 +66,10 @@ Least privilege: no wildcards, no list/watch where a get suffices, no update whe
 - apiGroups: ["ray.io"]
   resources: ["rayclusters"]
   verbs: ["get", "patch"]
+# The live RayCluster's worker pods, counted per group for status.workerGroups (read, never changed).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # The job manifest the pipeline runs, mounted into the Ray head.
 - apiGroups: [""]
   resources: ["configmaps"]
