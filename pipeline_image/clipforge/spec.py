@@ -295,6 +295,14 @@ class ExecutionSpec(SpecModel):
         ge=1, le=1024,
     )
     stages: StagesExecution = _f(default_factory=StagesExecution, description="Per-stage execution hints.")
+    allocator: Literal["rayData", "throughput"] = _f(
+        "rayData",
+        "How the Ray executor sizes each stage between its minWorkers and maxWorkers. rayData: Ray Data's"
+        " actor-pool autoscaling (each stage on its own, by how many tasks wait for its workers);"
+        " throughput: every few seconds all stages at once, from each stage's measured seconds per task,"
+        " so that the slowest stage gets what the cluster's CPUs and GPUs allow and the others keep up"
+        " (docs/scaling.md).",
+    )
     failures: FailuresSpec = _f(
         default_factory=FailuresSpec, description="Retries, time limit and failure tolerance for broken inputs."
     )

@@ -46,13 +46,16 @@ def assert_complete(out: Path, expected_clips: int) -> None:
         assert frames == meta["num_frames"] and codec == "h264"
 
 
-def test_ray_job_writes_the_same_dataset_as_the_local_executor(tmp_path, samples_dir):
+@pytest.mark.parametrize("allocator", ["rayData", "throughput"])
+def test_ray_job_writes_the_same_dataset_as_the_local_executor(tmp_path, samples_dir, allocator):
     """Byte for byte: codecs and models run the threads their stage reserves on both executors, so
-    clips, previews, embeddings and scores do not depend on where (or next to what) they ran."""
+    clips, previews, embeddings and scores do not depend on where (or next to what) they ran, nor
+    on which allocator sized the stages (the local executor has none)."""
     outputs = {}
     for executor in ("ray", "local"):
         outputs[executor] = tmp_path / executor
-        spec = {"splitting": FIVE_SECOND_CLIPS, "execution": {"executor": executor, "clipsPerChunk": 1}}
+        spec = {"splitting": FIVE_SECOND_CLIPS,
+                "execution": {"executor": executor, "clipsPerChunk": 1, "allocator": allocator}}
         job = write_manifest(tmp_path / f"{executor}.yaml", manifest(str(samples_dir), str(outputs[executor]), **spec))
         result = clipforge("run", str(job), "--no-progress")
         assert result.returncode == 0, result.stderr[-3000:]

@@ -22,6 +22,7 @@ import os
 import pickle
 import secrets
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -29,6 +30,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from clipforge.executors.allocation import StageDemand, StageMeter, throughput_allocation
 from clipforge.spec import VideoCurationJobSpec, stage_resource_name
 from clipforge.stages import Stage, pipeline_stages
 from clipforge.tasks import VideoTask
@@ -91,9 +93,11 @@ class _TimeLimit:
 
 
 class _StageWorker:
-    def __init__(self, stage_cls: type[Stage], spec: VideoCurationJobSpec, attempts: ActorHandle):
+    def __init__(self, stage_cls: type[Stage], spec: VideoCurationJobSpec, attempts: ActorHandle,
+                 meter: ActorHandle | None):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.attempts = attempts
+        self.meter = meter  # the throughput allocator's StageMeter, told how long each task took
         self.failures = spec.execution.failures
         self.stage = stage_cls(spec)
         # Keyed by the actor, which keeps its id across restarts, and cleared by each successful
@@ -105,6 +109,13 @@ class _StageWorker:
             raise WorkerSetupError(f"{stage_cls.name} workers cannot start: {problem}")
 
     def __call__(self, row: dict) -> list[dict]:
+        started = time.perf_counter()
+        rows = self._process(row)
+        if self.meter is not None:
+            self.meter.record.remote(self.stage.name, time.perf_counter() - started, len(rows))
+        return rows
+
+    def _process(self, row: dict) -> list[dict]:
         task = pickle.loads(row["task"])
         if task.failed:  # passed on untouched (Stage.run); nothing that could crash
             return [row]
@@ -174,7 +185,10 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     return True
 
 
-def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask]) -> Iterator[VideoTask]:
+def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask],
+            stages: list[type[Stage]] | None = None) -> Iterator[VideoTask]:
+    """Streams `tasks` through the spec's stages (`stages`: stand-ins for them, as the scaling
+    benchmark runs, with the same names and resources)."""
     ctx = ray.data.DataContext.get_current()
     # The CLI draws its own progress, per video; Ray Data's own logs stay in its log files.
     ctx.enable_progress_bars = False
@@ -185,33 +199,58 @@ def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask]) -> Iterator[Vide
     ctx.target_max_block_size = 1
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    # On the driver's node: the ledger must outlive any worker node.
-    attempts = ray.remote(TaskAttempts).options(
+    stages = stages if stages is not None else pipeline_stages(spec)
+    attempts = _on_driver_node(TaskAttempts)  # the ledger must outlive any worker node
+    meter = _on_driver_node(StageMeter) if spec.execution.allocator == "throughput" else None
+    ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
+    for stage_cls in stages:
+        ds = _stage_operator(ds, stage_cls, spec, attempts, meter)
+    allocation = throughput_allocation(_autoscaler_args(spec, stages, meter)) if meter else contextlib.nullcontext()
+    try:
+        with allocation:
+            for row in ds.iter_rows():
+                yield pickle.loads(row["task"])
+    finally:
+        ray.kill(attempts)
+        if meter:
+            ray.kill(meter)
+
+
+def _on_driver_node(cls: type) -> ActorHandle:
+    return ray.remote(cls).options(
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     ).remote()
-    ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
-    for stage_cls in pipeline_stages(spec):
-        ds = _stage_operator(ds, stage_cls, spec, attempts)
-    try:
-        for row in ds.iter_rows():
-            yield pickle.loads(row["task"])
-    finally:
-        ray.kill(attempts)
+
+
+def _autoscaler_args(spec: VideoCurationJobSpec, stages: list[type[Stage]], meter: ActorHandle) -> dict:
+    """What ThroughputAutoscaler needs to know of the stages: resources, bounds, pinning, order."""
+    settings, resource_names = {}, {}
+    for stage_cls in stages:
+        execution = stage_cls.execution(spec)
+        settings[stage_cls.name] = StageDemand(stage_cls.name, execution.cpus, execution.gpus, execution.min_workers,
+                                               execution.max_workers, execution.min_workers, None, None)
+        resource_names[stage_cls.name] = stage_resource_name(stage_cls.name) if execution.pinned else None
+    return {"stages": settings, "resource_names": resource_names, "order": [s.name for s in stages],
+            "op_stage": {_worker_name(s): s.name for s in stages}, "meter": meter}
+
+
+def _worker_name(stage_cls: type[Stage]) -> str:
+    # Named per stage, so Ray's operator names, logs and process titles say which stage it is.
+    return f"{stage_cls.__name__}Worker"
 
 
 def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], spec: VideoCurationJobSpec,
-                    attempts: ActorHandle) -> ray.data.Dataset:
+                    attempts: ActorHandle, meter: ActorHandle | None) -> ray.data.Dataset:
     """`ds` followed by the stage's actor pool."""
     execution = stage_cls.execution(spec)
-    # Named per stage, so Ray's operator names, logs and process titles say which stage it is.
-    worker = type(f"{stage_cls.__name__}Worker", (_StageWorker,), {})
+    worker = type(_worker_name(stage_cls), (_StageWorker,), {})
     with warnings.catch_warnings():
         # Ray 2.60 takes actor restarts and retries only as the generic (deprecated) remote args.
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
         return ds.flat_map(
             worker,
-            fn_constructor_args=(stage_cls, spec, attempts),
+            fn_constructor_args=(stage_cls, spec, attempts, meter),
             compute=ray.data.ActorPoolStrategy(min_size=execution.min_workers, max_size=execution.max_workers),
             num_cpus=execution.cpus,
             num_gpus=execution.gpus or None,
