@@ -40,7 +40,7 @@ INPUTS = {
 ASSUMED_GPU = {
     "caption": {
         "gpuSecondsPerClip": 2.0,
-        "cpus": 4.0, "gpus": 1.0,
+        "cpus": 1.0, "gpus": 1.0,
         "passedBytesPerClip": 2_000,
         "why": "Qwen2.5-VL-7B, one 256-frame window per 10 s clip at 2 fps (about 1,400 visual tokens prefill,"
                " up to 512 generated), batched on one H100-class GPU: about 2 s per clip",
