@@ -215,12 +215,34 @@ def plan(mix: Mix) -> Plan:
             k = round(k * c.gpus) / c.gpus
         scale[c.stage] = k
         actors[c.stage] = max(1, math.ceil(peak[c.stage] / k - 1e-9))
+    fit_whole_actors(costs, bounds, scale, actors)
     # The last phase gets twice what it needs and is stopped on time: it is measured before the
     # pipeline drains.
     videos = [math.ceil(clips_per_s / dilation * p.seconds / p.clips_per_video * (2 if i == len(mix.phases) - 1 else 1))
               for i, (p, (clips_per_s, _)) in enumerate(zip(mix.phases, bounds))]
     return Plan(mix, costs, scale, actors, dilation, [b for b, _ in bounds], [w for _, w in bounds],
                 [whole_actor_optimum(costs, p, scale) for p in mix.phases], videos)
+
+
+def fit_whole_actors(costs: list[StageCost], bounds: list[tuple[float, dict[str, float]]], scale: dict[str, float],
+                     actors: dict[str, int]) -> None:
+    """Shrinks the actors of each binding resource's largest stage a little, so that its whole
+    actors use exactly what the other stages' whole actors leave of the resource at the optimum:
+    rounding then costs the optimum only the light stages' last part-used actors."""
+    for resource in ("GPU", "CPU"):  # GPU stages hold CPUs too: settle them first
+        for clips_per_s, workers in bounds:
+            held = sum(workers[c.stage] * c.reserved(resource) for c in costs)
+            if held < 0.999 * CLUSTER[resource]:
+                continue  # not binding in this phase
+            big = max(costs, key=lambda c: workers[c.stage] * c.reserved(resource))
+            if workers[big.stage] < max(w[big.stage] for _, w in bounds) - 1e-9 or big.gpus and resource == "CPU":
+                continue  # sized for another phase, or a GPU stage already fitted to the GPUs
+            others = sum(max(1, math.ceil(workers[c.stage] / scale[c.stage] - 1e-9)) * scale[c.stage] * c.reserved(resource)
+                         for c in costs if c is not big)
+            k = (CLUSTER[resource] - others) / (actors[big.stage] * big.reserved(resource))
+            if big.gpus and k * big.gpus > 1:
+                k = math.floor(k * big.gpus) / big.gpus
+            scale[big.stage] = max(1.0, min(scale[big.stage], k))
 
 
 # ------------------------------------------------------------------------------------ stand-ins

@@ -192,6 +192,7 @@ class ThroughputAutoscaler:
         # Ray Data's operator -> our stage name, by the worker class each operator runs.
         self._op_stage = {op: stage for op in topology for key, stage in op_stage.items() if key in op.name}
         self._next_decision = 0.0
+        self._snapshot = None  # the meter's answer being awaited: Ray Data's loop never blocks on it
         self._targets: dict[str, int] = {}
 
     def _pools(self) -> Iterator[tuple]:
@@ -204,10 +205,15 @@ class ThroughputAutoscaler:
     def try_trigger_scaling(self) -> None:
         from ray.data._internal.actor_autoscaler import ActorPoolScalingRequest
 
+        import ray
+
         now = time.monotonic()
-        if now >= self._next_decision:
+        if self._snapshot is None and now >= self._next_decision:
+            self._snapshot = self._meter.snapshot.remote(MEASUREMENT_WINDOW_S)
+        if self._snapshot is not None and ray.wait([self._snapshot], timeout=0)[0]:
+            snapshot, self._snapshot = self._snapshot, None
             self._next_decision = now + DECISION_INTERVAL_S
-            self._decide()
+            self._decide(snapshot)
         for op, state, stage, pool in self._pools():
             done = op.has_completed() or (op._inputs_complete and state.total_enqueued_input_blocks() == 0)
             target = 0 if done else self._targets.get(stage, pool.current_size())
@@ -218,12 +224,12 @@ class ThroughputAutoscaler:
                 pool.scale(ActorPoolScalingRequest.downscale(delta=delta, force=True,
                                                              reason=f"throughput allocation: {target}"))
 
-    def _decide(self) -> None:
+    def _decide(self, answer) -> None:  # noqa: ANN001
         import ray
 
         try:
-            snapshot = ray.get(self._meter.snapshot.remote(MEASUREMENT_WINDOW_S), timeout=10)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+            snapshot = ray.get(answer)
+        except ray.exceptions.RayActorError as exc:
             log.warning("throughput allocation: no measurements this time (%s)", exc)
             return
         current = {stage: pool.current_size() for _, _, stage, pool in self._pools()}

@@ -1,0 +1,57 @@
+"""The scaling benchmark's model of a 1,000-GPU cluster (benchmarks/bench_scaling.py), without Ray:
+its optimum is the bottleneck bound of the measured profile, and its scaled actors keep it."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_scaling.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_scaling", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_the_optimum_is_the_bottleneck_resource_over_what_a_clip_takes_of_it(bench):
+    mix = next(m for m in bench.MIXES if m.name == "transcode-bound")
+    plan = bench.plan(mix)
+    phase = mix.phases[0]
+    cpu_seconds = sum(c.clip_seconds(phase) * c.cpus for c in plan.costs)
+    gpu_seconds = sum(c.clip_seconds(phase) * c.gpus for c in plan.costs)
+    assert plan.optimum[0] == pytest.approx(min(8000 / cpu_seconds, 1000 / gpu_seconds))
+    assert 8000 / cpu_seconds < 1000 / gpu_seconds  # transcode-bound: the CPUs bind
+    # At the optimum the workers use every CPU.
+    workers = plan.optimum_workers[0]
+    assert sum(workers[c.stage] * c.cpus for c in plan.costs) == pytest.approx(8000)
+
+
+@pytest.mark.parametrize("name", ["transcode-bound", "caption-bound", "mixed", "changing"])
+def test_scaled_actors_keep_the_allocation_problem(bench, name):
+    mix = next(m for m in bench.MIXES if m.name == name)
+    plan = bench.plan(mix)
+    for c in plan.costs:
+        k = plan.scale[c.stage]
+        assert k >= 1  # an actor is at least one real worker
+        if c.gpus:
+            assert k * c.gpus <= 1 or math.isclose(k * c.gpus, round(k * c.gpus))  # Ray's whole GPUs
+        # Whole actors hold (nearly: the largest stage is fitted to what the others leave) the
+        # optimum's workers in the phase the stage needs most.
+        peak = max(w[c.stage] for w in plan.optimum_workers)
+        assert plan.actors[c.stage] * k >= 0.95 * peak
+    assert max(plan.actors.values()) <= bench.GRANULARITY + 1
+    assert sum(plan.actors.values()) <= 40  # actor processes this machine can start
+    # Rounding to whole actors costs the optimum little: the allocators are rated against the
+    # bottleneck bound, not against the simulation's rounding.
+    for fractional, whole in zip(plan.optimum, plan.whole_actor):
+        assert 0.97 * fractional <= whole <= fractional + 1e-6
