@@ -189,8 +189,8 @@ class ThroughputAutoscaler:
                  order: Sequence[str], op_stage: Mapping[str, str], meter) -> None:  # noqa: ANN001
         self._topology = topology
         self._stages, self._resource_names, self._order, self._meter = stages, resource_names, order, meter
-        # Ray Data's operator -> our stage name, by the worker class each operator runs.
-        self._op_stage = {op: stage for op in topology for key, stage in op_stage.items() if key in op.name}
+        # Ray Data's operator -> our stage name, by the worker class each operator runs ("FlatMap(<class>)").
+        self._op_stage = {op: stage for op in topology for key, stage in op_stage.items() if f"({key})" in op.name}
         self._next_decision = 0.0
         self._snapshot = None  # the meter's answer being awaited: Ray Data's loop never blocks on it
         self._targets: dict[str, int] = {}
@@ -203,9 +203,8 @@ class ThroughputAutoscaler:
                 yield op, state, stage, pool
 
     def try_trigger_scaling(self) -> None:
-        from ray.data._internal.actor_autoscaler import ActorPoolScalingRequest
-
         import ray
+        from ray.data._internal.actor_autoscaler import ActorPoolScalingRequest
 
         now = time.monotonic()
         if self._snapshot is None and now >= self._next_decision:
