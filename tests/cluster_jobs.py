@@ -9,11 +9,14 @@ low-resolution videos, 5 s clips, pods of one CPU); every wait fails with what t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import re
 import time
 import urllib.request
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -32,6 +35,22 @@ SMALL_STAGES = {s: {"cpus": 0.25, "minWorkers": 1, "maxWorkers": 2}
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 SECRET = "clipforge-s3"  # the name the chart's jobPolicy admits by default
+# Our handlers' error for a refused call, kopf's for its own calls, and RBAC's Status message.
+FORBIDDEN = re.compile(r'API error 403|APIForbiddenError|User ".*" cannot \w+ resource')
+
+
+def refused_calls(log: str) -> list[str]:
+    """The lines of an operator log that say RBAC refused one of its calls."""
+    return [line for line in log.splitlines() if FORBIDDEN.search(line)]
+
+
+@contextlib.contextmanager
+def never_refused(operator: ChartOperator) -> Iterator[None]:
+    """Whatever `operator` logs inside the block has no 403 in it: the chart's RBAC sufficed."""
+    start = len(operator.log_text())
+    yield
+    refused = refused_calls(operator.log_text()[start:])
+    assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
 
 
 class Stack:

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 
 import pytest
 
 from clipforge.dashboard_gate import STATUS_FIELDS
-from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack
+from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack, never_refused, refused_calls
 from harness.operator_process import ChartOperator
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
 
 NS = "operator-kube"
-# Our handlers' error for a refused call, kopf's for its own calls, and RBAC's Status message.
-FORBIDDEN = re.compile(r'API error 403|APIForbiddenError|User ".*" cannot \w+ resource')
 LIGHT = {"embeddings": {"enabled": False}, "previews": {"enabled": False}}  # probe, split, transcode, motion, write
 
 
@@ -40,11 +37,8 @@ def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def never_forbidden(stack):
-    """Whatever the operator logged during the test has no 403 in it: the chart's RBAC sufficed."""
-    start = len(stack.operator.log_text())
-    yield
-    refused = [line for line in stack.operator.log_text()[start:].splitlines() if FORBIDDEN.search(line)]
-    assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
+    with never_refused(stack.operator):
+        yield
 
 
 def events_of(stack, job: str) -> list[tuple[str, str]]:  # noqa: ANN001
@@ -102,7 +96,7 @@ def test_the_namespace_scoped_chart_serves_its_namespace_with_a_role(stack, tmp_
         assert kubectl("delete", "vcj", "scoped", "--timeout=60s").returncode == 0
         stack.wait(lambda: kubectl("get", "rayjob", "scoped").returncode != 0, 60, "the RayJob deleted", operator=scoped)
         log = scoped.log_text()
-        refused = [line for line in log.splitlines() if FORBIDDEN.search(line)]
+        refused = refused_calls(log)
         assert not refused, "the namespace-scoped operator was refused:\n" + "\n".join(refused[:10])
     finally:
         scoped.stop()
