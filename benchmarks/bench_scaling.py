@@ -538,7 +538,7 @@ def main() -> int:
                                                    for p in m.phases))
              for m in MIXES if not args.mix or m.name in args.mix]
     args.plots.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     start_ray()
     print(f"cluster: {CLUSTER['GPU']:.0f} GPUs, {CLUSTER['CPU']:.0f} CPUs (logical, on one local Ray); profile:"
           f" {Path(__file__).with_name('stage_profile.json').name}\n"
@@ -566,7 +566,10 @@ def main() -> int:
                     print(f"  phase {i + 1} ({phase.content}, {phase.video_seconds:g} s videos): {r.steady:7.1f} clips/s,"
                           f" optimum {r.optimum:7.1f} (whole actors {r.whole_actor:7.1f}), ratio {ratio:.2f}{change}",
                           flush=True)
-    print(f"\nplots: {args.plots}; {time.perf_counter() - started:.0f} s in all")
+    # The figures hold on a machine this benchmark has to itself: other work slows the starts of
+    # actor processes (about 1.4 CPU-seconds each here) and Ray's own work per task.
+    print(f"\nplots: {args.plots}; {time.perf_counter() - started:.0f} s in all; load average"
+          f" {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores)")
     for allocator, ratio in worst.items():
         print(f"ratio {allocator}/optimum: {ratio:.2f}  (minimum over the mixes' phases)")
     print(f"ratio autoscaled/optimum: {worst[args.allocator[-1]]:.2f}  ({args.allocator[-1]} allocator,"

@@ -19,9 +19,10 @@ def stage(name: str, seconds: float | None, cpus: float = 1.0, gpus: float = 0.0
 
 
 def test_the_bottleneck_gets_what_the_cluster_allows_and_the_others_keep_up():
-    # Per input: a 1 worker-second, b 10 (on 2 CPUs), c 2. At 4.3 inputs/s: 5 + 2 * 43 + 9 = 100 CPUs.
-    workers = allocate([stage("a", 1.0), stage("b", 10.0, cpus=2.0), stage("c", 2.0)], CLUSTER)
-    assert workers == {"a": 5, "b": 43, "c": 9}
+    # Per input: a 1 worker-second, b 10 (on 2 CPUs), c 3. b needs the most CPUs and sets the
+    # rate; a and c keep 20 % over it. At 4 inputs/s: 5 (4.8) + 2 * 40 + 15 (14.4) = 100 CPUs.
+    workers = allocate([stage("a", 1.0), stage("b", 10.0, cpus=2.0), stage("c", 3.0)], CLUSTER)
+    assert workers == {"a": 5, "b": 40, "c": 15}
 
 
 def test_what_is_left_becomes_headroom_for_the_stages_that_only_keep_up():
@@ -46,9 +47,10 @@ def test_gpu_stages_are_sized_by_gpus_and_their_cpus_count_against_the_cpus():
     # which leaves transcode (10 CPU-seconds on 1 CPU) 60 CPUs: 6 inputs/s, so GPUs bind.
     workers = allocate([stage("transcode", 10.0), stage("caption", 2.0, cpus=4.0, gpus=1.0)], cluster)
     assert workers == {"transcode": 60, "caption": 10}
-    # Caption's CPUs grow to 8: now the CPUs bind (10 r + 8 * 2 r <= 100 in whole workers: r = 3.6).
+    # Caption's CPUs grow to 8: it needs the most CPUs as well as the GPUs, the CPUs bind, and
+    # transcode keeps 20 % over: at 3.5 inputs/s 42 (35 * 1.2) + 8 * 7 = 98 CPUs.
     workers = allocate([stage("transcode", 10.0), stage("caption", 2.0, cpus=8.0, gpus=1.0)], cluster)
-    assert workers == {"transcode": 36, "caption": 8}
+    assert workers == {"transcode": 42, "caption": 7}
 
 
 def test_when_the_work_changes_the_workers_follow():

@@ -6,8 +6,8 @@ that asks first gets the CPUs. This allocator decides for all stages at once, as
 Curator's Xenna does: every few seconds it reads how long each stage's workers take per task
 and how many tasks each stage hands on per task it gets (split fans a video out into chunks),
 and picks the worker counts that let the pipeline as a whole go fastest within the cluster's
-CPUs and GPUs: the slowest stage, per input video, as fast as the resources allow, every other
-stage just fast enough to keep up with it (plus a margin, from what is left). As the work
+CPUs and GPUs: the stages that need the most of a resource as fast as it allows, every other
+stage fast enough to keep up with them and 20 % over. As the work
 changes (long static videos, then short busy ones) the measurements change and so do the counts.
 
 `allocate()` is the decision, a pure function of measurements; `StageMeter` collects the
@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 # Seconds between decisions, and the window of measurements each one reads.
 DECISION_INTERVAL_S = 5.0
 MEASUREMENT_WINDOW_S = 30.0
-# What a stage that is not the bottleneck gets on top of what keeps up with it, from resources
-# left over: task times vary, and Ray's own cost per task is not in the measurement.
+# What the stages that do not set the rate get on top of what keeps up with it: task times
+# vary, and Ray's own cost between tasks is not in the measurement.
 HEADROOM = 0.2
 
 
@@ -64,11 +64,22 @@ class StageDemand:
         return self.gpus if resource == "GPU" else self.cpus
 
 
-def _needed(stage: StageDemand, rate: float) -> int:
-    """Workers `stage` needs to keep up with `rate` pipeline inputs per second."""
+def _needed(stage: StageDemand, rate: float, margin: float = 1.0) -> int:
+    """Workers `stage` needs to keep up with `rate` pipeline inputs per second, `margin` times over."""
     if not stage.measured:
         return max(stage.current, stage.min_workers)
-    return max(stage.min_workers, math.ceil(rate * stage.seconds_per_input - 1e-9))
+    return max(stage.min_workers, math.ceil(rate * stage.seconds_per_input * margin - 1e-9))
+
+
+def _largest(stages: Sequence[StageDemand], capacity: Mapping[str, Mapping[str, float]]) -> set[str]:
+    """Per pool and resource, the stage that needs the most of it per input: what sets the rate."""
+    out = set()
+    for pool, resources in capacity.items():
+        for resource, amount in resources.items():
+            users = [s for s in stages if s.pool == pool and s.reserved(resource) > 0]
+            if amount > 0 and users:
+                out.add(max(users, key=lambda s: (s.seconds_per_input * s.reserved(resource), s.name)).name)
+    return out
 
 
 def _fits(stages: Sequence[StageDemand], workers: Mapping[str, int], capacity: Mapping[str, Mapping[str, float]]) -> bool:
@@ -89,9 +100,15 @@ def allocate(stages: Sequence[StageDemand], capacity: Mapping[str, Mapping[str, 
     measured = [s for s in stages if s.measured and s.seconds_per_input > 0]
     if not measured:
         return {s.name: _needed(s, 0.0) for s in stages}
+    # The stages that use most of a resource run at the rate; the others, small next to them,
+    # keep HEADROOM in hand: a stage at exactly its need would become the bottleneck at the first
+    # slow task.
+    largest = _largest(measured, capacity)
+
+    margins = {s.name: 1.0 if s.name in largest or not s.measured else 1 + HEADROOM for s in stages}
 
     def workers_at(rate: float) -> dict[str, int]:
-        return {s.name: _needed(s, rate) for s in stages}
+        return {s.name: _needed(s, rate, margins[s.name]) for s in stages}
 
     # The most inputs per second any stage's maxWorkers allows bounds the search; feasibility
     # only gets harder as the rate grows, so bisection finds the largest rate that fits.
@@ -102,18 +119,23 @@ def allocate(stages: Sequence[StageDemand], capacity: Mapping[str, Mapping[str, 
         for _ in range(100):
             mid = (low + high) / 2
             low, high = (mid, high) if _fits(stages, workers_at(mid), capacity) else (low, mid)
+    # The largest rate that fits is where some stage's count is about to grow (a rate of n workers
+    # over its worker-seconds per input): snapped to it, every count is exact, not a hair off.
+    per_worker = [s.seconds_per_input * margins[s.name] for s in measured]
+    low = max((b for b in (math.floor(low * a * (1 + 1e-9)) / a for a in per_worker)
+               if b > 0 and _fits(stages, workers_at(b), capacity)), default=low)
     workers = workers_at(low)
     if not _fits(stages, workers, capacity):  # even the minimums do not fit: keep them, Ray queues the rest
         return workers
-    # Headroom: one worker at a time to the stage with the least capacity over what the rate
-    # needs, while it fits, up to HEADROOM over that need.
+    # What is left: one worker at a time to the stage with the least capacity over what the
+    # rate needs, while it fits, up to HEADROOM over that need (the largest stages too, where
+    # another resource set the rate).
     while True:
-        best, best_ratio = None, 1 + HEADROOM - 1e-9  # the rate is a bisection's: a hair off
+        best, best_ratio = None, math.inf
         for s in measured:
             ratio = workers[s.name] / (low * s.seconds_per_input) if low else math.inf
-            if ratio < best_ratio:
-                trial = {**workers, s.name: workers[s.name] + 1}
-                if _fits(stages, trial, capacity):
+            if workers[s.name] < _needed(s, low, 1 + HEADROOM) and ratio < best_ratio:
+                if _fits(stages, {**workers, s.name: workers[s.name] + 1}, capacity):
                     best, best_ratio = s.name, ratio
         if best is None:
             return workers
