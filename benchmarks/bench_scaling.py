@@ -58,9 +58,9 @@ MIN_TASK_S = 0.5
 # Each stage's maxWorkers: twice what it needs at the optimum, as docs/scaling.md advises. Without a
 # bound Ray Data sizes a pool to its backlog (probe, with every input queued, asks for hundreds).
 MAX_WORKERS_FACTOR = 2
-SAMPLE_S = 0.5
+SAMPLE_S = 0.5  # how often workers per stage are read
 STEADY_SHARE, STEADY_MIN_S = 0.4, 10.0  # the steady state: the last 40 % of a phase, at least 10 s
-RATE_WINDOW_S = 10.0  # clips/s over this window, for the time to settle  # how often workers per stage are read
+RATE_WINDOW_S = 10.0  # clips/s over this window, for the time to settle
 FPS = 30
 # Content kind -> (width, height, whether its clips move: static ones are filtered by motion and
 # skip embed and caption, as the real filter does).
@@ -359,6 +359,9 @@ class Trace:
     workers: list[tuple[float, dict[str, int]]] = field(default_factory=list)  # (time, actors per stage)
 
 
+ADVERTISED = 1_000_000.0  # of each stage's custom resource: never what limits a stage
+
+
 def alive_actors(stages: list[str]) -> dict[str, int]:
     """Actors per stage, from the stage resources they hold (every stage is pinned here)."""
     from clipforge.executors.ray_data import PINNED_RESOURCE_AMOUNT
@@ -366,9 +369,6 @@ def alive_actors(stages: list[str]) -> dict[str, int]:
 
     free = ray.available_resources()
     return {s: round((ADVERTISED - free.get(stage_resource_name(s), 0.0)) / PINNED_RESOURCE_AMOUNT) for s in stages}
-
-
-ADVERTISED = 1_000_000.0
 
 
 def simulate(p: Plan, output: Path, allocator: str) -> Trace:
@@ -471,7 +471,7 @@ def svg(p: Plan, trace: Trace, path: Path, allocator: str) -> None:
 
     lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
              f'<text x="{left}" y="14">{p.mix.name} ({allocator}): share of the cluster each stage holds'
-             f' (its larger of CPUs and GPUs), dashed: optimum</text>',
+             f' (its larger of CPUs and GPUs; dashed: at the optimum), and clips/s over the optimum</text>',
              f'<line x1="{left}" y1="{y(0)}" x2="{x(end)}" y2="{y(0)}" stroke="black"/>',
              f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(1)}" stroke="black"/>']
     for share in (0.25, 0.5, 0.75, 1.0):
@@ -490,6 +490,15 @@ def svg(p: Plan, trace: Trace, path: Path, allocator: str) -> None:
                          ' stroke-dasharray="4 4" stroke-width="0.8"/>')
         index = p.costs.index(cost)
         lines.append(f'<text x="{width - 140}" y="{30 + 14 * index}" fill="{color}">{cost.stage}</text>')
+    # Clips/s over the last RATE_WINDOW_S, as a share of the optimum of the phase finishing then.
+    points = []
+    for t, _ in trace.workers:
+        recent = [(phase, n) for u, phase, n in trace.done if t - RATE_WINDOW_S < u <= t]
+        if recent:
+            rate = sum(n for _, n in recent) / RATE_WINDOW_S * p.dilation
+            points.append(f"{x(t):.1f},{y(min(1.0, rate / p.optimum[max(ph for ph, _ in recent)])):.1f}")
+    lines.append(f'<polyline fill="none" stroke="black" stroke-width="2" points="{" ".join(points)}"/>')
+    lines.append(f'<text x="{width - 140}" y="{30 + 14 * len(p.costs)}">clips/s / optimum</text>')
     lines.append("</svg>")
     path.write_text("\n".join(lines) + "\n")
 
