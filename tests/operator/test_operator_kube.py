@@ -19,10 +19,10 @@ import time
 import pytest
 
 from clipforge.dashboard_gate import STATUS_FIELDS
-from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack, never_refused, refused_calls
+from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack, refused_calls
 from harness.operator_process import ChartOperator
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
+pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("never_forbidden"), pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
 
 NS = "operator-kube"
 LIGHT = {"embeddings": {"enabled": False}, "previews": {"enabled": False}}  # probe, split, transcode, motion, write
@@ -33,12 +33,6 @@ def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
     stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("operator-kube"), NS)
     yield stack
     stack.close()
-
-
-@pytest.fixture(autouse=True)
-def never_forbidden(stack):
-    with never_refused(stack.operator):
-        yield
 
 
 def events_of(stack, job: str) -> list[tuple[str, str]]:  # noqa: ANN001

@@ -15,9 +15,9 @@ import json
 
 import pytest
 
-from cluster_jobs import SECRET, make_stack, never_refused
+from cluster_jobs import SECRET, make_stack
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("never_forbidden"), pytest.mark.slow, pytest.mark.timeout(900)]
 
 NS = "security-kube"
 TEAM_SECRET = "team-s3"  # allowed beside the chart's default clipforge-s3
@@ -37,12 +37,6 @@ def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
     stack.cp.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": RUNNER, "namespace": NS}})
     yield stack
     stack.close()
-
-
-@pytest.fixture(autouse=True)
-def never_forbidden(stack):
-    with never_refused(stack.operator):
-        yield
 
 
 def job(name: str, **spec) -> dict:  # noqa: ANN003
