@@ -55,6 +55,7 @@ TASK_RATE = 15.0  # stage tasks per second, all stages together, at the optimum:
 # Shortest simulated task: Ray's own cost per task (tens of milliseconds on 2 shared cores) stays a
 # few percent of it.
 MIN_TASK_S = 0.5
+SPARE = 2.0  # what a stage's single actor holds over the optimum's need
 # Each stage's maxWorkers: twice what it needs at the optimum, as docs/scaling.md advises. Without a
 # bound Ray Data sizes a pool to its backlog (probe, with every input queued, asks for hundreds).
 MAX_WORKERS_FACTOR = 2
@@ -206,12 +207,15 @@ def plan(mix: Mix) -> Plan:
     largest = max(share.values())
     scale, actors = {}, {}
     for c in costs:
-        # One real worker's shortest task in the mix (a video, or an average chunk of the phase).
-        task_s = min(c.unit_seconds(ph.content) * (1 if c.per_video else ph.clips_per_video / math.ceil(ph.clips_per_video / chunk))
-                     for ph in mix.phases if c.unit_seconds(ph.content)) if peak[c.stage] else 1.0
+        # One real worker's task (a video, or an average chunk) in the phase the stage needs most.
+        busiest = max(range(len(mix.phases)), key=lambda i: bounds[i][1][c.stage])
+        ph = mix.phases[busiest]
+        task_s = c.unit_seconds(ph.content) * (1 if c.per_video else ph.clips_per_video / math.ceil(ph.clips_per_video / chunk))
         wanted = max(1, round(GRANULARITY * share[c.stage] / largest),
-                     math.ceil(peak[c.stage] * MIN_TASK_S / (task_s * dilation)))
-        k = max(1.0, peak[c.stage] / wanted)
+                     math.ceil(peak[c.stage] * MIN_TASK_S / (task_s * dilation)) if task_s else 1)
+        # A stage the optimum needs one actor of gets one with room to spare, so that neither
+        # allocator needs a second actor process for it.
+        k = max(1.0, peak[c.stage] / wanted * (SPARE if wanted == 1 else 1))
         if c.gpus and k * c.gpus > 1:  # Ray takes GPU amounts above one in whole GPUs only
             k = round(k * c.gpus) / c.gpus
         scale[c.stage] = k
@@ -490,6 +494,12 @@ def svg(p: Plan, trace: Trace, path: Path, allocator: str) -> None:
                          ' stroke-dasharray="4 4" stroke-width="0.8"/>')
         index = p.costs.index(cost)
         lines.append(f'<text x="{width - 140}" y="{30 + 14 * index}" fill="{color}">{cost.stage}</text>')
+    for phase in range(1, len(p.mix.phases)):  # where the work changed: the first clip of the next phase
+        first = min((t for t, ph, _ in trace.done if ph == phase), default=None)
+        if first is not None:
+            lines.append(f'<line x1="{x(first):.1f}" x2="{x(first):.1f}" y1="{y(0)}" y2="{y(1)}" stroke="gray"'
+                         ' stroke-dasharray="2 3"/>')
+            lines.append(f'<text x="{x(first) + 3:.1f}" y="{y(1) + 12}" fill="gray">the work changes</text>')
     # Clips/s over the last RATE_WINDOW_S, as a share of the optimum of the phase finishing then.
     points = []
     for t, _ in trace.workers:

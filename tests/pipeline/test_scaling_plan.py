@@ -46,12 +46,14 @@ def test_scaled_actors_keep_the_allocation_problem(bench, name):
         if c.gpus:
             assert k * c.gpus <= 1 or math.isclose(k * c.gpus, round(k * c.gpus))  # Ray's whole GPUs
         # Whole actors hold (nearly: the largest stage is fitted to what the others leave) the
-        # optimum's workers in the phase the stage needs most.
+        # optimum's workers in the phase the stage needs most; a stage of one actor twice that.
         peak = max(w[c.stage] for w in plan.optimum_workers)
-        assert plan.actors[c.stage] * k >= 0.95 * peak
+        assert plan.actors[c.stage] * k >= 0.9 * peak
+        if plan.actors[c.stage] == 1 and peak >= 1:
+            assert k == pytest.approx(bench.SPARE * peak, rel=0.02)  # GPU stages: whole GPUs
     assert max(plan.actors.values()) <= bench.GRANULARITY + 1
     assert sum(plan.actors.values()) <= 40  # actor processes this machine can start
-    # Rounding to whole actors costs the optimum little: the allocators are rated against the
-    # bottleneck bound, not against the simulation's rounding.
+    # Whole actors (and the single actors' spare) cost the optimum little: the allocators are
+    # rated against the bottleneck bound, not against the simulation's rounding.
     for fractional, whole in zip(plan.optimum, plan.whole_actor):
-        assert 0.97 * fractional <= whole <= fractional + 1e-6
+        assert 0.93 * fractional <= whole <= fractional + 1e-6
