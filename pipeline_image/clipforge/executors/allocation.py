@@ -216,6 +216,7 @@ class ThroughputAutoscaler:
         self._next_decision = 0.0
         self._snapshot = None  # the meter's answer being awaited: Ray Data's loop never blocks on it
         self._targets: dict[str, int] = {}
+        self._drains: dict[object, _Drain] = {}  # per actor pool
 
     def _pools(self) -> Iterator[tuple]:
         """(operator, its state, stage name, actor pool) for each of our stages' pools."""
@@ -241,9 +242,12 @@ class ThroughputAutoscaler:
             delta = target - pool.current_size()
             if delta > 0:
                 pool.scale(ActorPoolScalingRequest.upscale(delta=delta, reason=f"throughput allocation: {target}"))
-            elif delta < 0:  # releases pending or idle actors; busy ones go as they become idle
+            elif delta < 0:  # releases pending or idle actors
                 pool.scale(ActorPoolScalingRequest.downscale(delta=delta, force=True,
                                                              reason=f"throughput allocation: {target}"))
+            if pool not in self._drains:
+                self._drains[pool] = _Drain(pool)
+            self._drains[pool].drain(max(0, pool.current_size() - target))
 
     def _decide(self, answer) -> None:  # noqa: ANN001
         import ray
@@ -263,6 +267,46 @@ class ThroughputAutoscaler:
         if targets != self._targets:
             log.info("throughput allocation: %s", ", ".join(f"{s} {n}" for s, n in targets.items()))
         self._targets = targets
+
+
+class _Drain:
+    """Gives some of a pool's busy actors no new tasks, so that they become idle and the next
+    downscale releases them. Ray Data (2.60) releases only idle actors and dispatches before it
+    scales, so no actor of a stage with a backlog is ever idle: without this, a stage that should
+    shrink keeps its CPUs until its whole backlog is done while the stage that needs them waits.
+    """
+
+    def __init__(self, pool) -> None:  # noqa: ANN001 - Ray Data's _ActorPool
+        self._pool, self._actors = pool, set()
+        self._select_actors = pool.select_actors
+        pool.select_actors = self._select  # Ray Data asks its pool through this attribute
+
+    def drain(self, surplus: int) -> None:
+        """`surplus` actors get no new tasks: those that have the fewest in flight (soonest idle)."""
+        running = self._pool._running_actors
+        self._actors.intersection_update(running)
+        while len(self._actors) > surplus:
+            self._actors.pop()
+        least_busy = sorted((a for a in running if a not in self._actors), key=lambda a: running[a].num_tasks_in_flight)
+        self._actors.update(least_busy[: surplus - len(self._actors)])
+
+    def _select(self, bundle=None, actor_locality_enabled=False):  # noqa: ANN001, ANN202
+        # While Ray Data looks, each draining actor ranks as full (the most tasks in flight an
+        # actor takes) in the heaps it chooses from.
+        pool, full, saved = self._pool, self._pool.max_tasks_in_flight_per_actor(), []
+        for actor in self._actors:
+            state = pool._running_actors.get(actor)
+            heaps = (pool._alive_actors_to_in_flight_tasks_heap,
+                     pool._alive_node_to_actor_heap.get(state.actor_location, {}) if state else {})
+            for heap in heaps:
+                if actor in heap:
+                    saved.append((heap, actor, heap[actor]))
+                    heap[actor] = full
+        try:
+            return self._select_actors(bundle, actor_locality_enabled)
+        finally:
+            for heap, actor, rank in saved:
+                heap[actor] = rank
 
 
 @contextlib.contextmanager
