@@ -5,10 +5,12 @@ workload's spec, with each stage's work replaced by a stand-in that sleeps for w
 stage costs (benchmarks/stage_profile.json, measured by measure_stage_profile.py; GPU stages
 assumed, as marked there), reserves the stage's CPUs and GPUs and passes on payloads sized
 after the real ones. A local Ray advertises the cluster's logical resources; sleeping uses
-no CPU. For each workload mix it prints the steady-state clips/s against the analytic optimum
-(the bottleneck bound: the most clips/s the cluster's CPUs and GPUs allow with the profile's
-costs), the time to re-balance after the mix changes, and writes workers per stage over time
-as an SVG next to the figures (out/scaling/ by default).
+no CPU. Each allocator runs the workload mixes one after the other (transcode-bound: long
+static 1080p videos; caption-bound: short moving 720p ones; mixed: short moving 1080p ones), and
+for each mix it prints the steady-state clips/s against the analytic optimum (the bottleneck
+bound: the most clips/s the cluster's CPUs and GPUs allow with the profile's costs) and the time
+to settle after the start or the change of mix, and writes workers per stage over time as an
+SVG next to the figures (out/scaling/ by default).
 
 Scale. One machine cannot start thousands of actor processes, so each simulated actor of
 stage s stands for k_s real workers: it reserves k_s times a worker's CPUs and GPUs and
@@ -22,9 +24,9 @@ cost. A simulated task stands for k_s real chunks and carries their bytes scaled
 machine's object store over the cluster's (125 nodes, 200 GB each): the share of the store
 that data in flight takes is the real one.
 
-    python benchmarks/bench_scaling.py                  # every mix, both allocators (about 9 minutes)
-    python benchmarks/bench_scaling.py --mix changing --allocator throughput
-    python benchmarks/bench_scaling.py --longer 4       # phases 4 times longer
+    python benchmarks/bench_scaling.py                  # both allocators, one after the other
+    python benchmarks/bench_scaling.py --allocator throughput
+    python benchmarks/bench_scaling.py --longer 3       # phases 3 times longer
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from clipforge.executors.allocation import HEADROOM
 from clipforge.spec import STAGES, FixedStrideSpec, parse_job, stage_resource_name
 from clipforge.stages import Stage, pipeline_stages
 from clipforge.stages.split import SplitStage, fixed_stride_spans
@@ -56,11 +59,15 @@ TASK_RATE = 15.0  # stage tasks per second, all stages together, at the optimum:
 # few percent of it.
 MIN_TASK_S = 0.5
 SPARE = 2.0  # what a stage's single actor holds over the optimum's need
+# What the actors of a stage that sets no bound hold over the optimum's need: the allocator's
+# headroom and the spread of measured task times. With real workers that headroom costs a stage
+# a fifth of its small share; the actors of k workers must cost the same, not a whole actor more.
+LIGHT_ROOM = 1 + HEADROOM + 0.1
 # Each stage's maxWorkers: twice what it needs at the optimum, as docs/scaling.md advises. Without a
 # bound Ray Data sizes a pool to its backlog (probe, with every input queued, asks for hundreds).
 MAX_WORKERS_FACTOR = 2
 SAMPLE_S = 0.5  # how often workers per stage are read
-STEADY_SHARE, STEADY_MIN_S = 0.4, 10.0  # the steady state: the last 40 % of a phase, at least 10 s
+STEADY_FROM, STEADY_TO = 0.4, 0.9  # the steady state: between these shares of a phase's clips done
 RATE_WINDOW_S = 10.0  # clips/s over this window, for the time to settle
 FPS = 30
 # Content kind -> (width, height, whether its clips move: static ones are filtered by motion and
@@ -72,6 +79,7 @@ GPU_STAGES = {"embed": "embed-gpu", "caption": "caption-gpu"}
 
 @dataclass(frozen=True)
 class Phase:
+    name: str
     content: str
     video_seconds: float
     seconds: float  # simulated seconds this phase is fed for, at the optimum
@@ -90,16 +98,14 @@ class Mix:
     phases: tuple[Phase, ...]
 
 
-MIXES = (
-    Mix("transcode-bound", "1080p moving, 2-minute videos, no captions", False,
-        (Phase("busy-1080p", 120, 50),)),
-    Mix("caption-bound", "720p moving, 2-minute videos, captions on GPUs", True,
-        (Phase("busy-720p", 120, 50),)),
-    Mix("mixed", "1080p moving, 2-minute videos, captions: CPUs and GPUs both near their limit", True,
-        (Phase("busy-1080p", 120, 50),)),
-    Mix("changing", "10-minute static 1080p videos (filtered by motion), then 2-minute moving 720p ones", True,
-        (Phase("static-1080p", 600, 50), Phase("busy-720p", 120, 55))),
-)
+# One run per allocator goes through the workload mixes in turn: each is measured once the
+# allocator has had its time, and each change of mix is a re-balance (the first, long static
+# videos then short busy ones). One run also starts the actor processes once, not per mix.
+WORKLOAD = Mix("mixes", "captions on; the work changes twice", True, (
+    Phase("transcode-bound", "static-1080p", 600, 60),  # 10-minute static videos: filtered by motion, nothing to caption
+    Phase("mixed", "busy-1080p", 120, 50),  # 2-minute moving 1080p: CPUs and GPUs both near their limit
+    Phase("caption-bound", "busy-720p", 120, 50),  # 2-minute moving 720p: every clip captioned on the GPUs
+))
 
 
 # ------------------------------------------------------------------------------------------ costs
@@ -205,6 +211,10 @@ def plan(mix: Mix) -> Plan:
     peak = {c.stage: max(workers[c.stage] for _, workers in bounds) for c in costs}
     share = {c.stage: max(peak[c.stage] * c.reserved(r) / cap for r, cap in CLUSTER.items()) for c in costs}
     largest = max(share.values())
+    # The stages that need the most of a resource in some phase: they set the bounds.
+    binding = {max(users, key=lambda c: workers[c.stage] * c.reserved(r)).stage
+               for _, workers in bounds for r in CLUSTER
+               if (users := [c for c in costs if workers[c.stage] * c.reserved(r) > 0])}
     scale, actors = {}, {}
     for c in costs:
         # One real worker's task (a video, or an average chunk) in the phase the stage needs most.
@@ -214,8 +224,10 @@ def plan(mix: Mix) -> Plan:
         wanted = max(1, round(GRANULARITY * share[c.stage] / largest),
                      math.ceil(peak[c.stage] * MIN_TASK_S / (task_s * dilation)) if task_s else 1)
         # A stage the optimum needs one actor of gets one with room to spare, so that neither
-        # allocator needs a second actor process for it.
-        k = max(1.0, peak[c.stage] / wanted * (SPARE if wanted == 1 else 1))
+        # allocator needs a second actor process for it; the other light stages get the room an
+        # allocator leaves them (LIGHT_ROOM).
+        room = SPARE if wanted == 1 else 1.0 if c.stage in binding else LIGHT_ROOM
+        k = max(1.0, peak[c.stage] / wanted * room)
         if c.gpus and k * c.gpus > 1:  # Ray takes GPU amounts above one in whole GPUs only
             k = round(k * c.gpus) / c.gpus
         scale[c.stage] = k
@@ -436,15 +448,24 @@ def results(p: Plan, trace: Trace) -> list[PhaseResult]:
     out = []
     for i in range(len(p.mix.phases)):
         done = [(t, n) for t, phase, n in trace.done if phase == i]
-        first, last = done[0][0], done[-1][0]
-        later = [t for t, phase, _ in trace.done if phase > i]
-        end = min(later) if later else last
-        # Steady state: the last STEADY_SHARE of the phase (its ramp-up is before).
-        start = end - max(STEADY_MIN_S, STEADY_SHARE * (end - first))
-        clips = sum(n for t, n in done if start < t <= end)
-        steady = clips / (end - start) * p.dilation if end > start else 0.0
+        # Steady state: from the phase's STEADY_FROM to its STEADY_TO share of clips done, past the
+        # ramp (or the re-balance) and before its last videos drain out of the pipeline while the
+        # next mix's fill it.
+        total, counted = sum(n for _, n in done), 0
+        start = end = None
+        clips = 0
+        for t, n in done:
+            counted += n
+            if start is None and counted >= STEADY_FROM * total:
+                start, clips = t, 0
+            elif start is not None:
+                clips += n
+            if counted >= STEADY_TO * total:
+                end = t
+                break
+        steady = clips / (end - start) * p.dilation if start is not None and end and end > start else 0.0
         result = PhaseResult(steady, p.optimum[i], p.whole_actor[i])
-        result.settled_s = settled_seconds(trace, i, 0.0 if i == 0 else first, steady / p.dilation)
+        result.settled_s = settled_seconds(trace, i, 0.0 if i == 0 else done[0][0], steady / p.dilation)
         out.append(result)
     return out
 
@@ -474,7 +495,7 @@ def svg(p: Plan, trace: Trace, path: Path, allocator: str) -> None:
         return height - bottom - (height - bottom - 20) * share
 
     lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-             f'<text x="{left}" y="14">{p.mix.name} ({allocator}): share of the cluster each stage holds'
+             f'<text x="{left}" y="14">{allocator}: share of the cluster each stage holds'
              f' (its larger of CPUs and GPUs; dashed: at the optimum), and clips/s over the optimum</text>',
              f'<line x1="{left}" y1="{y(0)}" x2="{x(end)}" y2="{y(0)}" stroke="black"/>',
              f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(1)}" stroke="black"/>']
@@ -499,7 +520,7 @@ def svg(p: Plan, trace: Trace, path: Path, allocator: str) -> None:
         if first is not None:
             lines.append(f'<line x1="{x(first):.1f}" x2="{x(first):.1f}" y1="{y(0)}" y2="{y(1)}" stroke="gray"'
                          ' stroke-dasharray="2 3"/>')
-            lines.append(f'<text x="{x(first) + 3:.1f}" y="{y(1) + 12}" fill="gray">the work changes</text>')
+            lines.append(f'<text x="{x(first) + 3:.1f}" y="{y(1) + 12}" fill="gray">{p.mix.phases[phase].name}</text>')
     # Clips/s over the last RATE_WINDOW_S, as a share of the optimum of the phase finishing then.
     points = []
     for t, _ in trace.workers:
@@ -544,7 +565,6 @@ def start_ray() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mix", choices=[m.name for m in MIXES], action="append", help="run only this mix (repeatable)")
     parser.add_argument("--plots", type=Path, default=Path(__file__).resolve().parents[1] / "out" / "scaling",
                         help="where the SVGs of workers per stage go")
     parser.add_argument("--allocator", choices=["rayData", "throughput"], action="append",
@@ -553,9 +573,8 @@ def main() -> int:
                         help="phases this many times longer (Ray Data's pools take minutes to settle)")
     args = parser.parse_args()
     args.allocator = args.allocator or ["rayData", "throughput"]
-    mixes = [Mix(m.name, m.what, m.captions, tuple(Phase(p.content, p.video_seconds, p.seconds * args.longer)
-                                                   for p in m.phases))
-             for m in MIXES if not args.mix or m.name in args.mix]
+    mix = Mix(WORKLOAD.name, WORKLOAD.what, WORKLOAD.captions,
+              tuple(Phase(p.name, p.content, p.video_seconds, p.seconds * args.longer) for p in WORKLOAD.phases))
     args.plots.mkdir(parents=True, exist_ok=True)
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     start_ray()
@@ -567,32 +586,31 @@ def main() -> int:
           " real ones", flush=True)
     worst = {a: math.inf for a in args.allocator}
     with tempfile.TemporaryDirectory(prefix="clipforge-scaling-") as tmp:
-        for mix in mixes:
-            p = plan(mix)
-            print(f"\n{mix.name}: {mix.what}\n  time dilated {p.dilation:.1f}x; one simulated actor = k real workers:")
-            print(describe(p), flush=True)
-            for allocator in args.allocator:
-                trace = simulate(p, Path(tmp) / f"{mix.name}-{allocator}", allocator)
-                figures = results(p, trace)
-                svg(p, trace, args.plots / f"{mix.name}-{allocator}.svg", allocator)
-                print(f" allocator {allocator}:\n{timeline(p, trace)}", flush=True)
-                for i, (phase, r) in enumerate(zip(mix.phases, figures)):
-                    ratio = r.steady / r.optimum
-                    worst[allocator] = min(worst[allocator], ratio)
-                    since = "the change" if i else "the start"
-                    change = (f", settled {r.settled_s:.0f} s after {since}" if r.settled_s is not None
-                              else f", not settled after {since}")
-                    print(f"  phase {i + 1} ({phase.content}, {phase.video_seconds:g} s videos): {r.steady:7.1f} clips/s,"
-                          f" optimum {r.optimum:7.1f} (whole actors {r.whole_actor:7.1f}), ratio {ratio:.2f}{change}",
-                          flush=True)
+        p = plan(mix)
+        print(f"\nworkload: {', '.join(f'{ph.name} ({ph.content}, {ph.video_seconds:g} s videos)' for ph in mix.phases)}"
+              f"\n  time dilated {p.dilation:.1f}x; one simulated actor = k real workers:")
+        print(describe(p), flush=True)
+        for allocator in args.allocator:
+            trace = simulate(p, Path(tmp) / allocator, allocator)
+            figures = results(p, trace)
+            svg(p, trace, args.plots / f"{allocator}.svg", allocator)
+            print(f" allocator {allocator}:\n{timeline(p, trace)}", flush=True)
+            for i, (phase, r) in enumerate(zip(mix.phases, figures)):
+                ratio = r.steady / r.optimum
+                worst[allocator] = min(worst[allocator], ratio)
+                since = "the change" if i else "the start"
+                change = (f", settled {r.settled_s:.0f} s after {since}" if r.settled_s is not None
+                          else f", not settled after {since}")
+                print(f"  {phase.name:15s} {r.steady:6.1f} clips/s, optimum {r.optimum:6.1f} (whole actors"
+                      f" {r.whole_actor:6.1f}), ratio {ratio:.2f}{change}", flush=True)
     # The figures hold on a machine this benchmark has to itself: other work slows the starts of
     # actor processes (about 1.4 CPU-seconds each here) and Ray's own work per task.
     print(f"\nplots: {args.plots}; {time.perf_counter() - started:.0f} s in all; load average"
           f" {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores)")
     for allocator, ratio in worst.items():
-        print(f"ratio {allocator}/optimum: {ratio:.2f}  (minimum over the mixes' phases)")
+        print(f"ratio {allocator}/optimum: {ratio:.2f}  (the lowest of the mixes)")
     print(f"ratio autoscaled/optimum: {worst[args.allocator[-1]]:.2f}  ({args.allocator[-1]} allocator,"
-          " minimum over the mixes' phases)")
+          " the lowest of the mixes)")
     return 0
 
 

@@ -23,23 +23,21 @@ def bench():
     del sys.modules[spec.name]
 
 
-def test_the_optimum_is_the_bottleneck_resource_over_what_a_clip_takes_of_it(bench):
-    mix = next(m for m in bench.MIXES if m.name == "transcode-bound")
-    plan = bench.plan(mix)
-    phase = mix.phases[0]
-    cpu_seconds = sum(c.clip_seconds(phase) * c.cpus for c in plan.costs)
-    gpu_seconds = sum(c.clip_seconds(phase) * c.gpus for c in plan.costs)
-    assert plan.optimum[0] == pytest.approx(min(8000 / cpu_seconds, 1000 / gpu_seconds))
-    assert 8000 / cpu_seconds < 1000 / gpu_seconds  # transcode-bound: the CPUs bind
-    # At the optimum the workers use every CPU.
-    workers = plan.optimum_workers[0]
-    assert sum(workers[c.stage] * c.cpus for c in plan.costs) == pytest.approx(8000)
+@pytest.mark.parametrize(("index", "binding"), [(0, "CPU"), (1, "CPU"), (2, "GPU")])
+def test_the_optimum_is_the_bottleneck_resource_over_what_a_clip_takes_of_it(bench, index, binding):
+    plan = bench.plan(bench.WORKLOAD)
+    phase = bench.WORKLOAD.phases[index]
+    seconds = {r: sum(c.clip_seconds(phase) * c.reserved(r) for c in plan.costs) for r in ("CPU", "GPU")}
+    bounds = {r: bench.CLUSTER[r] / seconds[r] for r in seconds if seconds[r]}
+    assert plan.optimum[index] == pytest.approx(min(bounds.values()))
+    assert min(bounds, key=bounds.get) == binding  # transcode-bound, mixed (CPUs just first), caption-bound
+    # At the optimum the workers use all of the binding resource.
+    workers = plan.optimum_workers[index]
+    assert sum(workers[c.stage] * c.reserved(binding) for c in plan.costs) == pytest.approx(bench.CLUSTER[binding])
 
 
-@pytest.mark.parametrize("name", ["transcode-bound", "caption-bound", "mixed", "changing"])
-def test_scaled_actors_keep_the_allocation_problem(bench, name):
-    mix = next(m for m in bench.MIXES if m.name == name)
-    plan = bench.plan(mix)
+def test_scaled_actors_keep_the_allocation_problem(bench):
+    plan = bench.plan(bench.WORKLOAD)
     for c in plan.costs:
         k = plan.scale[c.stage]
         assert k >= 1  # an actor is at least one real worker
