@@ -76,7 +76,9 @@ def test_a_stage_told_to_shrink_stops_feeding_its_busy_actors_and_releases_one(t
     # to Ray Data's tasks in flight per actor); after those it gets none, while the backlog is
     # still long, and the other process takes every remaining task.
     after = [pid for started, pid in started_by_pid(records) if started > switched[0]]
-    assert len(after) >= TASKS // 2, "the backlog ran out before the count dropped"
+    # Enough left that two fed processes would each have started several (a slow machine
+    # starts the second worker late).
+    assert len(after) >= TASKS // 5, "the backlog ran out before the count dropped"
     per_pid = sorted(after.count(pid) for pid in set(after))
     assert len(per_pid) <= 2 and (len(per_pid) == 1 or per_pid[0] <= IN_FLIGHT_PER_ACTOR), (
         f"tasks started per process after the pool was told to shrink: {per_pid}")
