@@ -6,7 +6,7 @@ stage costs (benchmarks/stage_profile.json, measured by measure_stage_profile.py
 assumed, as marked there), reserves the stage's CPUs and GPUs and passes on payloads sized
 after the real ones. A local Ray advertises the cluster's logical resources; sleeping uses
 no CPU. Each allocator runs the workload mixes one after the other (transcode-bound: long
-static 1080p videos; caption-bound: short moving 720p ones; mixed: short moving 1080p ones), and
+static 1080p videos; mixed: short moving 1080p ones; caption-bound: short moving 720p ones), and
 for each mix it prints the steady-state clips/s against the analytic optimum (the bottleneck
 bound: the most clips/s the cluster's CPUs and GPUs allow with the profile's costs) and the time
 to settle after the start or the change of mix, and writes workers per stage over time as an
@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -92,8 +92,6 @@ class Phase:
 
 @dataclass(frozen=True)
 class Mix:
-    name: str
-    what: str
     captions: bool
     phases: tuple[Phase, ...]
 
@@ -101,7 +99,7 @@ class Mix:
 # One run per allocator goes through the workload mixes in turn: each is measured once the
 # allocator has had its time, and each change of mix is a re-balance (the first, long static
 # videos then short busy ones). One run also starts the actor processes once, not per mix.
-WORKLOAD = Mix("mixes", "captions on; the work changes twice", True, (
+WORKLOAD = Mix(True, (  # captions on; the work changes twice
     Phase("transcode-bound", "static-1080p", 600, 60),  # 10-minute static videos: filtered by motion, nothing to caption
     Phase("mixed", "busy-1080p", 120, 50),  # 2-minute moving 1080p: CPUs and GPUs both near their limit
     Phase("caption-bound", "busy-720p", 120, 50),  # 2-minute moving 720p: every clip captioned on the GPUs
@@ -573,8 +571,7 @@ def main() -> int:
                         help="phases this many times longer (Ray Data's pools take minutes to settle)")
     args = parser.parse_args()
     args.allocator = args.allocator or ["rayData", "throughput"]
-    mix = Mix(WORKLOAD.name, WORKLOAD.what, WORKLOAD.captions,
-              tuple(Phase(p.name, p.content, p.video_seconds, p.seconds * args.longer) for p in WORKLOAD.phases))
+    mix = Mix(WORKLOAD.captions, tuple(replace(p, seconds=p.seconds * args.longer) for p in WORKLOAD.phases))
     args.plots.mkdir(parents=True, exist_ok=True)
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     start_ray()

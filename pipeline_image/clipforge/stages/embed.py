@@ -98,6 +98,7 @@ class Embedder(ABC):
 
     algorithm: str
     dim: int
+
     def __init__(self, device: str):
         self.device = device
         # Frames per forward pass. On the CPU a pass's activations are the worker's own memory
