@@ -117,8 +117,10 @@ def test_each_group_advertises_its_stages_resources_and_runs_their_actors(run):
         "cpu": {stage_resource_name(s) for s in CPU_STAGES},
         f"gpu-{GPU_STAGE}": {stage_resource_name(GPU_STAGE)},
     }
+    # One GPU pod, or two when Ray Data asks for a second motion actor while the first is busy: the
+    # GPU node has two GPUs and the autoscaler fills it. Each advertises its pod's one GPU.
     gpu_nodes = [n for n in run.ray.nodes.values() if group_of_node(run, n) == f"gpu-{GPU_STAGE}"]
-    assert [n["resources_total"].get("GPU") for n in gpu_nodes] == [1.0]  # from the nvidia.com/gpu limit
+    assert gpu_nodes and {n["resources_total"].get("GPU") for n in gpu_nodes} == {1.0}  # the nvidia.com/gpu limit
 
     ran_on = defaultdict(set)  # stage -> groups whose nodes ran an actor of it
     for actor in run.ray.actors.values():
@@ -136,12 +138,14 @@ def test_the_gpu_group_was_scheduled_only_onto_the_gpu_node(run):
     # The GPU node's taint keeps everything else off it; the GPU group's nodeSelector keeps it there.
     assert by_group.pop("submitter", {"cpu-node"}) == {"cpu-node"}, by_group  # if sampled
     assert by_group == {"head": {"cpu-node"}, "cpu": {"cpu-node"}, f"gpu-{GPU_STAGE}": {"gpu-node"}}, by_group
-    (gpu_pod,) = [p for p in pods if p["metadata"]["labels"]["clipforge.dev/group"] == f"gpu-{GPU_STAGE}"]
-    (container,) = gpu_pod["spec"]["containers"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert gpu_pod["spec"]["nodeSelector"] == GPU_NODE_SELECTOR
-    assert GPU_TOLERATION in gpu_pod["spec"]["tolerations"]
+    gpu_pods = [p for p in pods if p["metadata"]["labels"]["clipforge.dev/group"] == f"gpu-{GPU_STAGE}"]
+    assert 1 <= len(gpu_pods) <= 2, gpu_pods  # the autoscaler may add a second (the GPU node has two GPUs)
+    for gpu_pod in gpu_pods:
+        (container,) = gpu_pod["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        assert gpu_pod["spec"]["nodeSelector"] == GPU_NODE_SELECTOR
+        assert GPU_TOLERATION in gpu_pod["spec"]["tolerations"]
 
 
 def test_kuberay_ran_the_submitter_and_removed_the_cluster_after_the_ttl(stack, run):
