@@ -149,8 +149,9 @@ def main() -> int:
         for path in paths:  # more of the same bytes under other names: other videos to the pipeline
             for copy in range(1, copies):
                 os.link(path, path.with_name(f"{path.stem}_copy{copy}{path.suffix}"))
-        write_samples(startup_dir, [startup_input()])
-        startup_seconds = sum(s.seconds for s in startup_input().segments)
+        startup = startup_input()
+        write_samples(startup_dir, [startup])
+        startup_seconds = sum(segment.seconds for segment in startup.segments)
         # Alternated and the best of each kept: a machine shared with other work slows some runs.
         startup_s = pipeline_s = floor_s = pipeline_cpu = floor_cpu = float("inf")
         for repeat in range(args.repeats):
