@@ -14,6 +14,10 @@ the video-seconds the full input adds over the time they add. The whole run's ra
 included, is printed above it. Stream copy does so little per video-second that the start-up's
 own variation would swamp 90 of them: its input holds each video `--copies` times (default 10).
 
+On a shared machine the speed of everything drifts over minutes (hypervisor steal), so the
+floor runs before the first pipeline run and after each one, each run is compared with the two
+floors around it, and the median of `--repeats` such ratios (default 3) is the figure.
+
     python benchmarks/bench_pipeline.py                  # default stages: motion, previews, embeddings
     python benchmarks/bench_pipeline.py --stages off     # motion, previews and embeddings off
     python benchmarks/bench_pipeline.py --copy           # stream copy (nothing decoded), stages off
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -128,6 +134,26 @@ def floor(document: dict, paths: list[Path]) -> tuple[float, float, int]:
     return time.perf_counter() - started, video_seconds, clips
 
 
+@dataclass
+class Run:
+    """One repeat: the start-up run, the full run, and the floors measured before and after them."""
+
+    startup_s: float
+    pipeline_s: float
+    pipeline_cpu: float
+    floor_before: tuple[float, float, int]
+    floor_after: tuple[float, float, int]
+    floor_cpu: float
+    summary: dict
+
+    def ratios(self, input_seconds: float, startup_seconds: float) -> tuple[float, float]:
+        """(whole run, steady state) throughput over the mean throughput of the floors around it."""
+        floor_rate = statistics.mean(video_seconds / seconds for seconds, video_seconds, _ in
+                                     (self.floor_before, self.floor_after))
+        steady_rate = (input_seconds - startup_seconds) / (self.pipeline_s - self.startup_s)
+        return input_seconds / self.pipeline_s / floor_rate, steady_rate / floor_rate
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each generated video")
@@ -137,7 +163,8 @@ def main() -> int:
     parser.add_argument("--copy", action="store_true", help="stream copy instead of re-encoding (stages off)")
     parser.add_argument("--copies", type=int, default=None,
                         help="each generated video is in the input this many times (default: 10 with --copy, else 1)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternated; the best of each counts")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="pipeline runs, each between two floor runs; the median of their ratios counts")
     args = parser.parse_args()
     stages = args.stages == "default" and not args.copy
     copies = args.copies or (10 if args.copy else 1)
@@ -152,40 +179,49 @@ def main() -> int:
         startup = startup_input()
         write_samples(startup_dir, [startup])
         startup_seconds = sum(segment.seconds for segment in startup.segments)
-        # Alternated and the best of each kept: a machine shared with other work slows some runs.
-        startup_s = pipeline_s = floor_s = pipeline_cpu = floor_cpu = float("inf")
+        # The floor runs before the first pipeline run and after each, and each run's ratio is
+        # taken against the two floors around it: on a shared machine (hypervisor steal) the
+        # speed of both drifts over minutes, and a ratio is only fair within one such stretch.
+        floor_runs = [floor(job_document(input_dir, output_dir / "floor", args.executor, stages, args.copy), paths)]
+        runs = []
         for repeat in range(args.repeats):
             # Each run writes a fresh folder: nothing is resumed from the run before.
             document = job_document(startup_dir, output_dir / f"startup-{repeat}", args.executor, stages, args.copy)
-            startup_s = min(startup_s, run_pipeline(document, args.executor)[0])
+            startup_s = run_pipeline(document, args.executor)[0]
             document = job_document(input_dir, output_dir / str(repeat), args.executor, stages, args.copy)
             cpu = cpu_seconds()
-            seconds, summary = run_pipeline(document, args.executor)
-            pipeline_s, pipeline_cpu = min(pipeline_s, seconds), min(pipeline_cpu, cpu_seconds() - cpu)
+            pipeline_s, summary = run_pipeline(document, args.executor)
+            pipeline_cpu = cpu_seconds() - cpu
             cpu = cpu_seconds()
-            seconds, video_seconds, floor_clips = floor(document, paths)
-            floor_s, floor_cpu = min(floor_s, seconds), min(floor_cpu, cpu_seconds() - cpu)
+            floor_runs.append(floor(document, paths))
+            floor_cpu = cpu_seconds() - cpu
+            runs.append(Run(startup_s, pipeline_s, pipeline_cpu, floor_runs[-2], floor_runs[-1], floor_cpu, summary))
 
-    if pipeline_s <= startup_s:
-        print(f"the input took no longer than the start-up input ({pipeline_s:.2f} s against {startup_s:.2f} s):"
-              " too little to measure a steady state; raise --seconds or --copies")
-        return 1
-    clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
-    input_seconds = video_seconds * copies
-    whole_rate, floor_rate = input_seconds / pipeline_s, video_seconds / floor_s
-    steady_rate = (input_seconds - startup_seconds) / (pipeline_s - startup_s)
+    input_seconds = runs[0].floor_after[1] * copies
     name = "stream copy" if args.copy else "pipeline"
     print(f"input: {input_seconds:.0f} video-seconds in {len(paths) * copies} videos; start-up input: {startup_seconds:.0f};"
-          f" floor: {video_seconds:.0f} video-seconds in {len(paths)} videos")
-    print(f"{name} ({args.executor}): {pipeline_s:7.2f} s  {whole_rate:6.2f} video-s/s  {clips / pipeline_s:5.2f} clips/s"
-          f"  ({summary['clips']['passed']} passed, {summary['clips']['filtered']} filtered)")
-    print(f"{name} on the start-up input: {startup_s:7.2f} s; steady state {steady_rate:6.2f} video-s/s")
-    print(f"floor (decode+encode): {floor_s:7.2f} s  {floor_rate:6.2f} video-s/s  {floor_clips / floor_s:5.2f} clips/s")
-    if args.executor == "local":  # Ray's workers are other processes: their CPU time is not seen here
-        print(f"cpu seconds: pipeline {pipeline_cpu:.1f}, floor {floor_cpu:.1f} (floor/pipeline {floor_cpu / pipeline_cpu:.2f})")
+          f" floor: {runs[0].floor_after[1]:.0f} video-seconds in {len(paths)} videos")
+    print(f"floor before the first run (decode+encode): {floor_runs[0][0]:7.2f} s")
+    for repeat, run in enumerate(runs):
+        summary, (floor_s, _, floor_clips) = run.summary, run.floor_after
+        clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
+        print(f"run {repeat + 1}: {name} ({args.executor}) {run.pipeline_s:7.2f} s  {clips / run.pipeline_s:5.2f} clips/s"
+              f" ({summary['clips']['passed']} passed, {summary['clips']['filtered']} filtered);"
+              f" start-up input {run.startup_s:6.2f} s; floor after {floor_s:7.2f} s  {floor_clips / floor_s:5.2f} clips/s")
+        if args.executor == "local":  # Ray's workers are other processes: their CPU time is not seen here
+            print(f"       cpu seconds: pipeline {run.pipeline_cpu:.1f}, floor {run.floor_cpu:.1f}"
+                  f" (floor/pipeline {run.floor_cpu / run.pipeline_cpu:.2f})")
+        if run.pipeline_s <= run.startup_s:
+            print(f"the input took no longer than the start-up input ({run.pipeline_s:.2f} s against {run.startup_s:.2f} s):"
+                  " too little to measure a steady state; raise --seconds or --copies")
+            return 1
+        whole, steady = run.ratios(input_seconds, startup_seconds)
+        print(f"       whole run {whole:.2f}, steady state {steady:.2f} of the floor's throughput")
     what = name if stages or args.copy else "pipeline (motion, previews, embeddings off)"
-    print(f"ratio {what}/floor throughput, whole run (start included): {whole_rate / floor_rate:.2f}")
-    print(f"ratio {what}/floor throughput: {steady_rate / floor_rate:.2f}")
+    median = statistics.median
+    print(f"ratio {what}/floor throughput, whole run (start included), median of {len(runs)}:"
+          f" {median(run.ratios(input_seconds, startup_seconds)[0] for run in runs):.2f}")
+    print(f"ratio {what}/floor throughput: {median(run.ratios(input_seconds, startup_seconds)[1] for run in runs):.2f}")
     return 0
 
 
