@@ -14,7 +14,7 @@ the video-seconds the full input adds over the time they add. The whole run's ra
 included, is printed above it. Stream copy does so little per video-second that the start-up's
 own variation would swamp 90 of them: its input holds each video `--copies` times (default 10).
 
-On a shared machine the speed of everything drifts over minutes (hypervisor steal), so the
+On a shared machine the speed of everything drifts over minutes (other tenants of the host), so the
 floor runs before the first pipeline run and after each one, each run is compared with the two
 floors around it, and the median of `--repeats` such ratios (default 3) is the figure.
 
@@ -180,7 +180,7 @@ def main() -> int:
         write_samples(startup_dir, [startup])
         startup_seconds = sum(segment.seconds for segment in startup.segments)
         # The floor runs before the first pipeline run and after each, and each run's ratio is
-        # taken against the two floors around it: on a shared machine (hypervisor steal) the
+        # taken against the two floors around it: on a shared machine (other tenants) the
         # speed of both drifts over minutes, and a ratio is only fair within one such stretch.
         floor_runs = [floor(job_document(input_dir, output_dir / "floor", args.executor, stages, args.copy), paths)]
         runs = []
@@ -202,6 +202,7 @@ def main() -> int:
     print(f"input: {input_seconds:.0f} video-seconds in {len(paths) * copies} videos; start-up input: {startup_seconds:.0f};"
           f" floor: {runs[0].floor_after[1]:.0f} video-seconds in {len(paths)} videos")
     print(f"floor before the first run (decode+encode): {floor_runs[0][0]:7.2f} s")
+    ratios = []  # (whole run, steady state) of each run
     for repeat, run in enumerate(runs):
         summary, (floor_s, _, floor_clips) = run.summary, run.floor_after
         clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
@@ -215,13 +216,12 @@ def main() -> int:
             print(f"the input took no longer than the start-up input ({run.pipeline_s:.2f} s against {run.startup_s:.2f} s):"
                   " too little to measure a steady state; raise --seconds or --copies")
             return 1
-        whole, steady = run.ratios(input_seconds, startup_seconds)
-        print(f"       whole run {whole:.2f}, steady state {steady:.2f} of the floor's throughput")
+        ratios.append(run.ratios(input_seconds, startup_seconds))
+        print(f"       whole run {ratios[-1][0]:.2f}, steady state {ratios[-1][1]:.2f} of the floor's throughput")
     what = name if stages or args.copy else "pipeline (motion, previews, embeddings off)"
-    median = statistics.median
-    print(f"ratio {what}/floor throughput, whole run (start included), median of {len(runs)}:"
-          f" {median(run.ratios(input_seconds, startup_seconds)[0] for run in runs):.2f}")
-    print(f"ratio {what}/floor throughput: {median(run.ratios(input_seconds, startup_seconds)[1] for run in runs):.2f}")
+    whole, steady = (statistics.median(column) for column in zip(*ratios))
+    print(f"ratio {what}/floor throughput, whole run (start included), median of {len(runs)}: {whole:.2f}")
+    print(f"ratio {what}/floor throughput: {steady:.2f}")
     return 0
 
 

