@@ -85,6 +85,24 @@ def test_ray_job_writes_the_same_dataset_as_the_local_executor(tmp_path, samples
     assert_complete(ray_out, 4)
 
 
+def descendants(root: int) -> set[int]:
+    """The processes under `root` (its children, theirs, and so on), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            # The parent is the second field after the command, which sits in parentheses.
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # it ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, stack = set(), [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
 def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
     import ray
     from clipforge.cli import main
@@ -103,14 +121,15 @@ def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
         chunks_at_kill.append(len(list((out / "processed_clip_chunks").glob("*.json"))))
         transcode_resource_free.append(ray.available_resources().get("clipforge_transcode", 0))
         # Ray titles each actor's process `ray::<class>...`; Ray Data's stage actors are MapWorkers.
-        for pid in os.listdir("/proc"):
+        # Only this test's own Ray (started by this process) is touched, never another run's.
+        for pid in descendants(os.getpid()):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
             if title.startswith("ray::") and "MapWorker" in title:
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(int(pid))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
 
     ray.init(num_cpus=4, include_dashboard=False, resources={"clipforge_transcode": 100})
     try:
