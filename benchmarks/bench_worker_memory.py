@@ -23,27 +23,11 @@ from pathlib import Path
 from bench_long_video import concatenate, write_parts
 from bench_pipeline import job_document, run_pipeline
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness.processes import descendants  # noqa: E402 - the tests' helper, found through the line above
+
 LIMIT_BYTES = 1.5 * 2**30
 SAMPLE_INTERVAL_S = 0.5
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _memory(pid: int) -> dict[str, int]:
@@ -78,7 +62,7 @@ class PeakSampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL_S):
-            for pid in _descendants(os.getpid()):
+            for pid in descendants(os.getpid()):
                 memory = _memory(pid)
                 if "VmHWM" not in memory:
                     continue

@@ -1,4 +1,5 @@
-"""Small helpers shared by the test servers that run daemons as child processes (S3, control plane)."""
+"""Small helpers shared by the test servers that run daemons as child processes (S3, control plane),
+and by the tests and benchmarks that look at the processes a run started."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def log_tail(path: Path, lines: int = 25) -> str:
     except OSError as exc:
         return f"    (no log: {exc})"
     return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty)"
+
+
+def descendants(root: int) -> list[int]:
+    """The processes under `root` (its children, theirs, and so on), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after the name in (...), which may hold spaces
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.processes import descendants
 from jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, tree, write_manifest
 
 pytestmark = pytest.mark.slow
@@ -83,24 +84,6 @@ def test_ray_job_writes_the_same_dataset_as_the_local_executor(tmp_path, samples
     for meta in (local_out / "metas" / "v0").glob("*.json"):
         assert load_json(meta)["motion_score"]["global_mean"] is not None
     assert_complete(ray_out, 4)
-
-
-def descendants(root: int) -> set[int]:
-    """The processes under `root` (its children, theirs, and so on), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            # The parent is the second field after the command, which sits in parentheses.
-            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:  # it ended meanwhile
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, stack = set(), [root]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            found.add(child)
-            stack.append(child)
-    return found
 
 
 def test_killing_ray_workers_mid_run_loses_no_clip(tmp_path, many_videos):
