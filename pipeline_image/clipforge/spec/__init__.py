@@ -1,0 +1,39 @@
+"""The VideoCurationJob manifest: the one source of truth for the CRD, the operator and the pipeline.
+
+One module per idea: `job` (the manifest and its loading), `sections` (the pipeline's settings),
+`stages` (the stage table), `execution` (how the pipeline runs), `cluster` (the operator's Ray
+cluster), `status` (run states, output files and the operator's status). Everything public is
+re-exported here: `from clipforge.spec import X` works for every public name.
+"""
+
+from clipforge.spec.base import (
+    PositiveSeconds, SpecModel,
+)
+from clipforge.spec.sections import (
+    AestheticFilterSpec, CaptionsSpec, DedupSpec, EmbeddingAlgorithm, EmbeddingsSpec, Encoder, FixedStrideSpec,
+    InputSpec, MaxLengthMode, ModelsSpec, MotionFilterSpec, MotionMode, OutputSpec, PreviewSpec, PromptVariant,
+    Reduction, SceneDetectSpec, SceneDetectorKind, SceneLengthSpec, SplitAlgorithm, SplittingSpec, StorageSpec,
+    TransNetV2Spec, TranscodeMode, TranscodingSpec,
+)
+from clipforge.spec.stages import (
+    STAGES, STAGE_DEFAULTS, STAGE_TABLE, StageDeclaration, StageResources, clip_settings, stage_enabled,
+    stage_resource_name,
+)
+from clipforge.spec.execution import (
+    ExecutionSpec, FailuresSpec, StageExecution, StagesExecution, stage_resources,
+)
+from clipforge.spec.cluster import (
+    DEFAULT_IMAGE, DEFAULT_RAY_VERSION, DNS_LABEL, DNS_SUBDOMAIN, ENV_NAME, QUANTITY_PATTERN, ClusterSpec,
+    ConfigMapSource, EmptyDirSource, EnvVar, GpuWorkerGroupSpec, GpuWorkerGroups, HeadGroupSpec, ImagePullPolicy,
+    LocalObjectReference, PersistentVolumeClaimSource, PodResources, Quantity, ResourceAmounts, RetryBackoffSpec,
+    TaintEffect, Toleration, TolerationOperator, Volume, VolumeMount, WorkerGroupSpec,
+)
+from clipforge.spec.status import (
+    INDEX_DIR, REPORT_DIR, REPORT_PAGE, RUN_COMPLETED_WITH_FAILURES, RUN_FAILED, RUN_SUCCEEDED, SUMMARY_FILE,
+    TERMINAL_PHASES, TOO_MANY_VIDEOS_FAILED, Condition, ConditionStatus, JobOutputs, JobPhase, JobProgress,
+    VideoCurationJobStatus, WorkerGroupStatus,
+)
+from clipforge.spec.job import (
+    API_GROUP, API_VERSION, KIND, PLURAL, InvalidJobError, ObjectMeta, VideoCurationJob, VideoCurationJobSpec,
+    load_job, parse_job,
+)
