@@ -38,10 +38,10 @@ from pathlib import Path
 
 import av
 
+from clipforge.codec.encode import ClipEncoder, output_size
 from clipforge.samples import SampleVideo, Segment, write_samples
 from clipforge.spec import parse_job
 from clipforge.stages.split import fixed_stride_spans
-from clipforge.stages.transcode import ClipEncoder, output_size
 from clipforge.tasks import Clip
 
 

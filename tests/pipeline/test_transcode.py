@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from jobs import run_stage
 
+from clipforge.codec.encode import output_size, parse_bitrate
 from clipforge.samples import SampleVideo, Segment, write_video
-from clipforge.stages.transcode import TranscodeStage, output_size, parse_bitrate
+from clipforge.stages.transcode import TranscodeStage
 from clipforge.tasks import clip_uuid
 
 FAST = {"preset": "ultrafast"}
