@@ -7,21 +7,20 @@ Nothing here talks to Kubernetes: the handlers read, call these, compare and pat
 - the job's Ray token Secret and the NetworkPolicy that closes its Ray cluster to other pods;
 - the RayJob (KubeRay ray.io/v1) with a head group, one CPU worker group for the CPU stages and
   one GPU worker group per GPU stage, each advertising the custom Ray resources of its stages;
-- the JSON patch that rescales a live RayCluster, and the rule for which spec changes are allowed
-  on a running job;
-- the phase a RayJob's status means for the VideoCurationJob, and Kubernetes-style conditions.
+- the JSON patch that rescales a live RayCluster.
+
+What KubeRay's objects mean for the job's status is status.py; which spec changes a started job
+takes is update_rules.py.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -34,7 +33,6 @@ from clipforge.spec import (
     stage_enabled,
     stage_resources,
     GpuWorkerGroupSpec,
-    JobPhase,
     PodResources,
     Toleration,
     VideoCurationJob,
@@ -42,6 +40,7 @@ from clipforge.spec import (
     WorkerGroupSpec,
     stage_resource_name,
 )
+from clipforge_operator.config import KubeRayPods
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 RAYJOB_PLURAL, RAYCLUSTER_PLURAL = "rayjobs", "rayclusters"
@@ -242,33 +241,6 @@ def ray_token_env(token_secret: str) -> dict:
 def ray_auth_env(token_secret: str) -> list[dict]:
     """RAY_AUTH_MODE and the job's token: what every Ray process of the job needs."""
     return [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}, ray_token_env(token_secret)]
-
-
-KUBERAY_PODS_ENV = "CLIPFORGE_KUBERAY_PODS"  # how the operator's Deployment passes KubeRayPods, as JSON
-
-
-@dataclass(frozen=True)
-class KubeRayPods:
-    """Where the KubeRay operator runs, which polls a job's dashboard (through the gate) for its status."""
-
-    namespace: str = ""  # empty: any namespace
-    labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "kuberay-operator"),)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> KubeRayPods:
-        """From {"namespace": "...", "podLabels": {...}} (the chart's `kuberay` values); None: the defaults."""
-        if not text:
-            return cls()
-        try:
-            data = json.loads(text)
-            namespace, pod_labels = data.get("namespace") or "", data.get("podLabels") or {}
-            if not (isinstance(namespace, str) and isinstance(pod_labels, dict) and pod_labels
-                    and all(isinstance(k, str) and isinstance(v, str) for k, v in pod_labels.items())):
-                raise ValueError
-        except (ValueError, AttributeError):
-            raise ValueError(f"the KubeRay operator's pods: want {{\"namespace\": str, \"podLabels\":"
-                             f" {{str: str, ...}}}} with at least one label, got {text!r}") from None
-        return cls(namespace, tuple(sorted(pod_labels.items())))
 
 
 def build_network_policy(job_name: str, namespace: str, uid: str, kuberay: KubeRayPods) -> dict:
@@ -624,284 +596,3 @@ def scaling_patch(live: Mapping, spec: VideoCurationJobSpec, prefix: str = "/spe
             ops.append({"op": "test", "path": f"{path}/groupName", "value": plan.name})
             ops.extend(changes)
     return ops
-
-
-_SCALING = re.compile(r"^cluster\.(cpuWorkers|gpuWorkers\.[a-z]+)\.(minReplicas|maxReplicas)$")
-_OPERATOR_ONLY = re.compile(r"^(maxRetries|retryBackoff\.[A-Za-z]+|pendingDeadlineSeconds|ttlSecondsAfterFinished)$")
-_IGNORED = re.compile(r"^execution\.stages\.[a-z]+\.pinned$")  # the operator pins every stage itself
-
-
-def _normalized(spec: VideoCurationJobSpec) -> dict:
-    data = spec.model_dump(by_alias=True, mode="json")
-    for stage in STAGES:  # an absent GPU group means the default one
-        if data["cluster"]["gpuWorkers"][stage] is None:
-            data["cluster"]["gpuWorkers"][stage] = GpuWorkerGroupSpec().model_dump(by_alias=True, mode="json")
-    return data
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
-        return out
-    return {prefix: data}
-
-
-@dataclass(frozen=True)
-class SpecChange:
-    """A spec update sorted by what the operator may do with it on a started job."""
-
-    scaling: tuple[str, ...] = ()  # worker-group bounds: patched onto the live cluster
-    operator: tuple[str, ...] = ()  # retry/deadline/TTL settings: take effect from now on
-    refused: tuple[str, ...] = ()  # everything the running pipeline or cluster shape depends on
-
-    @property
-    def allowed(self) -> bool:
-        return not self.refused
-
-    @property
-    def empty(self) -> bool:
-        return not (self.scaling or self.operator or self.refused)
-
-
-def classify_spec_change(old: VideoCurationJobSpec, new: VideoCurationJobSpec) -> SpecChange:
-    before, after = _flatten(_normalized(old)), _flatten(_normalized(new))
-    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p) and not _IGNORED.match(p))
-    return SpecChange(
-        scaling=tuple(p for p in changed if _SCALING.match(p)),
-        operator=tuple(p for p in changed if _OPERATOR_ONLY.match(p)),
-        refused=tuple(p for p in changed if not _SCALING.match(p) and not _OPERATOR_ONLY.match(p)),
-    )
-
-
-def merge_allowed(accepted: VideoCurationJobSpec, requested: VideoCurationJobSpec) -> VideoCurationJobSpec:
-    """`accepted` with the scaling and operator-only fields of `requested`; refused fields stay as accepted."""
-    change = classify_spec_change(accepted, requested)
-    data, source = _normalized(accepted), _normalized(requested)
-    for path in change.scaling + change.operator:
-        *parents, leaf = path.split(".")
-        src, dst = source, data
-        for part in parents:
-            src, dst = src[part], dst[part]
-        dst[leaf] = src[leaf]
-    return VideoCurationJobSpec.model_validate(data)
-
-
-# ------------------------------------------------------------------------------ RayJob -> phase
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | datetime | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    try:
-        parsed = datetime.fromisoformat(value)  # 3.11 reads the Z suffix too
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a RayJob's status means for the VideoCurationJob."""
-
-    phase: str
-    reason: str
-    message: str
-    terminal: bool = False
-    ray_cluster_name: str | None = None
-    dashboard_url: str | None = None
-    ray_start_time: datetime | None = None
-    deployment_status: str = ""
-    job_status: str = ""
-    retryable: bool = True  # False: another attempt with the same spec would fail the same way
-
-    @property
-    def failed(self) -> bool:
-        return self.phase == JobPhase.failed.value
-
-
-_STARTED_JOB_STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
-_PROVISIONING_REASONS = {
-    "": "RayJobCreated", "Initializing": "ClusterStarting", "Suspending": "Suspended", "Suspended": "Suspended",
-    "Retrying": "KubeRayRetrying", "Waiting": "WaitingForSubmission", "Scheduling": "Scheduling",
-    "Scheduled": "Scheduling",
-}
-
-
-def cluster_problem(raycluster: Mapping | None) -> str:
-    """Why KubeRay cannot make a RayCluster's pods, from its ReplicaFailure condition ('' if none).
-
-    Pods refused at creation (Pod Security, a ResourceQuota, a bad template) show nowhere else
-    but in KubeRay's Events; a job waiting on them should say so instead of "starting".
-    """
-    for cond in ((raycluster or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-            reason = cond.get("reason") or "ReplicaFailure"
-            # KubeRay's message is its error chain, "<reason>\n<API error>", one error a line.
-            lines = [line for line in (cond.get("message") or "").splitlines() if line.strip() and line != reason]
-            return f"RayCluster {(raycluster.get('metadata') or {}).get('name')}: {reason}: {'; '.join(lines)}"
-    return ""
-
-
-# KubeRay's labels on the pods of a RayCluster.
-KUBERAY_CLUSTER_LABEL, KUBERAY_GROUP_LABEL, KUBERAY_NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
-
-
-def worker_pods_selector(raycluster_name: str) -> str:
-    """The label selector of a RayCluster's worker pods."""
-    return f"{KUBERAY_CLUSTER_LABEL}={raycluster_name},{KUBERAY_NODE_TYPE_LABEL}=worker"
-
-
-def worker_group_sizes(raycluster: Mapping, pods: Iterable[Mapping]) -> list[dict]:
-    """status.workerGroups: each worker group's bounds, the pods wanted now and the pods Ready.
-
-    Wanted is the live RayCluster's `replicas`, which the Ray autoscaler moves between the bounds
-    (KubeRay's status counts workers for the whole cluster only); Ready counts the group's pods,
-    those being deleted aside.
-    """
-    ready: dict[str, int] = {}
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        conditions = (pod.get("status") or {}).get("conditions") or []
-        if not meta.get("deletionTimestamp") and any(
-                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            group = (meta.get("labels") or {}).get(KUBERAY_GROUP_LABEL, "")
-            ready[group] = ready.get(group, 0) + 1
-    sizes = []
-    for group in ((raycluster.get("spec") or {}).get("workerGroupSpecs") or []):
-        low = group.get("minReplicas") or 0
-        sizes.append({"name": group.get("groupName", ""), "minReplicas": low, "maxReplicas": group.get("maxReplicas", low),
-                      "desiredReplicas": group.get("replicas", low), "readyReplicas": ready.get(group.get("groupName"), 0)})
-    return sizes
-
-
-def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int,
-                   raycluster: Mapping | None = None) -> Observation:
-    """The VideoCurationJob phase a RayJob status implies.
-
-    KubeRay's jobDeploymentStatus tracks the cluster and the submission (Initializing -> Running
-    -> Complete | Failed, with Suspended/Retrying/Waiting on the side, and ValidationFailed for a
-    RayJob it refuses, which fails without retries); jobStatus is the Ray job's
-    own (PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED). Only Complete+SUCCEEDED is success;
-    a STOPPED job was stopped on purpose (Cancelled); every other terminal state is a failure with
-    KubeRay's reason and message carried over. A job not yet RUNNING after the pending deadline
-    (counted from the RayJob's start) fails with PendingDeadlineExceeded. While it is not running,
-    `raycluster` (the RayJob's, when there is one) adds why its pods cannot be made, if it says.
-    """
-    status = rayjob.get("status") or {}
-    deployment = status.get("jobDeploymentStatus") or ""
-    job_status = status.get("jobStatus") or ""
-    reason, message = status.get("reason") or "", status.get("message") or ""
-    common = {
-        "ray_cluster_name": status.get("rayClusterName") or None,
-        "dashboard_url": status.get("dashboardURL") or None,
-        "ray_start_time": parse_time((status.get("rayJobInfo") or {}).get("startTime")),
-        "deployment_status": deployment,
-        "job_status": job_status,
-    }
-    name = (rayjob.get("metadata") or {}).get("name", "RayJob")
-    if deployment == "Complete" and job_status == "SUCCEEDED":
-        return Observation(JobPhase.succeeded.value, "JobSucceeded", message or "the pipeline finished", True, **common)
-    if deployment == "Complete" and job_status == "STOPPED":
-        return Observation(JobPhase.cancelled.value, reason or "JobStopped",
-                           message or f"the Ray job of {name} was stopped", True, **common)
-    if deployment == "ValidationFailed":
-        # KubeRay refuses the RayJob we built and waits for an edit that never comes: a new
-        # attempt would be refused the same way, so the job fails now with KubeRay's message.
-        return Observation(JobPhase.failed.value, reason or "ValidationFailed",
-                           message or f"KubeRay refused RayJob {name}", True, retryable=False, **common)
-    if deployment in ("Complete", "Failed"):
-        # Failed: SubmissionFailed, DeadlineExceeded, AppFailed, ...; Complete+FAILED from older KubeRay.
-        default_reason = "AppFailed" if job_status == "FAILED" else "SubmissionFailed" if not job_status else "JobFailed"
-        return Observation(JobPhase.failed.value, reason or default_reason,
-                           message or f"RayJob {name}: {deployment}, Ray job {job_status or 'never started'}",
-                           True, **common)
-    if deployment == "Running" and job_status in _STARTED_JOB_STATUSES:
-        # The Ray job has started. KubeRay writes its end (SUCCEEDED, FAILED, STOPPED) a moment
-        # before it moves the deployment on: Running until then, never back to Provisioning, and
-        # never subject to the pending deadline.
-        return Observation(JobPhase.running.value, "JobRunning", message or "the pipeline is running", **common)
-
-    problem = cluster_problem(raycluster)
-    message = "; ".join(m for m in (message, problem) if m)
-    since = parse_time(status.get("startTime")) or parse_time((rayjob.get("metadata") or {}).get("creationTimestamp"))
-    if since is not None and (now - since).total_seconds() > pending_deadline_seconds:
-        return Observation(
-            JobPhase.failed.value, "PendingDeadlineExceeded",
-            f"RayJob {name} was not running after {pending_deadline_seconds}s"
-            f" (deployment {deployment or 'New'}, Ray job {job_status or 'not submitted'}){': ' + message if message else ''}",
-            True, **common,
-        )
-    if deployment == "Running":  # cluster up, submitter created; the Ray job is PENDING or unknown yet
-        return Observation(JobPhase.provisioning.value, "JobPending", message or "waiting for the Ray job to start",
-                           **common)
-    return Observation(JobPhase.provisioning.value, _PROVISIONING_REASONS.get(deployment, deployment or "RayJobCreated"),
-                       message or f"Ray cluster {deployment.lower() or 'starting'}", **common)
-
-
-# --------------------------------------------------------------------------------- conditions
-
-
-def set_condition(
-    conditions: list[dict], type_: str, status: bool | str, reason: str, message: str,
-    now: datetime, generation: int | None = None,
-) -> list[dict]:
-    """Conditions with `type_` set; lastTransitionTime moves only when the status flips."""
-    value = ("True" if status else "False") if isinstance(status, bool) else status
-    out, found = [], False
-    for cond in conditions:
-        if cond.get("type") != type_:
-            out.append(cond)
-            continue
-        found = True
-        changed = cond.get("status") != value
-        out.append({
-            "type": type_, "status": value, "reason": reason, "message": message,
-            "lastTransitionTime": rfc3339(now) if changed else cond.get("lastTransitionTime") or rfc3339(now),
-            "observedGeneration": generation,
-        })
-    if not found:
-        out.append({"type": type_, "status": value, "reason": reason, "message": message,
-                    "lastTransitionTime": rfc3339(now), "observedGeneration": generation})
-    return out
-
-
-def get_condition(conditions: Iterable[Mapping], type_: str) -> Mapping | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
-
-
-PHASE_CONDITIONS = {
-    JobPhase.running.value: "Running",
-    JobPhase.succeeded.value: "Succeeded",
-    JobPhase.failed.value: "Failed",
-    JobPhase.cancelled.value: "Cancelled",
-}
-
-
-def phase_conditions(
-    conditions: list[dict], phase: str, reason: str, message: str, now: datetime, generation: int | None,
-) -> list[dict]:
-    """Running/Succeeded/Failed/Cancelled consistent with `phase`: the matching one True, any
-    others already present False (a condition appears the first time it becomes True)."""
-    for ptype in PHASE_CONDITIONS.values():
-        on = PHASE_CONDITIONS.get(phase) == ptype
-        if on:
-            conditions = set_condition(conditions, ptype, True, reason, message, now, generation)
-        elif get_condition(conditions, ptype) is not None:
-            conditions = set_condition(conditions, ptype, False, reason, message, now, generation)
-    return conditions
-
-
-@dataclass
-class EventRecord:
-    """A Kubernetes Event to post on the VideoCurationJob."""
-
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-

@@ -40,10 +40,6 @@ class JobPolicy:
     service_accounts: tuple[str, ...] = (ANY,)
     credentials_secrets: tuple[str, ...] = (ANY,)
 
-    @property
-    def any_credentials_secret(self) -> bool:
-        return ANY in self.credentials_secrets
-
 
 def parse_policy(text: str | None) -> JobPolicy:
     """The policy CLIPFORGE_JOB_POLICY holds (JSON, the chart's jobPolicy); unrestricted when unset."""

@@ -22,35 +22,46 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from clipforge.spec import (
-    RUN_COMPLETED_WITH_FAILURES,
-    RUN_FAILED,
     TERMINAL_PHASES,
     TOO_MANY_VIDEOS_FAILED,
     InvalidJobError,
     JobOutputs,
     JobPhase,
     JobProgress,
+    RunReport,
+    RunState,
     VideoCurationJob,
     VideoCurationJobSpec,
     parse_job,
 )
 from clipforge_operator import builders as b
+from clipforge_operator.config import KubeRayPods
 from clipforge_operator.kube import AlreadyExists
 from clipforge_operator.policy import JobPolicy, violations
 from clipforge_operator.progress import (
     Credentials,
     ProgressUnavailable,
-    RunOutcome,
     credentials_from_secret,
     read_outcome,
     read_progress,
 )
+from clipforge_operator.status import (
+    ConditionType,
+    EventRecord,
+    StatusEdit,
+    observe_rayjob,
+    parse_time,
+    rfc3339,
+    worker_group_sizes,
+    worker_pods_selector,
+)
+from clipforge_operator.update_rules import classify_spec_change, merge_allowed
 
 log = logging.getLogger(__name__)
 
-EmitFn = Callable[[Mapping, b.EventRecord], None]
+EmitFn = Callable[[Mapping, EventRecord], None]
 ProgressFn = Callable[..., JobProgress]
-OutcomeFn = Callable[..., RunOutcome]
+OutcomeFn = Callable[..., RunReport]
 
 
 def _utcnow() -> datetime:
@@ -67,7 +78,7 @@ class Context:
     progress: ProgressFn = read_progress
     outcome: OutcomeFn = read_outcome  # the pipeline's summary.json, read when an attempt fails
     read_secrets: bool = True  # read storage.credentialsSecret to fetch progress from S3
-    kuberay: b.KubeRayPods = b.KubeRayPods()  # admitted to the jobs' dashboards (their NetworkPolicy)
+    kuberay: KubeRayPods = KubeRayPods()  # admitted to the jobs' dashboards (their NetworkPolicy)
     policy: JobPolicy = JobPolicy()  # the images, service accounts and Secrets jobs may use
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
@@ -100,46 +111,7 @@ def _meta(body: Mapping) -> Mapping:
 # ------------------------------------------------------------------------------------ helpers
 
 
-class _Status:
-    """The job's status being edited, with the Events the edit should post."""
-
-    def __init__(self, body: Mapping, now: datetime):
-        self.body = body
-        self.old: dict = dict(body.get("status") or {})
-        self.new: dict = dict(self.old)
-        self.new.setdefault("phase", JobPhase.pending.value)
-        self.new.setdefault("retries", 0)
-        self.now = now
-        self.generation = _meta(body).get("generation")
-        self.events: list[b.EventRecord] = []
-
-    @property
-    def phase(self) -> str:
-        return self.new["phase"]
-
-    def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
-        self.new["conditions"] = b.set_condition(
-            list(self.new.get("conditions") or []), type_, status, reason, message, self.now, self.generation
-        )
-
-    def set_phase(self, phase: str, reason: str, message: str, event: bool = True) -> None:
-        if phase != self.phase and event:
-            kind = "Warning" if phase in (JobPhase.failed.value, JobPhase.cancelled.value) else "Normal"
-            self.events.append(b.EventRecord(kind, phase, f"{reason}: {message}" if message else reason))
-        self.new["phase"] = phase
-        self.new["message"] = message
-        self.new["conditions"] = b.phase_conditions(
-            list(self.new.get("conditions") or []), phase, reason, message, self.now, self.generation
-        )
-        if phase in TERMINAL_PHASES:
-            self.new.setdefault("completionTime", b.rfc3339(self.now))
-            self.new["nextRetryTime"] = None
-
-    def changes(self) -> dict:
-        return {k: v for k, v in self.new.items() if self.old.get(k) != v}
-
-
-def _commit(ctx: Context, namespace: str, name: str, st: _Status) -> str:
+def _commit(ctx: Context, namespace: str, name: str, st: StatusEdit) -> str:
     changes = st.changes()
     if changes:
         ctx.kube.patch_job_status(namespace, name, changes)
@@ -148,10 +120,10 @@ def _commit(ctx: Context, namespace: str, name: str, st: _Status) -> str:
     return st.phase
 
 
-def _fail(st: _Status, reason: str, message: str) -> None:
+def _fail(st: StatusEdit, reason: str, message: str) -> None:
     st.set_phase(JobPhase.failed.value, reason, message)
-    if b.get_condition(st.new.get("conditions") or [], "Retrying") is not None:
-        st.condition("Retrying", False, reason, "no retries left" if reason != "InvalidSpec" else message)
+    if st.has_condition(ConditionType.retrying):
+        st.condition(ConditionType.retrying, False, reason, "no retries left" if reason != "InvalidSpec" else message)
 
 
 def _credentials(ctx: Context, namespace: str, spec: VideoCurationJobSpec) -> Credentials | None:
@@ -173,7 +145,7 @@ def _read_progress(ctx: Context, namespace: str, spec: VideoCurationJobSpec, fin
     return progress.model_dump(by_alias=True, mode="json")
 
 
-def _attempt_outcome(ctx: Context, namespace: str, spec: VideoCurationJobSpec, rayjob: Mapping) -> RunOutcome | None:
+def _attempt_outcome(ctx: Context, namespace: str, spec: VideoCurationJobSpec, rayjob: Mapping) -> RunReport | None:
     """The summary.json this attempt's pipeline wrote, or None: none, unreadable, or an earlier run's."""
     try:
         outcome = ctx.outcome(spec.output.uri, spec.storage, _credentials(ctx, namespace, spec))
@@ -183,13 +155,13 @@ def _attempt_outcome(ctx: Context, namespace: str, spec: VideoCurationJobSpec, r
     except Exception as exc:  # noqa: BLE001 - without it the failure counts as the infrastructure's
         log.warning("could not read the summary of %s: %s", spec.output.uri, type(exc).__name__)
         return None
-    started = b.parse_time((rayjob.get("status") or {}).get("startTime")) or b.parse_time(_meta(rayjob).get("creationTimestamp"))
-    if outcome.updated_at is None or started is None or outcome.updated_at < started:
+    started = parse_time((rayjob.get("status") or {}).get("startTime")) or parse_time(_meta(rayjob).get("creationTimestamp"))
+    if started is None or outcome.updated_at < started:
         return None
     return outcome
 
 
-def _observe_worker_groups(ctx: Context, st: _Status, namespace: str, raycluster: Mapping | None) -> None:
+def _observe_worker_groups(ctx: Context, st: StatusEdit, namespace: str, raycluster: Mapping | None) -> None:
     """status.workerGroups from the live RayCluster and its worker pods (none without a cluster).
     Best effort, as progress is: a failed pod list keeps the last sizes and never holds up the job."""
     if raycluster is None:
@@ -197,17 +169,18 @@ def _observe_worker_groups(ctx: Context, st: _Status, namespace: str, raycluster
         return
     cluster = _meta(raycluster).get("name", "")
     try:
-        pods = ctx.kube.list_pods(namespace, b.worker_pods_selector(cluster))
+        pods = ctx.kube.list_pods(namespace, worker_pods_selector(cluster))
     except ApiException as exc:
         log.warning("could not list the pods of RayCluster %s/%s: %s %s", namespace, cluster, exc.status, exc.reason)
         return
-    st.new["workerGroups"] = b.worker_group_sizes(raycluster, pods)
+    st.new["workerGroups"] = worker_group_sizes(raycluster, pods)
 
 
-def _failed_videos_text(outcome: RunOutcome) -> str:
-    names = ", ".join(outcome.failed_videos[:3])
-    more = f" and {len(outcome.failed_videos) - 3} more" if len(outcome.failed_videos) > 3 else ""
-    return (f"{outcome.videos_failed} of {outcome.videos_total} videos failed: {names}{more}"
+def _failed_videos_text(outcome: RunReport) -> str:
+    failed = [failure.video for failure in outcome.failures or []]
+    names = ", ".join(failed[:3])
+    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return (f"{outcome.videos.failed} of {outcome.videos.total} videos failed: {names}{more}"
             " (summary.json in the output names each with its reason)")
 
 
@@ -218,7 +191,7 @@ def accepted_spec(ctx: Context, namespace: str, job: VideoCurationJob, uid: str)
         return job.spec
     if not _owned_by(configmap, uid):
         raise NameConflict(f"ConfigMap {b.configmap_name(job.metadata.name)} exists and is not this job's")
-    return b.merge_allowed(b.spec_from_configmap(configmap), job.spec)
+    return merge_allowed(b.spec_from_configmap(configmap), job.spec)
 
 
 def _ensure_owned(create: Callable[[dict], Any], read: Callable[[str, str], dict | None], body: dict, uid: str) -> None:
@@ -232,7 +205,7 @@ def _ensure_owned(create: Callable[[dict], Any], read: Callable[[str, str], dict
             raise NameConflict(f"{body['kind']} {meta['name']} exists and is not this job's") from None
 
 
-def _ensure_ray_token(ctx: Context, st: _Status, namespace: str, name: str, uid: str) -> str:
+def _ensure_ray_token(ctx: Context, st: StatusEdit, namespace: str, name: str, uid: str) -> str:
     """The Secret with the job's Ray token, made once for all its attempts and named in its status.
 
     A crash between the create and the status write leaves one more Secret, which the job owns
@@ -245,7 +218,7 @@ def _ensure_ray_token(ctx: Context, st: _Status, namespace: str, name: str, uid:
     return st.new["rayTokenSecret"]
 
 
-def _ensure_rayjob(ctx: Context, st: _Status, namespace: str, job: VideoCurationJob, uid: str,
+def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurationJob, uid: str,
                    attempt: int) -> tuple[dict, bool]:
     """The attempt's RayJob, creating it (and the ConfigMap, token Secret and NetworkPolicy) if missing.
     True if created now."""
@@ -289,7 +262,7 @@ def reconcile(ctx: Context, namespace: str, name: str, *, poll_progress: bool = 
 
 def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progress: bool) -> str:
     now = ctx.now()
-    st = _Status(body, now)
+    st = StatusEdit(body, now)
     if st.phase in TERMINAL_PHASES:
         return st.phase
     uid = _meta(body).get("uid", "")
@@ -318,7 +291,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
 
     spec = job.spec
     attempt = int(st.new.get("retries") or 0)
-    next_retry = b.parse_time(st.new.get("nextRetryTime"))
+    next_retry = parse_time(st.new.get("nextRetryTime"))
     if next_retry is not None and now < next_retry:
         return _commit(ctx, namespace, name, st)  # waiting out the backoff
 
@@ -328,9 +301,9 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         _fail(st, "NameConflict", str(exc))
         return _commit(ctx, namespace, name, st)
     except KubeRayMissing as exc:  # not fatal: the timer tries again once KubeRay is there
-        if b.get_condition(st.new.get("conditions") or [], "Submitted") is None:
-            st.events.append(b.EventRecord("Warning", "KubeRayNotInstalled", str(exc)))
-        st.condition("Submitted", False, "KubeRayNotInstalled", str(exc))
+        if not st.has_condition(ConditionType.submitted):
+            st.events.append(EventRecord("Warning", "KubeRayNotInstalled", str(exc)))
+        st.condition(ConditionType.submitted, False, "KubeRayNotInstalled", str(exc))
         st.new["message"] = str(exc)
         return _commit(ctx, namespace, name, st)
 
@@ -338,14 +311,15 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     if st.new.get("rayJobName") != rayjob_name:
         st.new.update(rayJobName=rayjob_name, rayClusterName=None, dashboardURL=None)
     if not st.new.get("startTime"):
-        st.new["startTime"] = b.rfc3339(now)
+        st.new["startTime"] = rfc3339(now)
     st.new["nextRetryTime"] = None
     if created:
         total = spec.max_retries + 1
-        st.condition("Submitted", True, "RayJobCreated", f"RayJob {rayjob_name} created (attempt {attempt + 1} of {total})")
+        st.condition(ConditionType.submitted, True, "RayJobCreated",
+                     f"RayJob {rayjob_name} created (attempt {attempt + 1} of {total})")
         if attempt > 0:
-            st.condition("Retrying", False, "RetryStarted", f"attempt {attempt + 1} of {total} started")
-            st.events.append(b.EventRecord("Normal", "RetryStarted", f"RayJob {rayjob_name}: attempt {attempt + 1} of {total}"))
+            st.condition(ConditionType.retrying, False, "RetryStarted", f"attempt {attempt + 1} of {total} started")
+            st.events.append(EventRecord("Normal", "RetryStarted", f"RayJob {rayjob_name}: attempt {attempt + 1} of {total}"))
 
     # The live RayCluster: while KubeRay makes it, why pods cannot be created, if they cannot; while
     # it runs, how many pods each worker group has and wants.
@@ -355,7 +329,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     starting = deployment in ("", "Initializing")
     live = cluster_name and (starting or deployment == "Running")
     raycluster = ctx.kube.get_raycluster(namespace, cluster_name) if live else None
-    obs = b.observe_rayjob(rayjob, now, spec.pending_deadline_seconds, raycluster if starting else None)
+    obs = observe_rayjob(rayjob, now, spec.pending_deadline_seconds, raycluster if starting else None)
     if obs.ray_cluster_name:
         st.new["rayClusterName"] = obs.ray_cluster_name
     if obs.dashboard_url:
@@ -379,22 +353,22 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     # A failed Ray job whose pipeline reports failed videos failed on its data, not its infrastructure:
     # within the spec's limits that is success with a condition, beyond them failure without retries.
     outcome = _attempt_outcome(ctx, namespace, spec, rayjob) if obs.failed else None
-    with_failures = outcome is not None and outcome.state == RUN_COMPLETED_WITH_FAILURES
+    with_failures = outcome is not None and outcome.state == RunState.completed_with_failures
     if obs.phase == JobPhase.succeeded.value or with_failures:
         if with_failures:
             text = _failed_videos_text(outcome)
             st.set_phase(JobPhase.succeeded.value, "CompletedWithFailures", text)
-            st.condition("CompletedWithFailures", True, "VideosFailed", text)
+            st.condition(ConditionType.completed_with_failures, True, "VideosFailed", text)
         else:
             st.set_phase(obs.phase, obs.reason, obs.message)
-        if b.get_condition(st.new.get("conditions") or [], "Retrying") is not None:
-            st.condition("Retrying", False, "Succeeded", "the job succeeded")
+        if st.has_condition(ConditionType.retrying):
+            st.condition(ConditionType.retrying, False, "Succeeded", "the job succeeded")
         return _commit(ctx, namespace, name, st)
     if obs.phase == JobPhase.cancelled.value:
         st.set_phase(obs.phase, obs.reason, obs.message)
         return _commit(ctx, namespace, name, st)
 
-    if outcome is not None and outcome.state == RUN_FAILED and outcome.reason == TOO_MANY_VIDEOS_FAILED:
+    if outcome is not None and outcome.state == RunState.failed and outcome.reason == TOO_MANY_VIDEOS_FAILED:
         _fail(st, TOO_MANY_VIDEOS_FAILED, outcome.message)
         return _commit(ctx, namespace, name, st)
 
@@ -404,11 +378,11 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         delay = spec.retry_backoff.delay(retry)
         when = now + timedelta(seconds=delay)
         text = (f"attempt {attempt + 1} ({rayjob_name}) failed: {obs.reason}: {obs.message};"
-                f" retry {retry} of {spec.max_retries} at {b.rfc3339(when)}")
-        st.events.append(b.EventRecord("Warning", "AttemptFailed", text))
+                f" retry {retry} of {spec.max_retries} at {rfc3339(when)}")
+        st.events.append(EventRecord("Warning", "AttemptFailed", text))
         st.set_phase(JobPhase.pending.value, "BackoffBeforeRetry", text, event=False)
-        st.condition("Retrying", True, obs.reason, text)
-        st.new.update(retries=retry, nextRetryTime=b.rfc3339(when), rayClusterName=None, dashboardURL=None)
+        st.condition(ConditionType.retrying, True, obs.reason, text)
+        st.new.update(retries=retry, nextRetryTime=rfc3339(when), rayClusterName=None, dashboardURL=None)
         phase = _commit(ctx, namespace, name, st)  # record the retry before removing the attempt
         ctx.kube.delete_rayjob(namespace, rayjob_name)
         return phase
@@ -435,7 +409,7 @@ def update_spec(ctx: Context, namespace: str, name: str) -> None:
 
 
 def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:
-    st = _Status(body, ctx.now())
+    st = StatusEdit(body, ctx.now())
     uid = _meta(body).get("uid", "")
     configmap = ctx.kube.get_configmap(namespace, b.configmap_name(name))
     if configmap is None or not _owned_by(configmap, uid):
@@ -444,18 +418,19 @@ def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
         requested = job.spec
-        b.worker_groups(b.merge_allowed(accepted, requested))
+        b.worker_groups(merge_allowed(accepted, requested))
     except (InvalidJobError, b.BuildError) as exc:
         problems = "; ".join(exc.problems) if isinstance(exc, InvalidJobError) else str(exc)
-        st.condition("SpecUpdateRefused", True, "InvalidSpec", f"the updated spec is not valid: {problems}")
-        st.events.append(b.EventRecord("Warning", "SpecUpdateRefused", f"invalid spec: {problems}"))
+        st.condition(ConditionType.spec_update_refused, True, "InvalidSpec",
+                     f"the updated spec is not valid: {problems}")
+        st.events.append(EventRecord("Warning", "SpecUpdateRefused", f"invalid spec: {problems}"))
         _commit(ctx, namespace, name, st)
         return
 
-    change = b.classify_spec_change(accepted, requested)
+    change = classify_spec_change(accepted, requested)
     st.new["observedGeneration"] = st.generation
     if change.scaling or change.operator:
-        merged = b.merge_allowed(accepted, requested)
+        merged = merge_allowed(accepted, requested)
         merged_job = job.model_copy(update={"spec": merged})
         document = b.build_configmap(merged_job, namespace, uid)["data"]
         ctx.kube.patch_configmap_data(namespace, b.configmap_name(name), document)
@@ -463,38 +438,39 @@ def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:
             rescaled = _rescale(ctx, namespace, st, merged)
             if rescaled:
                 bounds = ", ".join(f"{g.name} {g.min_replicas}-{g.max_replicas}" for g in b.worker_groups(merged))
-                st.events.append(b.EventRecord("Normal", "Rescaled", f"worker groups now {bounds} ({rescaled})"))
+                st.events.append(EventRecord("Normal", "Rescaled", f"worker groups now {bounds} ({rescaled})"))
     if change.refused:
-        fields = ", ".join(change.refused[:10]) + (f" and {len(change.refused) - 10} more" if len(change.refused) > 10 else "")
-        message = (f"not applied: {fields}. A started job keeps the pipeline and cluster it started with; only"
-                   " worker-group replica bounds (cluster.*Workers.minReplicas/maxReplicas) and maxRetries,"
-                   " retryBackoff, pendingDeadlineSeconds, ttlSecondsAfterFinished can change."
-                   " Create a new VideoCurationJob for the rest.")
-        st.condition("SpecUpdateRefused", True, "ImmutableField", message)
-        st.events.append(b.EventRecord("Warning", "SpecUpdateRefused", message))
-    elif b.get_condition(st.new.get("conditions") or [], "SpecUpdateRefused") is not None:
-        st.condition("SpecUpdateRefused", False, "SpecApplied", "the current spec is applied")
+        message = change.refusal()
+        st.condition(ConditionType.spec_update_refused, True, "ImmutableField", message)
+        st.events.append(EventRecord("Warning", "SpecUpdateRefused", message))
+    elif st.has_condition(ConditionType.spec_update_refused):
+        st.condition(ConditionType.spec_update_refused, False, "SpecApplied", "the current spec is applied")
     _commit(ctx, namespace, name, st)
 
 
-def _rescale(ctx: Context, namespace: str, st: _Status, spec: VideoCurationJobSpec) -> str:
-    """JSON-patch the worker-group bounds of the current RayJob and its live RayCluster."""
-    done = []
+def _rescale(ctx: Context, namespace: str, st: StatusEdit, spec: VideoCurationJobSpec) -> str:
+    """JSON-patch the worker-group bounds of the current RayJob and then of its live RayCluster;
+    says which of them changed."""
     rayjob_name = st.new.get("rayJobName")
-    rayjob = ctx.kube.get_rayjob(namespace, rayjob_name) if rayjob_name else None
-    if rayjob is not None:
-        ops = b.scaling_patch(rayjob, spec, prefix="/spec/rayClusterSpec")
-        if ops:
-            ctx.kube.json_patch_rayjob(namespace, rayjob_name, ops)
-            done.append(f"RayJob {rayjob_name}")
+    rayjob, patched_rayjob = _patch_bounds(ctx, namespace, "RayJob", rayjob_name, spec)
     cluster_name = st.new.get("rayClusterName") or ((rayjob or {}).get("status") or {}).get("rayClusterName")
-    cluster = ctx.kube.get_raycluster(namespace, cluster_name) if cluster_name else None
-    if cluster is not None:
-        ops = b.scaling_patch(cluster, spec, prefix="/spec")
-        if ops:
-            ctx.kube.json_patch_raycluster(namespace, cluster_name, ops)
-            done.append(f"RayCluster {cluster_name}")
-    return ", ".join(done)
+    _, patched_cluster = _patch_bounds(ctx, namespace, "RayCluster", cluster_name, spec)
+    return ", ".join(p for p in (patched_rayjob, patched_cluster) if p)
+
+
+def _patch_bounds(ctx: Context, namespace: str, kind: str, name: str | None,
+                  spec: VideoCurationJobSpec) -> tuple[dict | None, str]:
+    """One live object's worker-group bounds moved to the spec's: the object as read (None if there is
+    none) and "<kind> <name>" if it was patched."""
+    get, patch, prefix = {
+        "RayJob": (ctx.kube.get_rayjob, ctx.kube.json_patch_rayjob, "/spec/rayClusterSpec"),
+        "RayCluster": (ctx.kube.get_raycluster, ctx.kube.json_patch_raycluster, "/spec"),
+    }[kind]
+    live = get(namespace, name) if name else None
+    ops = b.scaling_patch(live, spec, prefix) if live is not None else []
+    if ops:
+        patch(namespace, name, ops)
+    return live, f"{kind} {name}" if ops else ""
 
 
 # ----------------------------------------------------------------------------------- deletion

@@ -26,6 +26,7 @@ from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
 from clipforge_operator.kube import AlreadyExists
 from clipforge_operator.policy import JobPolicy
+from clipforge_operator.status import EventRecord, get_condition, rfc3339
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 NS = "videos"
@@ -44,7 +45,7 @@ class FakeKube:
         if key in self.objects:
             raise AlreadyExists(key[2])
         body = copy.deepcopy(body)
-        body["metadata"].setdefault("creationTimestamp", b.rfc3339(self.clock()))
+        body["metadata"].setdefault("creationTimestamp", rfc3339(self.clock()))
         body["metadata"].setdefault("uid", f"uid-{kind}-{key[2]}")
         self.objects[key] = body
         return copy.deepcopy(body)
@@ -159,7 +160,7 @@ class Harness:
         self.kube = FakeKube()
         self.now = T0
         self.kube.clock = lambda: self.now
-        self.events: list[b.EventRecord] = []
+        self.events: list[EventRecord] = []
         self.name = name
         self.output = tmp_path / "out"
         self.output.mkdir(exist_ok=True)
@@ -183,7 +184,7 @@ class Harness:
         return self.kube.objects[("vcj", NS, self.name)].get("status", {})
 
     def condition(self, type_: str) -> dict | None:
-        return b.get_condition(self.status.get("conditions") or [], type_)
+        return get_condition(self.status.get("conditions") or [], type_)
 
     def rayjobs(self) -> list[str]:
         return sorted(n for (k, _, n) in self.kube.objects if k == "rayjob")
@@ -195,7 +196,7 @@ class Harness:
         self.now += timedelta(seconds=seconds)
 
     def report(self, file: str = "progress.json", done: int = 3, total: int = 10, **extra: Any) -> None:
-        body = {"state": "running", "updatedAt": b.rfc3339(self.now), "elapsedSeconds": 5.0,
+        body = {"state": "running", "updatedAt": rfc3339(self.now), "elapsedSeconds": 5.0,
                 "videos": {"total": total, "done": done, "failed": 0, "skipped": 0},
                 "clips": {"passed": 7 * done, "filtered": done}, "videoSecondsProcessed": 30.0 * done,
                 "throughputVideoSecondsPerSecond": 6.0, "clipsPerSecond": 1.0, **extra}
@@ -219,10 +220,10 @@ def h(tmp_path: Path) -> Harness:
 
 def drive_to_running(h: Harness, name: str = "demo") -> None:
     h.reconcile()
-    h.kube.set_rayjob_status(name, jobDeploymentStatus="Initializing", startTime=b.rfc3339(h.now))
+    h.kube.set_rayjob_status(name, jobDeploymentStatus="Initializing", startTime=rfc3339(h.now))
     h.reconcile()
     h.advance(60)
-    h.kube.set_rayjob_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=b.rfc3339(h.now),
+    h.kube.set_rayjob_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=rfc3339(h.now),
                              rayClusterName=f"{name}-raycluster-x7k2p", dashboardURL=f"{name}-head-svc.videos.svc:8265")
     h.reconcile()
 
@@ -355,7 +356,7 @@ def test_success_path_with_progress(h: Harness):
     assert h.reconcile() == "Succeeded"
     st = h.status
     assert st["progress"]["videosDone"] == 10
-    assert st["completionTime"] == b.rfc3339(h.now)
+    assert st["completionTime"] == rfc3339(h.now)
     assert h.condition("Succeeded")["status"] == "True" and h.condition("Running")["status"] == "False"
     assert h.reasons() == ["Provisioning", "Running", "Succeeded"]
     # Finished jobs are left alone.
@@ -444,7 +445,7 @@ def test_app_failure_retries_with_backoff_then_fails(h: Harness):
          message="Job entrypoint command failed with exit code 1")
     st = h.status
     assert st["phase"] == "Pending" and st["retries"] == 1
-    assert st["nextRetryTime"] == b.rfc3339(h.now + timedelta(seconds=30))
+    assert st["nextRetryTime"] == rfc3339(h.now + timedelta(seconds=30))
     retrying = h.condition("Retrying")
     assert retrying["status"] == "True" and retrying["reason"] == "AppFailed"
     assert "exit code 1" in retrying["message"]
@@ -464,7 +465,7 @@ def test_app_failure_retries_with_backoff_then_fails(h: Harness):
 
     fail(h, "demo-retry-1", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", message="again")
     assert h.status["retries"] == 2
-    assert h.status["nextRetryTime"] == b.rfc3339(h.now + timedelta(seconds=60))  # doubled
+    assert h.status["nextRetryTime"] == rfc3339(h.now + timedelta(seconds=60))  # doubled
     h.advance(61)
     h.reconcile()
     assert h.rayjobs() == ["demo-retry-2"]
@@ -507,7 +508,7 @@ def test_a_rayjob_kuberay_refuses_fails_the_job_without_retries(tmp_path: Path):
 def test_stuck_initializing_fails_after_the_pending_deadline(tmp_path: Path):
     h = Harness(tmp_path, maxRetries=1, pendingDeadlineSeconds=600)
     h.reconcile()
-    h.kube.set_rayjob_status("demo", jobDeploymentStatus="Initializing", startTime=b.rfc3339(h.now))
+    h.kube.set_rayjob_status("demo", jobDeploymentStatus="Initializing", startTime=rfc3339(h.now))
     h.advance(599)
     assert h.reconcile() == "Provisioning"
     h.advance(2)
@@ -516,7 +517,7 @@ def test_stuck_initializing_fails_after_the_pending_deadline(tmp_path: Path):
     assert h.rayjobs() == []
     h.advance(30)
     h.reconcile()
-    h.kube.set_rayjob_status("demo-retry-1", jobDeploymentStatus="Initializing", startTime=b.rfc3339(h.now))
+    h.kube.set_rayjob_status("demo-retry-1", jobDeploymentStatus="Initializing", startTime=rfc3339(h.now))
     h.advance(601)
     assert h.reconcile() == "Failed"
     assert h.condition("Failed")["reason"] == "PendingDeadlineExceeded"
@@ -527,7 +528,7 @@ def test_pods_kuberay_cannot_create_are_named_in_the_message_and_the_deadline(tm
     h = Harness(tmp_path, maxRetries=0, pendingDeadlineSeconds=600)
     h.reconcile()
     h.kube.set_rayjob_status("demo", jobDeploymentStatus="Initializing", rayClusterName="demo-x7k2p",
-                             startTime=b.rfc3339(h.now))
+                             startTime=rfc3339(h.now))
     refusal = ('pods "demo-x7k2p-head-abcde" is forbidden: exceeded quota: small, requested: limits.cpu=1,'
                ' used: limits.cpu=0, limited: limits.cpu=500m')
     h.kube.objects[("raycluster", NS, "demo-x7k2p")] = {
@@ -588,7 +589,7 @@ def test_deletion_removes_every_child(h: Harness):
 
 
 def test_a_job_being_deleted_is_not_reconciled(h: Harness):
-    h.kube.objects[("vcj", NS, "demo")]["metadata"]["deletionTimestamp"] = b.rfc3339(T0)
+    h.kube.objects[("vcj", NS, "demo")]["metadata"]["deletionTimestamp"] = rfc3339(T0)
     assert h.reconcile() is None and h.rayjobs() == []
 
 
@@ -668,11 +669,14 @@ def test_secrets_never_reach_status_events_or_logs(tmp_path: Path, caplog: pytes
     seen: list[Any] = []
 
     def progress(uri: str, storage: Any, credentials: Any, final: bool = False) -> Any:
+        from clipforge.spec import RunReport
         from clipforge_operator.progress import progress_from_report
 
         seen.append(credentials)
         logging.getLogger("clipforge_operator.test").info("reading %s with %r", uri, credentials)
-        return progress_from_report({"videos": {"total": 4, "done": 1}, "clips": {"passed": 2}})
+        return progress_from_report(RunReport.model_validate({
+            "state": "running", "updatedAt": "2025-06-01T12:00:00Z", "videos": {"total": 4, "done": 1},
+            "clips": {"passed": 2}}))
 
     h.ctx.progress = progress
     caplog.set_level(logging.DEBUG)
@@ -721,8 +725,10 @@ def test_handlers_register_with_kopf():
     import kopf
 
     from clipforge_operator import handlers
+    from clipforge_operator.config import parse_config
 
-    registry = kopf.get_default_registry()
+    config = parse_config(["-A"], {"CLIPFORGE_PROGRESS_INTERVAL": "600"})
+    registry = handlers.registry(config)
     changing = {(x.selector.group, x.selector.any_name, x.fn.__name__) for x in registry._changing.get_all_handlers()}
     assert {("clipforge.dev", "videocurationjobs", fn) for fn in
             ("job_created", "job_spec_updated", "job_deleted")} <= changing
@@ -730,7 +736,8 @@ def test_handlers_register_with_kopf():
     assert ("videocurationjobs", "job_tick") in spawning
     watching = {(x.selector.group, x.selector.any_name) for x in registry._watching.get_all_handlers()}
     assert ("ray.io", "rayjobs") in watching
-    assert handlers.PROGRESS_INTERVAL <= 30
+    (tick,) = [x for x in registry._spawning.get_all_handlers() if x.fn.__name__ == "job_tick"]
+    assert tick.interval == config.progress_interval <= 30
 
 
 def test_an_api_refusal_is_retried_and_says_what_was_refused():
@@ -745,7 +752,7 @@ def test_an_api_refusal_is_retried_and_says_what_was_refused():
                                'ops:op" cannot create resource "configmaps" in API group "" in the namespace "v"'})
         raise exc
 
-    memo = kopf.Memo(clipforge=r.Context(kube=FakeKube()))
+    memo = kopf.Memo(context=r.Context(kube=FakeKube()))
     with pytest.raises(kopf.TemporaryError) as err:
         handlers._run("create", memo, refused, NS, "demo")
     assert str(err.value) == ('Kubernetes API error 403 Forbidden: configmaps is forbidden: User "system:serviceaccount:'
@@ -756,23 +763,23 @@ def test_startup_settings(monkeypatch: pytest.MonkeyPatch):
     import kopf
 
     from clipforge_operator import handlers
+    from clipforge_operator.config import OperatorConfig
 
-    monkeypatch.setenv("CLIPFORGE_METRICS_PORT", "0")
-    monkeypatch.setattr(handlers, "_context", lambda memo: None)  # no API to connect to here
+    monkeypatch.setattr(handlers, "connect", lambda config: None)  # no API to connect to here
     settings = kopf.OperatorSettings()
-    handlers.startup(settings=settings, memo=kopf.Memo())
+    handlers.startup(settings=settings, memo=kopf.Memo(config=OperatorConfig(namespaces=("videos",), metrics_port=0)))
     # Deleting a job whose timer tick is running waits for the tick, not for kopf's 60 s poll.
     assert settings.background.cancellation_polling <= 1
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
 
 
 def test_main_requires_an_explicit_scope():
-    from clipforge_operator.__main__ import parse_args
+    from clipforge_operator.config import parse_config
 
     with pytest.raises(SystemExit):
-        parse_args([])
-    assert parse_args(["-A"]).all_namespaces
-    assert parse_args(["--namespace", "videos"]).namespace == ["videos"]
+        parse_config([], {})
+    assert parse_config(["-A"], {}).all_namespaces
+    assert parse_config(["--namespace", "videos"], {}).namespaces == ("videos",)
 
 
 def test_missing_kuberay_is_reported_and_retried(h: Harness):
@@ -854,18 +861,18 @@ def test_infrastructure_failures_keep_their_retries(h: Harness):
     h.reconcile()
     assert h.rayjobs() == ["demo-retry-1"]
     h.kube.set_rayjob_status("demo-retry-1", jobDeploymentStatus="Running", jobStatus="RUNNING",
-                             startTime=b.rfc3339(h.now))
+                             startTime=rfc3339(h.now))
     h.reconcile()
     h.advance(10)
     report_failed_videos(h, "failed", ["a.mp4"])
     fail(h, "demo-retry-1", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
-         message="Job entrypoint command failed with exit code 1", startTime=b.rfc3339(h.now - timedelta(seconds=15)))
+         message="Job entrypoint command failed with exit code 1", startTime=rfc3339(h.now - timedelta(seconds=15)))
     assert h.status["phase"] == "Pending" and h.status["retries"] == 2
     # A node lost mid-run: the Ray job fails before any summary of this attempt exists.
     h.advance(61)
     h.reconcile()
     fail(h, "demo-retry-2", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
-         message="the head node died", startTime=b.rfc3339(h.now))
+         message="the head node died", startTime=rfc3339(h.now))
     assert h.status["phase"] == "Failed" and h.condition("Failed")["reason"] == "AppFailed"
 
 
