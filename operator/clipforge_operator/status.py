@@ -20,7 +20,7 @@ class ConditionType(str, Enum):
     """The conditions the operator sets on a VideoCurationJob."""
 
     submitted = "Submitted"  # the attempt's RayJob exists (False: KubeRay is not installed)
-    running = "Running"  # one per phase the job can end in or run in, consistent with status.phase
+    running = "Running"  # running..cancelled: the current phase's True, the others False (phase_conditions)
     succeeded = "Succeeded"
     failed = "Failed"
     cancelled = "Cancelled"
@@ -56,9 +56,6 @@ class Observation:
     terminal: bool = False
     ray_cluster_name: str | None = None
     dashboard_url: str | None = None
-    ray_start_time: datetime | None = None
-    deployment_status: str = ""
-    job_status: str = ""
     retryable: bool = True  # False: another attempt with the same spec would fail the same way
 
     @property
@@ -141,9 +138,6 @@ def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int
     common = {
         "ray_cluster_name": status.get("rayClusterName") or None,
         "dashboard_url": status.get("dashboardURL") or None,
-        "ray_start_time": parse_time((status.get("rayJobInfo") or {}).get("startTime")),
-        "deployment_status": deployment,
-        "job_status": job_status,
     }
     name = (rayjob.get("metadata") or {}).get("name", "RayJob")
     if deployment == "Complete" and job_status == "SUCCEEDED":
