@@ -9,9 +9,12 @@ python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e '.[pipeline,operator,dev]'
 bash scripts/install-ceph.sh
 bash scripts/install-kube-tools.sh
+bash scripts/install-node-packages.sh
 bash scripts/install-chromium.sh
 # The real control plane and KubeRay operator, built from their Go modules once per version
 # (cached under ~/.cache/clipforge/kube-bin: minutes on a fresh machine, nothing afterwards).
 bash scripts/build-kube-binaries.sh
+# The test node's kubelet, kube-proxy, pause, containerd and CoreDNS, cached the same way.
+bash scripts/build-kube-binaries.sh --node
 
 python3 -m pytest "$@"
