@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane, etcd and the KubeRay operator from their published Go
 # modules, for the tests (the way controller-runtime's envtest ships binaries; nothing of ClipForge
-# is Go). Each binary is cached by version outside the repository, so a fresh machine builds once
-# and later runs reuse it. Prints what it builds and how long it took.
+# is Go). With --node it builds the test node's binaries instead: kubelet and kube-proxy (the
+# control plane's Kubernetes version, same wrapper module and Go build cache), Kubernetes' pause
+# binary (C, from the same module), containerd with its runc shim and ctr, and CoreDNS. Each set is
+# cached by version outside the repository, so a fresh machine builds once and later runs reuse it.
+# Prints what it builds and how long it took.
 #
 #   KUBE_BIN_CACHE   cache root (default ~/.cache/clipforge/kube-bin)
 #
@@ -16,7 +19,15 @@ source "$REPO_ROOT/tests/harness/kube-versions.env"
 
 CACHE="${KUBE_BIN_CACHE:-$HOME/.cache/clipforge/kube-bin}"
 OUT="$CACHE/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kuberay-$KUBERAY_VERSION"
-if [ "${1:-}" = "--print-dir" ]; then echo "$OUT"; exit 0; fi
+NODE=false PRINT_DIR=false
+for arg in "$@"; do
+    case $arg in
+        --node) NODE=true; OUT="$CACHE/node-k8s-$KUBERNETES_VERSION-containerd-$CONTAINERD_VERSION-coredns-$COREDNS_VERSION" ;;
+        --print-dir) PRINT_DIR=true ;;
+        *) echo "usage: $0 [--node] [--print-dir]" >&2; exit 2 ;;
+    esac
+done
+if $PRINT_DIR; then echo "$OUT"; exit 0; fi
 command -v go >/dev/null || { echo "building the kube binaries needs Go (1.26) on PATH" >&2; exit 1; }
 mkdir -p "$OUT"
 # Two test sessions starting at once build once: the second waits here, then finds the cache.
@@ -50,13 +61,15 @@ wrapper_module() {  # wrapper_module DIR MODULE VERSION STAGING_VERSION
      done)
 }
 
-build_kubernetes() {
+build_kubernetes() {  # build_kubernetes CMD...: commands of k8s.io/kubernetes/cmd
     local dir="$CACHE/src/kubernetes-$KUBERNETES_VERSION"
     wrapper_module "$dir" k8s.io/kubernetes "v$KUBERNETES_VERSION" "v0.${KUBERNETES_VERSION#1.}"
     (cd "$dir"
      go mod edit -replace="k8s.io/kubernetes=k8s.io/kubernetes@v$KUBERNETES_VERSION"
-     go get k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler}@"v$KUBERNETES_VERSION" 2>&1 | grep -v '^go: added' || true
-     for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+     for cmd in "$@"; do
+         go get "k8s.io/kubernetes/cmd/$cmd@v$KUBERNETES_VERSION" 2>&1 | grep -v '^go: added' || true
+     done
+     for cmd in "$@"; do
          go build -trimpath -tags selinux,notest -ldflags="-s -w \
             -X k8s.io/component-base/version.gitVersion=v$KUBERNETES_VERSION \
             -X k8s.io/component-base/version.gitMajor=1 \
@@ -74,6 +87,40 @@ build_etcd() {
      go get go.etcd.io/etcd/server/v3@"v$ETCD_VERSION" 2>&1 | grep -v '^go: added' || true
      go build -trimpath -ldflags="-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3
      touch "$OUT/etcd.ok")
+}
+
+# The pause binary every pod sandbox runs (C, static), from the same k8s.io/kubernetes module.
+build_pause() {
+    local src
+    src=$(go mod download -json "k8s.io/kubernetes@v$KUBERNETES_VERSION" |
+          sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    gcc -Os -Wall -Werror -static -DVERSION="v$KUBERNETES_VERSION" -o "$OUT/pause" "$src/build/pause/linux/pause.c"
+    strip "$OUT/pause"
+    touch "$OUT/pause.ok"
+}
+
+# A module whose main packages build as they are (no relative replaces): a wrapper that requires it.
+build_module_commands() {  # build_module_commands NAME MODULE VERSION TAGS PKG...
+    local name=$1 mod=$2 ver=$3 tags=$4; shift 4
+    local dir="$CACHE/src/$name-$ver"
+    rm -rf "$dir"; mkdir -p "$dir"
+    (cd "$dir"
+     go mod init "clipforge.test/${name}build" >/dev/null 2>&1
+     go get "$mod@v$ver" 2>&1 | grep -v '^go: added' || true
+     for pkg in "$@"; do
+         go build -trimpath -tags "$tags" -ldflags="-s -w $LDFLAGS_EXTRA" -o "$OUT/${pkg##*/}" "$pkg"
+         touch "$OUT/${pkg##*/}.ok"
+     done)
+}
+
+build_containerd() {
+    LDFLAGS_EXTRA="-X github.com/containerd/containerd/v2/version.Version=v$CONTAINERD_VERSION" \
+        build_module_commands containerd github.com/containerd/containerd/v2 "$CONTAINERD_VERSION" \
+        "no_btrfs no_devmapper no_zfs" github.com/containerd/containerd/v2/cmd/{containerd,containerd-shim-runc-v2,ctr}
+}
+
+build_coredns() {
+    LDFLAGS_EXTRA="" build_module_commands coredns github.com/coredns/coredns "$COREDNS_VERSION" "" github.com/coredns/coredns
 }
 
 build_kuberay() {
@@ -98,13 +145,25 @@ copy_kuberay_manifests() {
 }
 
 total=$SECONDS
+if $NODE; then
+    if have kubelet && have kube-proxy; then echo "kubelet, kube-proxy $KUBERNETES_VERSION: cached"
+    else timed "kubelet, kube-proxy $KUBERNETES_VERSION" build_kubernetes kubelet kube-proxy; fi
+    if have pause; then echo "pause $KUBERNETES_VERSION: cached"; else timed "pause $KUBERNETES_VERSION" build_pause; fi
+    if have containerd && have containerd-shim-runc-v2 && have ctr; then echo "containerd $CONTAINERD_VERSION: cached"
+    else timed "containerd, containerd-shim-runc-v2, ctr $CONTAINERD_VERSION" build_containerd; fi
+    if have coredns; then echo "coredns $COREDNS_VERSION: cached"; else timed "coredns $COREDNS_VERSION" build_coredns; fi
+    echo "node binaries ready in $((SECONDS - total)) s"
+    echo "$OUT"
+    exit 0
+fi
 if have etcd; then echo "etcd $ETCD_VERSION: cached"; else timed "etcd $ETCD_VERSION" build_etcd; fi
 if have kuberay-operator; then echo "kuberay-operator $KUBERAY_VERSION: cached"; else timed "kuberay-operator $KUBERAY_VERSION" build_kuberay; fi
 [ -f "$OUT/kuberay-manifests.ok" ] || copy_kuberay_manifests
 if have kube-apiserver && have kube-controller-manager && have kube-scheduler; then
     echo "kubernetes $KUBERNETES_VERSION: cached"
 else
-    timed "kube-apiserver, kube-controller-manager, kube-scheduler $KUBERNETES_VERSION" build_kubernetes
+    timed "kube-apiserver, kube-controller-manager, kube-scheduler $KUBERNETES_VERSION" \
+        build_kubernetes kube-apiserver kube-controller-manager kube-scheduler
 fi
 echo "kube binaries ready in $((SECONDS - total)) s"
 echo "$OUT"

@@ -14,31 +14,35 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-kube-binaries.sh"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kuberay-operator")
+# The test node's (harness/node.py), built with `--node` into a directory of their own.
+NODE_BINARIES = ("kubelet", "kube-proxy", "pause", "containerd", "containerd-shim-runc-v2", "ctr", "coredns")
 
 
 class KubeBinariesError(RuntimeError):
     """The binaries could not be built or do not run; the message carries the build's output."""
 
 
-def binary_dir() -> Path:
+def binary_dir(*, node: bool = False) -> Path:
     """The cache directory for the pinned versions (the binaries may not be built yet)."""
-    done = subprocess.run(["bash", str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=True)
+    done = subprocess.run(["bash", str(BUILD_SCRIPT), "--print-dir", *(["--node"] if node else [])],
+                          capture_output=True, text=True, check=True)
     return Path(done.stdout.strip())
 
 
-def built() -> Path | None:
-    """The cache directory if every binary and KubeRay's manifests (CRDs, ClusterRole) are in it, else None."""
-    d = binary_dir()
-    complete = all((d / f"{b}.ok").is_file() for b in (*BINARIES, "kuberay-manifests"))
+def built(*, node: bool = False) -> Path | None:
+    """The cache directory if every binary (and KubeRay's manifests: CRDs, ClusterRole) is in it, else None."""
+    d = binary_dir(node=node)
+    complete = all((d / f"{b}.ok").is_file() for b in (NODE_BINARIES if node else (*BINARIES, "kuberay-manifests")))
     return d if complete else None
 
 
-def ensure_built() -> Path:
+def ensure_built(*, node: bool = False) -> Path:
     """The cache directory, building the binaries first if needed (tens of minutes on a fresh machine)."""
-    d = built()
+    d = built(node=node)
     if d is not None:
         return d
-    done = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = subprocess.run(["bash", str(BUILD_SCRIPT), *(["--node"] if node else [])],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0:
         tail = "\n".join(lines[-40:])
