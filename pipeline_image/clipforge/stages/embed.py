@@ -106,6 +106,8 @@ class Embedder(ABC):
         # 170 MB) and 8 frames also ran 1.6x faster than 32 (they stay in cache); a GPU keeps
         # them in device memory and wants large passes.
         self.batch_frames = 8 if device == "cpu" else 32
+        # [texts, dim] unit vectors of spec.embeddings.textsToVerify; models with a text tower set them.
+        self.text_embeddings: Any = None
 
     def frames(self, clip: Clip) -> np.ndarray:
         """The clip's frames this model looks at, [N, H, W, 3] uint8 RGB (see embed_plan)."""
@@ -136,8 +138,10 @@ class Embedder(ABC):
         return x.float()
 
     def text_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
-        """[clips, texts] cosine similarities to spec.embeddings.textsToVerify, when supported."""
-        return None
+        """[clips, texts] cosine similarities to spec.embeddings.textsToVerify, when there are some."""
+        if self.text_embeddings is None:
+            return None
+        return embeddings @ self.text_embeddings.cpu().numpy().T
 
 
 class EfficientNetLite0(Embedder):
@@ -214,8 +218,7 @@ class TransformersEmbedder(Embedder):
         self.model = cls.from_pretrained(directory, local_files_only=True, dtype=self.dtype).eval().to(device)
         self.processor = transformers.AutoProcessor.from_pretrained(directory, local_files_only=True)
         self.dim = 0  # known after the first batch (CLIP: projection_dim; SigLIP: the hidden size)
-        self.texts = list(texts)
-        self.text_embeddings = self._embed_texts(self.texts) if self.texts else None
+        self.text_embeddings = self._embed_texts(list(texts)) if texts else None
 
     def embed_frames(self, frames: np.ndarray) -> Any:
         inputs = self.processor(images=list(frames), return_tensors="pt")
@@ -229,11 +232,6 @@ class TransformersEmbedder(Embedder):
         inputs = self.processor(text=texts, return_tensors="pt", padding=self.text_padding, truncation=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
         return _normalise(_features(self.model.get_text_features(**inputs)))
-
-    def text_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
-        if self.text_embeddings is None:
-            return None
-        return embeddings @ self.text_embeddings.cpu().numpy().T
 
 
 class ClipEmbedder(TransformersEmbedder):
@@ -269,8 +267,7 @@ class CosmosEmbed1(Embedder):
         self.processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
         self.num_frames = int(self.processor.num_video_frames)
         self.dim = int(getattr(self.model.config, "embed_dim", 0)) or 0
-        self.texts = list(texts)
-        self.text_embeddings = self._embed_texts(self.texts) if self.texts else None
+        self.text_embeddings = self._embed_texts(list(texts)) if texts else None
 
     def frames(self, clip: Clip) -> np.ndarray:
         """num_frames frames spread over the clip (cosmos_indices)."""
@@ -301,11 +298,6 @@ class CosmosEmbed1(Embedder):
         batch = self.processor(text=texts, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return _normalise(self.model.get_text_embeddings(**batch).text_proj)
-
-    def text_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
-        if self.text_embeddings is None:
-            return None
-        return embeddings @ self.text_embeddings.cpu().numpy().T
 
 
 def load_embedder(spec: Any, device: str | None = None) -> Embedder:
