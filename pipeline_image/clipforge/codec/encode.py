@@ -82,6 +82,41 @@ def output_size(width: int, height: int, max_height: int | None) -> tuple[int, i
     return max(2, width - width % 2), max(2, height - height % 2)
 
 
+def _encoder_options(spec: TranscodingSpec, ctx: av.codec.context.CodecContext) -> dict[str, str]:
+    """The encoder's options for the spec's rate control and preset (a bit rate goes on `ctx`)."""
+    options: dict[str, str] = {}
+    if spec.bitrate:
+        ctx.bit_rate = parse_bitrate(spec.bitrate)
+    if spec.encoder == Encoder.libx264.value:
+        if _X264_ASM:
+            options["x264-params"] = f"asm={_X264_ASM}"
+        if not spec.bitrate and spec.crf is not None:
+            options["crf"] = str(min(spec.crf, 51))
+        if spec.preset:
+            options["preset"] = spec.preset
+    elif spec.encoder == Encoder.h264_nvenc.value:
+        if not spec.bitrate and spec.crf is not None:
+            options.update(rc="vbr", cq=str(min(spec.crf, 51)))
+            ctx.bit_rate = 0
+        if spec.preset:
+            options["preset"] = spec.preset
+    elif spec.encoder == Encoder.libvpx_vp9.value:
+        options.update({"row-mt": "1", "deadline": "good", "cpu-used": "5"})
+        if not spec.bitrate and spec.crf is not None:
+            options["crf"] = str(spec.crf)
+            ctx.bit_rate = 0  # constant quality
+        if spec.preset:
+            # libvpx speaks in deadlines (good/best/realtime) and speeds (cpu-used 0..8).
+            key = "cpu-used" if spec.preset.lstrip("-").isdigit() else "deadline"
+            options[key] = spec.preset
+    elif spec.encoder == Encoder.libsvtav1.value:
+        if not spec.bitrate and spec.crf is not None:
+            options["crf"] = str(spec.crf)
+        if spec.preset:
+            options["preset"] = spec.preset
+    return options
+
+
 @dataclass
 class ClipEncoder:
     """One clip's encoder writing MP4 into memory, with the later stages' frames on the side."""
@@ -98,47 +133,16 @@ class ClipEncoder:
     @classmethod
     def open(cls, clip: Clip, spec: TranscodingSpec, fps: Fraction, width: int, height: int, threads: int,
              requests: list[FrameRequest] = (), audio: SourceAudio | None = None) -> ClipEncoder:
-        encoder = spec.encoder
         buffer = io.BytesIO()
         container = open_output(buffer, "mp4")
         try:
-            stream = container.add_stream(encoder, rate=fps)
+            stream = container.add_stream(spec.encoder, rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.codec_context.time_base = 1 / fps
             # Frame threads (x264's own default; PyAV's is slices, which cost compression).
             stream.codec_context.thread_type = "FRAME"
             stream.codec_context.thread_count = threads
-            options: dict[str, str] = {}
-            if spec.bitrate:
-                stream.codec_context.bit_rate = parse_bitrate(spec.bitrate)
-            if encoder == Encoder.libx264.value:
-                if _X264_ASM:
-                    options["x264-params"] = f"asm={_X264_ASM}"
-                if not spec.bitrate and spec.crf is not None:
-                    options["crf"] = str(min(spec.crf, 51))
-                if spec.preset:
-                    options["preset"] = spec.preset
-            elif encoder == Encoder.h264_nvenc.value:
-                if not spec.bitrate and spec.crf is not None:
-                    options.update(rc="vbr", cq=str(min(spec.crf, 51)))
-                    stream.codec_context.bit_rate = 0
-                if spec.preset:
-                    options["preset"] = spec.preset
-            elif encoder == Encoder.libvpx_vp9.value:
-                options.update({"row-mt": "1", "deadline": "good", "cpu-used": "5"})
-                if not spec.bitrate and spec.crf is not None:
-                    options["crf"] = str(spec.crf)
-                    stream.codec_context.bit_rate = 0  # constant quality
-                if spec.preset:
-                    # libvpx speaks in deadlines (good/best/realtime) and speeds (cpu-used 0..8).
-                    key = "cpu-used" if spec.preset.lstrip("-").isdigit() else "deadline"
-                    options[key] = spec.preset
-            elif encoder == Encoder.libsvtav1.value:
-                if not spec.bitrate and spec.crf is not None:
-                    options["crf"] = str(spec.crf)
-                if spec.preset:
-                    options["preset"] = spec.preset
-            stream.codec_context.options = options
+            stream.codec_context.options = _encoder_options(spec, stream.codec_context)
             stream.codec_context.open()  # now, so a missing encoder or GPU is reported as such
             audio_stream = audio.add_stream(container) if audio is not None else None
         except BaseException:
