@@ -71,7 +71,9 @@ def load_json(path: Path) -> dict:
 
 def run_stage(stage_cls, spec, task):  # noqa: ANN001
     """One stage on one task, as a worker would run it; the stage must pass the task on alone."""
-    stage = stage_cls(spec)
+    from clipforge.stages import pipeline_stages
+
+    stage = stage_cls(spec, pipeline_stages(spec))
     stage.setup()
     assert stage.run(task) == [task]
     return task

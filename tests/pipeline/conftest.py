@@ -103,10 +103,12 @@ def decode_clip():
 def stage_clips(stage_source, make_task, make_spec):
     """The sample's three scenes as transcoded clips (default encoder settings, faster preset):
     [0, 48) moving, [48, 96) static, [96, 144) moving. Tests copy the task before changing it."""
+    from clipforge.stages import pipeline_stages
     from clipforge.stages.transcode import TranscodeStage
 
     task = make_task(stage_source, [(0, 48), (48, 96), (96, 144)])
-    stage = TranscodeStage(make_spec(transcoding={"preset": "veryfast"}))
+    spec = make_spec(transcoding={"preset": "veryfast"})
+    stage = TranscodeStage(spec, pipeline_stages(spec))
     stage.setup()
     stage.run(task)
     assert not task.errors and all(c.encoded for c in task.clips)
@@ -119,11 +121,12 @@ def transcoded():
     the spec's later stages ask for, as in a job (each stage looks only at those)."""
     import copy
 
+    from clipforge.stages import pipeline_stages
     from clipforge.stages.transcode import TranscodeStage
 
     def run(spec: VideoCurationJobSpec, task: VideoTask) -> VideoTask:
         task = copy.deepcopy(task)
-        assert TranscodeStage(spec).run(task) == [task]
+        assert TranscodeStage(spec, pipeline_stages(spec)).run(task) == [task]
         assert not task.errors and all(c.encoded for c in task.clips)
         return task
 

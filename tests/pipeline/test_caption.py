@@ -188,14 +188,16 @@ def test_windows_prompts_and_metas(models_root, stage_clips, make_spec, monkeypa
         assert shape[0] == window_frame_count(end - start, 24, 8) == 6
         assert shape[1] % 28 == 0 and shape[2] % 28 == 0
 
+    from clipforge.stages import pipeline_stages
     from clipforge.stages.write import clip_metadata, missing_outputs
 
-    meta = clip_metadata("/out", task, task.clips[0], spec)
-    assert meta["valid"] is True and missing_outputs(spec, task.clips[0]) == []
+    stages = pipeline_stages(spec)
+    meta = clip_metadata("/out", task, task.clips[0], missing_outputs(stages, spec, task.clips[0]))
+    assert meta["valid"] is True and missing_outputs(stages, spec, task.clips[0]) == []
     assert meta["windows"][1]["preview_location"] == "/out/previews/%s/16_32.webp" % task.clips[0].uuid
     task.clips[0].windows[1]["caption"] = ""
-    assert missing_outputs(spec, task.clips[0]) == ["windows[1].caption"]
-    assert clip_metadata("/out", task, task.clips[0], spec)["valid"] is False
+    assert missing_outputs(stages, spec, task.clips[0]) == ["windows[1].caption"]
+    assert clip_metadata("/out", task, task.clips[0], missing_outputs(stages, spec, task.clips[0]))["valid"] is False
 
 
 def test_prompt_text_refine_and_enhance(models_root, stage_clips, make_spec, monkeypatch, transcoded):
@@ -248,7 +250,7 @@ def test_missing_and_wrong_files_name_the_path(models_root, tmp_path, make_spec)
 
 
 def test_models_check_lists_caption_files(models_root, tmp_path, make_spec):
-    from clipforge.models import check
+    from clipforge.preflight import check
 
     assert check(captions_spec(make_spec, models_root, enhanceModel="enhancer")) == []
     problems = check(captions_spec(make_spec, tmp_path, enhanceModel="enhancer"))

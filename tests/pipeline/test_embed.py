@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipforge import models
+from clipforge import models, preflight
 from clipforge.cli import main
-from clipforge.stages.embed import EmbedStage, load_embedder
+from clipforge.stages import pipeline_stages
+from clipforge.stages.embed import EmbedStage, embed_files, load_embedder
 
 # [0, 24) and [24, 48): two halves of scene 1; [96, 120) and [120, 144): two halves of scene 3.
 SCENE_HALVES = [(0, 24), (24, 48), (96, 120), (120, 144)]
@@ -32,7 +33,8 @@ def scene_clips(stage_source, make_task, make_spec):
     from clipforge.stages.transcode import TranscodeStage
 
     task = make_task(stage_source, SCENE_HALVES)
-    stage = TranscodeStage(make_spec(transcoding={"preset": "ultrafast"}))
+    spec = make_spec(transcoding={"preset": "ultrafast"})
+    stage = TranscodeStage(spec, pipeline_stages(spec))
     stage.setup()
     stage.run(task)
     assert not task.errors and all(c.encoded for c in task.clips)
@@ -43,7 +45,7 @@ def embed(spec, task):
     from clipforge.stages.transcode import TranscodeStage
 
     task = copy.deepcopy(task)
-    TranscodeStage(spec).run(task)  # transcode samples the frames this spec's embedder takes
+    TranscodeStage(spec, pipeline_stages(spec)).run(task)  # transcode samples the frames this spec's embedder takes
     stage = EmbedStage(spec)
     stage.setup()
     stage.run(task)
@@ -330,7 +332,7 @@ TEXTS = ["a photo of a cat", "a street"]
 def test_tiny_models_load_through_the_real_path(algorithm, model, dim, model_root, scene_clips, make_spec):
     spec = make_spec(models={"uri": str(model_root)},
                      embeddings={"algorithm": algorithm, "model": model, "textsToVerify": TEXTS})
-    assert models.check(spec) == []
+    assert preflight.check(spec) == []
     task = embed(spec, scene_clips)
     for clip in task.clips:
         assert clip.embedding.dtype == np.float16 and clip.embedding.shape == (1, dim)
@@ -342,7 +344,7 @@ def test_tiny_models_load_through_the_real_path(algorithm, model, dim, model_roo
 
 def test_missing_model_directory_names_the_path(tmp_path, make_spec):
     spec = make_spec(models={"uri": str(tmp_path)}, embeddings={"algorithm": "clip"})
-    [problem] = models.check(spec)
+    [problem] = preflight.check(spec)
     assert str(tmp_path / "clip") in problem and "config.json" in problem
     with pytest.raises(models.ModelNotFoundError, match=str(tmp_path / "clip")):
         EmbedStage(spec).setup()
@@ -354,17 +356,17 @@ def test_missing_model_file_names_the_file(tmp_path, model_root, make_spec):
     shutil.copytree(model_root / "clip", tmp_path / "clip")
     (tmp_path / "clip" / "model.safetensors").unlink()
     spec = make_spec(models={"uri": str(tmp_path)}, embeddings={"algorithm": "clip"})
-    [problem] = models.check(spec)
+    [problem] = preflight.check(spec)
     assert str(tmp_path / "clip" / "model.safetensors") in problem
     with pytest.raises(models.ModelNotFoundError, match="model.safetensors"):
         EmbedStage(spec).setup()
 
 
 def test_models_uri_unset_is_reported(make_spec):
-    [problem] = models.check(make_spec(embeddings={"algorithm": "siglip"}))
+    [problem] = preflight.check(make_spec(embeddings={"algorithm": "siglip"}))
     assert "models.uri" in problem and "siglip" in problem
-    assert models.check(make_spec()) == []  # efficientnet-lite0 ships with the package
-    assert models.check(make_spec(embeddings={"enabled": False, "algorithm": "siglip"})) == []
+    assert preflight.check(make_spec()) == []  # efficientnet-lite0 ships with the package
+    assert preflight.check(make_spec(embeddings={"enabled": False, "algorithm": "siglip"})) == []
 
 
 def _job(tmp_path: Path, **spec) -> Path:
@@ -419,8 +421,8 @@ def test_models_under_s3_are_staged_once_into_the_cache(tmp_path, model_root, s3
         models={"uri": f"s3://{s3_bucket}/models", "cacheDir": str(cache)},
         embeddings={"algorithm": "clip", "textsToVerify": TEXTS},
     )
-    assert models.check(spec) == []
-    local = models.model_dir(spec, "clip", models.embed_files("clip"))
+    assert preflight.check(spec) == []
+    local = models.model_dir(spec, "clip", embed_files("clip"))
     assert local == cache / "clip"
     assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in (model_root / "clip").iterdir())
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp dir left behind
@@ -432,7 +434,7 @@ def test_models_under_s3_are_staged_once_into_the_cache(tmp_path, model_root, s3
     missing = make_spec(storage={"endpoint": s3_server.endpoint, "region": s3_server.region},
                         models={"uri": f"s3://{s3_bucket}/nothing", "cacheDir": str(cache)},
                         embeddings={"algorithm": "siglip"})
-    assert any(f"s3://{s3_bucket}/nothing/siglip/config.json" in p for p in models.check(missing))
+    assert any(f"s3://{s3_bucket}/nothing/siglip/config.json" in p for p in preflight.check(missing))
     with pytest.raises(models.ModelNotFoundError, match=f"s3://{s3_bucket}/nothing/siglip"):
         models.model_dir(missing, "siglip")
 

@@ -20,7 +20,8 @@ def _drive(stages: list[Stage], task: VideoTask) -> Iterator[VideoTask]:
 
 
 def run_local(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask]) -> Iterator[VideoTask]:
-    stages = [stage_cls(spec) for stage_cls in pipeline_stages(spec)]
+    classes = pipeline_stages(spec)
+    stages = [stage_cls(spec, classes) for stage_cls in classes]
     for stage in stages:
         stage.setup()
     for task in tasks:

@@ -93,13 +93,13 @@ class _TimeLimit:
 
 
 class _StageWorker:
-    def __init__(self, stage_cls: type[Stage], spec: VideoCurationJobSpec, attempts: ActorHandle,
-                 meter: ActorHandle | None):
+    def __init__(self, stage_cls: type[Stage], pipeline: tuple[type[Stage], ...], spec: VideoCurationJobSpec,
+                 attempts: ActorHandle, meter: ActorHandle | None):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.attempts = attempts
         self.meter = meter  # the throughput allocator's StageMeter, told how long each task took
         self.failures = spec.execution.failures
-        self.stage = stage_cls(spec)
+        self.stage = stage_cls(spec, pipeline)
         # Keyed by the actor, which keeps its id across restarts, and cleared by each successful
         # start: the deaths counted are consecutive ones while starting, not its workers starting
         # side by side. No time limit: loading a model may take longer than any one task.
@@ -204,7 +204,7 @@ def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask],
     meter = _on_driver_node(StageMeter) if spec.execution.allocator == "throughput" else None
     ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     for stage_cls in stages:
-        ds = _stage_operator(ds, stage_cls, spec, attempts, meter)
+        ds = _stage_operator(ds, stage_cls, tuple(stages), spec, attempts, meter)
     allocation = throughput_allocation(_autoscaler_args(spec, stages, meter)) if meter else contextlib.nullcontext()
     try:
         with allocation:
@@ -240,9 +240,9 @@ def _worker_name(stage_cls: type[Stage]) -> str:
     return f"{stage_cls.__name__}Worker"
 
 
-def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], spec: VideoCurationJobSpec,
-                    attempts: ActorHandle, meter: ActorHandle | None) -> ray.data.Dataset:
-    """`ds` followed by the stage's actor pool."""
+def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], pipeline: tuple[type[Stage], ...],
+                    spec: VideoCurationJobSpec, attempts: ActorHandle, meter: ActorHandle | None) -> ray.data.Dataset:
+    """`ds` followed by the stage's actor pool (`pipeline`: every stage of the run, in order)."""
     execution = stage_cls.execution(spec)
     worker = type(_worker_name(stage_cls), (_StageWorker,), {})
     with warnings.catch_warnings():
@@ -250,7 +250,7 @@ def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], spec: VideoCur
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
         return ds.flat_map(
             worker,
-            fn_constructor_args=(stage_cls, spec, attempts, meter),
+            fn_constructor_args=(stage_cls, pipeline, spec, attempts, meter),
             compute=ray.data.ActorPoolStrategy(min_size=execution.min_workers, max_size=execution.max_workers),
             num_cpus=execution.cpus,
             num_gpus=execution.gpus or None,

@@ -1,8 +1,12 @@
-"""The pipeline's stages, in execution order."""
+"""The pipeline's stages, in execution order: stage `<name>` of the spec's stage table
+(clipforge.spec.STAGES) is the Stage subclass with that name in clipforge/stages/<name>.py."""
 
 from __future__ import annotations
 
-from clipforge.spec import VideoCurationJobSpec
+import functools
+import importlib
+
+from clipforge.spec import STAGES, VideoCurationJobSpec
 from clipforge.stages.base import Stage
 
 
@@ -12,19 +16,19 @@ def pipeline_stages(spec: VideoCurationJobSpec) -> list[type[Stage]]:
 
 
 def all_stages() -> list[type[Stage]]:
-    # Imported here so that importing clipforge.stages stays cheap for tools that only
-    # need the stage contract.
-    from clipforge.stages.aesthetic import AestheticStage
-    from clipforge.stages.caption import CaptionStage
-    from clipforge.stages.embed import EmbedStage
-    from clipforge.stages.motion import MotionStage
-    from clipforge.stages.preview import PreviewStage
-    from clipforge.stages.probe import ProbeStage
-    from clipforge.stages.split import SplitStage
-    from clipforge.stages.transcode import TranscodeStage
-    from clipforge.stages.write import WriteStage
+    return [_stage_class(name) for name in STAGES]
 
-    return [
-        ProbeStage, SplitStage, TranscodeStage, MotionStage, AestheticStage, EmbedStage, CaptionStage,
-        PreviewStage, WriteStage,
+
+@functools.cache
+def _stage_class(name: str) -> type[Stage]:
+    # Imported on first use, so that importing clipforge.stages stays cheap for tools that only
+    # need the stage contract.
+    module = importlib.import_module(f"{__name__}.{name}")
+    found = [
+        value for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, Stage) and value.__module__ == module.__name__
+        and getattr(value, "name", None) == name
     ]
+    if len(found) != 1:
+        raise LookupError(f"{module.__name__} must define exactly one Stage subclass with name = {name!r}")
+    return found[0]

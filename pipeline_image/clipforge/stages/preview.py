@@ -7,11 +7,8 @@ straight to the libwebp_anim encoder, each shown from its own time in the clip.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-from collections.abc import Iterable
-from fractions import Fraction
 
 import av
 import numpy as np
@@ -19,18 +16,10 @@ import numpy as np
 from clipforge.frames import FrameRequest, SampledFrames
 from clipforge.spec import PreviewSpec, VideoCurationJobSpec
 from clipforge.stages.base import Stage
-from clipforge.tasks import VideoTask
+from clipforge.tasks import Clip, VideoTask
+from clipforge.webp import encode_animated_webp, preview_size
 
 log = logging.getLogger(__name__)
-
-# libwebp_anim stamps frames in milliseconds.
-_MS = Fraction(1, 1000)
-
-
-def preview_size(width: int, height: int, target_height: int) -> tuple[int, int]:
-    """target_height tall, width following the aspect ratio, rounded to an even number."""
-    out_w = max(2, round(width * target_height / height / 2) * 2)
-    return out_w, target_height
 
 
 def preview_indices(num_frames: int, fps: float, preview_fps: float) -> list[int]:
@@ -46,32 +35,10 @@ def preview_indices(num_frames: int, fps: float, preview_fps: float) -> list[int
     return indices
 
 
-def encode_webp(frames: Iterable[av.VideoFrame], times_ms: Iterable[int], quality: int) -> bytes:
-    """An endlessly looping animated WebP of yuv420p `frames`, each shown from its time (ms)."""
-    out = io.BytesIO()
-    count = 0
-    with av.open(out, "w", format="webp", options={"loop": "0"}) as sink:
-        webp = None
-        for frame, time_ms in zip(frames, times_ms):
-            if webp is None:
-                webp = sink.add_stream("libwebp_anim", rate=1000)
-                webp.codec_context.time_base = _MS
-                webp.codec_context.options = {"quality": str(quality)}
-                webp.width, webp.height, webp.pix_fmt = frame.width, frame.height, "yuv420p"
-            frame.pts, frame.time_base = time_ms, _MS
-            frame.pict_type = av.video.frame.PictureType.NONE
-            sink.mux(webp.encode(frame))
-            count += 1
-        if webp is None:
-            raise ValueError("no frames for the preview")
-        sink.mux(webp.encode(None))
-    return out.getvalue()
-
-
 def make_preview(sampled: SampledFrames, fps: float, spec: PreviewSpec) -> bytes:
     """The preview of one clip at `fps` from the preview request's frames."""
     frames = (av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="yuv420p") for f in sampled.frames)
-    return encode_webp(frames, (round(i / fps * 1000) for i in sampled.indices), spec.quality)
+    return encode_animated_webp(frames, (round(i / fps * 1000) for i in sampled.indices), spec.quality)
 
 
 class PreviewStage(Stage):
@@ -87,6 +54,10 @@ class PreviewStage(Stage):
             return preview_indices(num_frames, fps, previews.fps), preview_size(width, height, previews.height)
 
         return FrameRequest(cls.name, plan, pixel_format="yuv420p", interpolation="AREA")
+
+    @classmethod
+    def missing_outputs(cls, spec: VideoCurationJobSpec, clip: Clip) -> list[str]:
+        return ["preview"] if clip.preview is None else []
 
     def process(self, task: VideoTask) -> list[VideoTask]:
         spec = self.spec.previews

@@ -15,9 +15,9 @@ import json
 from dataclasses import replace
 
 from clipforge import layout
+from clipforge.clip_outputs import remove_chunk_outputs
 from clipforge.spec import FixedStrideSpec, SplitAlgorithm, clip_settings
 from clipforge.stages.base import Stage
-from clipforge.stages.write import remove_chunk_outputs
 from clipforge.storage import Storage
 from clipforge.tasks import Clip, VideoTask, clip_uuid
 

@@ -24,7 +24,7 @@ import av
 from clipforge.codec.audio import SourceAudio
 from clipforge.codec.encode import ChunkEncode
 from clipforge.codec.stream_copy import copy_chunk
-from clipforge.frames import FrameRequest, Timeline
+from clipforge.frames import Timeline
 from clipforge.spec import TranscodeMode, VideoCurationJobSpec
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
@@ -37,20 +37,14 @@ class SourceError(RuntimeError):
     """The source cannot be read at all; the whole video fails."""
 
 
-def frame_requests(spec: VideoCurationJobSpec) -> list[FrameRequest]:
-    """What the job's later stages want of each clip's frames."""
-    from clipforge.stages import pipeline_stages
-
-    return [request for stage in pipeline_stages(spec) if (request := stage.frame_request(spec)) is not None]
-
-
 class TranscodeStage(Stage):
     name = "transcode"
 
-    def __init__(self, spec: VideoCurationJobSpec):
-        super().__init__(spec)
+    def __init__(self, spec: VideoCurationJobSpec, pipeline: Sequence[type[Stage]]):
+        super().__init__(spec, pipeline)
         self.storage = Storage.from_spec(spec.storage)
-        self.requests = frame_requests(spec)
+        # What the job's later stages want of each clip's frames.
+        self.requests = [request for stage in pipeline if (request := stage.frame_request(spec)) is not None]
 
     def process(self, task: VideoTask) -> list[VideoTask]:
         clips = []

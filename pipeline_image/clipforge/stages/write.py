@@ -9,43 +9,23 @@ no clip bytes, so the driver only ever sees small records.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 
 from clipforge import layout
 from clipforge.embedding_files import embedding_pickle
 from clipforge.spec import VideoCurationJobSpec, clip_settings
 from clipforge.stages.base import Stage
-from clipforge.storage import Storage, StorageError
+from clipforge.storage import Storage
 from clipforge.tasks import Clip, VideoTask
 
 
-
-def missing_outputs(spec: VideoCurationJobSpec | None, clip: Clip) -> list[str]:
-    """The outputs `spec` asks for that this clip lacks (empty without a spec, or without a clip file).
-
-    Model outputs are asked of the clips the model stages process: those no earlier filter
-    moved aside (a clip the aesthetic filter itself moved aside still needs its score).
-    """
-    if spec is None or clip.encoded is None:
+def missing_outputs(stages: Sequence[type[Stage]], spec: VideoCurationJobSpec, clip: Clip) -> list[str]:
+    """The outputs `stages` (the job's) should have made for this clip and did not (Stage.missing_outputs);
+    none for a clip without a file."""
+    if clip.encoded is None:
         return []
-    missing = []
-    if spec.previews.enabled and clip.preview is None:
-        missing.append("preview")
-    if spec.aesthetic_filter.enabled and clip.filtered_by in (None, "aesthetic") and clip.aesthetic_score is None:
-        missing.append("aesthetic_score")
-    if spec.embeddings.enabled and clip.filtered_by is None and clip.embedding is None:
-        missing.append("embedding")
-    if spec.captions.enabled and clip.filtered_by is None:
-        if not clip.windows:
-            missing.append("windows")
-        for i, window in enumerate(clip.windows):
-            if not window.get("caption"):
-                missing.append(f"windows[{i}].caption")
-            if spec.captions.enhance_model and not window.get("enhanced_caption"):
-                missing.append(f"windows[{i}].enhanced_caption")
-            if spec.captions.window_previews and i not in clip.window_previews:
-                missing.append(f"windows[{i}].preview")
-    return missing
+    return [missing for stage in stages for missing in stage.missing_outputs(spec, clip)]
 
 
 def _windows(root: str, clip: Clip) -> list[dict]:
@@ -60,10 +40,10 @@ def _windows(root: str, clip: Clip) -> list[dict]:
     return out
 
 
-def clip_metadata(root: str, task: VideoTask, clip: Clip, spec: VideoCurationJobSpec | None = None) -> dict:
+def clip_metadata(root: str, task: VideoTask, clip: Clip, missing: list[str]) -> dict:
+    """The clip's metas/v0 record; `missing`: what the stages should have made and did not."""
     meta = task.meta
     has_file = clip.encoded is not None
-    missing = missing_outputs(spec, clip)
     return {
         "span_uuid": clip.uuid,
         "source_video": clip.source_video,
@@ -105,26 +85,6 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, spec: VideoCurationJob
         "missing_outputs": missing,
         "errors": clip.errors,
     }
-
-
-def remove_chunk_outputs(storage: Storage, root: str, record: dict) -> None:
-    """Deletes every object an earlier run wrote for the clips of chunk `record` (their metas say
-    where), then the metas: a chunk redone under other settings leaves nothing stale behind."""
-    for clip_id in [*record.get("clips", []), *record.get("filtered_clips", []), *record.get("failed_clips", {})]:
-        meta_uri = layout.clip_meta(root, clip_id)
-        try:
-            meta = json.loads(storage.read_bytes(meta_uri))
-        except (StorageError, ValueError):
-            meta = {}
-        uris = {layout.clip_file(root, clip_id, True), layout.clip_file(root, clip_id, False),
-                layout.preview_file(root, clip_id)}
-        uris.update(meta[key] for key in ("clip_location", "preview_location") if meta.get(key))
-        uris.update(w["preview_location"] for w in meta.get("windows") or [] if w.get("preview_location"))
-        if (meta.get("embedding") or {}).get("location"):
-            uris.add(meta["embedding"]["location"])
-        for uri in sorted(uris):
-            storage.delete(uri)
-        storage.delete(meta_uri)
 
 
 def chunk_summary(task: VideoTask, settings: dict) -> dict:
@@ -177,7 +137,8 @@ class WriteStage(Stage):
                     layout.embedding_file(self.root, clip.embedding_algorithm, clip.uuid),
                     embedding_pickle(clip.embedding),
                 )
-            self.storage.write_json(layout.clip_meta(self.root, clip.uuid), clip_metadata(self.root, task, clip, self.spec))
+            self.storage.write_json(layout.clip_meta(self.root, clip.uuid), clip_metadata(
+                self.root, task, clip, missing_outputs(self.pipeline, self.spec, clip)))
         summary = chunk_summary(task, clip_settings(self.spec))
         if task.clips:
             self.storage.write_json(record_uri, summary)
