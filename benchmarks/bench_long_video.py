@@ -24,6 +24,7 @@ import av
 
 from bench_pipeline import job_document, run_pipeline
 from clipforge.samples import SampleVideo, Segment, write_video
+from clipforge.spec import RunReport
 
 SCENE_SECONDS = 10
 
@@ -86,7 +87,7 @@ def main() -> int:
         parts = write_parts(separate, args.minutes, args.videos, args.fps, args.input_preset)
         concatenate(parts, long_dir / "long.mp4")
 
-        def run(input_dir: Path, output_dir: Path) -> tuple[float, dict]:
+        def run(input_dir: Path, output_dir: Path) -> tuple[float, RunReport]:
             document = job_document(input_dir, output_dir, "ray", stages=True, copy=False)
             execution = document["spec"]["execution"]
             # One transcoder per separate video: the separate case keeps them all busy, and so
@@ -99,24 +100,24 @@ def main() -> int:
         # Untimed: Ray's first workers import torch and PyAV; later runs reuse those processes.
         run(write_parts(Path(tmp) / "warm_up", SCENE_SECONDS / 60, 1, args.fps, args.input_preset)[0].parent,
             Path(tmp) / "out_warm_up")
-        results: dict[str, tuple[float, dict]] = {}
+        results: dict[str, tuple[float, RunReport]] = {}
         cases = [("separate", separate), ("long", long_dir)]
         for repeat in range(args.repeats):
             for name, input_dir in cases if repeat % 2 == 0 else cases[::-1]:
                 elapsed, summary = run(input_dir, Path(tmp) / f"out_{name}_{repeat}")
-                assert summary["videos"]["failed"] == 0, summary["failures"]
+                assert summary.videos.failed == 0, summary.failures
                 print(f"  {name}: {elapsed:.2f} s", flush=True)
                 if name not in results or elapsed < results[name][0]:
                     results[name] = (elapsed, summary)
 
     for name, (elapsed, summary) in results.items():
-        seconds = summary["videoSecondsProcessed"]
-        clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
-        print(f"{name:>8}: {summary['videos']['done']} videos, {seconds:.0f} video-s, {clips} clips"
+        seconds = summary.video_seconds_processed
+        clips = summary.clips.passed + summary.clips.filtered
+        print(f"{name:>8}: {summary.videos.done} videos, {seconds:.0f} video-s, {clips} clips"
               f" in {elapsed:7.2f} s  {seconds / elapsed:6.2f} video-s/s")
     (long_s, long_summary), (separate_s, separate_summary) = results["long"], results["separate"]
-    long_rate = long_summary["videoSecondsProcessed"] / long_s
-    separate_rate = separate_summary["videoSecondsProcessed"] / separate_s
+    long_rate = long_summary.video_seconds_processed / long_s
+    separate_rate = separate_summary.video_seconds_processed / separate_s
     print(f"ratio long/separate: {long_rate / separate_rate:.2f}")
     return 0
 

@@ -40,7 +40,7 @@ import av
 
 from clipforge.codec.encode import ClipEncoder, output_size
 from clipforge.samples import SampleVideo, Segment, write_samples
-from clipforge.spec import parse_job
+from clipforge.spec import RunReport, parse_job
 from clipforge.stages.split import fixed_stride_spans
 from clipforge.tasks import Clip
 
@@ -81,25 +81,20 @@ def cpu_seconds() -> float:
     return times.user + times.system
 
 
-def run_pipeline(document: dict, executor: str) -> tuple[float, dict]:
-    from clipforge.runner import JobRun
+def run_pipeline(document: dict, executor: str) -> tuple[float, RunReport]:
+    """(seconds, summary) of one run. The seconds are the run's own, as its summary counts them:
+    up to its end state, without the index and report written after it."""
+    from clipforge.runner import run_job
 
     job = parse_job(document)
-    run = JobRun(job)
-    tasks = run.prepare()
-    if executor == "local":
-        from clipforge.executors.local import run_local
+    if executor == "ray":
+        from clipforge.executors.ray_data import start_ray
 
-        started = time.perf_counter()
-        run.consume(run_local(job.spec, tasks))
-    else:
-        from clipforge.executors.ray_data import run_ray, start_ray
-
-        start_ray(job.spec, None)  # cluster start is not part of the job's throughput
-        started = time.perf_counter()
-        run.consume(run_ray(job.spec, tasks))
-    elapsed = time.perf_counter() - started
-    return elapsed, run.summary("succeeded")
+        # Started once and kept: the cluster's start is not part of the job's throughput, and
+        # later runs reuse its workers.
+        start_ray(job.spec, None)
+    summary = run_job(job, executor=executor)
+    return summary.elapsed_seconds, summary
 
 
 def floor(document: dict, paths: list[Path]) -> tuple[float, float, int]:
@@ -144,7 +139,7 @@ class Run:
     floor_before: tuple[float, float, int]
     floor_after: tuple[float, float, int]
     floor_cpu: float
-    summary: dict
+    summary: RunReport
 
     def ratios(self, input_seconds: float, startup_seconds: float) -> tuple[float, float]:
         """(whole run, steady state) throughput over the mean throughput of the floors around it."""
@@ -205,9 +200,9 @@ def main() -> int:
     ratios = []  # (whole run, steady state) of each run
     for repeat, run in enumerate(runs):
         summary, (floor_s, _, floor_clips) = run.summary, run.floor_after
-        clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
+        clips = summary.clips.passed + summary.clips.filtered
         print(f"run {repeat + 1}: {name} ({args.executor}) {run.pipeline_s:7.2f} s  {clips / run.pipeline_s:5.2f} clips/s"
-              f" ({summary['clips']['passed']} passed, {summary['clips']['filtered']} filtered);"
+              f" ({summary.clips.passed} passed, {summary.clips.filtered} filtered);"
               f" start-up input {run.startup_s:6.2f} s; floor after {floor_s:7.2f} s  {floor_clips / floor_s:5.2f} clips/s")
         if args.executor == "local":  # Ray's workers are other processes: their CPU time is not seen here
             print(f"       cpu seconds: pipeline {run.pipeline_cpu:.1f}, floor {run.floor_cpu:.1f}"

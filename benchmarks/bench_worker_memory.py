@@ -94,11 +94,11 @@ def main() -> int:
             document["spec"]["execution"]["clipsPerChunk"] = args.clips_per_chunk
         with PeakSampler() as sampler:
             elapsed, summary = run_pipeline(document, "ray")
-    assert summary["videos"]["done"] == 1, summary["failures"]
+    assert summary.videos.done == 1, summary.failures
 
-    clips = summary["clips"]["passed"] + summary["clips"]["filtered"]
+    clips = summary.clips.passed + summary.clips.filtered
     chunk = document["spec"]["execution"].get("clipsPerChunk", "default")
-    print(f"input: {summary['videoSecondsProcessed'] / 60:.0f} min of 1080p, {clips} clips in {elapsed:.0f} s"
+    print(f"input: {summary.video_seconds_processed / 60:.0f} min of 1080p, {clips} clips in {elapsed:.0f} s"
           f" ({'copy' if args.copy else 'encode'}, clipsPerChunk {chunk})")
     workers = {pid: peak for pid, peak in sampler.peaks.items() if sampler.titles.get(pid, "").startswith("ray::")}
     for pid, peak in sorted(workers.items(), key=lambda item: -item[1]):

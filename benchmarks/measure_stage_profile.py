@@ -85,16 +85,13 @@ class StageTimer:
 
 
 def measure(input_dir: Path, output_dir: Path) -> dict:
-    from clipforge.executors.local import run_local
-    from clipforge.runner import JobRun
+    from clipforge.runner import run_job
 
     job = parse_job({"apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob", "metadata": {"name": "profile"},
                      "spec": {"input": {"uri": str(input_dir)}, "output": {"uri": str(output_dir)},
                               "execution": {"executor": "local"}}})
-    run = JobRun(job, overwrite=True)
-    tasks = run.prepare()
     with StageTimer() as timer:
-        run.consume(run_local(job.spec, tasks))
+        run_job(job, overwrite=True)
     names = {video.name: kind for kind, video in INPUTS.items()}
     stages: dict[str, dict] = {}
     for (stage, video), records in timer.records.items():

@@ -1,30 +1,27 @@
-"""Reads the pipeline's progress.json / summary.json from the job's output URI.
+"""Reads the pipeline's run report (progress.json / summary.json) from the job's output URI.
 
-The pipeline writes `<output>/progress.json` at least every 10 s while it runs and
-`<output>/summary.json` when it ends (camelCase JSON; see the pipeline contract). Local paths
-are read as files (useful in tests and on single-node clusters with shared volumes); s3:// URIs
-through boto3. No pyarrow here: the operator image does not have it.
+The pipeline rewrites `<output>/progress.json` at least every PROGRESS_INTERVAL_S while it runs
+and writes `<output>/summary.json` when it ends; both parse as clipforge.spec.RunReport, the
+model the pipeline writes them from. Local paths are read as files (useful in tests and on
+single-node clusters with shared volumes); s3:// URIs through boto3. No pyarrow here: the
+operator image does not have it.
 
 Credentials, when given, are used for the one client and never logged or stored.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from clipforge.spec import JobProgress, StorageSpec
-from clipforge_operator.builders import parse_time
+from pydantic import ValidationError
+
+from clipforge.spec import PROGRESS_FILE, SUMMARY_FILE, JobProgress, RunReport, StorageSpec
 
 log = logging.getLogger(__name__)
-
-PROGRESS_FILE = "progress.json"
-SUMMARY_FILE = "summary.json"
 
 
 class ProgressUnavailable(Exception):
@@ -78,8 +75,8 @@ def _join(base: str, name: str) -> str:
 
 
 def read_report(output_uri: str, name: str, storage: StorageSpec,
-                credentials: Credentials | None = None) -> dict:
-    """The parsed JSON report `name` (progress.json or summary.json) under the output URI."""
+                credentials: Credentials | None = None) -> RunReport:
+    """The run report `name` (PROGRESS_FILE or SUMMARY_FILE) under the output URI."""
     uri = _join(output_uri, name)
     if uri.startswith("s3://"):
         raw = _read_s3(uri, storage, credentials)
@@ -90,31 +87,22 @@ def read_report(output_uri: str, name: str, storage: StorageSpec,
         except OSError as exc:
             raise ProgressUnavailable(f"{uri}: {exc.strerror or type(exc).__name__}") from None
     try:
-        report = json.loads(raw)
-    except ValueError:
-        raise ProgressUnavailable(f"{uri}: not JSON") from None
-    if not isinstance(report, dict):
-        raise ProgressUnavailable(f"{uri}: not a JSON object")
-    return report
+        return RunReport.model_validate_json(raw)
+    except ValidationError as exc:  # the first problem's place only: the values stay out of logs
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        raise ProgressUnavailable(f"{uri}: not a run report ({where}: {first['type']})") from None
 
 
-def progress_from_report(report: Mapping) -> JobProgress:
+def progress_from_report(report: RunReport) -> JobProgress:
     """The status.progress block for a progress.json/summary.json report."""
-    videos = report.get("videos") or {}
-    clips = report.get("clips") or {}
-    try:
-        return JobProgress.model_validate({
-            "videosDone": int(videos.get("done", 0)),
-            "videosFailed": int(videos.get("failed", 0)),
-            "videosSkipped": int(videos.get("skipped", 0)),
-            "videosTotal": int(videos.get("total", 0)),
-            "clipsPassed": int(clips.get("passed", 0)),
-            "clipsFiltered": int(clips.get("filtered", 0)),
-            "throughputVideoSecondsPerSecond": max(0.0, float(report.get("throughputVideoSecondsPerSecond") or 0.0)),
-            "updatedAt": report.get("updatedAt"),
-        })
-    except (TypeError, ValueError) as exc:
-        raise ProgressUnavailable(f"unexpected progress report: {exc.__class__.__name__}") from None
+    videos, clips = report.videos, report.clips
+    return JobProgress(
+        videos_done=videos.done, videos_failed=videos.failed, videos_skipped=videos.skipped,
+        videos_total=videos.total, clips_passed=clips.passed, clips_filtered=clips.filtered,
+        throughput_video_seconds_per_second=report.throughput_video_seconds_per_second,
+        updated_at=report.updated_at,
+    )
 
 
 def read_progress(output_uri: str, storage: StorageSpec, credentials: Credentials | None = None,
@@ -131,38 +119,9 @@ def read_progress(output_uri: str, storage: StorageSpec, credentials: Credential
     raise error
 
 
-@dataclass(frozen=True)
-class RunOutcome:
-    """How the pipeline says a run ended: summary.json's state, and why when it failed."""
-
-    state: str
-    reason: str
-    message: str
-    updated_at: datetime | None
-    videos_failed: int
-    videos_total: int
-    failed_videos: tuple[str, ...]  # the inputs that failed, as the summary names them
-
-
-def outcome_from_report(report: Mapping) -> RunOutcome:
-    videos = report.get("videos") or {}
-    try:
-        return RunOutcome(
-            state=str(report.get("state") or ""),
-            reason=str(report.get("reason") or ""),
-            message=str(report.get("message") or ""),
-            updated_at=parse_time(report.get("updatedAt")),
-            videos_failed=int(videos.get("failed", 0)),
-            videos_total=int(videos.get("total", 0)),
-            failed_videos=tuple(str(f.get("video", "")) for f in report.get("failures") or []),
-        )
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ProgressUnavailable(f"unexpected summary: {exc.__class__.__name__}") from None
-
-
-def read_outcome(output_uri: str, storage: StorageSpec, credentials: Credentials | None = None) -> RunOutcome:
-    """The last run's summary.json under the output URI."""
-    return outcome_from_report(read_report(output_uri, SUMMARY_FILE, storage, credentials))
+def read_outcome(output_uri: str, storage: StorageSpec, credentials: Credentials | None = None) -> RunReport:
+    """How the last run ended: its summary.json under the output URI."""
+    return read_report(output_uri, SUMMARY_FILE, storage, credentials)
 
 
 def credentials_from_secret(secret: Mapping) -> Credentials | None:

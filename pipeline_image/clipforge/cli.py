@@ -8,9 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from clipforge.spec import (
-    RUN_COMPLETED_WITH_FAILURES, RUN_FAILED, RUN_SUCCEEDED, TOO_MANY_VIDEOS_FAILED, InvalidJobError, load_job,
-)
+from clipforge.spec import InvalidJobError, RunReport, RunState, load_job
 
 # Exit statuses of `clipforge run` (README: "Exit statuses"). 3: every video was processed and
 # the failed ones are within execution.failures' limits; 1: the job failed (too many failed
@@ -18,28 +16,27 @@ from clipforge.spec import (
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 2, 3
 
 
-def _format_summary(summary: dict) -> str:
-    videos, clips = summary["videos"], summary["clips"]
-    hours = summary["videoSecondsProcessed"] / 3600
+def _format_summary(summary: RunReport) -> str:
+    videos, clips = summary.videos, summary.clips
+    hours = summary.video_seconds_processed / 3600
     lines = [
-        f"videos: {videos['total']} total, {videos['done'] - videos['skipped']} curated, "
-        f"{videos['skipped']} already done, {videos['failed']} failed",
-        f"clips: {clips['passed']} passed, {clips['filtered']} filtered, {clips['failed']} failed",
-        f"input: {hours:.3f} h of video in {summary['elapsedSeconds']:.1f} s: "
-        f"{summary['throughputVideoSecondsPerSecond']:.2f} video-s/s, {summary['clipsPerSecond']:.2f} clips/s",
+        f"videos: {videos.total} total, {videos.done - videos.skipped} curated, "
+        f"{videos.skipped} already done, {videos.failed} failed",
+        f"clips: {clips.passed} passed, {clips.filtered} filtered, {clips.failed} failed",
+        f"input: {hours:.3f} h of video in {summary.elapsed_seconds:.1f} s: "
+        f"{summary.throughput_video_seconds_per_second:.2f} video-s/s, {summary.clips_per_second:.2f} clips/s",
     ]
-    dedup = summary.get("dedup")
-    if dedup:
-        lines.append(_format_dedup(dedup))
-    for failure in summary["failures"]:
-        reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure["errors"].items())
-        lines.append(f"FAILED {failure['video']}: {reasons}")
-    if summary["state"] == RUN_COMPLETED_WITH_FAILURES:
-        lines.append(f"completed with failures: {videos['failed']} of {videos['total']} videos failed")
-    elif summary.get("reason"):
-        lines.append(f"job failed: {summary['message']}")
-    lines.append(f"output: {summary['output']}")
-    lines.append(f"report: {_report_page(summary['output'])}")
+    if summary.dedup:
+        lines.append(_format_dedup(summary.dedup))
+    for failure in summary.failures or []:
+        reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure.errors.items())
+        lines.append(f"FAILED {failure.video}: {reasons}")
+    if summary.state == RunState.completed_with_failures:
+        lines.append(f"completed with failures: {videos.failed} of {videos.total} videos failed")
+    elif summary.reason:
+        lines.append(f"job failed: {summary.message}")
+    lines.append(f"output: {summary.output}")
+    lines.append(f"report: {_report_page(summary.output)}")
     return "\n".join(lines)
 
 
@@ -62,96 +59,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)  # InvalidJobError before any work
     from tqdm import tqdm
 
-    from clipforge.runner import JobRun, ProgressWriter
-    from clipforge.storage import StorageError
+    from clipforge.runner import RunNotStarted, RunStats, run_job
 
-    spec = job.spec
-    if _model_problems(spec):  # missing weights fail here, at submission, not in an actor
+    if _model_problems(job.spec):  # missing weights fail here, at submission, not in an actor
         return EXIT_INVALID
-    executor = args.executor or spec.execution.executor
-    run = JobRun(job, overwrite=args.overwrite)
+    bar = None  # drawn once the inputs are listed: a run that cannot start draws none
+
+    def on_video(stats: RunStats) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=stats.total - stats.skipped, unit="video", disable=args.no_progress or None,
+                       desc=job.metadata.name)
+        bar.update(stats.done + stats.failed - bar.n)
+        bar.set_postfix(clips=stats.clips_passed, filtered=stats.clips_filtered, failed=stats.failed)
+
     try:
-        tasks = run.prepare()
-    except StorageError as exc:
+        summary = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite,
+                          on_video=on_video)
+    except RunNotStarted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    started_ray = False
-    bar = tqdm(total=len(tasks), unit="video", disable=args.no_progress or None, desc=job.metadata.name)
-
-    def on_video(record: dict) -> None:
-        bar.update(1)
-        bar.set_postfix(clips=run.stats.clips_passed, filtered=run.stats.clips_filtered, failed=run.stats.failed)
-
-    state, reason, message = RUN_FAILED, None, None
-    try:
-        with ProgressWriter(run):
-            if executor == "local":
-                from clipforge.executors.local import run_local
-
-                results = run_local(spec, tasks)
-            else:
-                from clipforge.executors.ray_data import run_ray, start_ray
-
-                started_ray = start_ray(spec, args.ray_address)
-                results = run_ray(spec, tasks)
-            if tasks:
-                run.consume(results, on_video)
-            message = run.too_many_failures()
-            reason = TOO_MANY_VIDEOS_FAILED if message else None
-            state = RUN_FAILED if message else RUN_COMPLETED_WITH_FAILURES if run.stats.failed else RUN_SUCCEEDED
-            if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
-                from clipforge.dedup import DedupError
-
-                try:
-                    run.deduplicate()
-                except (DedupError, StorageError) as exc:
-                    print(f"error: dedup: {exc}", file=sys.stderr)
-                    run.dedup = {"error": str(exc)}
-                    state = RUN_FAILED
     finally:
-        bar.close()
-        summary = run.summary(state, reason, message)
-        run.write_progress(state)
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        if bar is not None:
+            bar.close()
+    if summary.dedup and "error" in summary.dedup:
+        print(f"error: dedup: {summary.dedup['error']}", file=sys.stderr)
     print(_format_summary(summary))
-    return {RUN_SUCCEEDED: EXIT_OK, RUN_COMPLETED_WITH_FAILURES: EXIT_COMPLETED_WITH_FAILURES}.get(state, EXIT_FAILED)
+    return {RunState.succeeded: EXIT_OK, RunState.completed_with_failures: EXIT_COMPLETED_WITH_FAILURES}.get(
+        summary.state, EXIT_FAILED)
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    import json
-
     from clipforge import layout
-    from clipforge.dedup import DedupError, dedup_output
-    from clipforge.storage import Storage, StorageError
+    from clipforge.dedup import DedupError
+    from clipforge.runner import dedup_job
+    from clipforge.storage import StorageError
 
-    spec = job.spec
-    storage = Storage.from_spec(spec.storage)
-    started_ray = False
     try:
-        if args.ray_address:
-            from clipforge.executors.ray_data import start_ray
-
-            started_ray = start_ray(spec, None if args.ray_address == "local" else args.ray_address)
-        dedup = dedup_output(spec, storage)
-        # summary.json keeps the run's counts; only its dedup entry changes.
-        summary_uri = layout.join(spec.output.uri, layout.SUMMARY)
-        summary = json.loads(storage.read_bytes(summary_uri)) if storage.exists(summary_uri) else {}
-        summary["dedup"] = dedup
-        storage.write_json(summary_uri, summary)
+        dedup = dedup_job(job, args.ray_address)
     except (DedupError, StorageError) as exc:
         print(f"error: dedup: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     print(_format_dedup(dedup))
-    print(f"output: {layout.join(spec.output.uri, 'dedup')}")
+    print(f"output: {layout.join(job.spec.output.uri, 'dedup')}")
     return EXIT_OK
 
 

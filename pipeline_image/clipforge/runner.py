@@ -1,36 +1,45 @@
-"""Runs one VideoCurationJob: discover, skip what is done, execute, record, summarise.
+"""Runs one VideoCurationJob: discover, skip what is done, execute, record, dedup, summarise.
 
-The driver sees only small per-chunk records. It writes a video's processed_videos/ record
-once all its chunks are in, and progress.json / summary.json at the output root, which is
+`run_job` owns a run from its start to its end state: the executor, the Ray it runs on, dedup
+and how failed videos weigh. The driver sees only small per-chunk records. It writes a
+video's processed_videos/ record once all its chunks are in, and the run report
+(clipforge.spec.RunReport: progress.json, then summary.json) at the output root, which is
 what the operator reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from clipforge import layout
 from clipforge.embedding_files import write_video_parquet
 from clipforge.report import publish
-from clipforge.spec import VideoCurationJob, VideoCurationJobSpec, clip_settings, stage_enabled
+from clipforge.spec import (
+    PROGRESS_INTERVAL_S, TOO_MANY_VIDEOS_FAILED, ClipCounts, RunReport, RunState, VideoCounts, VideoCurationJob,
+    VideoCurationJobSpec, VideoFailure, clip_settings, stage_enabled,
+)
+from clipforge.stages import pipeline_stages
 from clipforge.storage import Storage, StorageError
 from clipforge.tasks import VideoTask
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 5.0
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
+class RunNotStarted(Exception):
+    """Nothing ran: the output cannot be written or the inputs cannot be listed."""
 
 
 @dataclass
@@ -44,25 +53,23 @@ class RunStats:
     clips_failed: int = 0
     video_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    failures: list[dict] = field(default_factory=list)
+    failures: list[VideoFailure] = field(default_factory=list)
 
-    def to_json(self, state: str) -> dict:
+    def report(self, state: RunState, **end: Any) -> RunReport:
+        """The run report as of now; `end`: summary.json's fields (RunReport's last ones)."""
         elapsed = time.monotonic() - self.started
-        return {
-            "state": state,
-            "updatedAt": _now(),
-            "elapsedSeconds": round(elapsed, 3),
-            "videos": {
-                "total": self.total,
-                "done": self.done + self.skipped,
-                "failed": self.failed,
-                "skipped": self.skipped,
-            },
-            "clips": {"passed": self.clips_passed, "filtered": self.clips_filtered, "failed": self.clips_failed},
-            "videoSecondsProcessed": round(self.video_seconds, 3),
-            "throughputVideoSecondsPerSecond": round(self.video_seconds / elapsed, 4) if elapsed else 0.0,
-            "clipsPerSecond": round((self.clips_passed + self.clips_filtered) / elapsed, 4) if elapsed else 0.0,
-        }
+        return RunReport(
+            state=state,
+            updated_at=_now(),
+            elapsed_seconds=round(elapsed, 3),
+            videos=VideoCounts(total=self.total, done=self.done + self.skipped, failed=self.failed,
+                               skipped=self.skipped),
+            clips=ClipCounts(passed=self.clips_passed, filtered=self.clips_filtered, failed=self.clips_failed),
+            video_seconds_processed=round(self.video_seconds, 3),
+            throughput_video_seconds_per_second=round(self.video_seconds / elapsed, 4) if elapsed else 0.0,
+            clips_per_second=round((self.clips_passed + self.clips_filtered) / elapsed, 4) if elapsed else 0.0,
+            **end,
+        )
 
 
 class ProgressWriter:
@@ -74,7 +81,7 @@ class ProgressWriter:
         self._thread = threading.Thread(target=self._loop, name="clipforge-progress", daemon=True)
 
     def __enter__(self) -> ProgressWriter:
-        self.run.write_progress("running")
+        self.run.write_progress(RunState.running)
         self._thread.start()
         return self
 
@@ -85,7 +92,7 @@ class ProgressWriter:
     def _loop(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
             try:
-                self.run.write_progress("running")
+                self.run.write_progress(RunState.running)
             except StorageError as exc:  # a storage hiccup must not kill the run; the next tick retries
                 log.warning("could not write progress: %s", exc)
 
@@ -144,7 +151,7 @@ def video_record(chunks: list[VideoTask], settings: dict) -> dict:
         "clip_chunks": [layout.chunk_record("", first.relative_path, r["chunk_index"]) for r in records],
         "errors": errors,
         "settings": settings,  # what decided its clips: a rerun under other settings redoes it
-        "processed_at": _now(),
+        "processed_at": _now().isoformat().replace("+00:00", "Z"),
     }
 
 
@@ -162,11 +169,11 @@ class JobRun:
         """Checks the output and lists the inputs: storage problems surface here, before any work."""
         # The first object of a run doubles as the check that the output is writable; a
         # throwaway probe object would leave a directory marker behind on S3.
-        self.write_progress("starting")
+        self.write_progress(RunState.starting)
         tasks, self.stats.total, self.stats.skipped = discover(self.spec, self.storage, self.overwrite)
         return tasks
 
-    def consume(self, results: Iterator[VideoTask], on_video=None) -> None:  # noqa: ANN001
+    def consume(self, results: Iterator[VideoTask], on_video: Callable[[RunStats], None] | None = None) -> None:
         pending: dict[str, list[VideoTask]] = {}
         for chunk in results:
             chunks = pending.setdefault(chunk.relative_path, [])
@@ -180,7 +187,7 @@ class JobRun:
             self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)
             self._count(record)
             if on_video is not None:
-                on_video(record)
+                on_video(self.stats)
 
     def _count(self, record: dict) -> None:
         stats = self.stats
@@ -189,17 +196,20 @@ class JobRun:
         stats.clips_failed += record["num_clips_failed"]
         if record["errors"]:
             stats.failed += 1
-            stats.failures.append({"video": record["video"], "errors": record["errors"]})
+            stats.failures.append(VideoFailure(video=record["video"], errors=record["errors"]))
         else:
             stats.done += 1
             stats.video_seconds += record["metadata"]["duration_s"]
 
-    def deduplicate(self) -> dict:
-        """Semantic dedup of the output's embeddings (on Ray when this process joined one)."""
-        from clipforge.dedup import dedup_output
+    def deduplicate(self) -> None:
+        """Semantic dedup of the output's embeddings (on Ray when this process joined one); a
+        failure is recorded as dedup's {error} and fails the run."""
+        from clipforge.dedup import DedupError, dedup_output
 
-        self.dedup = dedup_output(self.spec, self.storage)
-        return self.dedup
+        try:
+            self.dedup = dedup_output(self.spec, self.storage)
+        except (DedupError, StorageError) as exc:
+            self.dedup = {"error": str(exc)}
 
     def too_many_failures(self) -> str | None:
         """Why this run's failed videos fail it as a whole (execution.failures), or None."""
@@ -212,18 +222,88 @@ class JobRun:
                     f" ({limits.max_failed_fraction:g})")
         return None
 
-    def write_progress(self, state: str) -> None:
+    def write_progress(self, state: RunState) -> None:
         # Called from the progress thread and the driver: one document at a time.
         with self._progress_lock:
-            self.storage.write_json(layout.join(self.root, layout.PROGRESS), self.stats.to_json(state))
+            self.storage.write_json(layout.join(self.root, layout.PROGRESS), self.stats.report(state).to_json())
 
-    def summary(self, state: str, reason: str | None = None, message: str | None = None) -> dict:
+    def summary(self, state: RunState, reason: str | None = None, message: str | None = None) -> RunReport:
         """Writes summary.json; a failed run's `reason` (one CamelCase word) and `message` say why."""
-        document = {**self.stats.to_json(state), "failures": self.stats.failures, "output": self.root}
-        if reason:
-            document.update(reason=reason, message=message or "")
-        if self.dedup is not None:
-            document["dedup"] = self.dedup
-        self.storage.write_json(layout.join(self.root, layout.SUMMARY), document)
+        report = self.stats.report(state, output=self.root, failures=self.stats.failures, reason=reason,
+                                   message=(message or "") if reason else None, dedup=self.dedup)
+        self.storage.write_json(layout.join(self.root, layout.SUMMARY), report.to_json())
         publish(self.storage, self.root)  # the clip index and the report over what the output now holds
-        return document
+        return report
+
+
+def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str | None = None,
+            overwrite: bool = False, on_video: Callable[[RunStats], None] | None = None) -> RunReport:
+    """Runs the job to its end state and returns its summary (written as summary.json too).
+
+    `executor` overrides spec.execution.executor. The Ray executor joins `ray_address`, or a Ray
+    this process has joined, or starts a private local Ray for the run and stops it at the end;
+    dedup (when enabled) runs after every video, on that Ray. `on_video` is told the counts
+    after the inputs are listed and after each video.
+
+    Raises RunNotStarted when the output or the inputs cannot be reached. Anything raised later
+    ends the run as failed, with its summary written, and propagates.
+    """
+    spec = job.spec
+    run = JobRun(job, overwrite=overwrite)
+    try:
+        tasks = run.prepare()
+    except StorageError as exc:
+        raise RunNotStarted(str(exc)) from exc
+    if on_video is not None:
+        on_video(run.stats)
+    state, reason, message = RunState.failed, None, None
+    with contextlib.ExitStack() as ray:  # Ray, when the run starts its own, stops after the summary
+        try:
+            with ProgressWriter(run):
+                stages = pipeline_stages(spec)
+                if (executor or spec.execution.executor) == "local":
+                    from clipforge.executors.local import run_local
+
+                    results = run_local(spec, tasks, stages)
+                else:
+                    from clipforge.executors.ray_data import ray_session, run_ray
+
+                    ray.enter_context(ray_session(spec, ray_address))
+                    results = run_ray(spec, tasks, stages)
+                if tasks:
+                    run.consume(results, on_video)
+                message = run.too_many_failures()
+                reason = TOO_MANY_VIDEOS_FAILED if message else None
+                state = (RunState.failed if message else
+                         RunState.completed_with_failures if run.stats.failed else RunState.succeeded)
+                if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
+                    run.deduplicate()
+                    if "error" in run.dedup:
+                        state = RunState.failed
+        finally:
+            summary = run.summary(state, reason, message)
+            run.write_progress(state)
+    return summary
+
+
+def dedup_job(job: VideoCurationJob, ray_address: str | None = None) -> dict:
+    """`clipforge dedup`: semantic dedup of an existing output's embeddings (dedup.inputUri or
+    output.uri), in this process or, with `ray_address` ("local" starts a private Ray), spread
+    over Ray. Returns dedup's counts and records them as summary.json's `dedup`; the rest of the
+    summary stays as its run wrote it. Raises DedupError or StorageError."""
+    from clipforge.dedup import dedup_output
+
+    spec = job.spec
+    storage = Storage.from_spec(spec.storage)
+    with contextlib.ExitStack() as ray:
+        if ray_address:
+            from clipforge.executors.ray_data import ray_session
+
+            ray.enter_context(ray_session(spec, None if ray_address == "local" else ray_address))
+        dedup = dedup_output(spec, storage)
+        summary_uri = layout.join(spec.output.uri, layout.SUMMARY)
+        # Patched as JSON, not parsed as a RunReport: an output dedup'ed before any run has none.
+        summary = json.loads(storage.read_bytes(summary_uri)) if storage.exists(summary_uri) else {}
+        summary["dedup"] = dedup
+        storage.write_json(summary_uri, summary)
+    return dedup

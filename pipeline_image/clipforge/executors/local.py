@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from clipforge.spec import VideoCurationJobSpec
-from clipforge.stages import Stage, pipeline_stages
+from clipforge.stages import Stage
 from clipforge.tasks import VideoTask
 
 
@@ -19,9 +19,10 @@ def _drive(stages: list[Stage], task: VideoTask) -> Iterator[VideoTask]:
         yield from _drive(stages[1:], produced)
 
 
-def run_local(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask]) -> Iterator[VideoTask]:
-    classes = pipeline_stages(spec)
-    stages = [stage_cls(spec, classes) for stage_cls in classes]
+def run_local(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stage_classes: list[type[Stage]]
+              ) -> Iterator[VideoTask]:
+    """Streams `tasks` through the stages (the spec's: clipforge.stages.pipeline_stages)."""
+    stages = [stage_cls(spec, stage_classes) for stage_cls in stage_classes]
     for stage in stages:
         stage.setup()
     for task in tasks:

@@ -165,8 +165,20 @@ def local_cpus_needed(spec: VideoCurationJobSpec) -> int:
     return max(os.cpu_count() or 1, math.ceil(minimum))
 
 
+@contextlib.contextmanager
+def ray_session(spec: VideoCurationJobSpec, address: str | None) -> Iterator[None]:
+    """Ray for one run or command: a Ray this process has joined, else `address`, else a
+    private local Ray started here and stopped when the block ends."""
+    started = start_ray(spec, address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
-    """Joins `address` or starts a private local Ray; returns True when we started it."""
+    """Joins `address` or starts a private local Ray; returns True when it started one."""
     if ray.is_initialized():
         return False
     if address:
@@ -185,10 +197,9 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     return True
 
 
-def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask],
-            stages: list[type[Stage]] | None = None) -> Iterator[VideoTask]:
-    """Streams `tasks` through the spec's stages (`stages`: stand-ins for them, as the scaling
-    benchmark runs, with the same names and resources)."""
+def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask], stages: list[type[Stage]]) -> Iterator[VideoTask]:
+    """Streams `tasks` through the stages (the spec's: clipforge.stages.pipeline_stages; stand-ins
+    with the same names and resources in the scaling benchmark) on the Ray this process joined."""
     ctx = ray.data.DataContext.get_current()
     # The CLI draws its own progress, per video; Ray Data's own logs stay in its log files.
     ctx.enable_progress_bars = False
@@ -199,7 +210,6 @@ def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask],
     ctx.target_max_block_size = 1
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    stages = stages if stages is not None else pipeline_stages(spec)
     attempts = _on_driver_node(TaskAttempts)  # the ledger must outlive any worker node
     meter = _on_driver_node(StageMeter) if spec.execution.allocator == "throughput" else None
     ds = ray.data.from_items([_row(t) for t in tasks], override_num_blocks=max(1, len(tasks)))

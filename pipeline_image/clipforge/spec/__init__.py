@@ -2,8 +2,9 @@
 
 One module per idea: `job` (the manifest and its loading), `sections` (the pipeline's settings),
 `stages` (the stage table), `execution` (how the pipeline runs), `cluster` (the operator's Ray
-cluster), `status` (run states, output files and the operator's status). Everything public is
-re-exported here: `from clipforge.spec import X` works for every public name.
+cluster), `status` (output files and the operator's status), `report` (the run report the
+pipeline writes and the operator reads: run states, progress.json and summary.json). Everything
+public is re-exported here: `from clipforge.spec import X` works for every public name.
 """
 
 from clipforge.spec.base import (
@@ -28,10 +29,13 @@ from clipforge.spec.cluster import (
     LocalObjectReference, PersistentVolumeClaimSource, PodResources, Quantity, ResourceAmounts, RetryBackoffSpec,
     TaintEffect, Toleration, TolerationOperator, Volume, VolumeMount, WorkerGroupSpec,
 )
+from clipforge.spec.report import (
+    PROGRESS_FILE, PROGRESS_INTERVAL_S, SUMMARY_FILE, TOO_MANY_VIDEOS_FAILED, ClipCounts, RunReport, RunState,
+    VideoCounts, VideoFailure,
+)
 from clipforge.spec.status import (
-    INDEX_DIR, REPORT_DIR, REPORT_PAGE, RUN_COMPLETED_WITH_FAILURES, RUN_FAILED, RUN_SUCCEEDED, SUMMARY_FILE,
-    TERMINAL_PHASES, TOO_MANY_VIDEOS_FAILED, Condition, ConditionStatus, JobOutputs, JobPhase, JobProgress,
-    VideoCurationJobStatus, WorkerGroupStatus,
+    INDEX_DIR, REPORT_DIR, REPORT_PAGE, TERMINAL_PHASES, Condition, ConditionStatus, JobOutputs, JobPhase,
+    JobProgress, VideoCurationJobStatus, WorkerGroupStatus,
 )
 from clipforge.spec.job import (
     API_GROUP, API_VERSION, KIND, PLURAL, InvalidJobError, ObjectMeta, VideoCurationJob, VideoCurationJobSpec,

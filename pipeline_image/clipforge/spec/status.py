@@ -1,5 +1,5 @@
-"""How a run ends and what the operator reports: run states and the files a run leaves (read by the
-operator), and the CRD's status subresource (written by the operator only)."""
+"""What the operator reports: the files a run leaves for people, and the CRD's status subresource
+(written by the operator only). How a run ended is the run report's (clipforge.spec.report)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,7 @@ from enum import Enum
 from pydantic import Field
 
 from clipforge.spec.base import SpecModel, _f
-
-
-# ---------------------------------------------------------------------------------------------
-# How a pipeline run ended, as `state` in the summary.json it writes at the output root. The CLI's
-# exit status follows it, and the operator reads it to tell a run whose inputs failed from one
-# whose infrastructure did. Completed with failures: every video was processed and the failed
-# ones are within execution.failures' limits.
-
-RUN_SUCCEEDED, RUN_COMPLETED_WITH_FAILURES, RUN_FAILED = "succeeded", "completed-with-failures", "failed"
-# summary.json's `reason` when a run failed because of its inputs: a retry would fail the same way.
-TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
+from clipforge.spec.report import SUMMARY_FILE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +57,7 @@ class JobProgress(SpecModel):
 
 
 # What a run leaves for people to open, relative to output.uri. clipforge.layout names the same
-# paths from these, and the operator points status.outputs at them.
-SUMMARY_FILE = "summary.json"
+# paths from these (and the summary's, SUMMARY_FILE), and the operator points status.outputs at them.
 INDEX_DIR = "index"
 REPORT_DIR = "report"
 REPORT_PAGE = "index.html"
