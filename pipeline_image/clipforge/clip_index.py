@@ -74,7 +74,6 @@ CLIP_SCHEMA = pa.schema([
     ("missing_outputs", pa.list_(pa.string())),
     ("errors", _ERRORS),
 ])
-DERIVED_CLIP_COLUMNS = ("status", "duration_s")
 
 VIDEO_SCHEMA = pa.schema([
     ("video", pa.string()),

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clipforge import layout
 from clipforge.spec import VideoCurationJobSpec
 from clipforge.storage import Storage, StorageError, join
 
@@ -67,12 +68,6 @@ META_COLUMNS = ("source_video", "span_start", "span_end")
 
 class DedupError(RuntimeError):
     """Nothing to deduplicate, or embeddings that cannot be read; the message names the location."""
-
-
-def embeddings_dir_name(algorithm: str) -> str:
-    """`<algo>_embd_parquet`: cosmos-embed1 (every resolution) writes `ce1_embd_parquet`."""
-    prefix = "ce1" if algorithm.startswith("cosmos-embed1") else algorithm
-    return f"{prefix}_embd_parquet"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,13 +287,13 @@ def _read_table(storage: Storage, uri: str) -> pa.Table:
 
 def load_embeddings(storage: Storage, root: str, algorithm: str) -> tuple[pa.Table, np.ndarray]:
     """(id and metadata columns, float32 embeddings) of every clip under root's `<algo>_embd_parquet/`."""
-    location = join(root, embeddings_dir_name(algorithm))
+    location = join(root, layout.embeddings_parquet_dir(algorithm))
     try:
         files = storage.list_files(location, ["*.parquet"])
     except StorageError:
         files = []
     if not files:
-        others = _other_embedding_dirs(storage, root, embeddings_dir_name(algorithm))
+        others = _other_embedding_dirs(storage, root, layout.embeddings_parquet_dir(algorithm))
         hint = f"; found {', '.join(others)}: is embeddings.algorithm right?" if others else (
             "; run the job with embeddings enabled first"
         )
@@ -391,7 +386,7 @@ def dedup_output(spec: VideoCurationJobSpec, storage: Storage, distributed: bool
         "eps": result.eps,
         "clusters": result.clusters,
         "algorithm": algorithm,
-        "input": join(source, embeddings_dir_name(algorithm)),
+        "input": join(source, layout.embeddings_parquet_dir(algorithm)),
         "distributed": result.distributed,
         "seconds": {"kmeans": round(result.kmeans_s, 3), "pairwise": round(result.pairwise_s, 3)},
     }

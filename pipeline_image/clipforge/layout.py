@@ -14,7 +14,6 @@ PROCESSED_CHUNKS = "processed_clip_chunks"
 # Embeddings: Cosmos-Embed1's directory keeps NeMo Curator's name; other embedders write
 # <algorithm>_embd. One <uuid>.pickle per clip, one parquet per video under <dir>_parquet.
 EMBEDDINGS = "ce1_embd"
-EMBEDDINGS_PARQUET = "ce1_embd_parquet"
 PROGRESS = "progress.json"
 SUMMARY = SUMMARY_FILE
 # Derived from the records above at the end of every run (clip_index.py, report.py): rebuildable.
@@ -40,8 +39,12 @@ def embedding_file(root: str, algorithm: str, clip_id: str) -> str:
     return join(root, embeddings_dir(algorithm), f"{clip_id}.pickle")
 
 
+def embeddings_parquet_dir(algorithm: str) -> str:
+    return f"{embeddings_dir(algorithm)}_parquet"
+
+
 def embeddings_parquet(root: str, algorithm: str, relative_path: str) -> str:
-    return join(root, f"{embeddings_dir(algorithm)}_parquet", f"{relative_path}.parquet")
+    return join(root, embeddings_parquet_dir(algorithm), f"{relative_path}.parquet")
 
 
 def window_preview_file(root: str, clip_id: str, start_frame: int, end_frame: int) -> str:
