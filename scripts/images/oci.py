@@ -1,0 +1,117 @@
+"""Helpers of scripts/build-images.sh: an image's input hash, and its archive in the format of
+`docker save` (Docker 25+): an OCI image layout whose index names the image for containerd (kind,
+`ctr import`) and skopeo/podman, plus the manifest.json older `docker load` reads.
+
+  oci.py input-hash DOCKERFILE [EXTRA_INPUT...] [--build-arg K=V...]   prints a sha256 hex digest
+  oci.py archive LAYOUT_DIR REFERENCE ARCHIVE                          prints the manifest digest
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# The build context leaves these out (.dockerignore), so they must not change the hash either.
+IGNORED_DIRS = {"__pycache__"}
+IGNORED_SUFFIXES = (".pyc", ".egg-info")
+
+
+def copied_sources(dockerfile: Path) -> list[str]:
+    """The context paths the Dockerfile's COPY/ADD instructions read (a COPY --from reads a stage)."""
+    sources: list[str] = []
+    logical = dockerfile.read_text().replace("\\\n", " ")
+    for line in logical.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        if any(w.startswith("--from=") for w in words[1:]):
+            continue
+        sources += args[:-1]
+    return sources
+
+
+def _files(source: str) -> list[Path]:
+    path = ROOT / source
+    if path.is_file():
+        return [path]
+    found = []
+    for directory, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_DIRS and not d.endswith(IGNORED_SUFFIXES))
+        found += [Path(directory) / n for n in sorted(names) if not n.endswith(IGNORED_SUFFIXES)]
+    if not found:
+        raise SystemExit(f"{source}: copied by the Dockerfile but not in the build context")
+    return found
+
+
+def input_hash(dockerfile: Path, extra_inputs: list[str], build_args: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path in [dockerfile, *(ROOT / p for p in extra_inputs),
+                 *(f for s in copied_sources(dockerfile) for f in _files(s))]:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(b"\x01" if os.access(path, os.X_OK) else b"\x00")
+    for arg in sorted(build_args):
+        digest.update(b"arg\0" + arg.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def familiar(reference: str) -> str:
+    """docker.io/clipforge/operator:0.1.0 -> clipforge/operator:0.1.0 (Docker's RepoTags form)."""
+    return reference.removeprefix("docker.io/").removeprefix("library/")
+
+
+def write_archive(layout: Path, reference: str, archive: Path) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    [manifest_desc] = index["manifests"]
+    manifest_desc["annotations"] = {
+        "io.containerd.image.name": reference,
+        "org.opencontainers.image.ref.name": reference.rsplit(":", 1)[1],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    manifest = json.loads((layout / "blobs" / "sha256" / manifest_desc["digest"].split(":")[1]).read_text())
+    blob = lambda desc: "blobs/sha256/" + desc["digest"].split(":")[1]  # noqa: E731
+    docker_manifest = [{"Config": blob(manifest["config"]), "RepoTags": [familiar(reference)],
+                        "Layers": [blob(layer) for layer in manifest["layers"]]}]
+    (layout / "manifest.json").write_text(json.dumps(docker_manifest))
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("oci-layout", "index.json", "manifest.json", "blobs"):
+            tar.add(layout / name, arcname=name, filter=_normalised)
+    partial.rename(archive)
+    return manifest_desc["digest"]
+
+
+def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    hashing = commands.add_parser("input-hash")
+    hashing.add_argument("dockerfile", type=Path)
+    hashing.add_argument("extra_inputs", nargs="*")
+    hashing.add_argument("--build-arg", action="append", default=[])
+    packing = commands.add_parser("archive")
+    packing.add_argument("layout", type=Path)
+    packing.add_argument("reference")
+    packing.add_argument("archive", type=Path)
+    args = parser.parse_args()
+    if args.command == "input-hash":
+        print(input_hash(args.dockerfile.resolve(), args.extra_inputs, args.build_arg))
+    else:
+        print(write_archive(args.layout, args.reference, args.archive))
+
+
+if __name__ == "__main__":
+    main()
