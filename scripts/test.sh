@@ -16,5 +16,8 @@ bash scripts/install-chromium.sh
 bash scripts/build-kube-binaries.sh
 # The test node's kubelet, kube-proxy, pause, containerd and CoreDNS, cached the same way.
 bash scripts/build-kube-binaries.sh --node
+# The operator and pipeline images, built with buildah without a daemon (docs/images.md; about 25
+# minutes the first time, cached by a hash of their inputs afterwards).
+bash scripts/build-images.sh
 
 python3 -m pytest "$@"
