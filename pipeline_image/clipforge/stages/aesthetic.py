@@ -191,8 +191,6 @@ class AestheticStage(Stage):
 
     @classmethod
     def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
-        if not spec.aesthetic_filter.enabled:
-            return None
         fps = spec.aesthetic_filter.fps
         config = model_json(spec, spec.aesthetic_filter.clip_model, ("config.json",))
         # A CLIPModel keeps the vision tower's settings under vision_config; a vision-only one at the top.

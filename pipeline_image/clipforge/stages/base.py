@@ -47,6 +47,9 @@ class Stage(ABC):
     def execution(cls, spec: VideoCurationJobSpec) -> StageResources:
         return stage_resources(spec, cls.name)
 
+    # models, frame_request and missing_outputs are asked only of the stages a job runs
+    # (spec.stage_enabled), so they need not check that themselves.
+
     @classmethod
     def models(cls, spec: VideoCurationJobSpec) -> list[ModelRequirement]:
         """The model directories this stage loads under `spec`."""

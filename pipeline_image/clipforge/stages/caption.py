@@ -413,8 +413,6 @@ class CaptionStage(Stage):
 
     @classmethod
     def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
-        if not spec.captions.enabled:
-            return None
         geometry = VisionGeometry.from_configs(
             model_json(spec, spec.captions.model, ("preprocessor_config.json",)),
             model_json(spec, spec.captions.model, ("video_preprocessor_config.json",)),

@@ -353,7 +353,7 @@ class EmbedStage(Stage):
 
     @classmethod
     def frame_request(cls, spec: Any) -> FrameRequest | None:
-        return FrameRequest(cls.name, embed_plan(spec)) if spec.embeddings.enabled else None
+        return FrameRequest(cls.name, embed_plan(spec))
 
     @classmethod
     def missing_outputs(cls, spec: Any, clip: Clip) -> list[str]:

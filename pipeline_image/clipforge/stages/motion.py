@@ -184,8 +184,6 @@ class MotionStage(Stage):
 
     @classmethod
     def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
-        if spec.motion_filter.mode == MotionMode.disable.value:
-            return None
         return FrameRequest(cls.name, _plan, pixel_format="gray", interpolation="AREA")
 
     def process(self, task: VideoTask) -> list[VideoTask]:

@@ -46,8 +46,6 @@ class PreviewStage(Stage):
 
     @classmethod
     def frame_request(cls, spec: VideoCurationJobSpec) -> FrameRequest | None:
-        if not spec.previews.enabled:
-            return None
         previews = spec.previews
 
         def plan(num_frames: int, fps: float, width: int, height: int) -> tuple[list[int], tuple[int, int]]:
