@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipforge.spec import INDEX_DIR, REPORT_DIR, REPORT_PAGE, SUMMARY_FILE
+from clipforge.spec import INDEX_DIR, PROGRESS_FILE, REPORT_DIR, REPORT_PAGE, SUMMARY_FILE
 from clipforge.storage import join
 
 CLIPS = "clips"
@@ -14,7 +14,7 @@ PROCESSED_CHUNKS = "processed_clip_chunks"
 # Embeddings: Cosmos-Embed1's directory keeps NeMo Curator's name; other embedders write
 # <algorithm>_embd. One <uuid>.pickle per clip, one parquet per video under <dir>_parquet.
 EMBEDDINGS = "ce1_embd"
-PROGRESS = "progress.json"
+PROGRESS = PROGRESS_FILE
 SUMMARY = SUMMARY_FILE
 # Derived from the records above at the end of every run (clip_index.py, report.py): rebuildable.
 INDEX = INDEX_DIR
