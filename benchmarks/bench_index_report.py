@@ -50,6 +50,7 @@ def synthetic_meta(root: str, video: str, index: int, rng: random.Random) -> dic
         "motion_score": {"global_mean": rng.random() * 0.01, "per_patch_min_256": rng.random() * 0.001},
         "filtered_by": "motion" if filtered else None,
         "aesthetic_score": rng.uniform(2, 7),
+        "scores": {},
         "windows": [] if failed or filtered else [
             {"start_frame": 0, "end_frame": 150, "frames_used": 10, "caption": "a street at dusk " * rng.randrange(2, 8)}
         ],

@@ -59,6 +59,7 @@ CLIP_SCHEMA = pa.schema([
     ("motion_score", pa.struct([("global_mean", pa.float64()), ("per_patch_min_256", pa.float64())])),
     ("filtered_by", pa.string()),
     ("aesthetic_score", pa.float64()),
+    ("scores", pa.map_(pa.string(), pa.float64())),
     ("windows", pa.list_(pa.struct([
         ("start_frame", pa.int64()),
         ("end_frame", pa.int64()),

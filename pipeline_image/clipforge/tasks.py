@@ -73,6 +73,9 @@ class Clip:
     text_match: dict | None = None
     # Filled by aesthetic: the CLIP aesthetic score (min or mean over the sampled frames).
     aesthetic_score: float | None = None
+    # Filled by the other scoring stages: stage name -> the clip's score. (Motion and aesthetic
+    # keep the fields of their own above: metas/v0 names them as NeMo Curator does.)
+    scores: dict[str, float] = field(default_factory=dict)
     # Filled by caption: one dict per caption window, in order: start_frame, end_frame (half-open,
     # relative to the clip), caption, and enhanced_caption / refined when those passes ran.
     windows: list[dict] = field(default_factory=list)

@@ -30,6 +30,7 @@ def as_meta(row: dict) -> dict:
     and without the caption-window fields a window does not have (a struct has every field)."""
     meta = {k: v for k, v in row.items() if k not in DERIVED_CLIP_COLUMNS}
     meta["errors"] = dict(meta["errors"])
+    meta["scores"] = dict(meta["scores"])
     if meta["text_match"] is not None:
         meta["text_match"] = {**meta["text_match"], "scores": dict(meta["text_match"]["scores"])}
     meta["windows"] = [{k: v for k, v in w.items() if v is not None} for w in meta["windows"]]

@@ -69,6 +69,7 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, missing: list[str]) ->
         },
         "filtered_by": clip.filtered_by,
         "aesthetic_score": clip.aesthetic_score,
+        "scores": clip.scores,
         "windows": _windows(root, clip),
         "embedding": (
             {
