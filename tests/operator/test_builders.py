@@ -280,8 +280,8 @@ def test_worker_groups_advertise_their_stages_resources():
 
 def test_cpu_group_bounds_follow_stage_hints_or_explicit_values():
     (cpu,) = b.worker_groups(job().spec)
-    # The stages a default job runs: aesthetic filter and captions are off.
-    assert cpu.name == "cpu" and cpu.stages == tuple(s for s in STAGES if s not in ("aesthetic", "caption"))
+    # The stages a default job runs (the optional filters and captions are off).
+    assert cpu.name == "cpu" and cpu.stages == ("probe", "split", "transcode", "motion", "embed", "preview", "write")
     assert cpu.gpus == 0
     # min workers 0.25+1+2+0.5+1+0.5+0.25 = 5.5 CPUs on 4-CPU pods -> 2; max 0.5+4+16+2+2+2+0.5 = 27 -> 7
     assert (cpu.min_replicas, cpu.max_replicas) == (2, 7)
