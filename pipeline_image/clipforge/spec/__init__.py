@@ -3,8 +3,9 @@
 One module per idea: `job` (the manifest and its loading), `sections` (the pipeline's settings),
 `stages` (the stage table), `execution` (how the pipeline runs), `cluster` (the operator's Ray
 cluster), `status` (output files and the operator's status), `report` (the run report the
-pipeline writes and the operator reads: run states, progress.json and summary.json). Everything
-public is re-exported here: `from clipforge.spec import X` works for every public name.
+pipeline writes and the operator reads: run states, progress.json and summary.json). The names
+the rest of the product and the tests use are re-exported here (`from clipforge.spec import X`);
+a stage's own settings model is reached through VideoCurationJobSpec and needs no entry.
 """
 
 from clipforge.spec.base import (
