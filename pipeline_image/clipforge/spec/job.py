@@ -14,7 +14,7 @@ from clipforge.spec.cluster import DNS_SUBDOMAIN, ClusterSpec, RetryBackoffSpec
 from clipforge.spec.execution import ExecutionSpec
 from clipforge.spec.sections import (
     AestheticFilterSpec, CaptionsSpec, DedupSpec, EmbeddingsSpec, InputSpec, ModelsSpec, MotionFilterSpec,
-    OutputSpec, PreviewSpec, SplittingSpec, StorageSpec, TranscodingSpec,
+    OutputSpec, PreviewSpec, SharpnessFilterSpec, SplittingSpec, StorageSpec, TranscodingSpec,
 )
 
 API_GROUP = "clipforge.dev"
@@ -30,6 +30,7 @@ class VideoCurationJobSpec(SpecModel):
     splitting: SplittingSpec = _f(default_factory=SplittingSpec, description="Clip splitting.")
     transcoding: TranscodingSpec = _f(default_factory=TranscodingSpec, description="Clip encoding.")
     motion_filter: MotionFilterSpec = _f(default_factory=MotionFilterSpec, description="Motion filter.")
+    sharpness_filter: SharpnessFilterSpec = _f(default_factory=SharpnessFilterSpec, description="Sharpness filter.")
     previews: PreviewSpec = _f(default_factory=PreviewSpec, description="Animated WebP previews.")
     models: ModelsSpec = _f(default_factory=ModelsSpec, description="Where model weights are staged.")
     embeddings: EmbeddingsSpec = _f(default_factory=EmbeddingsSpec, description="Clip embeddings.")

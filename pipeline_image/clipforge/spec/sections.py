@@ -140,6 +140,19 @@ class MotionFilterSpec(SpecModel):
     )
 
 
+class SharpnessFilterSpec(SpecModel):
+    enabled: bool = _f(
+        False, "Score each clip's sharpness (the variance of the Laplacian of its luma) and filter blurry clips."
+    )
+    threshold: float = _f(
+        100.0,
+        "Clips whose mean frame score is below this go to filtered_clips/. Frames are scored at a short side of"
+        " at most 360 pixels, so the threshold holds at every resolution.",
+        ge=0,
+    )
+    fps: float = _f(1.0, "Frames sampled per second of clip.", gt=0, le=30)
+
+
 class PreviewSpec(SpecModel):
     enabled: bool = _f(True, "Write an animated WebP preview per clip.")
     fps: float = _f(1.0, "Preview frame rate.", gt=0, le=30)

@@ -56,6 +56,10 @@ STAGE_TABLE = (
         "motion", StageResources(cpus=0.5, gpus=0.0, min_workers=1, max_workers=4), "motion_filter",
         lambda spec: spec.motion_filter.mode != MotionMode.disable.value,
     ),
+    StageDeclaration(
+        "sharpness", StageResources(cpus=0.25, gpus=0.0, min_workers=1, max_workers=2), "sharpness_filter",
+        lambda spec: spec.sharpness_filter.enabled,
+    ),
     # Model stages default to CPU so a laptop runs them; GPU clusters set gpus in the spec.
     StageDeclaration(
         "aesthetic", StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=2), "aesthetic_filter",
