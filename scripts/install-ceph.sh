@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages behind tests/s3_server.py: a one-node Ceph cluster (monitor,
+# Installs the Debian packages behind tests/support/s3_server.py: a one-node Ceph cluster (monitor,
 # memstore OSD) with the RADOS gateway serving S3 on loopback. Idempotent and quiet: does
 # nothing when the commands are already there. Run as root (or with sudo) on Debian 12.
 set -euo pipefail

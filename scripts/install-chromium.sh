@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium for the report's browser tests (tests/browser.py drives it headless
+# Installs Debian's chromium for the report's browser tests (tests/support/browser.py drives it headless
 # over the DevTools protocol). Idempotent and quiet: does nothing when chromium is there.
 set -euo pipefail
 

@@ -7,13 +7,16 @@ import uuid
 
 import pytest
 
-# --- S3: a real S3 server (Ceph RADOS gateway on loopback, see tests/s3_server.py) -----------
+# support.markers: the kube/ray/s3/gpu markers, set and checked; pytester: tests/test_markers.py checks them.
+pytest_plugins = ["support.markers", "pytester"]
+
+# --- S3: a real S3 server (Ceph RADOS gateway on loopback, see tests/support/s3_server.py) ---
 
 
 @pytest.fixture(scope="session")
 def s3_server():
     """One throwaway Ceph cluster for the whole session; fails (never skips) when it can't start."""
-    from s3_server import CephS3Gateway
+    from support.s3_server import CephS3Gateway
 
     with CephS3Gateway() as server:
         yield server
@@ -29,7 +32,7 @@ def s3_bucket(s3_server) -> str:
 def pod_s3_server():
     """A Ceph RGW that pods reach: on the pod bridge's host address, where host processes reach it too."""
     from harness import netns
-    from s3_server import CephS3Gateway
+    from support.s3_server import CephS3Gateway
 
     netns.ensure_bridge()
     with CephS3Gateway(bind_address=netns.HOST_IP) as server:
@@ -105,6 +108,20 @@ def kubelet(control_plane, tmp_path_factory):
 
     with ProcessKubelet(control_plane.kubeconfig, tmp_path_factory.mktemp("kubelet"), control_plane.hosts_path) as k:
         yield k
+
+
+@pytest.fixture(scope="module")
+def stack(request, control_plane, kubelet, pod_s3_server, tmp_path_factory):
+    """The operator as the chart deploys it and a `restricted` namespace of the test module's own
+    (tests/support/cluster_jobs.py's Stack): the module names the namespace as NS and may add chart
+    `--set` values as CHART_SETS."""
+    from support.cluster_jobs import make_stack
+
+    module = request.module
+    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp(module.NS), module.NS,
+                       getattr(module, "CHART_SETS", ()))
+    yield stack
+    stack.close()
 
 
 # --- end of Kubernetes fixtures --------------------------------------------------------------

@@ -8,8 +8,6 @@ import pytest
 
 from clipforge.storage import Storage, StorageError
 
-pytestmark = pytest.mark.s3
-
 
 @pytest.fixture
 def storage(s3_server, monkeypatch) -> Storage:

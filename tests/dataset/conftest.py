@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from clipforge.cli import main
 from clipforge.samples import write_samples
-from jobs import FIVE_SECOND_CLIPS, manifest, small_samples, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, manifest, small_samples, write_manifest
 
 # The caption tests' tiny random Qwen2.5-VL: real captions (garbage text) through the real stage.
 from pipeline.test_caption import save_tiny_qwen_vl

@@ -19,7 +19,7 @@ from clipforge import clip_index
 from clipforge.cli import main
 from clipforge.export import MANIFEST, ExportError, export_webdataset
 from clipforge.storage import Storage
-from jobs import load_json
+from support.jobs import load_json
 
 
 def passed_metas(out: Path) -> dict[str, dict]:

@@ -19,7 +19,7 @@ from clipforge.cli import main
 from clipforge.samples import write_samples
 from clipforge.clip_index import CLIP_SCHEMA, VIDEO_SCHEMA
 from clipforge.storage import Storage
-from jobs import FIVE_SECOND_CLIPS, load_json, manifest, small_samples, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, small_samples, write_manifest
 
 # The index's clip columns that are not fields of metas/v0 (clip_index.clip_row derives them).
 DERIVED_CLIP_COLUMNS = ("status", "duration_s")
@@ -139,6 +139,7 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.ray
 def test_ray_data_reads_the_local_index(curated, local_ray):
     dataset = local_ray.data.read_parquet(str(curated / "index" / "clips"))
     rows = dataset.take_all()
@@ -202,7 +203,7 @@ def test_a_rerun_indexes_earlier_and_new_videos(tmp_path):
 # ---------------------------------------------------------------------------------------- S3
 
 
-@pytest.mark.s3
+@pytest.mark.ray
 def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_env, local_ray, upload):
     import duckdb
     from duckdb_extension_httpfs import __file__ as httpfs_package

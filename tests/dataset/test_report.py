@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser import Chromium
+from support.browser import Chromium
 from clipforge import report
 from clipforge.cli import main
 from clipforge.storage import Storage
-from jobs import load_json
+from support.jobs import load_json
 
 ALL_PREVIEWS_DECODED = (
     "(() => { const imgs = [...document.querySelectorAll('#tiles img')];"

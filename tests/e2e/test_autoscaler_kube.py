@@ -27,25 +27,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack, ray_state
+from support.cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, ray_state
 from clipforge.spec import stage_resource_name
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(1500)]  # the first test starts everything
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first test starts everything
 
-NS = "autoscaler"
+NS = "autoscaler"  # the namespace of the module's stack (tests/conftest.py)
 JOB = "autoscale"
 STAGE = "transcode"
 GROUP = f"gpu-{STAGE}"
 IDLE_SECONDS = 10
 LIGHT_STAGES = ("probe", "split", "write")  # one worker each, in the one-pod CPU group
 COPIES = 5  # of the two sample videos: 20 clips, minutes of transcoding
-
-
-@pytest.fixture(scope="module")
-def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
-    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("autoscaler"), NS)
-    yield stack
-    stack.close()
 
 
 def manifest(stack, bucket: str) -> dict:  # noqa: ANN001

@@ -23,23 +23,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, SECRET, make_stack, ray_state
+from support.cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, SECRET, ray_state
 from clipforge.spec import stage_resource_name
-from jobs import decode_clip
+from support.jobs import decode_clip
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
 
-NS = "e2e"
+NS = "e2e"  # the namespace of the module's stack (tests/conftest.py)
 JOB = "curate"
 CPU_STAGES = ("probe", "split", "transcode", "embed", "preview", "write")  # cpu-job.yaml's, but motion
 GPU_STAGE = "motion"
-
-
-@pytest.fixture(scope="module")
-def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
-    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("e2e-operator"), NS)
-    yield stack
-    stack.close()
 
 
 @pytest.fixture(scope="module")

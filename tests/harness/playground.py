@@ -4,7 +4,7 @@
 
 starts, as the operator tests do: the real control plane and KubeRay operator (control_plane.py),
 the process kubelet with a CPU and a (logical) GPU node (process_kubelet.py), a Ceph RADOS gateway
-on the pod bridge (tests/s3_server.py) and the ClipForge operator with the Helm chart's
+on the pod bridge (tests/support/s3_server.py) and the ClipForge operator with the Helm chart's
 ServiceAccount and RBAC (operator_process.py). It uploads sample videos to a bucket, puts the
 gateway's keys in the Secret `clipforge-s3` of the namespace `default`, writes `cpu-job.yaml`
 (examples/cpu-job.yaml pointed at that bucket, sized for a small machine), prints what to type,
@@ -30,11 +30,11 @@ import yaml
 if __package__ in (None, ""):  # run as a script: make `harness` and the test helpers importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster_jobs import make_stack  # noqa: E402
+from support.cluster_jobs import make_stack  # noqa: E402
 from harness import netns  # noqa: E402
 from harness.control_plane import ControlPlane  # noqa: E402
 from harness.process_kubelet import ProcessKubelet  # noqa: E402
-from s3_server import CephS3Gateway  # noqa: E402
+from support.s3_server import CephS3Gateway  # noqa: E402
 
 NAMESPACE = "default"
 JOB = "cpu-demo"

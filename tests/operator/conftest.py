@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster_jobs import never_refused
+from support.cluster_jobs import never_refused
 
 
 @pytest.fixture

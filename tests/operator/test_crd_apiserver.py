@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import manifest
+from support.jobs import manifest
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "crd-tests"

@@ -3,7 +3,7 @@
 The operator runs as the Helm chart deploys it: the chart's ServiceAccount and the RBAC that
 `helm template` renders, under real RBAC authorization, with a token of that ServiceAccount
 (harness/operator_process.py). Every test also fails if the operator was refused anything (403)
-while it ran: a verb or resource the chart forgot shows here. Jobs are tiny (tests/cluster_jobs.py)
+while it ran: a verb or resource the chart forgot shows here. Jobs are tiny (tests/support/cluster_jobs.py)
 and run in a namespace that enforces the `restricted` Pod Security level.
 
 There is no GPU here: the GPU node is logical (`nvidia.com/gpu` capacity and NVIDIA's taint,
@@ -19,20 +19,13 @@ import time
 import pytest
 
 from clipforge.dashboard_gate import STATUS_FIELDS
-from cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, make_stack, refused_calls
+from support.cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, refused_calls
 from harness.operator_process import ChartOperator
 
-pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("never_forbidden"), pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
+pytestmark = [pytest.mark.usefixtures("never_forbidden"), pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
 
-NS = "operator-kube"
+NS = "operator-kube"  # the namespace of the module's stack (tests/conftest.py)
 LIGHT = {"embeddings": {"enabled": False}, "previews": {"enabled": False}}  # probe, split, transcode, motion, write
-
-
-@pytest.fixture(scope="module")
-def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
-    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("operator-kube"), NS)
-    yield stack
-    stack.close()
 
 
 def events_of(stack, job: str) -> list[tuple[str, str]]:  # noqa: ANN001

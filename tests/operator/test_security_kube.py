@@ -15,28 +15,26 @@ import json
 
 import pytest
 
-from cluster_jobs import SECRET, make_stack
+from support.cluster_jobs import SECRET
 
-pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("never_forbidden"), pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.usefixtures("never_forbidden"), pytest.mark.slow, pytest.mark.timeout(900)]
 
-NS = "security-kube"
+NS = "security-kube"  # the namespace of the module's stack (tests/conftest.py)
 TEAM_SECRET = "team-s3"  # allowed beside the chart's default clipforge-s3
 UNRELATED = "database-password"  # a Secret of the namespace that no job may name
 RUNNER = "model-reader"  # the one service account jobs may ask for
-SETS = (f"jobPolicy.allowedCredentialsSecrets={{{SECRET},{TEAM_SECRET}}}",
+CHART_SETS = (f"jobPolicy.allowedCredentialsSecrets={{{SECRET},{TEAM_SECRET}}}",
         f"jobPolicy.allowedServiceAccounts={{{RUNNER}}}")
 NOWHERE = {"no-such-label": "x"}  # pods are admitted and then never scheduled
 
 
-@pytest.fixture(scope="module")
-def stack(control_plane, kubelet, pod_s3_server, tmp_path_factory):
-    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp("security-kube"), NS, SETS)
+@pytest.fixture(scope="module", autouse=True)
+def namespace_objects(stack):  # noqa: ANN001
+    """The Secrets and the service account the tests name, in the stack's namespace."""
     for name in (TEAM_SECRET, UNRELATED):
         stack.cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
                         "type": "Opaque", "stringData": {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "v"}})
     stack.cp.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": RUNNER, "namespace": NS}})
-    yield stack
-    stack.close()
 
 
 def job(name: str, **spec) -> dict:  # noqa: ANN003

@@ -22,8 +22,8 @@ STAGE_SAMPLE_GOP = 48
 
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory) -> Path:
-    """tests/jobs.py's small_samples(), written once for the whole-job tests."""
-    from jobs import small_samples
+    """tests/support/jobs.py's small_samples(), written once for the whole-job tests."""
+    from support.jobs import small_samples
 
     directory = tmp_path_factory.mktemp("samples")
     write_samples(directory, small_samples())

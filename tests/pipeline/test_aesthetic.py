@@ -21,7 +21,7 @@ from clipforge.frames import FrameRequest, fit_short_side, sample_encoded, sampl
 from clipforge.models import ModelNotFoundError  # noqa: E402
 from clipforge.samples import write_samples  # noqa: E402
 from clipforge.stages.aesthetic import AestheticScorer, AestheticStage, clip_vision_config, reduce_scores  # noqa: E402
-from jobs import load_json, manifest, small_samples, write_manifest  # noqa: E402
+from support.jobs import load_json, manifest, small_samples, write_manifest  # noqa: E402
 
 PROJECTION = 16
 BIAS = 5.0
@@ -196,7 +196,7 @@ def test_reduce_scores():
         reduce_scores(np.array([1.0]), "max")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_scores_match_cpu(models_root, stage_source):
     frames = source_frames(stage_source, 0, 48, 4)
     clip_dir, mlp_dir = models_root / "clip-vit-large-patch14", models_root / "laion-aesthetic-mlp"

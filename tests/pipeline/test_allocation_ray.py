@@ -49,6 +49,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.ray
 def test_a_stage_told_to_shrink_stops_feeding_its_busy_actors_and_releases_one(tmp_path, monkeypatch, local_ray):
     records = tmp_path / "records"
     records.mkdir()

@@ -28,7 +28,7 @@ from clipforge.stages.caption import (  # noqa: E402
     compute_windows,
     window_frame_count,
 )
-from jobs import load_json, manifest, small_samples, write_manifest  # noqa: E402
+from support.jobs import load_json, manifest, small_samples, write_manifest  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|image_pad|>", "<|video_pad|>"]
@@ -258,7 +258,7 @@ def test_models_check_lists_caption_files(models_root, tmp_path, make_spec):
     assert any(str(tmp_path / "enhancer") in p for p in problems)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_captions_on_cuda(models_root, stage_clips, make_spec, transcoded):
     spec = captions_spec(make_spec, models_root, fps=4)
     stage = CaptionStage(spec)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from clipforge.samples import SampleVideo, Segment, write_samples
-from jobs import FIVE_SECOND_CLIPS, clipforge, load_json, manifest, worker_hooks, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, clipforge, load_json, manifest, worker_hooks, write_manifest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_the_chunks_of_one_video_go_to_several_workers(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from jobs import load_json, manifest, write_manifest
+from support.jobs import load_json, manifest, write_manifest
 
 from clipforge.cli import main
 from clipforge.dedup import deduplicate, normalize
@@ -148,6 +148,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.ray
 def test_ray_and_in_process_agree(ray_cluster):
     rng = np.random.default_rng(3)
     ids, vectors, _ = synthetic(seed=11, distinct=3000)
@@ -317,7 +318,6 @@ def test_local_job_with_embeddings_finds_the_copies_and_nothing_else(tmp_path):
     assert len(pd.read_parquet(out / "dedup" / "kept.parquet")) == 8
 
 
-@pytest.mark.s3
 def test_cli_dedup_on_s3(tmp_path, monkeypatch, capsys, s3_server, s3_bucket):
     import io
 

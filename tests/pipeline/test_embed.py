@@ -128,7 +128,7 @@ def test_frames_come_at_the_size_each_model_takes(scene_clips, model_root, make_
         assert indices == ([0, 12, 24, 36] if algorithm != "cosmos-embed1-224p" else [0, 6, 12, 18, 24, 30, 36, 42])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_efficientnet_lite0_on_cuda_matches_cpu(scene_clips, make_spec):
     spec = make_spec()
     clip = scene_clips.clips[0]
@@ -370,7 +370,7 @@ def test_models_uri_unset_is_reported(make_spec):
 
 
 def _job(tmp_path: Path, **spec) -> Path:
-    from jobs import manifest, write_manifest
+    from support.jobs import manifest, write_manifest
 
     return write_manifest(tmp_path / "job.yaml", manifest(str(tmp_path / "in"), str(tmp_path / "out"), **spec))
 
@@ -406,7 +406,6 @@ def test_embedding_pickle_round_trips():
     assert b.dtype == np.float16 and b.shape == (1, 8) and np.array_equal(a, b)
 
 
-@pytest.mark.s3
 def test_models_under_s3_are_staged_once_into_the_cache(tmp_path, model_root, s3_server, s3_bucket, monkeypatch,
                                                        scene_clips, make_spec):
     for key, value in s3_server.env().items():
@@ -439,6 +438,7 @@ def test_models_under_s3_are_staged_once_into_the_cache(tmp_path, model_root, s3
         models.model_dir(missing, "siglip")
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_ray_job_writes_the_embeddings(tmp_path, samples_dir):
     """The embed stage as a Ray actor: a pickle per embedded clip and a parquet per video."""
@@ -446,7 +446,7 @@ def test_ray_job_writes_the_embeddings(tmp_path, samples_dir):
     import subprocess
 
     import pandas as pd
-    from jobs import FIVE_SECOND_CLIPS, manifest, write_manifest
+    from support.jobs import FIVE_SECOND_CLIPS, manifest, write_manifest
 
     out = tmp_path / "out"
     job = write_manifest(tmp_path / "job.yaml", manifest(

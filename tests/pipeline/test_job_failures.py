@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from clipforge.cli import main
-from jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, worker_hooks, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, worker_hooks, write_manifest
 
 def run_local(tmp_path: Path, inputs: Path, out: Path, **failures) -> int:
     spec = {"splitting": FIVE_SECOND_CLIPS, "embeddings": {"enabled": False},
@@ -53,6 +53,7 @@ def test_more_failed_videos_than_the_spec_allows_fail_the_job(tmp_path, one_brok
     assert f"job failed: {summary['message']}" in capsys.readouterr().out
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_a_video_that_kills_its_worker_and_one_that_hangs_fail_alone(tmp_path, samples_dir):
     """Real Ray worker processes die (SIGKILL) on one chunk of one video and hang on another video.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from clipforge.cli import main
 from clipforge.tasks import clip_uuid
-from jobs import FIVE_SECOND_CLIPS, decode_clip, load_json, manifest, tree, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, decode_clip, load_json, manifest, tree, write_manifest
 
 
 def expected_spans(samples_dir: Path) -> dict[str, tuple[str, int, int]]:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from harness.processes import descendants
-from jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, tree, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, tree, write_manifest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def many_videos(tmp_path_factory, samples_dir) -> Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from clipforge.samples import write_samples
-from jobs import FIVE_SECOND_CLIPS, decode_clip, manifest, small_samples, tree, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, decode_clip, manifest, small_samples, tree, write_manifest
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 SPEC = {
     "splitting": FIVE_SECOND_CLIPS,
@@ -47,6 +47,7 @@ def shape(layout: list[str], metas: dict[str, dict]) -> set[str]:
     return names
 
 
+@pytest.mark.ray
 def test_s3_job_reads_and_writes_buckets_with_the_local_layout(tmp_path, s3_server, s3_bucket):
     local_in = tmp_path / "in"
     write_samples(local_in, small_samples())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from jobs import run_stage
+from support.jobs import run_stage
 
 from clipforge.samples import SampleVideo, Segment, frames, write_video
 from clipforge.stages.motion import (

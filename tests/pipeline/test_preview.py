@@ -8,7 +8,7 @@ import struct
 
 import av
 import numpy as np
-from jobs import run_stage
+from support.jobs import run_stage
 from PIL import Image
 
 from clipforge.stages.preview import PreviewStage, preview_indices, preview_size

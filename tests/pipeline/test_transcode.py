@@ -8,7 +8,7 @@ import os
 import av
 import numpy as np
 import pytest
-from jobs import run_stage
+from support.jobs import run_stage
 
 from clipforge.codec.encode import output_size, parse_bitrate
 from clipforge.samples import SampleVideo, Segment, write_video

@@ -88,5 +88,5 @@ def clipforge(*args: str, env: dict | None = None, **kwargs) -> subprocess.Compl
 
 def worker_hooks(hooks: str, **env: str) -> dict:
     """Environment that puts tests/pipeline/worker_hooks (crash, hang, trace) in a run's Ray workers."""
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent / "pipeline" / "worker_hooks"), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parents[1] / "pipeline" / "worker_hooks"), os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path, "CLIPFORGE_TEST_HOOKS": hooks, **env}

@@ -24,9 +24,9 @@ import yaml
 
 from clipforge.samples import write_samples
 from harness.operator_process import DEFAULT_SETS, ChartOperator
-from jobs import small_samples
+from support.jobs import small_samples
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 POD = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
 # One worker of a quarter CPU per stage (at most two): every stage's workers fit two one-CPU pods.

@@ -314,7 +314,7 @@ rgw dynamic resharding = false
 
 
 def main() -> None:
-    """`python3 tests/s3_server.py`: start a cluster, print its start time and address, stop it."""
+    """`PYTHONPATH=tests python3 -m support.s3_server`: start a cluster, print its start time and address, stop it."""
     gateway = CephS3Gateway()
     with gateway as server:
         print(f"started in {gateway.start_seconds:.1f}s: {server}")
