@@ -1,6 +1,6 @@
 """Frames for the per-clip stages, taken from the one decode of the source that transcode does.
 
-Motion, aesthetic, embed, caption and preview each declare a `FrameRequest`: which of a clip's
+The stages that look at a clip's pictures each declare a `FrameRequest`: which of a clip's
 frames they look at (clip-relative indices), at what size and in what pixel format. Transcode
 decodes every source frame once; as it hands a frame to a clip's encoder, a `FrameSampler`
 converts it for each request that wants that index, and the clip carries the results to the
