@@ -112,6 +112,10 @@ def chunk_summary(task: VideoTask, settings: dict) -> dict:
 class WriteStage(Stage):
     name = "write"
 
+    def __init__(self, spec: VideoCurationJobSpec, pipeline: Sequence[type[Stage]]):
+        # Required, as transcode's: each clip's expected outputs are those of the job's stages.
+        super().__init__(spec, pipeline)
+
     def setup(self) -> None:
         self.storage = Storage.from_spec(self.spec.storage)
         self.root = self.spec.output.uri
