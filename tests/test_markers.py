@@ -106,8 +106,9 @@ def test_a_test_that_leaves_a_ray_session_without_the_marker_fails(pytester, mon
 
 
 @pytest.mark.ray
-def test_an_unmarked_test_that_starts_ray_fails(pytester):
+def test_an_unmarked_test_that_starts_ray_in_its_process_or_a_child_fails(pytester):
     pytester.makepyfile("""
+        import subprocess, sys
         import pytest
         import ray
 
@@ -116,9 +117,13 @@ def test_an_unmarked_test_that_starts_ray_fails(pytester):
             ray.shutdown()
 
         def test_unmarked(): start_and_stop()
+        def test_unmarked_child():
+            subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False)"], check=True)
         @pytest.mark.ray
         def test_marked(): start_and_stop()
     """)
     result = pytester.runpytest("-p", "support.markers")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*test_unmarked started Ray (session_*) but is not marked `ray`*"])
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(["*test_unmarked started Ray (session_*) but is not marked `ray`*",
+                                 "*test_unmarked_child started Ray (session_*) but is not marked `ray`*"],
+                                consecutive=False)
