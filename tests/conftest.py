@@ -52,7 +52,13 @@ def _versions_line(versions: dict[str, str]) -> str:
     return ", ".join(f"{name} {version}" for name, version in versions.items())
 
 
-def pytest_report_header(config) -> str:
+def pytest_report_header(config) -> list[str]:
+    from harness.node_cluster import report_header
+
+    return [_kube_binaries_header(), *report_header()]
+
+
+def _kube_binaries_header() -> str:
     from harness import kube_binaries
 
     built = kube_binaries.built()
@@ -68,15 +74,20 @@ def pytest_report_header(config) -> str:
 
 def pytest_collection_finish(session) -> None:
     """Builds missing kube binaries before any test runs (outside the per-test timeout), if a test needs them."""
-    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+    fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    # The real nodes' tests (harness_tests/test_node.py) run a control plane of their own.
+    for node, needed_by in ((False, {"control_plane", "real_nodes"}), (True, {"real_nodes"})):
+        if not fixtures & needed_by:
+            continue
         from harness import kube_binaries
 
-        if kube_binaries.built() is None:
+        if kube_binaries.built(node=node) is None:
             reporter = session.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
-                reporter.write_line("building the kube binaries from their Go modules (once per version) ...")
+                reporter.write_line(f"building the {'node' if node else 'kube'} binaries from their Go modules"
+                                    " (once per version) ...")
             try:
-                kube_binaries.ensure_built()
+                kube_binaries.ensure_built(node=node)
             except kube_binaries.KubeBinariesError as exc:  # failed once: the tests that need them report it
                 session.config.stash[_KUBE_BUILD_FAILED] = exc
 

@@ -193,6 +193,11 @@ class ControlPlane:
         cert, key = self._ca.issue(f"user-{safe}", user, groups=groups)
         return self._write_kubeconfig(safe, {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)})
 
+    def serving_certificate(self, name: str, common_name: str, *, ips: tuple[str, ...]) -> tuple[Path, Path]:
+        """A serving certificate and key from the CA (a kubelet's, which the API server verifies)."""
+        assert self._ca is not None, "start() first"
+        return self._ca.issue(name, common_name, dns=(common_name,), ips=ips)
+
     def service_account_token(self, namespace: str, name: str, duration: str = "1h") -> str:
         """A token for the ServiceAccount from the TokenRequest API (what a pod's projected token is)."""
         return self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
@@ -320,6 +325,10 @@ class ControlPlane:
         (pki / "service-account.pub").write_bytes(sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         self._admin_cert = self._ca.issue("admin", "admin", groups=("system:masters",))
+        # `kubectl logs/exec` go through the API server to a kubelet: it proves itself with this
+        # certificate, checks the kubelet's against the CA, and dials the node's InternalIP.
+        kubelet_client = self._ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                        groups=("system:masters",))
 
         self.port = free_port(self.host)
         self.server = f"https://{self.host}:{self.port}"
@@ -335,6 +344,8 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'service-account.pub'}",
             f"--service-account-signing-key-file={pki / 'service-account.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
+            f"--kubelet-certificate-authority={self.ca_path}", "--kubelet-preferred-address-types=InternalIP",
             f"--cert-dir={pki}",
             "--profiling=false",
         ])

@@ -62,7 +62,7 @@ def with_hosts_file(argv: list[str], hosts: Path) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts), *argv]
 
 
-def _lock_address(address: str) -> int | None:
+def lock_address(address: str) -> int | None:
     """A descriptor holding `address`'s flock, or None when another live process holds it."""
     ADDRESS_LOCKS.mkdir(parents=True, exist_ok=True)
     fd = os.open(ADDRESS_LOCKS / address, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
@@ -125,7 +125,7 @@ class PodNetwork:
                 address = str(ipaddress.ip_address(candidate))
                 if address.endswith((".0", ".255")):
                     continue
-                fd = _lock_address(address)
+                fd = lock_address(address)
                 if fd is None:
                     continue
                 network = cls(address, fd)
@@ -159,7 +159,7 @@ def remove_stale_pod_networks() -> list[str]:
             continue
         if ipaddress.ip_address(address) not in POD_CIDR:
             continue
-        fd = _lock_address(address)
+        fd = lock_address(address)
         if fd is None:
             continue
         PodNetwork(address, fd).delete()

@@ -1,0 +1,437 @@
+"""Real Kubernetes nodes for the tests: containerd, runc, CNI, kubelet and kube-proxy, contained.
+
+Each node is the real thing (scripts/build-kube-binaries.sh --node builds kubelet, kube-proxy,
+pause, containerd with its runc shim, and CoreDNS from their Go modules; runc and the CNI plugins
+are Debian's), run inside namespaces of its own so the host is left as it was:
+
+- a network namespace: `eth0` on the host's test bridge (netns.BRIDGE) with a node address
+  (10.200.254.<slot>), a default route to the host (netns.HOST_IP, where the API server and the
+  test S3 server listen), the CNI bridge `cni0` with the node's pod subnet (10.201.<slot>.0/24),
+  forwarding and kube-proxy's nftables rules (nftables mode), and one masquerade rule for what
+  pods send to the host. Routes to the other nodes' pod subnets go via their addresses, across
+  the host bridge (the host itself never forwards). Host sysctls and the host firewall are not
+  touched; all of it vanishes with the namespace.
+- a mount namespace: work-directory folders over /var/lib, /var/log and /run (so
+  /var/lib/kubelet, /var/log/pods, /var/log/containers, /var/lib/cni, /run/containerd,
+  /run/netns are the node's own), and files over the /proc/sys entries the kubelet rewrites
+  (vm.overcommit_memory, vm.panic_on_oom, kernel.panic, kernel.panic_on_oops,
+  kernel.keys.root_maxkeys, kernel.keys.root_maxbytes).
+- cgroups under /clipforge-node-<slot> (the kubelet's cgroupRoot; the daemons in `system`
+  under it), cgroup v1 with the cgroupfs driver.
+
+A node's slot is a machine-wide flock on its address (the lock netns.py takes for pod addresses),
+so concurrent test sessions never share one, and a slot whose owner died is swept when claimed:
+everything in its cgroups is killed, the cgroups removed, its host veth deleted.
+
+Settings this machine needs (../shared/notes/real-node-facts.md): root lacks CAP_SYS_RESOURCE, so
+containerd runs with restrict_oom_score_adj and the kubelet with oomScoreAdj 0; cgroup v1 needs
+failCgroupV1: false; makeIPTablesUtilChains: false; kube-proxy's conntrack settings are zero (it
+leaves conntrack sysctls alone).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import kube_binaries, netns
+from harness.oci_archive import ImageSpec, normalized_name, write_archive
+from harness.processes import die_with_parent, log_tail
+
+CLUSTER_POD_CIDR = ipaddress.ip_network("10.201.0.0/16")
+CLUSTER_DNS_IP = "10.96.0.10"  # in control_plane.SERVICE_CIDR
+CLUSTER_DOMAIN = "cluster.local"
+NODE_ADDRESS_PREFIX = "10.200.254."  # .<slot> on the host bridge (netns.POD_CIDR, below the process kubelet's range)
+MAX_SLOT = 250
+CGROUP_FS = Path("/sys/fs/cgroup")
+CNI_BIN_DIR = Path("/usr/lib/cni")
+RUNC = Path("/usr/sbin/runc")
+# /proc/sys entries the kubelet writes (container_manager_linux.go setupKernelTunables).
+KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+                   "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+START_TIMEOUT_S = 120.0
+
+
+class NodeError(RuntimeError):
+    """A node's daemon failed; the message names it and carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node to run: its name, labels, taints and extended resources (advertised by a status patch)."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: tuple[dict, ...] = ()
+    extended_resources: dict[str, str] = field(default_factory=dict)
+
+
+CPU_NODE = NodeSpec("cpu-node")
+GPU_NODE = NodeSpec("gpu-node", labels={"nvidia.com/gpu.present": "true", "nvidia.com/gpu.count": "2"},
+                    taints=(GPU_TAINT,), extended_resources={"nvidia.com/gpu": "2"})
+
+
+def node_address(slot: int) -> str:
+    return f"{NODE_ADDRESS_PREFIX}{slot}"
+
+
+def pod_subnet(slot: int) -> ipaddress.IPv4Network:
+    return ipaddress.ip_network(f"10.201.{slot}.0/24")
+
+
+def cgroup_root(slot: int) -> str:
+    return f"clipforge-node-{slot}"
+
+
+def host_veth(slot: int) -> str:
+    return f"cfnode{slot}"
+
+
+# -- slots and what a dead owner left behind ---------------------------------------------------
+
+def _cgroup_dirs(slot: int) -> list[Path]:
+    """The slot's cgroup directories in every mounted hierarchy, deepest first."""
+    found = []
+    for hierarchy in sorted(p for p in CGROUP_FS.iterdir() if p.is_dir()):
+        root = hierarchy / cgroup_root(slot)
+        if root.is_dir():
+            found += sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            found.append(root)
+    return found
+
+
+def _kill_cgroups(slot: int, timeout: float = 20.0) -> None:
+    """SIGKILLs every process in the slot's cgroups and removes them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = set()
+        for d in _cgroup_dirs(slot):
+            try:
+                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        busy = []
+        for d in _cgroup_dirs(slot):
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                busy.append(d)
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise NodeError(f"cannot remove the cgroups of node slot {slot}: {', '.join(map(str, busy))}")
+        time.sleep(0.1)
+
+
+def sweep(slot: int) -> None:
+    """Removes what a node in `slot` left behind (its processes, cgroups and host veth); the slot must be held."""
+    _kill_cgroups(slot)
+    subprocess.run(["ip", "link", "del", host_veth(slot)], capture_output=True)
+
+
+def claim_slot(taken: set[int]) -> tuple[int, int]:
+    """A free slot (not in `taken`) and the descriptor holding its lock, swept of a dead owner's leftovers."""
+    for slot in range(1, MAX_SLOT + 1):
+        if slot in taken:
+            continue
+        fd = netns.lock_address(node_address(slot))
+        if fd is not None:
+            sweep(slot)
+            return slot, fd
+    raise NodeError(f"no free node slot (1-{MAX_SLOT})")
+
+
+def _make_cgroup(path: str) -> None:
+    """Creates cgroup `path` in every hierarchy (cpuset's cpus and mems copied from the root)."""
+    for hierarchy in (p for p in CGROUP_FS.iterdir() if p.is_dir()):
+        d = hierarchy / path
+        d.mkdir(parents=True, exist_ok=True)
+        if (hierarchy / "cpuset.cpus").exists():
+            for parent in [*reversed(d.relative_to(hierarchy).parents), d.relative_to(hierarchy)]:
+                if str(parent) == ".":
+                    continue
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    target = hierarchy / parent / name
+                    if not target.read_text().strip():
+                        target.write_text((hierarchy / parent).parent.joinpath(name).read_text())
+
+
+def _join_cgroup(path: str, pid: int) -> None:
+    for hierarchy in (p for p in CGROUP_FS.iterdir() if p.is_dir()):
+        (hierarchy / path / "cgroup.procs").write_text(f"{pid}\n")
+
+
+# -- images -------------------------------------------------------------------------------------
+
+def node_images(bin_dir: Path, versions: dict[str, str]) -> list[ImageSpec]:
+    """The images every node has: the sandbox's (Kubernetes' pause) and cluster DNS's (CoreDNS)."""
+    return [
+        ImageSpec(sandbox_image(versions), files={"/pause": bin_dir / "pause"}, entrypoint=["/pause"]),
+        ImageSpec(coredns_image(versions), files={"/coredns": bin_dir / "coredns"}, entrypoint=["/coredns"]),
+    ]
+
+
+def sandbox_image(versions: dict[str, str]) -> str:
+    return f"clipforge.test/pause:{versions['kubelet']}"
+
+
+def coredns_image(versions: dict[str, str]) -> str:
+    return f"clipforge.test/coredns:{versions['coredns']}"
+
+
+# -- one node -----------------------------------------------------------------------------------
+
+class Node:
+    """One real node; Nodes (node_cluster.py) starts and stops them, with CoreDNS."""
+
+    def __init__(self, spec: NodeSpec, slot: int, lock_fd: int, workdir: Path, bin_dir: Path,
+                 control_plane, sandbox_image: str):  # noqa: ANN001
+        self.spec = spec
+        self.sandbox_image = sandbox_image
+        self.slot = slot
+        self._lock_fd = lock_fd
+        self.workdir = workdir
+        self.bin_dir = bin_dir
+        self.control_plane = control_plane
+        self.address = node_address(slot)
+        self.pod_subnet = pod_subnet(slot)
+        self.cgroup_root = cgroup_root(slot)
+        self.logs_dir = workdir / "logs"
+        # containerd's own defaults, inside the node's mount namespace (under its /var/lib and /run)
+        self.containerd_socket = Path("/run/containerd/containerd.sock")
+        self._holder: subprocess.Popen | None = None
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start_namespaces(self, peers: list[Node]) -> None:
+        """The node's mount and network namespaces, its cgroups, and its link to the host bridge."""
+        for sub in ("logs", "containerd", "cni", "sysctl", "var-lib", "var-log", "run", "pki"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        _make_cgroup(f"{self.cgroup_root}/system")
+        binds = [f'mount --bind "{self.workdir}/{sub}" {target}'
+                 for sub, target in (("var-lib", "/var/lib"), ("var-log", "/var/log"), ("run", "/run"))]
+        for entry in KUBELET_SYSCTLS:
+            copy = self.workdir / "sysctl" / entry.replace("/", ".")
+            copy.write_text(Path("/proc/sys", entry).read_text())
+            binds.append(f'mount --bind "{copy}" /proc/sys/{entry}')
+        # The holder keeps both namespaces while the daemons start; they join it with nsenter.
+        script = " && ".join([*binds, "echo ready", "exec sleep infinity"])
+        self._holder = subprocess.Popen(
+            die_with_parent(["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script]),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        _join_cgroup(f"{self.cgroup_root}/system", self._holder.pid)
+        if self._holder.stdout.readline().strip() != "ready":
+            raise NodeError(f"node {self.spec.name}: its namespaces failed: {self._holder.stderr.read()}")
+        pid = str(self._holder.pid)
+        netns.ensure_bridge()
+        _run("ip", "link", "add", host_veth(self.slot), "type", "veth", "peer", "name", "eth0", "netns", pid)
+        _run("ip", "link", "set", host_veth(self.slot), "master", netns.BRIDGE, "up")
+        inside = ["nsenter", "-t", pid, "-n", "--"]
+        _run(*inside, "ip", "link", "set", "lo", "up")
+        _run(*inside, "ip", "addr", "add", f"{self.address}/{netns.PREFIX_LEN}", "dev", "eth0")
+        _run(*inside, "ip", "link", "set", "eth0", "up")
+        _run(*inside, "ip", "route", "add", "default", "via", netns.HOST_IP)
+        for peer in peers:
+            _run(*inside, "ip", "route", "add", str(peer.pod_subnet), "via", peer.address)
+        # This namespace's own sysctls: it routes between pods, the host bridge and its peers.
+        _run(*inside, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        # What pods send to the host leaves with the node's address (the host has no route back).
+        ruleset = (f"table ip clipforge-node {{\n chain postrouting {{\n"
+                   f"  type nat hook postrouting priority srcnat;\n"
+                   f'  ip saddr {self.pod_subnet} ip daddr != {CLUSTER_POD_CIDR} oifname "eth0" masquerade\n }}\n}}\n')
+        subprocess.run([*inside, "nft", "-f", "-"], input=ruleset, text=True, check=True, capture_output=True)
+
+    def start_containerd(self) -> None:
+        config = self.workdir / "containerd" / "config.toml"
+        config.write_text(self._containerd_config())
+        self._spawn("containerd", [str(self.bin_dir / "containerd"), "--config", str(config)])
+        self._wait("containerd", "its socket", lambda: self.ctr("version", check=False).returncode == 0)
+
+    def import_image(self, archive: Path, name: str) -> None:
+        """Imports an OCI archive into the node's containerd (namespace k8s.io) as `name`."""
+        full = normalized_name(name)
+        repository = full.rsplit(":", 1)[0]
+        self.ctr("images", "import", "--base-name", repository, str(archive), timeout=900)
+        listed = self.ctr("images", "ls", "-q").stdout.split()
+        if full not in listed:
+            raise NodeError(f"importing {archive} into node {self.spec.name} gave {listed}, not {full}")
+
+    def start_kubelet(self) -> None:
+        pki = self.workdir / "pki"
+        cp = self.control_plane
+        cert, key = cp.serving_certificate(f"kubelet-{self.spec.name}", self.spec.name, ips=(self.address,))
+        shutil.copy(cert, pki / "kubelet.crt")
+        shutil.copy(key, pki / "kubelet.key")
+        kubeconfig = cp.client_kubeconfig(f"system:node:{self.spec.name}", groups=("system:nodes",))
+        resolv = self.workdir / "resolv.conf"
+        resolv.write_text("# no DNS server outside the cluster in tests\n")
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "address": self.address, "port": 10250, "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+            "tlsCertFile": str(pki / "kubelet.crt"), "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                               "x509": {"clientCAFile": str(cp.ca_path)}},
+            "authorization": {"mode": "Webhook"},
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{self.cgroup_root}", "failCgroupV1": False,
+            "failSwapOn": False, "oomScoreAdj": 0, "makeIPTablesUtilChains": False,
+            "clusterDNS": [CLUSTER_DNS_IP], "clusterDomain": CLUSTER_DOMAIN, "resolvConf": str(resolv),
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+                             "nodefs.inodesFree": "1%"},
+            "registerWithTaints": [dict(t) for t in self.spec.taints],
+            "serializeImagePulls": False,
+            "shutdownGracePeriod": "0s",
+        }
+        path = self.workdir / "kubelet.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        labels = ",".join(f"{k}={v}" for k, v in self.spec.labels.items())
+        self._spawn("kubelet", [
+            str(self.bin_dir / "kubelet"), f"--config={path}", f"--kubeconfig={kubeconfig}",
+            f"--hostname-override={self.spec.name}", f"--node-ip={self.address}", "--v=2",
+            *([f"--node-labels={labels}"] if labels else []),
+        ])
+
+    def start_kube_proxy(self) -> None:
+        kubeconfig = self.control_plane.client_kubeconfig("system:kube-proxy")
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "mode": "nftables", "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "hostnameOverride": self.spec.name, "clusterCIDR": str(CLUSTER_POD_CIDR),
+            "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+            # zeros: kube-proxy leaves every conntrack sysctl as it is
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s",
+                          "udpTimeout": "0s", "udpStreamTimeout": "0s"},
+        }
+        path = self.workdir / "kube-proxy.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        self._spawn("kube-proxy", [str(self.bin_dir / "kube-proxy"), f"--config={path}", "--v=2"])
+        self._wait("kube-proxy", "its nftables table", lambda: "table ip kube-proxy" in self.run_inside(
+            ["nft", "list", "tables"], check=False).stdout)
+
+    def stop(self) -> None:
+        """Kills the daemons, every pod's processes and shim, and removes its cgroups (idempotent)."""
+        kubelet = self._procs.get("kubelet")
+        if kubelet is not None and kubelet.poll() is None:
+            kubelet.terminate()
+            try:
+                kubelet.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_cgroups(self.slot)  # daemons, shims, containers: the namespaces die with the last of them
+        for proc in [*self._procs.values(), *([self._holder] if self._holder else [])]:
+            proc.wait()
+        self._procs.clear()
+        self._holder = None
+        subprocess.run(["ip", "link", "del", host_veth(self.slot)], capture_output=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """containerd's ctr on this node (namespace k8s.io, the CRI's); host paths outside /var/lib and /run work."""
+        argv = [str(self.bin_dir / "ctr"), "--namespace", "k8s.io", *args]
+        done = self.run_inside(argv, check=False, timeout=timeout)
+        if check and done.returncode != 0:
+            raise NodeError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
+        return done
+
+    def run_inside(self, argv: list[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """argv in the node's mount and network namespaces."""
+        assert self._holder is not None, "start_namespaces() first"
+        return subprocess.run(["nsenter", "-t", str(self._holder.pid), "-m", "-n", "--", *argv],
+                              capture_output=True, text=True, check=check, timeout=timeout)
+
+    def daemon_pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self._procs.items()}
+
+    def check_running(self) -> None:
+        for name, proc in self._procs.items():
+            if proc.poll() is not None:
+                raise self._error(name, f"exited with status {proc.returncode}")
+
+    def _containerd_config(self) -> str:
+        runtime = "plugins.'io.containerd.cri.v1.runtime'"
+        return f"""version = 3
+[plugins.'io.containerd.internal.v1.opt']
+  path = "/var/lib/containerd/opt"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{normalized_name(self.sandbox_image)}"
+[{runtime}]
+  restrict_oom_score_adj = true
+  [{runtime}.containerd]
+    default_runtime_name = "runc"
+    [{runtime}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{runtime}.containerd.runtimes.runc.options]
+        BinaryName = "{RUNC}"
+        SystemdCgroup = false
+  [{runtime}.cni]
+    bin_dirs = ["{CNI_BIN_DIR}"]
+    conf_dir = "{self._write_cni_config()}"
+"""
+
+    def _write_cni_config(self) -> Path:
+        conf_dir = self.workdir / "cni"
+        gateway = str(next(self.pod_subnet.hosts()))
+        (conf_dir / "10-clipforge.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "clipforge-pods",
+            "plugins": [{
+                "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": str(self.pod_subnet), "gateway": gateway}]],
+                         "routes": [{"dst": "0.0.0.0/0"}]},
+            }],
+        }, indent=2))
+        return conf_dir
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        assert self._holder is not None, "start_namespaces() first"
+        env = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        with open(self.logs_dir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                die_with_parent(["nsenter", "-t", str(self._holder.pid), "-m", "-n", "--", *argv]),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        _join_cgroup(f"{self.cgroup_root}/system", proc.pid)
+        self._procs[name] = proc
+
+    def _wait(self, name: str, what: str, ready, timeout: float = START_TIMEOUT_S) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self.check_running()
+            if time.monotonic() > deadline:
+                raise self._error(name, f"not ready after {timeout:.0f}s: waited for {what}")
+            time.sleep(0.1)
+
+    def _error(self, name: str, message: str) -> NodeError:
+        log = self.logs_dir / f"{name}.log"
+        return NodeError(f"node {self.spec.name}: {name} {message}\n--- last lines of {log} ---\n{log_tail(log, 40)}")
+
+
+def _run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NodeError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
