@@ -8,9 +8,12 @@ plane of their own: the session's has the process kubelet's nodes, under the sam
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import json
+import os
 import re
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 
 from harness import netns
 from harness.control_plane import ControlPlane
-from harness.node import CLUSTER_POD_CIDR, KUBELET_SYSCTLS, NodeSpec, cgroup_root, host_veth
+from harness.node import CLUSTER_POD_CIDR, KUBELET_SYSCTLS, NodeSpec, cgroup_root, claim_slot, host_veth
 from harness.node_cluster import Nodes
 from harness.oci_archive import ImageSpec, write_archive
 from harness.waiting import eventually
@@ -189,6 +192,19 @@ def test_the_gpu_node_is_tainted_and_advertises_gpus(cp: ControlPlane, ns: str):
     assert _wait(cp, ns, "gpu", _ready, "pod gpu to be Ready")["spec"]["nodeName"] == "gpu-node"
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie nobody reaped yet does not: the shims' parent is init)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _slot_processes(slot: int) -> set[int]:
+    return {int(pid) for procs in Path("/sys/fs/cgroup/memory", cgroup_root(slot)).rglob("cgroup.procs")
+            for pid in procs.read_text().split()}
+
+
 def _host_state(workdir: Path) -> dict:
     """What a node must not change on the host: the sysctls it writes, forwarding, firewall tables, mounts."""
     return {
@@ -218,5 +234,34 @@ def test_a_node_leaves_nothing_behind_and_the_host_unchanged(cp: ControlPlane, b
     assert _host_state(tmp_path) == before
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{cgroup_root(slot)}"))
     assert subprocess.run(["ip", "link", "show", host_veth(slot)], capture_output=True).returncode != 0
-    assert not [pid for pid in daemons if Path(f"/proc/{pid}").exists()]
+    assert not [pid for pid in daemons if _alive(pid)]
     cp.kubectl("delete", "pod", "probe", "-n", "default", "--force", "--grace-period=0", check=False)
+
+
+def test_what_a_killed_harness_left_is_swept_when_its_slot_is_claimed(cp: ControlPlane, busybox_archive: Path,
+                                                                      tmp_path: Path):
+    nodes = Nodes(cp, tmp_path, specs=(NodeSpec("crashed-node"),))
+    nodes.start()
+    nodes.import_image(busybox_archive, BUSYBOX)
+    node = nodes.nodes[0]
+    cp.apply(_pod("default", "orphan", "sleep 3600", node="crashed-node"))
+    _wait(cp, "default", "orphan", _ready, "pod orphan to be Ready")
+    # What the kernel does when the harness is killed (PR_SET_PDEATHSIG): its daemons and the namespace
+    # holder die with it, its slot's lock is released; containerd's shims and the containers live on.
+    atexit.unregister(nodes.stop)
+    for pid in [*node.daemon_pids().values(), node._holder.pid]:
+        os.kill(pid, signal.SIGKILL)
+    os.close(node._lock_fd)
+    for proc in [*node._procs.values(), node._holder]:
+        proc.wait()
+    survivors = _slot_processes(node.slot)
+    assert survivors  # the pod's shim, pause and sleep
+
+    slot, lock = claim_slot(set())
+    os.close(lock)
+    assert slot == node.slot
+    assert not [pid for pid in survivors if _alive(pid)]
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{cgroup_root(slot)}"))
+    assert subprocess.run(["ip", "link", "show", host_veth(slot)], capture_output=True).returncode != 0
+    cp.kubectl("delete", "node", "crashed-node", "--wait=false")
+    cp.kubectl("delete", "pod", "orphan", "-n", "default", "--force", "--grace-period=0", check=False)
