@@ -12,8 +12,9 @@ are Debian's), run inside namespaces of its own so the host is left as it was:
   the host bridge (the host itself never forwards). Host sysctls and the host firewall are not
   touched; all of it vanishes with the namespace.
 - a mount namespace: work-directory folders over /var/lib, /var/log and /run (so
-  /var/lib/kubelet, /var/log/pods, /var/log/containers, /var/lib/cni, /run/containerd,
-  /run/netns are the node's own), and files over the /proc/sys entries the kubelet rewrites
+  /var/lib/kubelet, /var/lib/containerd, /var/log/pods, /var/log/containers, /var/lib/cni,
+  /run/containerd, /run/netns are the node's own; containerd runs with its default paths and
+  `ctr` works from inside), and files over the /proc/sys entries the kubelet rewrites
   (vm.overcommit_memory, vm.panic_on_oom, kernel.panic, kernel.panic_on_oops,
   kernel.keys.root_maxkeys, kernel.keys.root_maxbytes).
 - cgroups under /clipforge-node-<slot> (the kubelet's cgroupRoot; the daemons in `system`
@@ -31,19 +32,17 @@ leaves conntrack sysctls alone).
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import kube_binaries, netns
-from harness.oci_archive import ImageSpec, normalized_name, write_archive
+from harness import netns
+from harness.oci_archive import ImageSpec, normalized_name
 from harness.processes import die_with_parent, log_tail
 
 CLUSTER_POD_CIDR = ipaddress.ip_network("10.201.0.0/16")
@@ -222,7 +221,7 @@ class Node:
 
     def start_namespaces(self, peers: list[Node]) -> None:
         """The node's mount and network namespaces, its cgroups, and its link to the host bridge."""
-        for sub in ("logs", "containerd", "cni", "sysctl", "var-lib", "var-log", "run", "pki"):
+        for sub in ("logs", "containerd", "cni", "sysctl", "var-lib", "var-log", "run"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         _make_cgroup(f"{self.cgroup_root}/system")
         binds = [f'mount --bind "{self.workdir}/{sub}" {target}'
@@ -275,11 +274,8 @@ class Node:
             raise NodeError(f"importing {archive} into node {self.spec.name} gave {listed}, not {full}")
 
     def start_kubelet(self) -> None:
-        pki = self.workdir / "pki"
         cp = self.control_plane
         cert, key = cp.serving_certificate(f"kubelet-{self.spec.name}", self.spec.name, ips=(self.address,))
-        shutil.copy(cert, pki / "kubelet.crt")
-        shutil.copy(key, pki / "kubelet.key")
         kubeconfig = cp.client_kubeconfig(f"system:node:{self.spec.name}", groups=("system:nodes",))
         resolv = self.workdir / "resolv.conf"
         resolv.write_text("# no DNS server outside the cluster in tests\n")
@@ -287,7 +283,7 @@ class Node:
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             "address": self.address, "port": 10250, "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
-            "tlsCertFile": str(pki / "kubelet.crt"), "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+            "tlsCertFile": str(cert), "tlsPrivateKeyFile": str(key),
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                                "x509": {"clientCAFile": str(cp.ca_path)}},
             "authorization": {"mode": "Webhook"},
