@@ -15,9 +15,9 @@ takes is update_rules.py.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +41,9 @@ from clipforge.spec import (
     stage_resource_name,
 )
 from clipforge_operator.config import KubeRayPods
+from clipforge_operator.pipeline_pods import (
+    container_security, is_under, pod_security, scratch_mounts, scratch_volumes,
+)
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 RAYJOB_PLURAL, RAYCLUSTER_PLURAL = "rayjobs", "rayclusters"
@@ -70,15 +73,6 @@ RAY_TOKEN_KEY = "RAY_AUTH_TOKEN"  # the Secret's key, and the variable Ray reads
 DASHBOARD_PORT = 8265  # KubeRay's: the head Service's `dashboard` port, its probes and its submitter
 DASHBOARD_LOOPBACK_PORT = 8266  # Ray's dashboard itself, reachable only inside the head pod
 GATE_CONTAINER = "dashboard-gate"
-
-# Every pod and container passes the `restricted` Pod Security Standard, which namespaces of shared
-# clusters enforce: KubeRay copies a worker's container securityContext to its wait-gcs-ready init
-# container and takes the autoscaler's from autoscalerOptions. The user is the `ray` user (uid 1000,
-# group `users`) of the rayproject/ray images the pipeline image is built on: runAsNonRoot alone
-# would need the image to name its user by number.
-POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100,
-                        "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 # Each pinned stage's actor asks for 0.01 of its stage resource (see clipforge.executors.ray_data);
 # a group advertises far more than its pods could ever run actors, so the resource never limits.
@@ -384,18 +378,6 @@ def ray_env(spec: VideoCurationJobSpec, token_secret: str) -> list[dict]:
     return env
 
 
-def _pod_security() -> dict:
-    return copy.deepcopy(POD_SECURITY_CONTEXT)
-
-
-def _container_security() -> dict:
-    return copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
-
-
-def _under(path: str, mount: str) -> bool:
-    return path.rstrip("/") == mount.rstrip("/") or path.startswith(mount.rstrip("/") + "/")
-
-
 def _add_pod_extras(spec: VideoCurationJobSpec, pod: dict, volumes: bool) -> None:
     """cluster.imagePullSecrets and env (with `volumes`, cluster.volumes and volumeMounts too) added to
     a pod the operator built. Nothing the operator set may be replaced: a variable of the same name
@@ -416,11 +398,14 @@ def _add_pod_extras(spec: VideoCurationJobSpec, pod: dict, volumes: bool) -> Non
     clash = sorted(own_volumes & {v.name for v in cluster.volumes})
     if clash:
         raise BuildError(f"cluster.volumes: the name {', '.join(clash)} is the operator's")
+    # A volume may go below a scratch directory (a claim with the models at /tmp/clipforge-models),
+    # not at one, nor anywhere in the job's manifest directory.
     own_mounts = [m["mountPath"] for m in container.get("volumeMounts") or []]
-    clash = sorted(m.mount_path for m in cluster.volume_mounts if any(_under(m.mount_path, own) for own in own_mounts))
+    clash = sorted(m.mount_path for m in cluster.volume_mounts if is_under(m.mount_path, JOB_MOUNT_DIR)
+                   or posixpath.normpath(m.mount_path) in own_mounts)
     if clash:
-        raise BuildError(f"cluster.volumeMounts: {', '.join(clash)} is where the operator mounts the job"
-                         f" ({', '.join(own_mounts)})")
+        raise BuildError(f"cluster.volumeMounts: {', '.join(clash)} is where the operator mounts the job's manifest"
+                         f" or the image's writable directories ({', '.join(own_mounts)})")
     pod["volumes"] = [*(pod.get("volumes") or []),
                       *(v.model_dump(by_alias=True, mode="json", exclude_none=True) for v in cluster.volumes)]
     container["volumeMounts"] = [*(container.get("volumeMounts") or []),
@@ -438,12 +423,13 @@ def _pod_template(
         "imagePullPolicy": cluster.image_pull_policy,
         "env": ray_env(spec, token_secret),
         "resources": resources,
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
+        "volumeMounts": scratch_mounts(),
     }
-    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [ray]}
+    pod: dict[str, Any] = {"securityContext": pod_security(), "containers": [ray], "volumes": scratch_volumes()}
     if job_configmap:
-        ray["volumeMounts"] = [{"name": "job", "mountPath": JOB_MOUNT_DIR, "readOnly": True}]
-        pod["volumes"] = [{"name": "job", "configMap": {"name": job_configmap}}]
+        ray["volumeMounts"].insert(0, {"name": "job", "mountPath": JOB_MOUNT_DIR, "readOnly": True})
+        pod["volumes"].insert(0, {"name": "job", "configMap": {"name": job_configmap}})
     if cluster.service_account_name:
         pod["serviceAccountName"] = cluster.service_account_name
     if node_selector:
@@ -492,7 +478,8 @@ def _head_template(spec: VideoCurationJobSpec, job_name: str, token_secret: str,
                     f"--dashboard=127.0.0.1:{DASHBOARD_LOOPBACK_PORT}", f"--job-id={job_id}"],
         "env": [ray_token_env(token_secret)],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
+        "volumeMounts": scratch_mounts(),
     })
     return template
 
@@ -511,7 +498,8 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
             "upscalingMode": "Default",
             "idleTimeoutSeconds": spec.cluster.worker_idle_timeout_seconds,
             "env": ray_auth_env(token_secret),
-            "securityContext": _container_security(),
+            "securityContext": container_security(),
+            "volumeMounts": scratch_mounts(),  # the head pod's
         },
         "headGroupSpec": {
             # The head schedules no stage work (num-cpus 0); it runs the driver and Ray's services.
@@ -526,7 +514,8 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
         "metadata": {"labels": {**labels(name, uid, attempt), f"{API_GROUP}/group": "submitter"}},
         "spec": {
             "restartPolicy": "Never",
-            "securityContext": _pod_security(),
+            "securityContext": pod_security(),
+            "volumes": scratch_volumes(),
             "containers": [{
                 # No command: KubeRay fills in `ray job submit ... -- <entrypoint>`.
                 "name": "ray-job-submitter",
@@ -535,13 +524,14 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
                 "env": ray_auth_env(token_secret),
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                               "limits": {"cpu": "1", "memory": "1Gi"}},
-                "securityContext": _container_security(),
+                "securityContext": container_security(),
+                "volumeMounts": scratch_mounts(),
             }],
         },
     }
     if spec.cluster.service_account_name:
         submitter["spec"]["serviceAccountName"] = spec.cluster.service_account_name
-    # It pulls the same image and runs `ray job submit` only: no volumes.
+    # It pulls the same image and runs `ray job submit` only: none of cluster.volumes.
     _add_pod_extras(spec, submitter["spec"], volumes=False)
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",

@@ -1,10 +1,11 @@
 """The operator's settings: one `OperatorConfig`, parsed once at start from its arguments and environment.
 
 The chart's Deployment (charts/clipforge-operator/templates/deployment.yaml) passes the watch scope,
-liveness endpoint, metrics port, log format and secret reading as arguments, and three values as
+liveness endpoint, metrics port, log format and secret reading as arguments, and four values as
 environment variables: CLIPFORGE_PROGRESS_INTERVAL (seconds between progress reads, 0.5 to 30,
-default 15), CLIPFORGE_JOB_POLICY (JSON, see policy.py; unset: no restriction) and
-CLIPFORGE_KUBERAY_PODS (JSON, see KubeRayPods; unset: KubeRay's chart's labels in any namespace).
+default 15), CLIPFORGE_JOB_POLICY (JSON, see policy.py; unset: no restriction),
+CLIPFORGE_KUBERAY_PODS (JSON, see KubeRayPods; unset: KubeRay's chart's labels in any namespace) and
+CLIPFORGE_PIPELINE_IMAGE (the image of jobs that name none; unset: clipforge/pipeline:<version>).
 A setting that does not parse stops the operator here, before it connects. `__main__` hands the
 result to kopf's memo, where the handlers find it.
 """
@@ -16,10 +17,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from clipforge.spec import DEFAULT_IMAGE
 from clipforge_operator.policy import POLICY_ENV, JobPolicy, parse_policy
 
 PROGRESS_INTERVAL_ENV = "CLIPFORGE_PROGRESS_INTERVAL"
 KUBERAY_PODS_ENV = "CLIPFORGE_KUBERAY_PODS"
+PIPELINE_IMAGE_ENV = "CLIPFORGE_PIPELINE_IMAGE"
 PROGRESS_INTERVAL_RANGE = (0.5, 30.0)  # below: needless load on storage; above: a stale status.progress
 DEFAULT_PROGRESS_INTERVAL = 15.0
 
@@ -62,6 +65,7 @@ class OperatorConfig:
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     policy: JobPolicy = JobPolicy()  # the images, service accounts and Secrets jobs may use
     kuberay: KubeRayPods = KubeRayPods()  # admitted to the jobs' dashboards by their NetworkPolicy
+    pipeline_image: str = DEFAULT_IMAGE  # of the Ray pods of jobs that set no spec.cluster.image
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,5 +114,6 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Oper
         namespaces=tuple(args.namespace), all_namespaces=args.all_namespaces, liveness=args.liveness,
         metrics_port=args.metrics_port, json_logs=args.log_format == "json", verbose=args.verbose,
         read_secrets=not args.no_read_secrets, progress_interval=interval, policy=policy, kuberay=kuberay,
+        pipeline_image=environ.get(PIPELINE_IMAGE_ENV) or DEFAULT_IMAGE,
     )
 

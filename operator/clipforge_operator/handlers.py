@@ -45,7 +45,7 @@ def connect(config: OperatorConfig) -> r.Context:
     """The reconcile context every handler shares: one API client, one lock per job."""
     load_config()
     return r.Context(kube=Kube(), emit=_emit, read_secrets=config.read_secrets, policy=config.policy,
-                     kuberay=config.kuberay)
+                     kuberay=config.kuberay, pipeline_image=config.pipeline_image)
 
 
 def _status_message(exc: ApiException) -> str:

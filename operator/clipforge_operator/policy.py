@@ -113,7 +113,8 @@ def _choices(allowed: tuple[str, ...]) -> str:
 
 
 def violations(spec: VideoCurationJobSpec, policy: JobPolicy) -> list[str]:
-    """What in `spec` the policy refuses, one problem per field, each naming the field (empty: admitted)."""
+    """What in `spec` (its image filled in: pipeline_pods.with_pipeline_image) the policy refuses, one problem
+    per field, each naming the field (empty: admitted)."""
     problems = []
     cluster = spec.cluster
     if not image_allowed(cluster.image, policy.images):

@@ -22,6 +22,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from clipforge.spec import (
+    DEFAULT_IMAGE,
     TERMINAL_PHASES,
     TOO_MANY_VIDEOS_FAILED,
     InvalidJobError,
@@ -37,6 +38,7 @@ from clipforge.spec import (
 from clipforge_operator import builders as b
 from clipforge_operator.config import KubeRayPods
 from clipforge_operator.kube import AlreadyExists
+from clipforge_operator.pipeline_pods import unmounted_paths, with_pipeline_image
 from clipforge_operator.policy import JobPolicy, violations
 from clipforge_operator.progress import (
     Credentials,
@@ -80,6 +82,7 @@ class Context:
     read_secrets: bool = True  # read storage.credentialsSecret to fetch progress from S3
     kuberay: KubeRayPods = KubeRayPods()  # admitted to the jobs' dashboards (their NetworkPolicy)
     policy: JobPolicy = JobPolicy()  # the images, service accounts and Secrets jobs may use
+    pipeline_image: str = DEFAULT_IMAGE  # of jobs that set no spec.cluster.image
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -271,7 +274,8 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body},
                         f"{namespace}/{name}")
-        job = job.model_copy(update={"spec": accepted_spec(ctx, namespace, job, uid)})
+        job = job.model_copy(update={"spec": with_pipeline_image(accepted_spec(ctx, namespace, job, uid),
+                                                                 ctx.pipeline_image)})
         # A spec that cannot become a cluster fails here, before any child (the Secret's name is not needed).
         b.build_rayjob(job, namespace, uid, token_secret="")
     except InvalidJobError as exc:
@@ -283,11 +287,13 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     except NameConflict as exc:
         _fail(st, "NameConflict", str(exc))
         return _commit(ctx, namespace, name, st)
-    # Judged before anything is made for the job; a started job keeps what it was admitted with.
-    refused = violations(job.spec, ctx.policy) if not st.new.get("startTime") else []
-    if refused:
-        _fail(st, "PolicyViolation", "; ".join(refused))
-        return _commit(ctx, namespace, name, st)
+    # Judged before anything is made for the job, never retried; a started job keeps what it was admitted with.
+    if not st.new.get("startTime"):
+        for reason, refused in (("PolicyViolation", violations(job.spec, ctx.policy)),
+                                ("LocalPathNotMounted", unmounted_paths(job.spec))):
+            if refused:
+                _fail(st, reason, "; ".join(refused))
+                return _commit(ctx, namespace, name, st)
 
     spec = job.spec
     attempt = int(st.new.get("retries") or 0)
@@ -417,7 +423,7 @@ def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:
     accepted = b.spec_from_configmap(configmap)
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
-        requested = job.spec
+        requested = with_pipeline_image(job.spec, accepted.cluster.image)  # unset: the image it was admitted with
         b.worker_groups(merge_allowed(accepted, requested))
     except (InvalidJobError, b.BuildError) as exc:
         problems = "; ".join(exc.problems) if isinstance(exc, InvalidJobError) else str(exc)

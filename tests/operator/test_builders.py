@@ -13,8 +13,11 @@ import jsonpatch
 import pytest
 import yaml
 
-from clipforge.spec import STAGES, InvalidJobError, RunReport, VideoCurationJob, parse_job, stage_resource_name
+from clipforge.spec import (
+    DEFAULT_IMAGE, STAGES, InvalidJobError, RunReport, VideoCurationJob, parse_job, stage_resource_name,
+)
 from clipforge_operator import builders as b
+from clipforge_operator.pipeline_pods import scratch_mounts, scratch_volumes, with_pipeline_image
 from clipforge_operator.progress import (
     Credentials,
     ProgressUnavailable,
@@ -40,13 +43,15 @@ DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def job(name: str = "demo", **spec: Any) -> VideoCurationJob:
+    """A job as the builders get it: with the operator's default image where it names none."""
     doc = {
         "apiVersion": "clipforge.dev/v1alpha1",
         "kind": "VideoCurationJob",
         "metadata": {"name": name, "namespace": "videos"},
         "spec": {"input": {"uri": "s3://raw/in/"}, "output": {"uri": "s3://sets/out/"}, **spec},
     }
-    return parse_job(doc)
+    parsed = parse_job(doc)
+    return parsed.model_copy(update={"spec": with_pipeline_image(parsed.spec, DEFAULT_IMAGE)})
 
 
 def gpu_job(**extra: Any) -> VideoCurationJob:
@@ -157,9 +162,12 @@ def test_head_mounts_the_job_and_runs_no_stage_work():
     head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     pod = head["template"]["spec"]
-    assert pod["volumes"] == [{"name": "job", "configMap": {"name": "demo-config"}}]
-    assert pod["containers"][0]["volumeMounts"] == [{"name": "job", "mountPath": "/etc/clipforge", "readOnly": True}]
-    assert pod["containers"][0]["image"] == job().spec.cluster.image
+    assert pod["volumes"] == [{"name": "job", "configMap": {"name": "demo-config"}},
+                              {"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "job", "mountPath": "/etc/clipforge", "readOnly": True},
+                                                    {"name": "tmp", "mountPath": "/tmp"},
+                                                    {"name": "home", "mountPath": "/home/ray"}]
+    assert pod["containers"][0]["image"] == job().spec.cluster.image == DEFAULT_IMAGE
 
 
 def test_every_ray_process_runs_with_token_auth_and_gets_the_token_by_reference_only():
@@ -252,7 +260,31 @@ def test_every_pod_and_container_meets_the_restricted_pod_security_standard():
     # KubeRay's autoscaler sidecar takes autoscalerOptions.securityContext; its init containers copy the worker's.
     for name, context in [*((n, c["securityContext"]) for n, c in containers(rj).items()),
                           ("autoscaler", cluster["autoscalerOptions"]["securityContext"])]:
-        assert context == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}, name
+        assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                           "capabilities": {"drop": ["ALL"]}}, name
+    gate = cluster["headGroupSpec"]["template"]["spec"]["containers"][1]
+    assert gate["securityContext"] == containers(rj)["head"]["securityContext"]
+
+
+def test_every_container_of_the_pipeline_image_writes_only_to_its_pods_emptydirs():
+    """A read-only root: /tmp and /home/ray (docs/images.md) are emptyDirs in every container running the
+    image (the head's Ray and gate, the autoscaler beside them, workers, submitter), clear of KubeRay's own."""
+    rj = b.build_rayjob(gpu_job(), "videos", UID, TOKEN_SECRET)
+    cluster = rj["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert [c["name"] for c in head["containers"]] == ["ray-head", "dashboard-gate"]
+    in_pods = [*((n, c, p) for n, p in pods(rj).items() for c in p["containers"]),
+               ("autoscaler", cluster["autoscalerOptions"], head)]
+    assert len(in_pods) == 7  # head, gate, 3 worker groups, submitter, autoscaler
+    for name, container, pod in in_pods:
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        assert mounted["/tmp"] == {"name": "tmp", "emptyDir": {}}, name
+        assert mounted["/home/ray"] == {"name": "home", "emptyDir": {}}, name
+        # KubeRay adds /dev/shm and the head's shared /tmp/ray log volume only where no mount has their path.
+        assert not {"/dev/shm", "/tmp/ray"} & set(mounted), name
+        assert not {"shared-mem", "ray-logs"} & set(volumes), name
 
 
 def test_worker_groups_advertise_their_stages_resources():
@@ -346,15 +378,15 @@ def test_pull_secrets_env_and_volumes_reach_every_ray_pod():
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["HTTPS_PROXY"] == "http://proxy:3128" and env["RAY_DEDUP_LOGS"] == "0", name
         assert env["RAY_AUTH_MODE"] == "token", name  # the operator's own variables stay
-        if name == "submitter":  # it only submits: the image's pull secret and env, no volumes
-            assert "volumes" not in pod and "volumeMounts" not in container
+        if name == "submitter":  # it only submits: the image's pull secret and env, no volumes but its scratch
+            assert pod["volumes"] == scratch_volumes() and container["volumeMounts"] == scratch_mounts()
             continue
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["models"] == {"name": "models", "persistentVolumeClaim": {"claimName": "model-store",
                                                                                "readOnly": True}}
         assert volumes["scratch"] == {"name": "scratch", "emptyDir": {"medium": "", "sizeLimit": "20Gi"}}
         assert volumes["ca"] == {"name": "ca", "configMap": {"name": "corp-ca"}}
-        mounts = {m["mountPath"]: (m["name"], m["readOnly"]) for m in container["volumeMounts"]}
+        mounts = {m["mountPath"]: (m["name"], m.get("readOnly", False)) for m in container["volumeMounts"]}
         assert {k: mounts[k] for k in ("/models", "/scratch", "/etc/ssl/corp")} == {
             "/models": ("models", True), "/scratch": ("scratch", False), "/etc/ssl/corp": ("ca", False)}
     # The head keeps the job's manifest next to the extra volumes.
@@ -367,7 +399,7 @@ def test_no_extras_add_nothing_to_the_pods():
         assert "imagePullSecrets" not in pod, name
         assert [e["name"] for e in pod["containers"][0]["env"]] == ["RAY_AUTH_MODE", "RAY_AUTH_TOKEN"], name
     worker = pods(b.build_rayjob(job(), "videos", UID, TOKEN_SECRET))["cpu"]
-    assert "volumes" not in worker and "volumeMounts" not in worker["containers"][0]
+    assert worker["volumes"] == scratch_volumes() and worker["containers"][0]["volumeMounts"] == scratch_mounts()
 
 
 def test_ephemeral_storage_is_requested_per_group():
@@ -391,10 +423,25 @@ def test_ephemeral_storage_is_requested_per_group():
      "cluster.volumeMounts: /etc/clipforge/ is where the operator mounts the job"),
     ({"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/etc/clipforge/a"}]},
      "cluster.volumeMounts: /etc/clipforge/a"),
-], ids=["ray-env", "credential-env", "volume-name", "mount-path", "mount-below"])
+    ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "cluster.volumes: the name tmp is the operator's"),
+    ({"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/tmp"}]},
+     "cluster.volumeMounts: /tmp is where the operator mounts"),
+    ({"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/home/ray/"}]},
+     "cluster.volumeMounts: /home/ray/ is where the operator mounts"),
+], ids=["ray-env", "credential-env", "volume-name", "mount-path", "mount-below", "scratch-name", "scratch-tmp",
+        "scratch-home"])
 def test_extras_cannot_replace_what_the_operator_sets(cluster: dict, problem: str):
     with pytest.raises(b.BuildError, match=re.escape(problem)):
         b.build_rayjob(job(cluster=cluster), "videos", UID, TOKEN_SECRET)
+
+
+def test_a_volume_may_go_below_a_scratch_directory():
+    """Say, a claim with the models where models.cacheDir points by default."""
+    models = {"volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
+              "volumeMounts": [{"name": "models", "mountPath": "/tmp/clipforge-models"}]}
+    worker = pods(b.build_rayjob(job(cluster=models), "videos", UID, TOKEN_SECRET))["cpu"]
+    assert [m["mountPath"] for m in worker["containers"][0]["volumeMounts"]] == \
+        ["/tmp", "/home/ray", "/tmp/clipforge-models"]
 
 
 @pytest.mark.parametrize("cluster, problem", [

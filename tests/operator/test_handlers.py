@@ -164,11 +164,15 @@ class Harness:
         self.name = name
         self.output = tmp_path / "out"
         self.output.mkdir(exist_ok=True)
+        # The local input and output on a claim the Ray pods mount there, as the operator requires.
+        data = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+                "volumeMounts": [{"name": "data", "mountPath": str(tmp_path)}]}
         body = {
             "apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
             "metadata": {"name": name, "namespace": NS, "uid": UID, "generation": 1},
             "spec": {"input": {"uri": str(tmp_path / "in")}, "output": {"uri": str(self.output)},
-                     "retryBackoff": {"initialSeconds": 30, "maxSeconds": 600}, **spec},
+                     "retryBackoff": {"initialSeconds": 30, "maxSeconds": 600}, **spec,
+                     "cluster": {**data, **spec.get("cluster", {})}},
         }
         self.kube.objects[("vcj", NS, name)] = body
         self.ctx = self.new_context()
@@ -916,6 +920,69 @@ def test_a_started_job_keeps_running_under_a_stricter_policy(h: Harness):
     h.ctx.policy = JobPolicy(images=("registry.example.com/",))
     assert h.reconcile() == "Running"
     assert h.condition("Failed") is None
+
+
+# ------------------------------------------------------------------------------ local paths
+
+
+NO_VOLUMES = {"volumes": [], "volumeMounts": []}
+S3_INPUT = {"uri": "s3://raw/"}
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"input": {"uri": "./samples"}}, "spec.input.uri: ./samples", "relative to nothing in a pod"),
+    ({"input": S3_INPUT, "output": {"uri": "/data/out"}, "cluster": NO_VOLUMES}, "spec.output.uri: /data/out",
+     "no volume in cluster.volumes mounts (cluster.volumeMounts: none)"),
+    ({"input": S3_INPUT, "output": {"uri": "/scratch/out"},
+      "cluster": {"volumes": [{"name": "s", "emptyDir": {}}], "volumeMounts": [{"name": "s", "mountPath": "/scratch"}]}},
+     "spec.output.uri: /scratch/out", "on the emptyDir volume s"),
+    ({"input": S3_INPUT, "output": {"uri": "/models/out"},
+      "cluster": {"volumes": [{"name": "m", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}],
+                  "volumeMounts": [{"name": "m", "mountPath": "/models"}]}},
+     "spec.output.uri: /models/out", "on the read-only volume m"),
+], ids=["relative-input", "unmounted-output", "emptydir-output", "read-only-output"])
+def test_a_local_path_the_pods_cannot_use_fails_the_job_at_once_naming_it(tmp_path: Path, spec: dict, field: str,
+                                                                          words: str):
+    h = Harness(tmp_path, **spec)
+    assert h.reconcile() == "Failed"
+    failed = h.condition("Failed")
+    assert failed["reason"] == "LocalPathNotMounted" and failed["message"].startswith(field), failed
+    assert words in failed["message"] and "s3://" in failed["message"]
+    (event,) = h.events
+    assert (event.type, event.reason) == ("Warning", "Failed") and field in event.message
+    assert h.kube.count("create_configmap") == 0 and h.kube.count("create_rayjob") == 0
+    h.advance(3600)
+    assert h.reconcile() == "Failed" and len(h.events) == 1 and h.rayjobs() == []  # never retried
+
+
+def test_local_paths_on_a_claim_and_s3_uris_are_admitted(tmp_path: Path):
+    claim = {"volumes": [{"name": "m", "persistentVolumeClaim": {"claimName": "videos", "readOnly": True}},
+                         {"name": "d", "persistentVolumeClaim": {"claimName": "datasets"}}],
+             "volumeMounts": [{"name": "m", "mountPath": "/videos"}, {"name": "d", "mountPath": "/datasets/"}]}
+    h = Harness(tmp_path, input={"uri": "/videos/2024"}, output={"uri": "/datasets/run-1"}, cluster=claim)
+    assert h.reconcile() == "Provisioning"
+    h2 = Harness(tmp_path, name="s3", input={"uri": "s3://raw/"}, output={"uri": "s3://sets/out/"}, cluster=NO_VOLUMES)
+    assert h2.reconcile() == "Provisioning"
+
+
+# ------------------------------------------------------------------------------ default image
+
+
+def test_a_job_naming_no_image_runs_and_is_judged_with_the_operators_pipeline_image(tmp_path: Path):
+    h = Harness(tmp_path)
+    h.ctx.pipeline_image = "registry.example.com/ml/pipeline:1.2"
+    h.ctx.policy = JobPolicy(images=("registry.example.com/ml/",))
+    assert h.reconcile() == "Provisioning"
+    rj = h.kube.get_rayjob(NS, "demo")
+    assert {c["image"] for c in rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]} \
+        == {"registry.example.com/ml/pipeline:1.2"}
+    assert b.spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.image == \
+        "registry.example.com/ml/pipeline:1.2"  # a retry runs what the job was admitted with
+    refused = Harness(tmp_path, name="refused")
+    refused.ctx.pipeline_image = "registry.example.com/ml/pipeline:1.2"
+    refused.ctx.policy = STRICT
+    assert refused.reconcile() == "Failed"
+    assert refused.condition("Failed")["message"].startswith("spec.cluster.image: registry.example.com/ml/pipeline:1.2")
 
 
 def test_pod_extras_that_would_replace_the_operators_fail_without_children(tmp_path: Path):

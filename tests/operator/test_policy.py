@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from clipforge.spec import DEFAULT_IMAGE, VideoCurationJobSpec
+from clipforge_operator.pipeline_pods import with_pipeline_image
 from clipforge_operator.policy import (
     JobPolicy,
     PolicyError,
@@ -26,9 +27,11 @@ CHART_DEFAULT = JobPolicy(images=("docker.io/clipforge/pipeline",), service_acco
 
 
 def spec(**cluster: Any) -> VideoCurationJobSpec:
+    """A job as the policy judges it: with the operator's default image where it names none."""
     storage = {"credentialsSecret": cluster.pop("secret")} if "secret" in cluster else {}
-    return VideoCurationJobSpec.model_validate({"input": {"uri": "s3://in/"}, "output": {"uri": "s3://out/"},
-                                                "storage": storage, "cluster": cluster})
+    return with_pipeline_image(VideoCurationJobSpec.model_validate(
+        {"input": {"uri": "s3://in/"}, "output": {"uri": "s3://out/"}, "storage": storage, "cluster": cluster}),
+        DEFAULT_IMAGE)
 
 
 @pytest.mark.parametrize("reference, full", [

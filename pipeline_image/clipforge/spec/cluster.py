@@ -21,6 +21,8 @@ def _package_version() -> str:
         return "0.0.0"
 
 
+# The pipeline image of this version: what the operator runs a job that names no cluster.image with,
+# unless it is told another (the chart's pipelineImage).
 DEFAULT_IMAGE = f"clipforge/pipeline:{_package_version()}"
 DEFAULT_RAY_VERSION = "2.60.0"
 # A Kubernetes resource quantity as written in manifests: 2, 500m, 1.5, 4Gi, 512M.
@@ -213,7 +215,12 @@ class VolumeMount(SpecModel):
 
 
 class ClusterSpec(SpecModel):
-    image: str = _f(DEFAULT_IMAGE, "Container image of every Ray pod; it must contain clipforge and Ray.", min_length=1)
+    image: str | None = _f(
+        None,
+        "Container image of every Ray pod; it must contain clipforge and Ray. Unset: the operator's pipeline"
+        " image (the chart's pipelineImage).",
+        min_length=1,
+    )
     image_pull_policy: ImagePullPolicy = _f(ImagePullPolicy.if_not_present, "Image pull policy of every Ray pod.")
     ray_version: str = _f(DEFAULT_RAY_VERSION, "Ray version inside the image (KubeRay uses it to pick features).")
     service_account_name: str | None = _f(
