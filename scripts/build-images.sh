@@ -129,7 +129,7 @@ ensure_base() {
     base_rootfs "$work/rootfs" >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; exit 1; }
     tar --numeric-owner --xattrs -C "$work/rootfs" -cf "$work/rootfs.tar" .
     container=$(bah from scratch)
-    bah add "$container" "$work/rootfs.tar" /
+    bah add "$container" "$work/rootfs.tar" / >/dev/null
     bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd bash \
         --created-by "debootstrap --variant=minbase bookworm (scripts/build-images.sh)" "$container"
     bah commit --quiet --rm "$container" "$BASE_REF" >/dev/null
@@ -139,22 +139,28 @@ ensure_base() {
     echo "base $BASE_REF ($ARCH, recipe $BASE_KEY) built in $((SECONDS - started)) s"
 }
 
+bud() {  # buildah-bud-args... dockerfile
+    nice -n 10 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs \
+        bud --layers --pull-never --isolation chroot --format oci "${@:1:$#-1}" -f "${!#}" .
+}
+
 build_image() {  # name build-args...
     local name=$1 started=$SECONDS
     shift
-    local ref=docker.io/clipforge/$name:$VERSION archive=${ARCHIVE[$name]} args=() layout digest
+    local ref=docker.io/clipforge/$name:$VERSION archive=${ARCHIVE[$name]} args=() layout
     [[ -f $HOST_CA ]] && args+=(--volume "$HOST_CA:$BUILD_CA:ro" --build-arg "PIP_CERT=$BUILD_CA")
-    [[ $name == pipeline ]] && args+=(--volume "$CACHE/pip:/run/clipforge-build/pip"
-                                      --build-arg PIP_CACHE_DIR=/run/clipforge-build/pip)
     for arg in "$@"; do args+=(--build-arg "$arg"); done
-    mkdir -p "$CACHE/pip"
-    nice -n 10 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs \
-        bud --layers --pull-never --isolation chroot --format oci "${args[@]}" \
-        -f "${DOCKERFILE[$name]}" -t "$ref" .
+    # Each named stage is built and tagged first: the pruning below then keeps its layers (the
+    # pipeline's heavy layer is its `deps` stage) as buildah's cache for the next build.
+    local stage
+    for stage in $(sed -n 's/^FROM .* AS \([a-z0-9_-]*\)$/\1/ip' "${DOCKERFILE[$name]}"); do
+        bud "${args[@]}" --target "$stage" -t "localhost/clipforge-stage/$name-$stage" "${DOCKERFILE[$name]}"
+    done
+    bud "${args[@]}" -t "$ref" "${DOCKERFILE[$name]}"
     layout=$(mktemp -d "$IMAGES/$name.layout.XXXXXX")
     nice -n 10 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs \
         push --quiet "$ref" "oci:$layout:$VERSION"
-    digest=$(python3 scripts/images/oci.py archive "$layout" "$ref" "$archive")
+    python3 scripts/images/oci.py archive "$layout" "$ref" "$archive"
     rm -rf "$layout"
     # Earlier archives of this image on this architecture are superseded.
     find "$IMAGES" -maxdepth 1 -name "$name-$ARCH-*.tar" -not -path "$archive" -delete
@@ -164,6 +170,11 @@ build_image() {  # name build-args...
 }
 
 mkdir -p "$IMAGES" "$STORE"
+# One run at a time: runs share buildah's storage, and each prunes what it no longer needs.
+exec 9>"$STORE/lock"
+flock 9
+# What an interrupted run left half-written.
+rm -rf "$IMAGES"/*.layout.* "$IMAGES"/*.partial
 for name in operator pipeline; do
     if [[ ! -f ${ARCHIVE[$name]} ]]; then
         install_tools
@@ -178,6 +189,6 @@ for name in operator pipeline; do
     fi
 done
 for name in operator pipeline; do
-    digest=$(tar -xOf "${ARCHIVE[$name]}" index.json | python3 -c 'import json, sys; print(json.load(sys.stdin)["manifests"][0]["digest"])')
-    echo "clipforge/$name:$VERSION $digest $(du -h "${ARCHIVE[$name]}" | cut -f1) ${ARCHIVE[$name]}"
+    echo "clipforge/$name:$VERSION $(python3 scripts/images/oci.py digest "${ARCHIVE[$name]}")" \
+        "$(du -h "${ARCHIVE[$name]}" | cut -f1) ${ARCHIVE[$name]}"
 done

@@ -3,7 +3,8 @@
 `ctr import`) and skopeo/podman, plus the manifest.json older `docker load` reads.
 
   oci.py input-hash DOCKERFILE [EXTRA_INPUT...] [--build-arg K=V...]   prints a sha256 hex digest
-  oci.py archive LAYOUT_DIR REFERENCE ARCHIVE                          prints the manifest digest
+  oci.py archive LAYOUT_DIR REFERENCE ARCHIVE                          writes the archive
+  oci.py digest ARCHIVE                                                prints its manifest digest
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def familiar(reference: str) -> str:
     return reference.removeprefix("docker.io/").removeprefix("library/")
 
 
-def write_archive(layout: Path, reference: str, archive: Path) -> str:
+def write_archive(layout: Path, reference: str, archive: Path) -> None:
     index = json.loads((layout / "index.json").read_text())
     [manifest_desc] = index["manifests"]
     manifest_desc["annotations"] = {
@@ -85,7 +86,16 @@ def write_archive(layout: Path, reference: str, archive: Path) -> str:
         for name in ("oci-layout", "index.json", "manifest.json", "blobs"):
             tar.add(layout / name, arcname=name, filter=_normalised)
     partial.rename(archive)
-    return manifest_desc["digest"]
+
+
+def manifest_digest(archive: Path) -> str:
+    """Read from the index at the archive's start, without reading the layers after it."""
+    with tarfile.open(archive) as tar:
+        while (member := tar.next()) is not None:
+            if member.name == "index.json":
+                [manifest] = json.load(tar.extractfile(member))["manifests"]
+                return manifest["digest"]
+    raise SystemExit(f"{archive}: no index.json")
 
 
 def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -106,11 +116,14 @@ def main() -> None:
     packing.add_argument("layout", type=Path)
     packing.add_argument("reference")
     packing.add_argument("archive", type=Path)
+    commands.add_parser("digest").add_argument("archive", type=Path)
     args = parser.parse_args()
     if args.command == "input-hash":
         print(input_hash(args.dockerfile.resolve(), args.extra_inputs, args.build_arg))
+    elif args.command == "archive":
+        write_archive(args.layout, args.reference, args.archive)
     else:
-        print(write_archive(args.layout, args.reference, args.archive))
+        print(manifest_digest(args.archive))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 skopeo reads each archive through both transports a loader uses (OCI and docker-archive); the
 images then run under runc as Kubernetes runs them here: the image's own user, a read-only root
-filesystem, emptyDir-like tmpfs at the paths docs/images.md lists as written at run time. Building
+filesystem, emptyDir-like volumes at the paths docs/images.md lists as written at run time. Building
 is scripts/test.sh's step before pytest; here it runs again and must rebuild nothing.
 """
 
@@ -112,15 +112,20 @@ def rootfs(archives, tmp_path_factory):
 
 def run_in_image(bundle: Path, args: list[str], writable: tuple[str, ...], tmp_path: Path) -> str:
     """Runs `args` in the image under runc as its own user, its root filesystem read-only and
-    `writable` on tmpfs (what emptyDir volumes give a pod); returns the output."""
+    `writable` on emptyDir-like volumes; returns the output."""
     config = json.loads((bundle / "config.json").read_text())
     config["root"] = {"path": str(bundle / "rootfs"), "readonly": True}
     config["process"]["args"] = args
     config["process"]["terminal"] = False
-    config["mounts"] += [{"destination": path, "type": "tmpfs", "source": "tmpfs",
-                          "options": ["nosuid", "nodev", "mode=1777"]} for path in writable]
     run_bundle = tmp_path / f"bundle-{uuid.uuid4().hex[:8]}"
     run_bundle.mkdir()
+    for path in writable:
+        # What the kubelet does for an emptyDir: a fresh host directory, mode 0777, bind-mounted.
+        volume = run_bundle / "volumes" / path.strip("/").replace("/", "-")
+        volume.mkdir(parents=True)
+        volume.chmod(0o777)
+        config["mounts"].append({"destination": path, "type": "bind", "source": str(volume),
+                                 "options": ["rbind", "rw", "nosuid", "nodev"]})
     (run_bundle / "config.json").write_text(json.dumps(config))
     state = tmp_path / "runc-state"
     container = f"clipforge-image-test-{uuid.uuid4().hex[:12]}"
@@ -146,7 +151,7 @@ def test_pipeline_image_runs_ray_torch_and_clipforge_on_a_read_only_root(rootfs,
     """Ray starts a local cluster and runs a task: its session directory, the caches and the
     temporary files all land on the writable mounts, or the read-only root refuses them."""
     script = (
-        "import os, torch, av, ray, pyarrow, clipforge, clipforge.cli;"
+        "import os, torch, av, ray, pyarrow, cv2, scenedetect, clipforge, clipforge.cli;"
         "ray.init(num_cpus=1, include_dashboard=False);"
         "square = ray.remote(lambda x: x * x);"
         "print(os.getuid(), os.getgid(), ray.get(square.remote(7)), torch.tensor([2.0]).square().item(),"
@@ -158,7 +163,7 @@ def test_pipeline_image_runs_ray_torch_and_clipforge_on_a_read_only_root(rootfs,
 
 
 def test_pipeline_image_login_shell_finds_ray(rootfs, tmp_path):
-    """KubeRay starts Ray with `bash -lc`, whose /etc/profile resets PATH."""
+    """KubeRay with ENABLE_LOGIN_SHELL starts Ray with `bash -lc`, whose /etc/profile resets PATH."""
     out = run_in_image(rootfs[PIPELINE], ["bash", "-lc", "command -v ray clipforge wget"],
                        PIPELINE_WRITABLE, tmp_path)
     assert out.split() == ["/opt/venv/bin/ray", "/opt/venv/bin/clipforge", "/usr/bin/wget"]
