@@ -91,7 +91,8 @@ def test_helm_lint(sets: list[str]):
 def test_values_schema_rejects_bad_values():
     for bad in ("scope=everywhere", "logFormat=xml", "progressIntervalSeconds=120", "image.pullPolicy=Sometimes",
                 "unknownKey=1", "jobPolicy.allowedCredentialsSecrets={Not_A_Name}", "jobPolicy.allowedImages={,}",
-                "jobPolicy.allowedServiceAccounts={a/b}", "jobPolicy.other=1"):
+                "jobPolicy.allowedServiceAccounts={a/b}", "jobPolicy.other=1", "pipelineImage.repository=",
+                "pipelineImage.other=1"):
         proc = helm("template", "cf", str(CHART), "--set", bad, check=False)
         assert proc.returncode != 0, bad
     json.loads((CHART / "values.schema.json").read_text())  # plain JSON
@@ -212,7 +213,47 @@ def test_the_job_policy_reaches_the_operator_as_json():
     env = {e["name"]: e["value"] for e in container(render(
         "jobPolicy.allowedImages={registry.example.com/ml/}", "jobPolicy.allowedServiceAccounts={model-reader}"))["env"]}
     policy = parse_policy(env["CLIPFORGE_JOB_POLICY"])
-    assert policy.images == ("registry.example.com/ml/",) and policy.service_accounts == ("model-reader",)
+    assert policy.images == ("docker.io/clipforge/pipeline", "registry.example.com/ml/")  # the pipeline image's too
+    assert policy.service_accounts == ("model-reader",)
+
+
+def operator_config(*sets: str):  # noqa: ANN201
+    """The OperatorConfig the operator parses from the rendered Deployment's arguments and environment."""
+    from clipforge_operator.config import parse_config
+
+    c = container(render(*sets))
+    return parse_config(c["args"], {e["name"]: e["value"] for e in c["env"]})
+
+
+def stock_job(**cluster: str):  # noqa: ANN201
+    """A job as the operator judges it, with its image filled in from the operator's pipelineImage."""
+    from clipforge.spec import VideoCurationJobSpec
+
+    return VideoCurationJobSpec.model_validate({"input": {"uri": "s3://raw/"}, "output": {"uri": "s3://sets/out/"},
+                                                "storage": {"credentialsSecret": "clipforge-s3"}, "cluster": cluster})
+
+
+def test_a_stock_install_admits_a_stock_job_and_the_images_its_values_name():
+    from clipforge.spec import DEFAULT_IMAGE
+    from clipforge_operator.pipeline_pods import with_pipeline_image
+    from clipforge_operator.policy import violations
+
+    config = operator_config()
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert config.pipeline_image == f"docker.io/clipforge/pipeline:{app_version}"
+    assert DEFAULT_IMAGE == f"clipforge/pipeline:{app_version}"  # the operator's own default: the same image
+    assert violations(with_pipeline_image(stock_job(), config.pipeline_image), config.policy) == []
+    assert violations(with_pipeline_image(stock_job(image=f"clipforge/pipeline:{app_version}"), config.pipeline_image),
+                      config.policy) == []
+    # Your registry: the image of jobs that name none, admitted as it is, and nothing else by default.
+    config = operator_config("pipelineImage.repository=registry.example.com/ml/pipeline", "pipelineImage.tag=v2")
+    assert config.pipeline_image == "registry.example.com/ml/pipeline:v2"
+    assert violations(with_pipeline_image(stock_job(), config.pipeline_image), config.policy) == []
+    assert violations(with_pipeline_image(stock_job(image="registry.example.com/ml/pipeline@sha256:ab"),
+                                          config.pipeline_image), config.policy) == []
+    (refused,) = violations(with_pipeline_image(stock_job(image="clipforge/pipeline:1"), config.pipeline_image),
+                            config.policy)
+    assert refused.startswith("spec.cluster.image: clipforge/pipeline:1 is not an allowed image")
 
 
 def test_where_kuberay_runs_reaches_the_operator_as_json():
@@ -257,8 +298,9 @@ def test_a_second_release_can_leave_the_crd_to_the_first():
 
 def test_dockerfile_runs_the_operator_extra_as_non_root():
     text = (REPO / "operator" / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim" in text
+    assert "FROM debian:bookworm-slim" in text and "python3-venv" in text  # Debian's Python, in a venv
     assert "[operator]" in text and "[pipeline]" not in text
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert all(part.isdigit() and part != "0" for part in users[-1].split(":"))  # numeric: runAsNonRoot can check it
     assert 'ENTRYPOINT ["python", "-m", "clipforge_operator"]' in text

@@ -119,3 +119,17 @@ def test_the_operator_refuses_to_start_with_a_bad_policy(capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         parse_config(["-A"], {"CLIPFORGE_JOB_POLICY": '{"allowedImages": "docker.io/"}'})
     assert "CLIPFORGE_JOB_POLICY: allowedImages must be a list" in capsys.readouterr().err
+
+
+def test_jobs_naming_no_image_run_the_operators_pipeline_image():
+    from clipforge_operator.config import parse_config
+
+    assert parse_config(["-A"], {}).pipeline_image == DEFAULT_IMAGE  # an operator run by hand: this version's
+    configured = parse_config(["-A"], {"CLIPFORGE_PIPELINE_IMAGE": "registry.example.com/ml/pipeline:2"})
+    assert configured.pipeline_image == "registry.example.com/ml/pipeline:2"
+    assert spec().cluster.image == DEFAULT_IMAGE
+    assert with_pipeline_image(spec(), "registry.example.com/ml/pipeline:2").cluster.image == DEFAULT_IMAGE  # set
+    unset = VideoCurationJobSpec.model_validate({"input": {"uri": "s3://in/"}, "output": {"uri": "s3://out/"}})
+    assert unset.cluster.image is None  # the CRD has no default: the operator tells "unset" apart
+    assert with_pipeline_image(unset, "registry.example.com/ml/pipeline:2").cluster.image == \
+        "registry.example.com/ml/pipeline:2"

@@ -36,6 +36,15 @@ app.kubernetes.io/part-of: clipforge
 {{- end -}}
 {{- end -}}
 
+{{/*
+The job policy as the operator reads it (CLIPFORGE_JOB_POLICY): allowedImages always admits
+pipelineImage.repository, the image of every job that names none.
+*/}}
+{{- define "clipforge-operator.jobPolicy" -}}
+{{- $images := prepend .Values.jobPolicy.allowedImages .Values.pipelineImage.repository | uniq -}}
+{{- merge (dict "allowedImages" $images) .Values.jobPolicy | toJson -}}
+{{- end -}}
+
 {{/* The namespace whose jobs the operator serves in namespace scope. */}}
 {{- define "clipforge-operator.watchNamespace" -}}
 {{- default .Release.Namespace .Values.watchNamespace -}}
