@@ -3,7 +3,8 @@
 # modules, for the tests (the way controller-runtime's envtest ships binaries; nothing of ClipForge
 # is Go). With --node it builds the test node's binaries instead: kubelet and kube-proxy (the
 # control plane's Kubernetes version, same wrapper module and Go build cache), Kubernetes' pause
-# binary (C, from the same module), containerd with its runc shim and ctr, and CoreDNS. Each set is
+# binary (C, from the same module), containerd with its runc shim and ctr, CoreDNS, and kube-router
+# (its NetworkPolicy firewall). Each set is
 # cached by version outside the repository, so a fresh machine builds once and later runs reuse it.
 # Prints what it builds and how long it took.
 #
@@ -22,7 +23,7 @@ OUT="$CACHE/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kuberay-$KUBERAY_VERSION"
 NODE=false PRINT_DIR=false
 for arg in "$@"; do
     case $arg in
-        --node) NODE=true; OUT="$CACHE/node-k8s-$KUBERNETES_VERSION-containerd-$CONTAINERD_VERSION-coredns-$COREDNS_VERSION" ;;
+        --node) NODE=true; OUT="$CACHE/node-k8s-$KUBERNETES_VERSION-containerd-$CONTAINERD_VERSION-coredns-$COREDNS_VERSION-kube-router-$KUBE_ROUTER_VERSION" ;;
         --print-dir) PRINT_DIR=true ;;
         *) echo "usage: $0 [--node] [--print-dir]" >&2; exit 2 ;;
     esac
@@ -99,14 +100,16 @@ build_pause() {
     touch "$OUT/pause.ok"
 }
 
-# A module whose main packages build as they are (no relative replaces): a wrapper that requires it.
-build_module_commands() {  # build_module_commands NAME MODULE VERSION TAGS PKG...
-    local name=$1 mod=$2 ver=$3 tags=$4; shift 4
+# Commands of a module that builds as it is (no relative replaces), from a wrapper that requires it.
+build_module_commands() {  # build_module_commands NAME VERSION TAGS PKG...
+    local name=$1 ver=$2 tags=$3; shift 3
     local dir="$CACHE/src/$name-$ver"
     rm -rf "$dir"; mkdir -p "$dir"
     (cd "$dir"
      go mod init "clipforge.test/${name}build" >/dev/null 2>&1
-     go get "$mod@v$ver" 2>&1 | grep -v '^go: added' || true
+     for pkg in "$@"; do
+         go get "$pkg@v$ver" 2>&1 | grep -v '^go: added' || true
+     done
      for pkg in "$@"; do
          go build -trimpath -tags "$tags" -ldflags="-s -w $LDFLAGS_EXTRA" -o "$OUT/${pkg##*/}" "$pkg"
          touch "$OUT/${pkg##*/}.ok"
@@ -115,12 +118,17 @@ build_module_commands() {  # build_module_commands NAME MODULE VERSION TAGS PKG.
 
 build_containerd() {
     LDFLAGS_EXTRA="-X github.com/containerd/containerd/v2/version.Version=v$CONTAINERD_VERSION" \
-        build_module_commands containerd github.com/containerd/containerd/v2 "$CONTAINERD_VERSION" \
+        build_module_commands containerd "$CONTAINERD_VERSION" \
         "no_btrfs no_devmapper no_zfs" github.com/containerd/containerd/v2/cmd/{containerd,containerd-shim-runc-v2,ctr}
 }
 
 build_coredns() {
-    LDFLAGS_EXTRA="" build_module_commands coredns github.com/coredns/coredns "$COREDNS_VERSION" "" github.com/coredns/coredns
+    LDFLAGS_EXTRA="" build_module_commands coredns "$COREDNS_VERSION" "" github.com/coredns/coredns
+}
+
+build_kube_router() {
+    LDFLAGS_EXTRA="-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=v$KUBE_ROUTER_VERSION" \
+        build_module_commands kube-router "$KUBE_ROUTER_VERSION" "" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 }
 
 build_kuberay() {
@@ -152,6 +160,8 @@ if $NODE; then
     if have containerd && have containerd-shim-runc-v2 && have ctr; then echo "containerd $CONTAINERD_VERSION: cached"
     else timed "containerd, containerd-shim-runc-v2, ctr $CONTAINERD_VERSION" build_containerd; fi
     if have coredns; then echo "coredns $COREDNS_VERSION: cached"; else timed "coredns $COREDNS_VERSION" build_coredns; fi
+    if have kube-router; then echo "kube-router $KUBE_ROUTER_VERSION: cached"
+    else timed "kube-router $KUBE_ROUTER_VERSION" build_kube_router; fi
     echo "node binaries ready in $((SECONDS - total)) s"
     echo "$OUT"
     exit 0

@@ -2,13 +2,14 @@
 # Installs the Debian packages the tests' real node needs beside the binaries that
 # scripts/build-kube-binaries.sh builds: runc (the OCI runtime containerd's shim runs), the CNI
 # plugins (bridge, host-local, loopback), nftables (kube-proxy's `nft`), conntrack (kube-proxy
-# flushes stale UDP entries with it), busybox-static (the test image's userland) and a C
+# flushes stale UDP entries with it), iptables and ipset (kube-router's NetworkPolicy firewall),
+# busybox-static (the test image's userland) and a C
 # compiler with a static libc (Kubernetes' pause binary is C).
 #
 # Idempotent: installs nothing when every package is there.
 set -euo pipefail
 
-PACKAGES=(runc containernetworking-plugins nftables conntrack busybox-static gcc libc6-dev)
+PACKAGES=(runc containernetworking-plugins nftables conntrack ipset iptables busybox-static gcc libc6-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

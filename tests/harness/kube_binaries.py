@@ -15,7 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-kube-binaries.sh"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kuberay-operator")
 # The test node's (harness/node.py), built with `--node` into a directory of their own.
-NODE_BINARIES = ("kubelet", "kube-proxy", "pause", "containerd", "containerd-shim-runc-v2", "ctr", "coredns")
+NODE_BINARIES = ("kubelet", "kube-proxy", "pause", "containerd", "containerd-shim-runc-v2", "ctr", "coredns",
+                 "kube-router")
 
 
 class KubeBinariesError(RuntimeError):

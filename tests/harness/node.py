@@ -7,7 +7,8 @@ are Debian's), run inside namespaces of its own so the host is left as it was:
 - a network namespace: `eth0` on the host's test bridge (netns.BRIDGE) with a node address
   (10.200.254.<slot>), a default route to the host (netns.HOST_IP, where the API server and the
   test S3 server listen), the CNI bridge `cni0` with the node's pod subnet (10.201.<slot>.0/24),
-  forwarding and kube-proxy's nftables rules (nftables mode), and one masquerade rule for what
+  forwarding, kube-proxy's nftables rules (nftables mode), kube-router's NetworkPolicy firewall
+  (iptables rules and ipsets; its router and proxy off), and one masquerade rule for what
   pods send to the host. Routes to the other nodes' pod subnets go via their addresses, across
   the host bridge (the host itself never forwards). Host sysctls and the host firewall are not
   touched; all of it vanishes with the namespace.
@@ -322,6 +323,16 @@ class Node:
         self._spawn("kube-proxy", [str(self.bin_dir / "kube-proxy"), f"--config={path}", "--v=2"])
         self._wait("kube-proxy", "its nftables table", lambda: "table ip kube-proxy" in self.run_inside(
             ["nft", "list", "tables"], check=False).stdout)
+
+    def start_kube_router(self) -> None:
+        """kube-router's NetworkPolicy firewall alone (iptables rules and ipsets, in the node's network namespace)."""
+        kubeconfig = self.control_plane.client_kubeconfig("kube-router")
+        self._spawn("kube-router", [
+            str(self.bin_dir / "kube-router"), f"--kubeconfig={kubeconfig}", f"--hostname-override={self.spec.name}",
+            "--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-cni=false",
+        ])
+        self._wait("kube-router", "its firewall chains", lambda: "KUBE-ROUTER-FORWARD" in self.run_inside(
+            ["iptables", "-S"], check=False).stdout)
 
     def stop(self) -> None:
         """Kills the daemons, every pod's processes and shim, and removes its cgroups (idempotent)."""

@@ -3,8 +3,8 @@
     with Nodes(control_plane, workdir) as nodes:        # cpu-node and gpu-node, CoreDNS running
         nodes.import_image(archive, "clipforge/operator:0.1.0")
 
-Each node runs its own containerd, kubelet and kube-proxy (nftables mode) in namespaces of its
-own; the GPU node advertises `nvidia.com/gpu: 2` by a status patch on its Node (no device plugin:
+Each node runs its own containerd, kubelet, kube-proxy (nftables mode) and kube-router (its
+NetworkPolicy firewall only) in namespaces of its own; the GPU node advertises `nvidia.com/gpu: 2` by a status patch on its Node (no device plugin:
 there is no GPU) and carries NVIDIA's taint. CoreDNS runs as a Deployment in kube-system behind the
 `kube-dns` Service at CLUSTER_DNS_IP, as in a kubeadm cluster; it answers for cluster.local only
 (nothing outside the machine is reachable). Images come from OCI archives imported into each node's
@@ -45,8 +45,9 @@ COREFILE = f""".:53 {{
 def node_versions(bin_dir: Path) -> dict[str, str]:
     """What each part of the node says its version is (read from the binaries and Debian's packages)."""
 
-    def out(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    def out(*argv: str) -> str:  # kube-router prints its version on stderr
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        return done.stdout + done.stderr
 
     return {
         "kubelet": out(str(bin_dir / "kubelet"), "--version").split()[-1],
@@ -55,6 +56,8 @@ def node_versions(bin_dir: Path) -> dict[str, str]:
         "runc": out(str(RUNC), "--version").splitlines()[0].split()[-1],
         "cni-plugins": out("dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"),
         "coredns": out(str(bin_dir / "coredns"), "-version").split()[0].removeprefix("CoreDNS-"),
+        # `Running /path/kube-router version v2.1.0, built on ...`
+        "kube-router": out(str(bin_dir / "kube-router"), "--version").split(" version ")[1].split(",")[0],
     }
 
 
@@ -85,6 +88,19 @@ def report_header() -> list[str]:
         lines += [f"image {name}: {archive_digest(path) if path.exists() else 'not built yet'}"
                   for name, path in image_archives().items()]
     return lines
+
+
+# What kube-router's own manifests grant it (daemonset/generic-kuberouter.yaml), for its firewall.
+KUBE_ROUTER_RBAC = (
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "kube-router"},
+     "rules": [{"apiGroups": [""], "resources": ["namespaces", "pods", "services", "nodes", "endpoints"],
+                "verbs": ["list", "get", "watch"]},
+               {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "get", "watch"]},
+               {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "get", "watch"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "kube-router"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-router"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-router"}]},
+)
 
 
 def coredns_manifests(image: str) -> list[dict]:
@@ -169,9 +185,11 @@ class Nodes:
                 archive = self.workdir / "images" / f"{spec.name.replace('/', '_').replace(':', '_')}.tar"
                 self.image_digests[spec.name] = write_archive(spec, archive)
                 self.import_image(archive, spec.name)
+            self.control_plane.apply(*KUBE_ROUTER_RBAC)
             for node in self.nodes:
                 node.start_kubelet()
                 node.start_kube_proxy()
+                node.start_kube_router()
             self._wait_ready()
             self.control_plane.apply(*coredns_manifests(coredns_image(self.versions)))
             self._wait(lambda: self.control_plane.kubectl(

@@ -2,7 +2,8 @@
 
 containerd, runc and the CNI bridge run the pods from an image (a busybox image written here),
 the kubelet enforces their limits and security contexts and serves logs and exec through the API
-server, kube-proxy routes ClusterIPs and CoreDNS answers for Services. The nodes get a control
+server, kube-proxy routes ClusterIPs, CoreDNS answers for Services and kube-router enforces
+NetworkPolicy. The nodes get a control
 plane of their own: the session's has the process kubelet's nodes, under the same names.
 """
 
@@ -159,11 +160,18 @@ def web(cp: ControlPlane, ns: str) -> str:
     return json.loads(cp.kubectl("get", "service", "web", "-n", ns, "-o", "json").stdout)["spec"]["clusterIP"]
 
 
-def _fetch_from(cp: ControlPlane, ns: str, node: str, url: str) -> str:
-    """What a pod on `node` gets from `url` (it retries: kube-proxy syncs the Service a moment later)."""
+def _fetch_from(cp: ControlPlane, ns: str, node: str, url: str, *, labels: dict | None = None,
+                until_refused: bool = False) -> str:
+    """What a pod on `node` gets from `url`; it retries while the node's agents catch up with a change.
+
+    until_refused: it retries until a request fails instead, and prints `refused` then.
+    """
     name = f"client-{node}-{uuid.uuid4().hex[:4]}"
-    _run_to_end(cp, ns, _pod(ns, name, f"for i in $(seq 30); do timeout 5 wget -q -O - {url} && exit 0; sleep 1; done; exit 1",
-                             node=node))
+    attempt = f"timeout 5 wget -q -O - {url}"
+    attempt = f"{attempt} || {{ echo refused; exit 0; }}" if until_refused else f"{attempt} && exit 0"
+    pod = _pod(ns, name, f"for i in $(seq 30); do {attempt}; sleep 1; done; exit 1", node=node)
+    pod["metadata"]["labels"].update(labels or {})
+    _run_to_end(cp, ns, pod)
     return cp.kubectl("logs", "-n", ns, name).stdout
 
 
@@ -179,6 +187,20 @@ def test_a_service_name_resolves_through_coredns(cp: ControlPlane, ns: str, web:
     out = cp.kubectl("logs", "-n", ns, "lookup").stdout
     assert terminated["exitCode"] == 0, out
     assert web in out and "nameserver 10.96.0.10" in out
+
+
+def test_kube_router_enforces_a_network_policy(cp: ControlPlane, ns: str, web: str):
+    cp.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "web-from-friends", "namespace": ns},
+              "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"friend": "true"}}}]}]}})
+    # A stranger is refused once the policy is in force, from either node, by pod address and by ClusterIP;
+    # a pod the policy names still gets through.
+    pod_ip = _get(cp, ns, "web")["status"]["podIP"]
+    assert _fetch_from(cp, ns, "gpu-node", f"http://{web}/", until_refused=True).split()[-1] == "refused"
+    assert _fetch_from(cp, ns, "cpu-node", f"http://{pod_ip}:8080/", until_refused=True).split()[-1] == "refused"
+    assert _fetch_from(cp, ns, "gpu-node", f"http://{web}/", labels={"friend": "true"}).strip() == "served-by-web"
+    assert _fetch_from(cp, ns, "cpu-node", f"http://{pod_ip}:8080/", labels={"friend": "true"}).strip() == "served-by-web"
 
 
 def test_the_gpu_node_is_tainted_and_advertises_gpus(cp: ControlPlane, ns: str):
@@ -214,6 +236,9 @@ def _host_state(workdir: Path) -> dict:
         "nft_tables": [t for t in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
                                                  check=True).stdout.splitlines()
                        if "kube-proxy" in t or "clipforge-node" in t],
+        "kube_router_rules": [r for r in subprocess.run(["iptables", "-S"], capture_output=True, text=True,
+                                                        check=True).stdout.splitlines() if "KUBE-ROUTER" in r],
+        "ipsets": subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True, check=True).stdout,
         "mounts": [m for m in Path("/proc/self/mountinfo").read_text().splitlines()
                    if str(workdir) in m or re.search(r" /(var/lib/kubelet|var/log/pods|run/containerd)", m)],
     }
