@@ -242,6 +242,17 @@ class ControlPlane:
             proc.wait()
         atexit.unregister(self.stop)
 
+    def stop_kuberay(self) -> None:
+        """Stops the KubeRay operator's process, for nodes that run it as a pod (node_cluster.py):
+        the jobs' NetworkPolicies admit KubeRay's pods, not the host, to their dashboards."""
+        proc = self._procs.pop("kuberay-operator", None)
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
     def _start(self, bin_dir: Path, deadline: float) -> None:
         netns.ensure_bridge()
         # A fresh cluster each start: old etcd data would hold objects signed by the old keys.

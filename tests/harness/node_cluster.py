@@ -9,6 +9,9 @@ there is no GPU) and carries NVIDIA's taint. CoreDNS runs as a Deployment in kub
 `kube-dns` Service at CLUSTER_DNS_IP, as in a kubeadm cluster; it answers for cluster.local only
 (nothing outside the machine is reachable). Images come from OCI archives imported into each node's
 containerd (pods use `imagePullPolicy: Never` or `IfNotPresent`; there is no registry).
+`start_kuberay()` moves KubeRay's operator from the control plane's process into a pod (an image of
+its binary, the labels of KubeRay's chart): the jobs' NetworkPolicies admit it, not the host, to
+their Ray dashboards, and the host has no route to pods anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from harness import kube_binaries
 from harness.node import (CLUSTER_DNS_IP, CLUSTER_DOMAIN, CPU_NODE, GPU_NODE, Node, NodeError, NodeSpec,
                           RUNC, claim_slot, coredns_image, node_images, sandbox_image)
-from harness.oci_archive import write_archive
+from harness.oci_archive import ImageSpec, write_archive
 
 READY_TIMEOUT_S = 180.0
 BUILD_IMAGES = kube_binaries.REPO_ROOT / "scripts" / "build-images.sh"
@@ -147,6 +150,39 @@ def coredns_manifests(image: str) -> list[dict]:
     ]
 
 
+KUBERAY_NAMESPACE = "kuberay-system"
+KUBERAY_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}  # what the jobs' NetworkPolicies admit
+
+
+def kuberay_manifests(image: str) -> list[dict]:
+    """KubeRay's operator as its chart deploys it: a ServiceAccount bound to its ClusterRole, and a Deployment."""
+    meta = {"name": "kuberay-operator", "namespace": KUBERAY_NAMESPACE}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUBERAY_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "kuberay-operator-pod"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kuberay-operator"},
+         "subjects": [{"kind": "ServiceAccount", "name": "kuberay-operator", "namespace": KUBERAY_NAMESPACE}]},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {**meta, "labels": KUBERAY_LABELS},
+         "spec": {"replicas": 1, "selector": {"matchLabels": KUBERAY_LABELS}, "template": {
+             "metadata": {"labels": KUBERAY_LABELS},
+             "spec": {
+                 "serviceAccountName": "kuberay-operator",
+                 "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+                 "containers": [{
+                     "name": "kuberay-operator", "image": image, "imagePullPolicy": "Never",
+                     "args": ["--enable-leader-election=false", "--health-probe-bind-address=:8082",
+                              "--metrics-addr=:8080", "--log-stdout-encoder=console"],
+                     "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8082}, "periodSeconds": 2},
+                     "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                         "capabilities": {"drop": ["ALL"]}},
+                 }],
+             }}}},
+    ]
+
+
 class Nodes:
     """Starts and stops the nodes; usable as a context manager (yields itself)."""
 
@@ -207,6 +243,23 @@ class Nodes:
         """Imports an OCI archive into every node's containerd as `name`."""
         for node in self.nodes:
             node.import_image(archive, name)
+
+    def start_kuberay(self) -> None:
+        """KubeRay's operator as a pod on the nodes, in place of the control plane's process: the jobs'
+        NetworkPolicies admit its pods, and nothing on the host, to their Ray dashboards."""
+        bin_dir = kube_binaries.ensure_built()
+        version = kube_binaries.binary_versions(bin_dir)["kuberay-operator"]
+        image = f"clipforge.test/kuberay-operator:{version}"
+        archive = self.workdir / "images" / "kuberay-operator.tar"
+        self.image_digests[image] = write_archive(
+            ImageSpec(image, files={"/kuberay-operator": bin_dir / "kuberay-operator"},
+                      entrypoint=["/kuberay-operator"]), archive)
+        self.import_image(archive, image)
+        self.control_plane.stop_kuberay()
+        self.control_plane.apply(*kuberay_manifests(image))
+        self._wait(lambda: self.control_plane.kubectl(
+            "-n", KUBERAY_NAMESPACE, "rollout", "status", "deployment/kuberay-operator", "--timeout=5s",
+            check=False, timeout=30).returncode == 0, "KubeRay's operator to be ready")
 
     def stop(self) -> None:
         """Stops every node and deletes its Node object (idempotent); work directories and logs stay."""

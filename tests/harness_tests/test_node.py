@@ -24,7 +24,7 @@ import pytest
 from harness import netns
 from harness.control_plane import ControlPlane
 from harness.node import CLUSTER_POD_CIDR, KUBELET_SYSCTLS, NodeSpec, cgroup_root, claim_slot, host_veth
-from harness.node_cluster import Nodes
+from harness.node_cluster import KUBERAY_NAMESPACE, Nodes
 from harness.oci_archive import ImageSpec, write_archive
 from harness.waiting import eventually
 
@@ -52,6 +52,7 @@ def real_nodes(tmp_path_factory, busybox_archive: Path):
     workdir = tmp_path_factory.mktemp("real-node")
     with ControlPlane(workdir / "control-plane") as cp, Nodes(cp, workdir / "nodes") as nodes:
         nodes.import_image(busybox_archive, BUSYBOX)
+        nodes.start_kuberay()
         yield cp, nodes
 
 
@@ -212,6 +213,23 @@ def test_the_gpu_node_is_tainted_and_advertises_gpus(cp: ControlPlane, ns: str):
     del pod["spec"]["nodeSelector"]
     cp.apply(pod)
     assert _wait(cp, ns, "gpu", _ready, "pod gpu to be Ready")["spec"]["nodeName"] == "gpu-node"
+
+
+def test_kuberay_runs_as_a_pod_and_reconciles_rayclusters(cp: ControlPlane, ns: str):
+    """KubeRay's operator runs from an image of its binary, with the labels the jobs' NetworkPolicies
+    admit to their dashboards, in place of the control plane's process, and makes a RayCluster's pods."""
+    with pytest.raises(KeyError):
+        cp.pid("kuberay-operator")
+    (pod,) = json.loads(cp.kubectl("get", "pods", "-n", KUBERAY_NAMESPACE, "-o", "json").stdout)["items"]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "kuberay-operator" and _ready(pod)
+    pod_spec = {"containers": [{"name": "ray", "image": BUSYBOX, "imagePullPolicy": "Never",
+                                "command": ["sh", "-c", "exec sleep 3600"]}]}
+    cp.apply({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "demo", "namespace": ns},
+              "spec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": pod_spec}}}})
+    head = eventually(lambda: json.loads(cp.kubectl("get", "pods", "-n", ns, "-l", "ray.io/cluster=demo",
+                                                    "-o", "json").stdout)["items"], "KubeRay to make the head pod")[0]
+    assert head["metadata"]["labels"]["ray.io/node-type"] == "head"
+    assert cp.kubectl("get", "service", "demo-head-svc", "-n", ns, check=False).returncode == 0
 
 
 def _alive(pid: int) -> bool:
