@@ -150,6 +150,11 @@ build_image() {  # name build-args...
     local ref=docker.io/clipforge/$name:$VERSION archive=${ARCHIVE[$name]} args=() layout
     [[ -f $HOST_CA ]] && args+=(--volume "$HOST_CA:$BUILD_CA:ro" --build-arg "PIP_CERT=$BUILD_CA")
     for arg in "$@"; do args+=(--build-arg "$arg"); done
+    # The previous build of this image goes first: under vfs its layers are whole copies (GBs for
+    # the pipeline), and the tagged stages below keep what the new build can reuse.
+    bah rm --all >/dev/null  # working containers an interrupted build left
+    bah rmi "$ref" >/dev/null 2>&1 || true
+    bah rmi --prune >/dev/null 2>&1 || true
     # Each named stage is built and tagged first: the pruning below then keeps its layers (the
     # pipeline's heavy layer is its `deps` stage) as buildah's cache for the next build.
     local stage
@@ -164,7 +169,6 @@ build_image() {  # name build-args...
     rm -rf "$layout"
     # Earlier archives of this image on this architecture are superseded.
     find "$IMAGES" -maxdepth 1 -name "$name-$ARCH-*.tar" -not -path "$archive" -delete
-    # Untagged layers of earlier builds of this image: buildah keeps every one (GBs under vfs).
     bah rmi --prune >/dev/null 2>&1 || true
     echo "built clipforge/$name:$VERSION in $((SECONDS - started)) s"
 }

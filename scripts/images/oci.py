@@ -83,8 +83,12 @@ def write_archive(layout: Path, reference: str, archive: Path) -> None:
     (layout / "manifest.json").write_text(json.dumps(docker_manifest))
     partial = archive.with_name(archive.name + ".partial")
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in ("oci-layout", "index.json", "manifest.json", "blobs"):
-            tar.add(layout / name, arcname=name, filter=_normalised)
+        for name in ("oci-layout", "index.json", "manifest.json", "blobs", "blobs/sha256"):
+            tar.add(layout / name, arcname=name, recursive=False, filter=_normalised)
+        # Each blob leaves the layout once it is in the archive: the two never both hold the image.
+        for blob in sorted((layout / "blobs" / "sha256").iterdir()):
+            tar.add(blob, arcname=f"blobs/sha256/{blob.name}", filter=_normalised)
+            blob.unlink()
     partial.rename(archive)
 
 

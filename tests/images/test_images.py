@@ -9,7 +9,6 @@ is scripts/test.sh's step before pytest; here it runs again and must rebuild not
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile
