@@ -8,6 +8,7 @@ is scripts/test.sh's step before pytest; here it runs again and must rebuild not
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ["bash", str(ROOT / "scripts" / "build-images.sh")]
@@ -166,3 +169,17 @@ def test_pipeline_image_login_shell_finds_ray(rootfs, tmp_path):
     out = run_in_image(rootfs[PIPELINE], ["bash", "-lc", "command -v ray clipforge wget"],
                        PIPELINE_WRITABLE, tmp_path)
     assert out.split() == ["/opt/venv/bin/ray", "/opt/venv/bin/clipforge", "/usr/bin/wget"]
+
+
+def test_pipeline_requirements_follow_pyproject():
+    """The image installs requirements.txt under constraints.txt: both must still be what
+    scripts/images/lock_pipeline_requirements.py writes from pyproject.toml."""
+    spec = importlib.util.spec_from_file_location("lock", ROOT / "scripts" / "images" / "lock_pipeline_requirements.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    lines = lambda path: [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]  # noqa: E731
+    assert lines(lock.REQUIREMENTS) == lock.requirements()
+    pins = {canonicalize_name(Requirement(ln).name): Requirement(ln) for ln in lines(lock.CONSTRAINTS)}
+    for wanted in map(Requirement, lock.requirements()):
+        pinned = pins[canonicalize_name(wanted.name)]
+        assert wanted.specifier.contains(next(iter(pinned.specifier)).version), (wanted, pinned)
