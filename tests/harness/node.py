@@ -36,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -348,6 +349,8 @@ class Node:
             proc.wait()
         self._procs.clear()
         self._holder = None
+        # containerd's images and snapshots: gigabytes per node with ClipForge's images; the logs stay.
+        shutil.rmtree(self.workdir / "var-lib" / "containerd", ignore_errors=True)
         subprocess.run(["ip", "link", "del", host_veth(self.slot)], capture_output=True)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
