@@ -23,6 +23,10 @@ def pod_s3_server():
 @pytest.fixture
 def stack(control_plane, pod_s3_server):
     return (control_plane, pod_s3_server)
+
+@pytest.fixture(scope="module")
+def build_output():
+    return "built"
 """
 
 
@@ -41,11 +45,13 @@ def test_tests_are_marked_by_the_fixtures_they_use_even_through_other_fixtures(p
         def test_stack(stack): pass
         @pytest.mark.usefixtures("stack")
         def test_used(): pass
+        def test_images(build_output): pass
         def test_nothing(tmp_path): pass
     """)
     assert selected(pytester, "kube") == {"test_plane", "test_stack", "test_used"}
     assert selected(pytester, "s3") == {"test_bucket", "test_stack", "test_used"}
-    assert selected(pytester, "not kube and not ray and not s3") == {"test_nothing"}
+    assert selected(pytester, "images") == {"test_images"}
+    assert selected(pytester, "not kube and not ray and not s3 and not images") == {"test_nothing"}
 
 
 def test_a_module_that_makes_its_own_control_plane_or_gateway_is_marked(pytester):

@@ -3,6 +3,8 @@
 - `kube` and `s3` go to every test that uses, directly or through other fixtures, a fixture that
   starts a control plane or a Ceph RADOS gateway (FIXTURE_MARKERS), and to every test of a module
   that makes one of its own (CONSTRUCTOR_MARKERS).
+- `images` goes to every test that uses the built images (the `build_output` fixture of
+  tests/images, which runs scripts/build-images.sh: minutes whenever an input changed).
 - `ray` is declared by a test that starts Ray on this machine (ray.init, or a job on the ray
   executor, in the test's process or a child). A test marked neither `ray` nor `kube` runs with
   RAY_TMPDIR set to an empty directory of its own, and fails if Ray made a session there.
@@ -24,7 +26,7 @@ from pathlib import Path
 import pytest
 
 # fixture -> the marker of every test that uses it
-FIXTURE_MARKERS = {"control_plane": "kube", "s3_server": "s3", "pod_s3_server": "s3"}
+FIXTURE_MARKERS = {"control_plane": "kube", "s3_server": "s3", "pod_s3_server": "s3", "build_output": "images"}
 # class -> the marker of every test in a module that calls it
 CONSTRUCTOR_MARKERS = {"ControlPlane": "kube", "CephS3Gateway": "s3"}
 # The test's empty RAY_TMPDIR and the value it replaced.
