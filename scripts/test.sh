@@ -11,13 +11,24 @@ bash scripts/install-ceph.sh
 bash scripts/install-kube-tools.sh
 bash scripts/install-node-packages.sh
 bash scripts/install-chromium.sh
+# The operator and pipeline images, built with buildah without a daemon (docs/images.md; about 25
+# minutes the first time, cached by a hash of their inputs afterwards). Mostly downloads and disk,
+# so it runs beside the Go builds below, which are mostly CPU; it starts after the apt installs
+# above because it may apt-get buildah itself.
+images_log=$(mktemp)
+bash scripts/build-images.sh >"$images_log" 2>&1 &
+images_pid=$!
+trap 'kill "$images_pid" 2>/dev/null || true' EXIT   # a failed Go build leaves no build behind
 # The real control plane and KubeRay operator, built from their Go modules once per version
 # (cached under ~/.cache/clipforge/kube-bin: minutes on a fresh machine, nothing afterwards).
 bash scripts/build-kube-binaries.sh
-# The test node's kubelet, kube-proxy, pause, containerd and CoreDNS, cached the same way.
+# The test nodes' kubelet, kube-proxy, pause, containerd, CoreDNS and kube-router, cached the same way.
 bash scripts/build-kube-binaries.sh --node
-# The operator and pipeline images, built with buildah without a daemon (docs/images.md; about 25
-# minutes the first time, cached by a hash of their inputs afterwards).
-bash scripts/build-images.sh
+images_status=0
+wait "$images_pid" || images_status=$?
+cat "$images_log"
+rm -f "$images_log"
+trap - EXIT
+[ "$images_status" -eq 0 ] || { echo "scripts/build-images.sh failed ($images_status)" >&2; exit "$images_status"; }
 
 python3 -m pytest "$@"
