@@ -113,23 +113,26 @@ def pytest_terminal_summary(terminalreporter, config) -> None:
 
 
 @pytest.fixture(scope="session")
-def kubelet(control_plane, tmp_path_factory):
-    """A process kubelet on the session's control plane: a CPU and a GPU node (tests/harness/process_kubelet.py)."""
-    from harness.process_kubelet import ProcessKubelet
+def nodes(control_plane, tmp_path_factory):
+    """Real nodes on the session's control plane: a CPU and a GPU node (tests/harness/node_cluster.py)
+    with ClipForge's images (scripts/build-images.sh) imported and KubeRay's operator running as a pod."""
+    from harness.node_cluster import Nodes
 
-    with ProcessKubelet(control_plane.kubeconfig, tmp_path_factory.mktemp("kubelet"), control_plane.hosts_path) as k:
-        yield k
+    with Nodes(control_plane, tmp_path_factory.mktemp("nodes")) as nodes:
+        nodes.import_clipforge_images()
+        nodes.start_kuberay()
+        yield nodes
 
 
 @pytest.fixture(scope="module")
-def stack(request, control_plane, kubelet, pod_s3_server, tmp_path_factory):
+def stack(request, control_plane, nodes, pod_s3_server, tmp_path_factory):
     """The operator as the chart deploys it and a `restricted` namespace of the test module's own
     (tests/support/cluster_jobs.py's Stack): the module names the namespace as NS and may add chart
     `--set` values as CHART_SETS."""
     from support.cluster_jobs import make_stack
 
     module = request.module
-    stack = make_stack(control_plane, kubelet, pod_s3_server, tmp_path_factory.mktemp(module.NS), module.NS,
+    stack = make_stack(control_plane, nodes, pod_s3_server, tmp_path_factory.mktemp(module.NS), module.NS,
                        getattr(module, "CHART_SETS", ()))
     yield stack
     stack.close()

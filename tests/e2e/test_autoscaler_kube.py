@@ -16,8 +16,9 @@ Starting from no pod keeps the test from racing its own work: nothing transcodes
 autoscaler's first pod is up, and the second starts alongside it.
 
 Real: kube-apiserver with RBAC and the ServiceAccount admission, KubeRay, Ray's autoscaler and Ray
-Data. Not real: the pods are processes on the process kubelet's two logical nodes, so "growing" adds
-processes, never a machine; nobody provisions nodes (docs/testing.md).
+Data, and the nodes that run the pods from the pipeline image (harness/node_cluster.py). Not real:
+both nodes are this one machine, so "growing" adds containers, never a machine; nobody provisions
+nodes, and the GPU node's GPUs are a status patch (docs/testing.md).
 """
 
 from __future__ import annotations
@@ -80,21 +81,18 @@ def run(stack, tmp_path_factory):
     bucket = stack.upload_samples(tmp, copies=COPIES)
     stack.apply_job(manifest(stack, bucket), tmp)
     applied = stack.get("videocurationjob", JOB)
-    api = stack.kubelet.api
     seen = SimpleNamespace(sizes=[], pods={}, statuses=[], worker_pods={}, waiting=set(),
                            token=None, cluster=None, head=None)
 
     def group_pods() -> list[dict]:
-        return api.get(f"/api/v1/namespaces/{NS}/pods",
-                       query={"labelSelector": f"clipforge.dev/job={JOB},ray.io/group={GROUP}"})["items"]
+        return stack.list("pods", f"clipforge.dev/job={JOB},ray.io/group={GROUP}")
 
     def sample() -> None:
-        job = api.get(f"/apis/clipforge.dev/v1alpha1/namespaces/{NS}/videocurationjobs/{JOB}") or {}
-        status = job.get("status") or {}
+        status = stack.status(JOB)
         seen.cluster = seen.cluster or status.get("rayClusterName")
         if not seen.cluster:
             return
-        raycluster = api.get(f"/apis/ray.io/v1/namespaces/{NS}/rayclusters/{seen.cluster}", missing_ok=True)
+        raycluster = stack.get("raycluster", seen.cluster)
         if raycluster is None:
             return
         (group,) = [g for g in raycluster["spec"]["workerGroupSpecs"] if g["groupName"] == GROUP]
@@ -105,16 +103,16 @@ def run(stack, tmp_path_factory):
             seen.sizes.append(size)
         if status.get("phase") == "Running":
             seen.statuses.append(next((g for g in status.get("workerGroups") or [] if g["name"] == GROUP), None))
-        heads = api.get(f"/api/v1/namespaces/{NS}/pods",
-                        query={"labelSelector": f"ray.io/cluster={seen.cluster},ray.io/node-type=head"})["items"]
+        heads = stack.list("pods", f"ray.io/cluster={seen.cluster},ray.io/node-type=head")
         if not heads or not heads[0]["status"].get("podIP"):
             return
         seen.head = heads[0]
         seen.token = seen.token or stack.ray_token(JOB)
         pod_of_ip = {p["status"]["podIP"]: p["metadata"]["name"] for p in pods if p["status"].get("podIP")}
         try:
-            ip_of_node = {n["node_id"]: n["node_ip"] for n in ray_state(heads[0]["status"]["podIP"], "nodes", seen.token)}
-            actors = ray_state(heads[0]["status"]["podIP"], "actors", seen.token)
+            head = heads[0]["metadata"]["name"]
+            ip_of_node = {n["node_id"]: n["node_ip"] for n in ray_state(stack, head, "nodes", seen.token)}
+            actors = ray_state(stack, head, "actors", seen.token)
         except OSError:
             return  # the dashboard is busy or the job just ended; the next poll tries again
         for actor in actors:
@@ -137,7 +135,7 @@ def run(stack, tmp_path_factory):
         stack.wait(back_to_none, 300, f"group {GROUP} back at no pod after the idle timeout", JOB)
     yield SimpleNamespace(status=status, phases=phases, seen=seen, applied=applied,
                           rayjob=stack.get("rayjob", JOB), raycluster=stack.get("raycluster", seen.cluster),
-                          autoscaler_log=stack.kubelet.logs(NS, seen.head["metadata"]["name"], "autoscaler"))
+                          autoscaler_log=stack.logs(seen.head["metadata"]["name"], "autoscaler"))
     stack.kubectl("delete", "videocurationjob", JOB, "--timeout=120s", check=False)
 
 

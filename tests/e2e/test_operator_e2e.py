@@ -2,10 +2,10 @@
 
 Real here: kube-apiserver, etcd, controller-manager and scheduler, the KubeRay 1.5.0 operator
 (tests/harness/control_plane.py), our operator with the Helm chart's ServiceAccount and RBAC
-(harness/operator_process.py), Ray, PyAV and Ceph RGW. The pods run as processes in their own
-network namespaces (harness/process_kubelet.py) from this test environment, not from their image:
-there is no container runtime. There is no GPU either: the GPU node is logical (`nvidia.com/gpu`
-capacity and NVIDIA's taint, for the real scheduler), so the "GPU" stage's actors run on its CPU.
+(harness/operator_process.py), Ray, PyAV and Ceph RGW, and the nodes (harness/node_cluster.py):
+containerd runs every pod from the pipeline image built by scripts/build-images.sh, with its limits,
+security contexts and the job's enforced NetworkPolicy. There is no GPU: the GPU node advertises
+`nvidia.com/gpu` by a status patch and carries NVIDIA's taint, so the "GPU" stage's actors run on its CPU.
 
 One job runs, in a namespace that enforces the `restricted` Pod Security level: examples/cpu-job.yaml
 pointed at the bucket, with the motion stage on a GPU worker group. While it runs, the head's
@@ -47,6 +47,14 @@ def run(stack, tmp_path_factory):
     stack.apply_job(doc, tmp)
 
     ray = SimpleNamespace(nodes={}, actors={}, pods={}, token=None)
+    logs: dict[tuple[str, str], str] = {}  # (pod, container) -> the longest log read: pods go with the cluster
+    read_logs_at = [0.0]
+
+    def read_logs() -> None:
+        for key, text in stack.pod_logs(f"clipforge.dev/job={JOB}").items():
+            if len(text) >= len(logs.get(key, "")):
+                logs[key] = text
+        read_logs_at[0] = time.monotonic()
 
     def sample() -> None:  # Ray's nodes and actors, and the pods behind them, while the job runs
         pods = stack.pods_of(JOB)
@@ -54,11 +62,13 @@ def run(stack, tmp_path_factory):
                  and p["status"].get("podIP")]
         if not heads or stack.status(JOB).get("phase") != "Running":
             return
+        if time.monotonic() - read_logs_at[0] > 15:
+            read_logs()
         ray.pods.update({p["status"]["podIP"]: p for p in pods if p["status"].get("podIP")})
         ray.token = ray.token or stack.ray_token(JOB)  # the state API, like the rest of the dashboard, wants it
         try:
-            nodes = ray_state(heads[0]["status"]["podIP"], "nodes", ray.token)
-            actors = ray_state(heads[0]["status"]["podIP"], "actors", ray.token)
+            nodes = ray_state(stack, heads[0]["metadata"]["name"], "nodes", ray.token)
+            actors = ray_state(stack, heads[0]["metadata"]["name"], "actors", ray.token)
         except OSError:
             return  # the dashboard is busy or the cluster just went; the next poll tries again
         ray.nodes.update({n["node_id"]: n for n in nodes})
@@ -66,7 +76,8 @@ def run(stack, tmp_path_factory):
 
     phases: list[str] = []
     status = stack.wait_phase(JOB, ("Succeeded", "Failed", "Cancelled"), timeout=600, seen=phases, on_poll=sample)
-    return SimpleNamespace(bucket=bucket, status=status, phases=phases, ray=ray)
+    read_logs()  # before ttlSecondsAfterFinished takes the cluster
+    return SimpleNamespace(bucket=bucket, status=status, phases=phases, ray=ray, logs=logs)
 
 
 def test_the_job_succeeds_with_real_counts_and_decodable_clips_in_the_bucket(stack, run):
@@ -168,8 +179,7 @@ def test_the_credentials_and_the_ray_token_appear_nowhere_but_in_their_secrets(s
         "ConfigMaps": json.dumps(stack.list("configmaps")),
         "events": json.dumps(stack.list("events")),
         "operator log": stack.operator.log_text(),
-        "logs of the job's containers": "".join(log.read_text(errors="replace") for log in
-                                                (stack.kubelet.workdir / "logs").glob(f"{NS}_{JOB}*.log")),
+        "logs of the job's containers": "".join(run.logs.values()),
         "outputs": "".join(stack.s3_client.get_object(Bucket=run.bucket, Key=k)["Body"].read().decode(errors="replace")
                            for k in outputs),
     }
@@ -178,7 +188,7 @@ def test_the_credentials_and_the_ray_token_appear_nowhere_but_in_their_secrets(s
     for where, text in places.items():
         for what, value in values.items():
             assert value not in text, f"{what} appears in the {where}"
-    # The pods get them by reference to the Secrets, which is how the process kubelet gave them to Ray.
+    # The pods get them by reference to the Secrets, which is how the kubelet gave them to Ray.
     rayjob = stack.get("rayjob", JOB)
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in head["env"]}
@@ -198,8 +208,8 @@ def test_the_job_ran_with_ray_token_auth_and_kuberay_polled_it_through_the_gate(
     for env in [*envs, cluster["autoscalerOptions"]["env"]]:
         assert {"name": "RAY_AUTH_MODE", "value": "token"} in env
     assert rayjob["status"]["jobId"] == JOB and rayjob["status"]["jobStatus"] == "SUCCEEDED"
-    gate_log = "".join(log.read_text(errors="replace")
-                       for log in (stack.kubelet.workdir / "logs").glob(f"{NS}_{JOB}*head*_dashboard-gate.log"))
+    gate_log = "".join(log for (pod, container), log in run.logs.items()
+                       if "head" in pod and container == "dashboard-gate")
     assert f"status poll of job {JOB}" in gate_log
 
 

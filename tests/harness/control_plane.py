@@ -4,16 +4,16 @@ etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the KubeRay op
 their Go modules by scripts/build-kube-binaries.sh (see kube_binaries.py). Nothing is faked: real
 TLS with a throwaway CA, client-certificate authentication, RBAC (and Node) authorization, the
 default admission plugins (ServiceAccount and PodSecurity included), service-account tokens signed
-by a real key. There are no nodes: pods stay Pending until a kubelet (tests/harness) registers one.
+by a real key. There are no nodes: pods stay Pending until nodes (node_cluster.py) register.
 
     with ControlPlane(workdir) as cp:
         cp.kubectl("get", "pods", "-A")
         cp.service_account_kubeconfig("ns", "sa")   # a token kubeconfig, for RBAC tests
 
-The API server listens on the pod bridge's host address (netns.HOST_IP), so processes in pod
-network namespaces reach it; everything else listens on loopback, on free ports, so several
-control planes can run side by side. Its Service CIDR is SERVICE_CIDR. The KubeRay operator sees
-`<workdir>/hosts` as its /etc/hosts, which the process kubelet keeps current with Service names.
+The API server listens on the bridge's host address (netns.HOST_IP), so the nodes and their pods
+reach it; everything else listens on loopback, on free ports, so several control planes can run
+side by side. Its Service CIDR is SERVICE_CIDR. KubeRay runs as a process until nodes move it
+into a pod (node_cluster.Nodes.start_kuberay): only from a pod does it reach the Ray dashboards.
 Everything lives in the work directory: certificates, kubeconfigs, etcd's data, logs/<component>.log.
 
 The daemons run in their own process groups, are killed by stop() and at interpreter exit, and
@@ -142,7 +142,6 @@ class ControlPlane:
         self.workdir = Path(workdir).resolve()
         self.start_timeout = start_timeout
         self.logs_dir = self.workdir / "logs"
-        self.hosts_path = self.workdir / "hosts"
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.ca_path = self.workdir / "pki" / "ca.crt"
         self.host = netns.HOST_IP
@@ -260,8 +259,6 @@ class ControlPlane:
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
         for sub in ("pki", "kubeconfigs", "logs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
-        if not self.hosts_path.exists():
-            self.hosts_path.write_text("127.0.0.1 localhost\n::1 localhost\n")
 
         etcd_url = self._start_etcd(bin_dir, deadline)
         self._start_apiserver(bin_dir, etcd_url, deadline)
@@ -291,8 +288,7 @@ class ControlPlane:
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             f"--metrics-addr=127.0.0.1:{metrics_port}",
             "--log-stdout-encoder=console",
-        ], env={"KUBECONFIG": str(self.client_kubeconfig("kuberay-operator"))},
-            wrap=lambda argv: netns.with_hosts_file(argv, self.hosts_path))
+        ], env={"KUBECONFIG": str(self.client_kubeconfig("kuberay-operator"))})
 
         self._wait("kube-controller-manager", "/healthz",
                    lambda: self._https_ok(f"https://127.0.0.1:{kcm_port}/healthz", verify=False), deadline)
@@ -404,9 +400,8 @@ class ControlPlane:
         path.chmod(0o600)
         return path
 
-    def _spawn(self, name: str, bin_dir: Path, args: list[str], *, env: dict[str, str] | None = None,
-               wrap=lambda argv: argv) -> None:  # noqa: ANN001
-        argv = wrap([str(bin_dir / name), *args])
+    def _spawn(self, name: str, bin_dir: Path, args: list[str], *, env: dict[str, str] | None = None) -> None:
+        argv = [str(bin_dir / name), *args]
         with open(self.logs_dir / f"{name}.log", "wb") as log:
             # Own process group: stop() kills it whole; Ctrl-C in a terminal reaches only this process.
             self._procs[name] = subprocess.Popen(

@@ -50,7 +50,7 @@ from harness.processes import die_with_parent, log_tail
 CLUSTER_POD_CIDR = ipaddress.ip_network("10.201.0.0/16")
 CLUSTER_DNS_IP = "10.96.0.10"  # in control_plane.SERVICE_CIDR
 CLUSTER_DOMAIN = "cluster.local"
-NODE_ADDRESS_PREFIX = "10.200.254."  # .<slot> on the host bridge (netns.POD_CIDR, below the process kubelet's range)
+NODE_ADDRESS_PREFIX = "10.200.254."  # .<slot> on the host bridge (netns.BRIDGE_CIDR)
 MAX_SLOT = 250
 CGROUP_FS = Path("/sys/fs/cgroup")
 CNI_BIN_DIR = Path("/usr/lib/cni")

@@ -244,6 +244,13 @@ class Nodes:
         for node in self.nodes:
             node.import_image(archive, name)
 
+    def import_clipforge_images(self) -> None:
+        """ClipForge's images, from the archives scripts/build-images.sh made (about 11 GB of disk per node)."""
+        for name, archive in image_archives().items():
+            if not archive.is_file():
+                raise NodeError(f"{archive} ({name}) is missing: run scripts/build-images.sh")
+            self.import_image(archive, name)
+
     def start_kuberay(self) -> None:
         """KubeRay's operator as a pod on the nodes, in place of the control plane's process: the jobs'
         NetworkPolicies admit its pods, and nothing on the host, to their Ray dashboards."""

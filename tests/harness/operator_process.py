@@ -3,9 +3,11 @@
 `helm template` renders the chart; its ServiceAccount and RBAC (ClusterRole or Role, and the
 binding) are applied to the cluster as rendered, and the operator authenticates with a
 TokenRequest token of that ServiceAccount: real RBAC authorization judges every call it makes, so
-a verb or resource the chart forgot fails. The Deployment is not applied (there is no container
-runtime); its container's command, args and env are what the process runs, from this Python
-environment, with the liveness endpoint moved to a free loopback port and metrics off.
+a verb or resource the chart forgot fails. The Deployment is not applied: the tests stop, restart
+and read the operator as a process of their own (test_chart_upgrade.py runs the Deployment from the
+operator's image on the real nodes). Its container's command, args and env are what the process
+runs, from this Python environment, with the liveness endpoint moved to a free loopback port and
+metrics off.
 
     op = ChartOperator(control_plane, workdir, scope="cluster")
     op.start()          # installs the RBAC once, then runs `python -m clipforge_operator ...`

@@ -2,17 +2,17 @@
 
     python3 tests/harness/playground.py [--workdir DIR]
 
-starts, as the operator tests do: the real control plane and KubeRay operator (control_plane.py),
-the process kubelet with a CPU and a (logical) GPU node (process_kubelet.py), a Ceph RADOS gateway
-on the pod bridge (tests/support/s3_server.py) and the ClipForge operator with the Helm chart's
+starts, as the operator tests do: the real control plane (control_plane.py), the real nodes with
+ClipForge's images and KubeRay's operator (node_cluster.py), a Ceph RADOS gateway
+on the host bridge (tests/support/s3_server.py) and the ClipForge operator with the Helm chart's
 ServiceAccount and RBAC (operator_process.py). It uploads sample videos to a bucket, puts the
 gateway's keys in the Secret `clipforge-s3` of the namespace `default`, writes `cpu-job.yaml`
 (examples/cpu-job.yaml pointed at that bucket, sized for a small machine), prints what to type,
 and runs until Ctrl-C, which stops everything it started.
 
-Pods run as processes from this Python environment, not from their image; there is no GPU. See
-docs/testing.md for what the process kubelet does and does not do. Needs root (network
-namespaces), scripts/install-kube-tools.sh and scripts/install-ceph.sh.
+Pods run from the images scripts/build-images.sh made (about 11 GB of disk per node); there is
+no GPU. See docs/testing.md for what the nodes do and do not do. Needs root (namespaces, cgroups),
+scripts/install-kube-tools.sh, scripts/install-node-packages.sh and scripts/install-ceph.sh.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `harness` and the test he
 from support.cluster_jobs import make_stack  # noqa: E402
 from harness import netns  # noqa: E402
 from harness.control_plane import ControlPlane  # noqa: E402
-from harness.process_kubelet import ProcessKubelet  # noqa: E402
+from harness.node_cluster import Nodes  # noqa: E402
 from support.s3_server import CephS3Gateway  # noqa: E402
 
 NAMESPACE = "default"
@@ -47,11 +47,13 @@ def main() -> None:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="clipforge-playground-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        print("starting the control plane, KubeRay, the process kubelet, Ceph RGW and the operator ...", flush=True)
+        print("starting the control plane, the nodes, KubeRay, Ceph RGW and the operator ...", flush=True)
         cp = stack.enter_context(ControlPlane(workdir / "control-plane"))
-        kubelet = stack.enter_context(ProcessKubelet(cp.kubeconfig, workdir / "kubelet", cp.hosts_path))
+        nodes = stack.enter_context(Nodes(cp, workdir / "nodes"))
+        nodes.import_clipforge_images()
+        nodes.start_kuberay()
         s3 = stack.enter_context(CephS3Gateway(bind_address=netns.HOST_IP))
-        jobs = make_stack(cp, kubelet, s3, workdir, NAMESPACE)
+        jobs = make_stack(cp, nodes, s3, workdir, NAMESPACE)
         stack.callback(jobs.operator.stop)
         bucket = jobs.upload_samples(workdir)
         manifest = workdir / f"{JOB}.yaml"
@@ -71,7 +73,7 @@ The videos are in s3://{bucket}/raw/ on {s3.endpoint}; the job writes to s3://{b
     . {workdir / "s3.env"}                  # the bucket's keys, for any S3 client
     python3 -c "import boto3; c = boto3.client('s3'); print([o['Key'] for o in c.list_objects_v2(Bucket='{bucket}', Prefix='out/clips/')['Contents']])"
 
-Logs: operator {jobs.operator.log_path}, pods {kubelet.workdir / "logs"}, control plane {cp.logs_dir}.
+Logs: operator {jobs.operator.log_path}, pods `kubectl logs`, control plane {cp.logs_dir}.
 Ctrl-C stops everything.""", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds the ExitStack, as Ctrl-C does
         try:

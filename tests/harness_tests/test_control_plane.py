@@ -7,7 +7,6 @@ shows it runs. Each test works in its own namespace.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import urllib.error
@@ -81,7 +80,7 @@ def test_rbac_is_enforced(control_plane: ControlPlane, namespace: str):
     assert denied.returncode != 0 and "forbidden" in denied.stderr
 
 
-# A node selector no node matches: these pods stay Pending even when the session's kubelet has
+# A node selector no node matches: these pods stay Pending even when the session's nodes have
 # registered nodes (the fixture is session-wide), so the scheduler's verdict is always the same.
 NO_NODE = {"clipforge.dev/test-no-such-node": "true"}
 
@@ -159,13 +158,6 @@ def test_kuberay_creates_the_rayclusters_service_and_pods(control_plane: Control
     head_command = " ".join(by_type["head"]["spec"]["containers"][0]["command"]
                             + by_type["head"]["spec"]["containers"][0].get("args", []))
     assert "ray start --head" in head_command
-
-
-def test_kuberay_sees_the_hosts_file_as_etc_hosts(control_plane: ControlPlane):
-    # the kubelet rewrites this file in place with Service names; KubeRay resolves the head Service by them
-    kuberay_hosts = Path(f"/proc/{control_plane.pid('kuberay-operator')}/root/etc/hosts")
-    assert os.stat(kuberay_hosts).st_ino == os.stat(control_plane.hosts_path).st_ino
-    assert Path("/etc/hosts").stat().st_ino != os.stat(control_plane.hosts_path).st_ino
 
 
 def test_a_component_that_cannot_start_is_named_with_its_log_tail(tmp_path: Path, monkeypatch):

@@ -3,8 +3,8 @@
 containerd, runc and the CNI bridge run the pods from an image (a busybox image written here),
 the kubelet enforces their limits and security contexts and serves logs and exec through the API
 server, kube-proxy routes ClusterIPs, CoreDNS answers for Services and kube-router enforces
-NetworkPolicy. The nodes get a control
-plane of their own: the session's has the process kubelet's nodes, under the same names.
+NetworkPolicy. The nodes get a control plane of their own: the session's may have its own nodes,
+under the same names.
 """
 
 from __future__ import annotations

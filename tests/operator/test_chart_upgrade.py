@@ -6,8 +6,9 @@ then `helm package`), so the test needs no git history. It installed the CRD fro
 never upgrades; the current chart's CRD is a template.
 
 These tests replace the VideoCurationJob CRD, which every other operator test uses, so they run
-on a control plane of their own. Nothing runs the operator's Deployment (there is no container
-runtime): what is checked is what the API server holds after each helm command.
+on a control plane of their own, with real nodes (tests/harness/node_cluster.py) that have the
+operator's image: besides what the API server holds after each helm command, the release's
+Deployment must roll out, its operator running from the image as the chart configures it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from harness.control_plane import ControlPlane
+from harness.node_cluster import Nodes, image_archives
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -30,12 +32,23 @@ HELM = REPO / ".tools" / "bin" / "helm"
 CHART = REPO / "charts" / "clipforge-operator"
 PREVIOUS = Path(__file__).resolve().parent / "charts" / "clipforge-operator-0.1.0.tgz"
 CRD = "videocurationjobs.clipforge.dev"
+OPERATOR_IMAGE = "clipforge/operator:0.1.0"  # the chart's appVersion (scripts/build-images.sh builds it)
 
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory):
-    with ControlPlane(tmp_path_factory.mktemp("upgrade-control-plane")) as plane:
+    workdir = tmp_path_factory.mktemp("upgrade-control-plane")
+    with ControlPlane(workdir / "control-plane") as plane, Nodes(plane, workdir / "nodes") as nodes:
+        nodes.import_image(image_archives()[OPERATOR_IMAGE], OPERATOR_IMAGE)
         yield plane
+
+
+def rolled_out(cp, namespace: str, release: str) -> None:  # noqa: ANN001
+    """The release's operator Deployment is available: its pod runs the image and passes its probes."""
+    done = cp.kubectl("-n", namespace, "rollout", "status", f"deployment/{release}-clipforge-operator",
+                      "--timeout=180s", check=False, timeout=200)
+    assert done.returncode == 0, (done.stdout, done.stderr, cp.kubectl("-n", namespace, "get", "pods,events",
+                                                                       check=False).stdout)
 
 
 @pytest.fixture
@@ -55,7 +68,12 @@ def helm(cp, tmp_path):  # noqa: ANN001, ANN201
 
 @pytest.fixture
 def no_crd(cp):  # noqa: ANN001
-    """Each test starts from a cluster without the CRD (the control plane installs the current one)."""
+    """Each test starts from a cluster without the CRD (the control plane installs the current one).
+
+    The jobs go first, while an earlier test's operator still serves them and removes its finalizer:
+    once the CRD is terminating it no longer can, and the CRD would wait for them forever."""
+    if cp.kubectl("get", "crd", CRD, check=False).returncode == 0:
+        cp.kubectl("delete", "videocurationjobs", "--all", "--all-namespaces", "--timeout=120s")
     cp.kubectl("delete", "crd", CRD, "--ignore-not-found", "--timeout=120s")
 
 
@@ -102,6 +120,7 @@ def test_helm_upgrade_from_the_previous_chart_brings_the_crd_to_the_new_schema(c
     assert "volumes" not in crd_cluster_fields(cp)
     helm("upgrade", "cf", str(CHART), "-n", ns, "--take-ownership")
     wait_established(cp)
+    rolled_out(cp, ns, "cf")
     assert {"volumes", "volumeMounts", "env", "imagePullSecrets"} <= crd_cluster_fields(cp)
     meta = json.loads(cp.kubectl("get", "crd", CRD, "-o", "json").stdout)["metadata"]
     assert meta["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -124,6 +143,7 @@ def test_helm_upgrade_from_the_previous_chart_brings_the_crd_to_the_new_schema(c
     (newer / "Chart.yaml").write_text(yaml.safe_dump({**chart, "version": "99.0.0"}, sort_keys=False))
     helm("upgrade", "cf", str(newer), "-n", ns)
     wait_established(cp)
+    rolled_out(cp, ns, "cf")
     assert "laterField" in crd_cluster_fields(cp)
     history = json.loads(helm("history", "cf", "-n", ns, "-o", "json").stdout)
     current = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
@@ -135,6 +155,7 @@ def test_helm_upgrade_from_the_previous_chart_brings_the_crd_to_the_new_schema(c
 def test_both_scopes_install_and_uninstalling_keeps_the_crd_and_the_jobs(cp, helm, no_crd):
     helm("install", "cluster-wide", str(CHART), "-n", "clipforge-scopes", "--create-namespace")
     wait_established(cp)
+    rolled_out(cp, "clipforge-scopes", "cluster-wide")
     rbac = json.loads(cp.kubectl("get", "clusterrole", "cluster-wide-clipforge-operator", "-o", "json").stdout)
     assert {"resources": ["secrets"], "resourceNames": ["clipforge-s3"]}.items() <= \
         next(r for r in rbac["rules"] if "secrets" in r["resources"]).items()
@@ -142,6 +163,7 @@ def test_both_scopes_install_and_uninstalling_keeps_the_crd_and_the_jobs(cp, hel
     helm("install", "team-a", str(CHART), "-n", "team-a", "--create-namespace", "--set", "scope=namespace",
          "--set", "installCRD=false")
     role = json.loads(cp.kubectl("-n", "team-a", "get", "role", "team-a-clipforge-operator", "-o", "json").stdout)
+    rolled_out(cp, "team-a", "team-a")
     assert next(r for r in role["rules"] if "secrets" in r["resources"])["resourceNames"] == ["clipforge-s3"]
     # ... and one that does not is refused before it changes anything.
     clash = helm("install", "team-b", str(CHART), "-n", "team-b", "--create-namespace", "--set", "scope=namespace",

@@ -1,4 +1,4 @@
-"""The operator against the real control plane and the real KubeRay 1.5.0, pods run by the process kubelet.
+"""The operator against the real control plane and the real KubeRay 1.5.0, pods run on the real nodes.
 
 The operator runs as the Helm chart deploys it: the chart's ServiceAccount and the RBAC that
 `helm template` renders, under real RBAC authorization, with a token of that ServiceAccount
@@ -6,8 +6,10 @@ The operator runs as the Helm chart deploys it: the chart's ServiceAccount and t
 while it ran: a verb or resource the chart forgot shows here. Jobs are tiny (tests/support/cluster_jobs.py)
 and run in a namespace that enforces the `restricted` Pod Security level.
 
-There is no GPU here: the GPU node is logical (`nvidia.com/gpu` capacity and NVIDIA's taint,
-tests/harness/process_kubelet.py), which is all the scheduler needs to decide placement.
+The nodes (tests/harness/node_cluster.py) run the pods from the pipeline image, with their limits,
+security contexts and NetworkPolicies enforced. There is no GPU here: the GPU node's `nvidia.com/gpu`
+capacity is a status patch (and it carries NVIDIA's taint), which is all the scheduler needs to
+decide placement.
 """
 
 from __future__ import annotations
@@ -98,8 +100,15 @@ def test_the_namespace_scoped_chart_serves_its_namespace_with_a_role(stack, tmp_
 # Ray's token, with a wrong one, and with the right one (which this pod has by reference to the
 # job's token Secret, for the comparison). Prints one JSON object: what each attempt got.
 OUTSIDER = r"""
-import json, os, subprocess, sys, urllib.error, urllib.request
+import json, os, socket, subprocess, sys, time, urllib.error, urllib.request
 head, job_id, token = sys.argv[1], sys.argv[2], os.environ.pop("JOB_TOKEN")
+# The NetworkPolicy firewall learns this pod's address a moment after it starts: wait to be let in.
+for attempt in range(60):
+    try:
+        socket.create_connection((head, 8265), timeout=5).close()
+        break
+    except OSError:
+        time.sleep(1)
 def http(method, path, body=None, auth=None):
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {auth}"} if auth else {})}
     data = json.dumps(body).encode() if body is not None else None
@@ -127,14 +136,37 @@ print(json.dumps({
 """
 
 
-def outsider_pod(name: str, head_ip: str, job_id: str, token_secret: str) -> dict:
-    """A pod of nobody's job (no job labels) in the job's namespace, as Pod Security `restricted` admits it."""
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+# What a pod the job's NetworkPolicy does not admit gets from the head's dashboard and GCS ports, by
+# the head's pod address and its (headless) Service's name: "refused" when no attempt in 60 s (the
+# admitted outsider below gets in within that) made a connection.
+NETWORK_PROBE = r"""
+import json, socket, sys, time
+def connect(host, port):
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        return "connected"
+    except socket.gaierror:
+        return "unresolved"
+    except OSError:
+        return "refused"
+got, deadline = {}, time.monotonic() + 60
+while time.monotonic() < deadline and "connected" not in got.values():
+    got = {target: connect(*target.split(":")) for target in sys.argv[1:]}
+    time.sleep(1)
+print(json.dumps(got))
+"""
+
+
+def outsider_pod(name: str, head_ip: str, job_id: str, token_secret: str, labels: dict | None = None,
+                 command: list[str] | None = None) -> dict:
+    """A pod of nobody's job in the job's namespace, as Pod Security `restricted` admits it; with the
+    job's `labels` (which anyone who may create pods there can set), the NetworkPolicy admits it."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels or {}},
             "spec": {"restartPolicy": "Never",
                      "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
                      "containers": [{
                          "name": "outsider", "image": "clipforge/pipeline:0.1.0",
-                         "command": ["python", "-c", OUTSIDER, head_ip, job_id],
+                         "command": command or ["python", "-c", OUTSIDER, head_ip, job_id],
                          # HOME: no token file of anyone's (Ray would read ~/.ray/auth_token).
                          "env": [{"name": "HOME", "value": "/tmp"},
                                  {"name": "JOB_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret,
@@ -146,9 +178,9 @@ def test_a_pod_outside_the_job_is_refused_by_its_ray_cluster_without_the_token(s
     """The job's Ray cluster answers nobody without its token, and the job's Secret and NetworkPolicy
     are made, owned by the job and deleted with it.
 
-    The process kubelet has no CNI: nothing enforces a NetworkPolicy here (docs/testing.md), so the
-    outsider does reach the head's ports and only Ray's token refuses it. The NetworkPolicy is checked
-    as the object the API server stores (its selectors and ports), not as traffic it stops.
+    Two outsiders: a stranger (no labels), whom the enforced NetworkPolicy refuses at the head's
+    ports, by pod address and by Service name; and one that carries the job's uid label, which anyone
+    allowed to create pods in the namespace can set, whom the network admits and Ray's token refuses.
     A head-only cluster is enough: the workers select a node nobody has, so the job stays Provisioning.
     """
     doc = stack.job_manifest("closed", "unused-bucket", pendingDeadlineSeconds=900, **LIGHT)
@@ -185,15 +217,26 @@ def test_a_pod_outside_the_job_is_refused_by_its_ray_cluster_without_the_token(s
     selected = stack.list("pods", "clipforge.dev/job-uid=" + uid)
     assert head["metadata"]["name"] in {p["metadata"]["name"] for p in selected}
 
-    stack.cp.apply(outsider_pod("outsider", head["status"]["podIP"], "closed", token_secret))
-    try:
-        stack.wait(lambda: (stack.get("pod", "outsider") or {}).get("status", {}).get("phase") in ("Succeeded", "Failed"),
-                   300, "the outsider pod to finish", "closed")
-        log = stack.kubelet.logs(NS, "outsider", "outsider")
-        assert stack.get("pod", "outsider")["status"]["phase"] == "Succeeded", log[-3000:]
-        got = json.loads(log.strip().splitlines()[-1])
-    finally:
-        stack.kubectl("delete", "pod", "outsider", "--wait=false", check=False)
+    def run_to_end(pod: dict) -> dict:
+        name = pod["metadata"]["name"]
+        stack.cp.apply(pod)
+        try:
+            stack.wait(lambda: (stack.get("pod", name) or {}).get("status", {}).get("phase") in ("Succeeded", "Failed"),
+                       300, f"the {name} pod to finish", "closed")
+            log = stack.logs(name, "outsider")
+            assert stack.get("pod", name)["status"]["phase"] == "Succeeded", log[-3000:]
+            return json.loads(log.strip().splitlines()[-1])
+        finally:
+            stack.kubectl("delete", "pod", name, "--wait=false", check=False)
+
+    head_ip = head["status"]["podIP"]
+    (service,) = [s for s in stack.list("services", f"ray.io/cluster={head['metadata']['labels']['ray.io/cluster']}")
+                  if s["metadata"]["name"].endswith("-head-svc")]
+    targets = [f"{head_ip}:8265", f"{head_ip}:6379", f"{service['metadata']['name']}.{NS}.svc.cluster.local:8265"]
+    probed = run_to_end(outsider_pod("stranger", head_ip, "closed", token_secret,
+                                     command=["python", "-c", NETWORK_PROBE, *targets]))
+    assert probed == dict.fromkeys(targets, "refused"), probed
+    got = run_to_end(outsider_pod("outsider", head_ip, "closed", token_secret, labels={"clipforge.dev/job-uid": uid}))
 
     # Without the token: Ray's dashboard (behind the gate) and its GCS refuse everything.
     assert got["submit"] == [401, "Unauthorized: Missing authentication token"], got["submit"]

@@ -1,9 +1,11 @@
 """Helpers for tests that run VideoCurationJobs on the real control plane (tests/harness).
 
-One `Stack` per test module: the session's control plane, process kubelet and pod-reachable Ceph
-RGW, the operator as the Helm chart runs it (harness/operator_process.py), and a namespace of
+One `Stack` per test module: the session's control plane, real nodes (with ClipForge's images) and
+pod-reachable Ceph RGW, the operator as the Helm chart runs it (harness/operator_process.py), and a namespace of
 the module's own that enforces the `restricted` Pod Security level. Jobs are tiny (two short
-low-resolution videos, 5 s clips, pods of one CPU); every wait fails with what to look at.
+low-resolution videos, 5 s clips, pods limited to one CPU and 2 GiB); every wait fails with what to look at.
+The host has no route to pods: Ray's state API is read inside the head pod (`kubectl exec`), logs
+with `kubectl logs`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import json
 import re
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from collections.abc import Iterator
@@ -28,7 +29,10 @@ from support.jobs import small_samples
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
-POD = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+# A quarter CPU requested, so a head, four workers and KubeRay's submitter fit a 2-CPU node beside
+# CoreDNS and KubeRay; Ray counts the limit's one CPU. 2 GiB is above the 1.25 GiB a worker peaks
+# at, and enforced.
+POD = {"requests": {"cpu": "250m", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
 # One worker of a quarter CPU per stage (at most two): every stage's workers fit two one-CPU pods.
 SMALL_STAGES = {s: {"cpus": 0.25, "minWorkers": 1, "maxWorkers": 2}
                 for s in ("probe", "split", "transcode", "motion", "embed", "preview", "write")}
@@ -56,8 +60,8 @@ def never_refused(operator: ChartOperator) -> Iterator[None]:
 class Stack:
     """What a module's jobs run on, and the reads and waits its tests make."""
 
-    def __init__(self, cp, kubelet, s3, operator: ChartOperator, namespace: str):  # noqa: ANN001
-        self.cp, self.kubelet, self.s3, self.operator, self.ns = cp, kubelet, s3, operator, namespace
+    def __init__(self, cp, nodes, s3, operator: ChartOperator, namespace: str):  # noqa: ANN001
+        self.cp, self.nodes, self.s3, self.operator, self.ns = cp, nodes, s3, operator, namespace
         self.s3_client = s3.client()
 
     def close(self) -> None:
@@ -169,10 +173,21 @@ class Stack:
         parts.append(self.kubectl("get", "videocurationjobs,rayjobs,rayclusters,jobs,pods", "-o", "wide",
                                   check=False).stdout)
         parts.append(self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout[-4000:])
-        for log in sorted((self.kubelet.workdir / "logs").glob(f"{self.ns}_*.log")):
-            parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-1500:]}")
+        for (pod, container), log in sorted(self.pod_logs().items()):
+            parts.append(f"--- {pod}/{container} ---\n{log[-1500:]}")
         parts.append(f"--- operator log ---\n{(operator or self.operator).log_text()[-4000:]}")
         return "\n".join(parts)
+
+    # -- logs
+
+    def logs(self, pod: str, container: str) -> str:
+        """The container's log as `kubectl logs` has it ("" once the pod is gone)."""
+        return self.kubectl("logs", pod, "-c", container, check=False).stdout
+
+    def pod_logs(self, selector: str | None = None) -> dict[tuple[str, str], str]:
+        """The logs of every container of the namespace's pods (with `selector`), by (pod, container)."""
+        return {(p["metadata"]["name"], c["name"]): self.logs(p["metadata"]["name"], c["name"])
+                for p in self.list("pods", selector) for c in p["spec"]["containers"]}
 
     # -- what KubeRay made
 
@@ -187,17 +202,29 @@ class Stack:
         return keys
 
 
-def ray_state(head_ip: str, resource: str, token: str) -> list[dict]:
-    """Ray's state API (`ray list nodes|actors --detail`) over HTTP at the head pod's dashboard, with the job's token."""
-    url = f"http://{head_ip}:8265/api/v0/{resource}?detail=1&limit=10000&timeout=20"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        body = json.load(resp)
+# Run in the head's Ray container: the token comes on stdin, so it is in no process's arguments.
+STATE_API = r"""
+import sys, urllib.request
+request = urllib.request.Request(f"http://127.0.0.1:8265/api/v0/{sys.argv[1]}?detail=1&limit=10000&timeout=20",
+                                 headers={"Authorization": f"Bearer {sys.stdin.read()}"})
+with urllib.request.urlopen(request, timeout=30) as resp:
+    sys.stdout.write(resp.read().decode())
+"""
+
+
+def ray_state(stack: Stack, head_pod: str, resource: str, token: str) -> list[dict]:
+    """Ray's state API (`ray list nodes|actors --detail`) at the head pod's dashboard (through its
+    gate), with the job's token; OSError when the dashboard does not answer."""
+    done = stack.kubectl("exec", "-i", head_pod, "-c", "ray-head", "--", "python", "-c", STATE_API, resource,
+                         stdin=token, check=False)
+    if done.returncode != 0:
+        raise OSError(f"the state API in {head_pod} failed: {done.stderr.strip()[-500:]}")
+    body = json.loads(done.stdout)
     assert body.get("result"), body
     return body["data"]["result"]["result"]
 
 
-def make_stack(control_plane, kubelet, pod_s3_server, workdir: Path, namespace: str,  # noqa: ANN001
+def make_stack(control_plane, nodes, pod_s3_server, workdir: Path, namespace: str,  # noqa: ANN001
                sets: tuple[str, ...] = ()) -> Stack:
     """The chart's operator (with these `--set` values) started, and `namespace` created with the
     `restricted` Pod Security level."""
@@ -206,7 +233,7 @@ def make_stack(control_plane, kubelet, pod_s3_server, workdir: Path, namespace: 
     if control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0:
         control_plane.create_namespace(namespace)
     control_plane.kubectl("label", "--overwrite", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    stack = Stack(control_plane, kubelet, pod_s3_server, operator, namespace)
+    stack = Stack(control_plane, nodes, pod_s3_server, operator, namespace)
     stack.cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": namespace},
                     "type": "Opaque", "stringData": pod_s3_server.env()})
     return stack
