@@ -295,6 +295,10 @@ class Node:
             "clusterDNS": [CLUSTER_DNS_IP], "clusterDomain": CLUSTER_DOMAIN, "resolvConf": str(resolv),
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
                              "nodefs.inodesFree": "1%"},
+            # No image garbage collection: the node shares the machine's disk, whose use (build
+            # caches, the other node) is not the node's, and the imported images cannot be pulled
+            # back. At the default 85 % the kubelet deleted the pipeline image under running tests.
+            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "registerWithTaints": [dict(t) for t in self.spec.taints],
             "serializeImagePulls": False,
             "shutdownGracePeriod": "0s",
