@@ -25,7 +25,6 @@ import pytest
 
 from support.cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, SECRET, ray_state
 from clipforge.spec import stage_resource_name
-from support.jobs import decode_clip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test starts everything
 
@@ -94,14 +93,7 @@ def test_the_job_succeeds_with_real_counts_and_decodable_clips_in_the_bucket(sta
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Succeeded"] == "True" and conditions["Submitted"] == "True" and conditions["Running"] == "False"
 
-    clips = [k for k in stack.s3_keys(run.bucket, "out/clips/") if k.endswith(".mp4")]
-    filtered = [k for k in stack.s3_keys(run.bucket, "out/filtered_clips/") if k.endswith(".mp4")]
-    previews = [k for k in stack.s3_keys(run.bucket, "out/previews/") if k.endswith(".webp")]
-    assert (len(clips), len(filtered), len(previews)) == (3, 1, 4)
-    for key in clips + filtered:
-        body = stack.s3_client.get_object(Bucket=run.bucket, Key=key)["Body"].read()
-        frames, codec, width, height = decode_clip(body)
-        assert frames > 0 and codec == "h264" and (width, height) == (320, 180), key
+    stack.check_sample_clips(run.bucket)
     summary = json.loads(stack.s3_client.get_object(Bucket=run.bucket, Key="out/summary.json")["Body"].read())
     assert summary["state"] == "succeeded" and summary["videos"]["done"] == 2 and summary["clips"]["passed"] == 3
 

@@ -8,10 +8,11 @@ process, peak RSS): x264 encoding the 16K frames at full size needs 7.4 GiB, 3.7
 while transcode peaks at 123 MiB on the samples (embed, with its model, at 723 MiB; the others
 at 93-106 MiB). So each attempt at the big video goes over the pod's limit, and nothing else comes near.
 
-Two things race to kill the worker, and either may win (both were seen in these runs):
+Two things race to kill the worker; either may win, and both may go for the same worker (all three
+were seen here):
 - the kernel's memcg OOM killer, at the limit: Ray gives its workers oom_score_adj 1000, so it kills
   the worker, never the raylet (the container's main process), and counts the kill in the container's
-  memory cgroup (`oom_kill` in memory.oom_control); Ray then records the worker as SYSTEM_ERROR;
+  memory cgroup (`oom_kill` in memory.oom_control); Ray sees only the worker's connection drop;
 - Ray's memory monitor, at 95 % of the limit, sampled every 250 ms: it SIGKILLs the leased worker it
   picks and says so in the worker's exit detail.
 Transcode has a pod of its own so that either way the only worker there to kill is the one that
@@ -34,7 +35,6 @@ import pytest
 
 from clipforge.executors.ray_data import WORKER_DIED
 from support.cluster_jobs import GPU_NODE_SELECTOR, GPU_TOLERATION, POD, ray_state
-from support.jobs import decode_clip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first test starts everything
 
@@ -174,14 +174,7 @@ def test_the_video_is_recorded_as_failed_because_its_worker_died(stack, run):
 
 
 def test_the_small_videos_clips_are_in_the_bucket(stack, run):
-    clips = [k for k in stack.s3_keys(run.bucket, "out/clips/") if k.endswith(".mp4")]
-    filtered = [k for k in stack.s3_keys(run.bucket, "out/filtered_clips/") if k.endswith(".mp4")]
-    previews = [k for k in stack.s3_keys(run.bucket, "out/previews/") if k.endswith(".webp")]
-    assert (len(clips), len(filtered), len(previews)) == (3, 1, 4)
-    for key in clips + filtered:
-        body = stack.s3_client.get_object(Bucket=run.bucket, Key=key)["Body"].read()
-        frames, codec, width, height = decode_clip(body)
-        assert frames > 0 and codec == "h264" and (width, height) == (320, 180), key
+    stack.check_sample_clips(run.bucket)  # as in the e2e job: 320x180 is their own size
 
 
 def test_each_attempt_was_killed_for_memory_in_the_transcode_pod_whose_container_lived(run):
@@ -190,9 +183,10 @@ def test_each_attempt_was_killed_for_memory_in_the_transcode_pod_whose_container
     assert memory["limit"] == LIMIT and memory["max_usage"] >= 0.95 * LIMIT, memory
     killed = killed_workers(run, pod)
     assert len(killed) == TASK_RETRIES + 1, killed
-    # Every death Ray's memory monitor did not cause is one the kernel's OOM killer counted here.
-    by_kernel = [w for w in killed if RAY_KILL_DETAIL not in w["exit_detail"]]
-    assert len(by_kernel) == memory["oom_kill"], (killed, memory)
+    # Every death Ray's memory monitor does not claim is one the kernel's OOM killer counted here (it
+    # may count more: both can go for the same worker), and the kernel killed no other process.
+    unclaimed = [w for w in killed if RAY_KILL_DETAIL not in w["exit_detail"]]
+    assert len(unclaimed) <= memory["oom_kill"] <= len(killed), (killed, memory)
     (container,) = run.pods[pod]["status"]["containerStatuses"]
     assert container["restartCount"] == 0 and "running" in container["state"], container
 

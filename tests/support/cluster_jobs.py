@@ -25,7 +25,7 @@ import yaml
 
 from clipforge.samples import write_samples
 from harness.operator_process import DEFAULT_SETS, ChartOperator
-from support.jobs import small_samples
+from support.jobs import decode_clip, small_samples
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -194,6 +194,17 @@ class Stack:
     def pods_of(self, job: str, group: str | None = None) -> list[dict]:
         selector = f"clipforge.dev/job={job}" + (f",clipforge.dev/group={group}" if group else "")
         return self.list("pods", selector)
+
+    def check_sample_clips(self, bucket: str) -> None:
+        """upload_samples()' outputs under out/ as job_manifest's settings make them: 5 s clips, three
+        passed and the static scene's filtered, each a decodable 320x180 H.264, and a preview of each."""
+        clips = [k for k in self.s3_keys(bucket, "out/clips/") if k.endswith(".mp4")]
+        filtered = [k for k in self.s3_keys(bucket, "out/filtered_clips/") if k.endswith(".mp4")]
+        previews = [k for k in self.s3_keys(bucket, "out/previews/") if k.endswith(".webp")]
+        assert (len(clips), len(filtered), len(previews)) == (3, 1, 4)
+        for key in clips + filtered:
+            frames, codec, width, height = decode_clip(self.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            assert frames > 0 and codec == "h264" and (width, height) == (320, 180), key
 
     def s3_keys(self, bucket: str, prefix: str) -> list[str]:
         keys = []
