@@ -17,7 +17,11 @@ cd "$(dirname "$0")/.."
 
 CACHE=$HOME/.cache/clipforge
 IMAGES=${CLIPFORGE_IMAGE_CACHE:-$CACHE/images}
-STORE=$CACHE/buildah
+# overlay: copy-on-write layers (a code change adds a layer of MBs, not a copy of the GBs below).
+# Where the kernel refuses overlay (inside an unprivileged container), buildah's own
+# STORAGE_DRIVER=vfs works too, at the cost of a full copy per layer.
+DRIVER=${STORAGE_DRIVER:-overlay}
+STORE=$CACHE/buildah-$DRIVER
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 ARCH=$(dpkg --print-architecture)
 BASE_REF=docker.io/library/debian:bookworm-slim
@@ -74,7 +78,7 @@ install_tools() {
 }
 
 bah() {
-    buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs "$@"
+    buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver "$DRIVER" "$@"
 }
 
 base_rootfs() {  # dir: a Debian bookworm minbase trimmed as debian:bookworm-slim is
@@ -140,7 +144,7 @@ ensure_base() {
 }
 
 bud() {  # buildah-bud-args... dockerfile
-    nice -n 10 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs \
+    nice -n 10 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver "$DRIVER" \
         bud --layers --pull-never --isolation chroot --format oci "${@:1:$#-1}" -f "${!#}" .
 }
 
@@ -150,8 +154,8 @@ build_image() {  # name build-args...
     local ref=docker.io/clipforge/$name:$VERSION archive=${ARCHIVE[$name]} args=() layout
     [[ -f $HOST_CA ]] && args+=(--volume "$HOST_CA:$BUILD_CA:ro" --build-arg "PIP_CERT=$BUILD_CA")
     for arg in "$@"; do args+=(--build-arg "$arg"); done
-    # The previous build of this image goes first: under vfs its layers are whole copies (GBs for
-    # the pipeline), and the tagged stages below keep what the new build can reuse.
+    # The previous build of this image goes first (its layers are GBs for the pipeline); the
+    # tagged stages below keep what the new build can reuse.
     bah rm --all >/dev/null  # working containers an interrupted build left
     bah rmi "$ref" >/dev/null 2>&1 || true
     bah rmi --prune >/dev/null 2>&1 || true
@@ -163,7 +167,7 @@ build_image() {  # name build-args...
     done
     bud "${args[@]}" -t "$ref" "${DOCKERFILE[$name]}"
     layout=$(mktemp -d "$IMAGES/$name.layout.XXXXXX")
-    nice -n 10 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs \
+    nice -n 10 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver "$DRIVER" \
         push --quiet "$ref" "oci:$layout:$VERSION"
     python3 scripts/images/oci.py archive "$layout" "$ref" "$archive"
     rm -rf "$layout"
