@@ -117,9 +117,7 @@ def run(stack, tmp_path_factory):
         if time.monotonic() - read_at[0] > 10:
             read_pods()
 
-    started = time.monotonic()
     status = stack.wait_phase(JOB, ("Succeeded", "Failed", "Cancelled"), timeout=900, on_poll=sample)
-    seconds = time.monotonic() - started
     read_pods()
     (head,) = [name for name, pod in pods.items() if pod["metadata"]["labels"]["clipforge.dev/group"] == "head"]
     token = stack.ray_token(JOB)
@@ -131,7 +129,7 @@ def run(stack, tmp_path_factory):
             return None  # the dashboard is busy; the next poll tries again
 
     workers = stack.wait(ray_workers, 60, "Ray's state API to list the workers", JOB)
-    return SimpleNamespace(bucket=bucket, status=status, seconds=seconds, pods=pods, memory=memory, workers=workers)
+    return SimpleNamespace(bucket=bucket, status=status, pods=pods, memory=memory, workers=workers)
 
 
 def in_group(run, group: str) -> list[str]:  # noqa: ANN001
