@@ -42,7 +42,8 @@ from clipforge.spec import (
 )
 from clipforge_operator.config import KubeRayPods
 from clipforge_operator.pipeline_pods import (
-    container_security, is_under, pod_security, scratch_mounts, scratch_volumes,
+    api_access_mount, api_access_volume, container_security, is_under, pod_security, scratch_mounts,
+    scratch_volumes,
 )
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
@@ -414,8 +415,9 @@ def _add_pod_extras(spec: VideoCurationJobSpec, pod: dict, volumes: bool) -> Non
 
 def _pod_template(
     spec: VideoCurationJobSpec, token_secret: str, pod_labels: dict, container: str, resources: dict,
-    node_selector: dict, tolerations: list[dict], job_configmap: str | None = None,
+    node_selector: dict, tolerations: list[dict], job_configmap: str | None = None, api_access: bool = False,
 ) -> dict:
+    """A Ray pod; `api_access` adds the autoscaler's service account token volume (the head's)."""
     cluster = spec.cluster
     ray = {
         "name": container,
@@ -426,7 +428,10 @@ def _pod_template(
         "securityContext": container_security(),
         "volumeMounts": scratch_mounts(),
     }
-    pod: dict[str, Any] = {"securityContext": pod_security(), "containers": [ray], "volumes": scratch_volumes()}
+    pod: dict[str, Any] = {"securityContext": pod_security(), "automountServiceAccountToken": False,
+                           "containers": [ray], "volumes": scratch_volumes()}
+    if api_access:
+        pod["volumes"].append(api_access_volume())
     if job_configmap:
         ray["volumeMounts"].insert(0, {"name": "job", "mountPath": JOB_MOUNT_DIR, "readOnly": True})
         pod["volumes"].insert(0, {"name": "job", "configMap": {"name": job_configmap}})
@@ -468,7 +473,7 @@ def _head_template(spec: VideoCurationJobSpec, job_name: str, token_secret: str,
     template = _pod_template(
         spec, token_secret, {**pod_labels, f"{API_GROUP}/group": "head"}, "ray-head",
         container_resources(head.resources), head.node_selector, _tolerations(head.tolerations),
-        job_configmap=configmap_name(job_name),
+        job_configmap=configmap_name(job_name), api_access=True,
     )
     template["spec"]["containers"].append({
         "name": GATE_CONTAINER,
@@ -499,7 +504,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
             "idleTimeoutSeconds": spec.cluster.worker_idle_timeout_seconds,
             "env": ray_auth_env(token_secret),
             "securityContext": container_security(),
-            "volumeMounts": scratch_mounts(),  # the head pod's
+            "volumeMounts": [*scratch_mounts(), api_access_mount()],  # the head pod's
         },
         "headGroupSpec": {
             # The head schedules no stage work (num-cpus 0); it runs the driver and Ray's services.
@@ -515,6 +520,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
         "spec": {
             "restartPolicy": "Never",
             "securityContext": pod_security(),
+            "automountServiceAccountToken": False,  # it only calls the Ray dashboard
             "volumes": scratch_volumes(),
             "containers": [{
                 # No command: KubeRay fills in `ray job submit ... -- <entrypoint>`.

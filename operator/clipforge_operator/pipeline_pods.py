@@ -31,6 +31,29 @@ CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFi
 SCRATCH_DIRS = {"tmp": "/tmp", "home": "/home/ray"}
 
 
+# Of a job's Ray pods, only KubeRay's autoscaler (a container of the head pod) talks to the API
+# server, with the Role KubeRay binds to the head pod's service account (patch pods, patch the
+# RayCluster). Job code runs beside it in ray-head and must not hold that: every Ray pod opts out
+# of the automatic token, and the head pod carries, as a volume only the autoscaler mounts, what
+# the ServiceAccount admission would have mounted into every container.
+API_ACCESS_VOLUME = "kube-api-access"
+API_ACCESS_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_SECONDS = 3607  # the admission's own: the kubelet refreshes the token well before it ends
+
+
+def api_access_volume() -> dict:
+    return {"name": API_ACCESS_VOLUME, "projected": {"defaultMode": 0o644, "sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace",
+                                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}}
+
+
+def api_access_mount() -> dict:
+    return {"name": API_ACCESS_VOLUME, "mountPath": API_ACCESS_DIR, "readOnly": True}
+
+
 def pod_security() -> dict:
     return copy.deepcopy(POD_SECURITY_CONTEXT)
 

@@ -60,6 +60,31 @@ def manifest(stack, bucket: str) -> dict:  # noqa: ANN001
     return doc
 
 
+# Run in a container of the head pod: a dry-run PATCH of the head pod itself (KubeRay's Role lets the
+# head pod's account patch pods) with whatever service account token the container has; prints
+# whether it had one and the API server's answer.
+PATCH_OWN_POD = """
+import os, ssl, urllib.error, urllib.request
+account = "/var/run/secrets/kubernetes.io/serviceaccount"
+request = urllib.request.Request(
+    "https://{{}}:{{}}/api/v1/namespaces/{namespace}/pods/{pod}?dryRun=All".format(
+        os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]), method="PATCH",
+    data=b'{{"metadata": {{"labels": {{"clipforge-test": "patched"}}}}}}',
+    headers={{"Content-Type": "application/merge-patch+json"}})
+has_token = os.path.exists(account + "/token")
+if has_token:
+    request.add_header("Authorization", "Bearer " + open(account + "/token").read())
+    context = ssl.create_default_context(cafile=account + "/ca.crt")
+else:
+    context = ssl._create_unverified_context()  # no CA either: what code without the account sees
+try:
+    code = urllib.request.urlopen(request, context=context, timeout=20).status
+except urllib.error.HTTPError as error:
+    code = error.code
+print("token" if has_token else "no-token", code)
+"""
+
+
 def live(pod: dict) -> bool:
     return not pod["metadata"].get("deletionTimestamp")
 
@@ -133,9 +158,13 @@ def run(stack, tmp_path_factory):
 
     if any(replicas == 2 for replicas, _ in seen.sizes):  # else the tests below say what went wrong
         stack.wait(back_to_none, 300, f"group {GROUP} back at no pod after the idle timeout", JOB)
-    yield SimpleNamespace(status=status, phases=phases, seen=seen, applied=applied,
+    head = seen.head["metadata"]["name"]
+    patches = {container: stack.kubectl("exec", head, "-c", container, "--", "python", "-c",
+                                        PATCH_OWN_POD.format(namespace=NS, pod=head), check=False)
+               for container in ("ray-head", "autoscaler")}
+    yield SimpleNamespace(status=status, phases=phases, seen=seen, applied=applied, patches=patches,
                           rayjob=stack.get("rayjob", JOB), raycluster=stack.get("raycluster", seen.cluster),
-                          autoscaler_log=stack.logs(seen.head["metadata"]["name"], "autoscaler"))
+                          autoscaler_log=stack.logs(head, "autoscaler"))
     stack.kubectl("delete", "videocurationjob", JOB, "--timeout=120s", check=False)
 
 
@@ -193,6 +222,21 @@ def test_the_autoscaler_ran_with_the_service_account_kuberay_made_for_it(stack, 
     (projected,) = [v["projected"] for v in head["spec"]["volumes"] if v["name"] == volume]
     assert any("serviceAccountToken" in s for s in projected["sources"])
     assert any(s.get("configMap", {}).get("name") == "kube-root-ca.crt" for s in projected["sources"])
+
+
+def test_only_the_autoscaler_holds_the_accounts_token(run):
+    """Job code runs in ray-head and the workers: they have no token, so the API server refuses the
+    pod patch that KubeRay's Role grants the head pod's account; the autoscaler has it, and may."""
+    # Anonymous: 401 where the API server turns anonymous requests away, 403 where RBAC does.
+    token, code = run.patches["ray-head"].stdout.split() or ("?", "?")
+    assert token == "no-token" and code in ("401", "403"), run.patches["ray-head"]
+    assert run.patches["autoscaler"].stdout.split() == ["token", "200"], run.patches["autoscaler"]
+    token_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    for pod in [run.seen.head, *run.seen.pods.values()]:
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        holders = [c["name"] for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+                   if any(m["mountPath"] == token_dir for m in c.get("volumeMounts") or [])]
+        assert holders == (["autoscaler"] if pod is run.seen.head else []), (pod["metadata"]["name"], holders)
 
 
 def test_the_jobs_status_showed_the_group_sizes(run):

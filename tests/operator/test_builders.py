@@ -157,13 +157,39 @@ def test_rayjob_basics():
     assert b.build_rayjob(job(), "videos", UID, TOKEN_SECRET, attempt=2)["metadata"]["name"] == "demo-retry-2"
 
 
+def test_only_the_autoscaler_mounts_a_service_account_token():
+    """Job code runs in ray-head, the workers and the submitter: none of them gets the account's token."""
+    rj = b.build_rayjob(job(cluster={"volumes": [{"name": "data", "emptyDir": {}}],
+                                     "volumeMounts": [{"name": "data", "mountPath": "/data"}]}),
+                        "videos", UID, TOKEN_SECRET)
+    cluster = rj["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"], rj["spec"]["submitterPodTemplate"]["spec"],
+            *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
+    assert all(pod["automountServiceAccountToken"] is False for pod in pods)
+    token_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert not [c["name"] for pod in pods for c in pod["containers"]
+                if any(m["mountPath"] == token_dir for m in c.get("volumeMounts") or [])]
+    autoscaler_mounts = cluster["autoscalerOptions"]["volumeMounts"]
+    assert {"name": "kube-api-access", "mountPath": token_dir, "readOnly": True} in autoscaler_mounts
+    (volume,) = [v for v in pods[0]["volumes"] if v["name"] == "kube-api-access"]
+    sources = volume["projected"]["sources"]
+    assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}
+    assert {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in sources
+    # The name is the operator's: a job's volume of that name is refused.
+    with pytest.raises(b.BuildError, match="kube-api-access is the operator's"):
+        b.build_rayjob(job(cluster={"volumes": [{"name": "kube-api-access", "emptyDir": {}}],
+                                    "volumeMounts": [{"name": "kube-api-access", "mountPath": "/x"}]}),
+                       "videos", UID, TOKEN_SECRET)
+
+
 def test_head_mounts_the_job_and_runs_no_stage_work():
     rj = b.build_rayjob(job(), "videos", UID, TOKEN_SECRET)
     head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     pod = head["template"]["spec"]
-    assert pod["volumes"] == [{"name": "job", "configMap": {"name": "demo-config"}},
-                              {"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+    assert [v["name"] for v in pod["volumes"]] == ["job", "tmp", "home", "kube-api-access"]
+    assert pod["volumes"][:3] == [{"name": "job", "configMap": {"name": "demo-config"}},
+                                  {"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
     assert pod["containers"][0]["volumeMounts"] == [{"name": "job", "mountPath": "/etc/clipforge", "readOnly": True},
                                                     {"name": "tmp", "mountPath": "/tmp"},
                                                     {"name": "home", "mountPath": "/home/ray"}]
