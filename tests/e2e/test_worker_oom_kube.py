@@ -10,13 +10,15 @@ at 93-106 MiB). So each attempt at the big video goes over the pod's limit, and 
 
 Two things race to kill the worker; either may win, and both may go for the same worker (all three
 were seen here):
-- the kernel's memcg OOM killer, at the limit: Ray gives its workers oom_score_adj 1000, so it kills
-  the worker, never the raylet (the container's main process), and counts the kill in the container's
-  memory cgroup (`oom_kill` in memory.oom_control); Ray sees only the worker's connection drop;
+- the kernel's memcg OOM killer, at the limit: Ray gives its workers oom_score_adj 1000 (its system
+  processes have the pod's 916), so it kills the worker and logs the kill with the pod's cgroup;
 - Ray's memory monitor, at 95 % of the limit, sampled every 250 ms: it SIGKILLs the leased worker it
-  picks and says so in the worker's exit detail.
+  picks and says so in the worker's exit detail, which the GCS keeps.
 Transcode has a pod of its own so that either way the only worker there to kill is the one that
-overran (the kernel picks the largest process, but Ray's monitor the newest lease). The executor's
+overran (the kernel picks the largest process, but Ray's monitor the newest lease). After a kernel
+kill the dead worker's 1.8 GiB can take a moment to be uncharged; an allocation in that moment has
+the kernel kill a second process, a Ray system one (seen once in six runs: the dashboard agent, so
+the raylet exited and the autoscaler replaced the pod). The run goes on either way: the executor's
 ledger counts each death as an attempt and, after execution.failures.taskRetries retries, records the
 video as failed (WORKER_DIED); the samples' clips are written and the run ends Succeeded with failures.
 """
@@ -24,6 +26,8 @@ video as failed (WORKER_DIED); the samples' clips are written and the run ends S
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -50,9 +54,11 @@ LIMIT = 2 * 1024**3  # POD's memory limit
 # drop) and for one its memory monitor killed, which says so in the exit's detail.
 UNEXPECTED_EXITS = ("SYSTEM_ERROR", "NODE_OUT_OF_MEMORY")
 RAY_KILL_DETAIL = "killed due to the node running low on memory"
-# The container's memory cgroup (v1), as runc mounts it into the container.
-CGROUP = "/sys/fs/cgroup/memory"
-READ_CGROUP = f"cat {CGROUP}/memory.oom_control {CGROUP}/memory.max_usage_in_bytes {CGROUP}/memory.limit_in_bytes"
+# The limit the kernel enforces on the container: its memory cgroup (v1), as runc mounts it there.
+CGROUP_LIMIT = "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+# The kernel's line for each OOM kill in a memory cgroup: the cgroup that hit its limit (a pod's, under
+# the node's cgroup root) and the process killed.
+KERNEL_OOM_KILL = re.compile(r"oom-kill:constraint=CONSTRAINT_MEMCG,.*oom_memcg=\S*/pod([-0-9a-f]+),.*task=(.+?),pid=")
 
 
 def write_oversized(path: Path) -> Path:
@@ -74,21 +80,18 @@ def write_oversized(path: Path) -> Path:
     return path
 
 
-def cgroup_memory(stack, pod: dict) -> dict | None:  # noqa: ANN001
-    """The Ray container's memory cgroup: OOM kills so far, peak usage and limit (None once it is gone)."""
+def cgroup_limit(stack, pod: dict) -> int | None:  # noqa: ANN001
+    """The Ray container's memory limit as its cgroup has it (None once the pod is gone)."""
     done = stack.kubectl("exec", pod["metadata"]["name"], "-c", pod["spec"]["containers"][0]["name"], "--",
-                         "sh", "-c", READ_CGROUP, check=False)
-    if done.returncode != 0:
-        return None
-    lines = done.stdout.split("\n")
-    counters = dict(line.split() for line in lines[:3])
-    return {"oom_kill": int(counters["oom_kill"]), "max_usage": int(lines[3]), "limit": int(lines[4])}
+                         "cat", CGROUP_LIMIT, check=False)
+    return int(done.stdout) if done.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
 def run(stack, tmp_path_factory):
-    """The job run to its end; every Ray pod's memory cgroup read while it ran, and at the end the
-    pods and Ray's record of its workers (the cluster stays a minute after the end for that)."""
+    """The job run to its end; every Ray pod and its memory cgroup's limit read while it ran, and at
+    the end Ray's record of its workers (the cluster stays a minute after the end for that) and the
+    kernel's of its OOM kills."""
     tmp = tmp_path_factory.mktemp("oom-job")
     bucket = stack.upload_samples(tmp)
     stack.s3_client.upload_file(str(write_oversized(tmp / OVERSIZED)), bucket, f"raw/{OVERSIZED}")
@@ -102,7 +105,7 @@ def run(stack, tmp_path_factory):
     stack.apply_job(doc, tmp)
 
     pods: dict[str, dict] = {}  # name -> the pod as last listed
-    memory: dict[str, dict] = {}  # name -> its cgroup as last read
+    limits: dict[str, int | None] = {}  # name -> its cgroup's memory limit
     read_at = [0.0]
 
     def read_pods() -> None:
@@ -110,7 +113,7 @@ def run(stack, tmp_path_factory):
             name = pod["metadata"]["name"]
             if pod["status"].get("phase") == "Running":
                 pods[name] = pod
-                memory[name] = cgroup_memory(stack, pod) or memory.get(name)
+                limits[name] = limits.get(name) or cgroup_limit(stack, pod)
         read_at[0] = time.monotonic()
 
     def sample() -> None:  # the CPU group's second pod may go idle and away before the end
@@ -129,7 +132,11 @@ def run(stack, tmp_path_factory):
             return None  # the dashboard is busy; the next poll tries again
 
     workers = stack.wait(ray_workers, 60, "Ray's state API to list the workers", JOB)
-    return SimpleNamespace(bucket=bucket, status=status, pods=pods, memory=memory, workers=workers)
+    # The nodes share this machine's kernel: its log names every process it killed, and the pod's cgroup.
+    kernel_kills = [m.groups() for m in KERNEL_OOM_KILL.finditer(
+        subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout)]
+    return SimpleNamespace(bucket=bucket, status=status, pods=pods, limits=limits, workers=workers,
+                           kernel_kills=kernel_kills)
 
 
 def in_group(run, group: str) -> list[str]:  # noqa: ANN001
@@ -141,6 +148,11 @@ def killed_workers(run, pod: str) -> list[dict]:  # noqa: ANN001
     ip = run.pods[pod]["status"]["podIP"]
     return [w for w in run.workers if w["ip"] == ip and not w["is_alive"]
             and w["exit_type"] in UNEXPECTED_EXITS]
+
+
+def kernel_kills(run, pod: str) -> list[str]:  # noqa: ANN001
+    """The processes the kernel's OOM killer killed in `pod`."""
+    return [task for uid, task in run.kernel_kills if uid == run.pods[pod]["metadata"]["uid"]]
 
 
 def test_the_run_ends_with_the_oversized_video_failed_and_the_others_done(stack, run):
@@ -175,23 +187,20 @@ def test_the_small_videos_clips_are_in_the_bucket(stack, run):
     stack.check_sample_clips(run.bucket)  # as in the e2e job: 320x180 is their own size
 
 
-def test_each_attempt_was_killed_for_memory_in_the_transcode_pod_whose_container_lived(run):
-    (pod,) = in_group(run, GROUP)
-    memory = run.memory[pod]
-    assert memory["limit"] == LIMIT and memory["max_usage"] >= 0.95 * LIMIT, memory
-    killed = killed_workers(run, pod)
-    assert len(killed) == TASK_RETRIES + 1, killed
-    # Every death Ray's memory monitor does not claim is one the kernel's OOM killer counted here (it
-    # may count more: both can go for the same worker), and the kernel killed no other process.
-    unclaimed = [w for w in killed if RAY_KILL_DETAIL not in w["exit_detail"]]
-    assert len(unclaimed) <= memory["oom_kill"] <= len(killed), (killed, memory)
-    (container,) = run.pods[pod]["status"]["containerStatuses"]
-    assert container["restartCount"] == 0 and "running" in container["state"], container
+def test_each_attempt_was_killed_for_memory_in_the_transcode_pod(run):
+    pods = in_group(run, GROUP)  # one, or two where a second OOM took its raylet (the docstring)
+    assert {run.limits[pod] for pod in pods} == {LIMIT}
+    by_ray = [w for pod in pods for w in killed_workers(run, pod) if RAY_KILL_DETAIL in w["exit_detail"]]
+    by_kernel = [task for pod in pods for task in kernel_kills(run, pod) if task.startswith("ray::MapWorker")]
+    # Ray Data's actor processes are all MapWorkers; in this pod they are transcode's. Each attempt's
+    # worker was killed by one or both.
+    assert len(by_ray) + len(by_kernel) >= TASK_RETRIES + 1, (by_ray, by_kernel, [kernel_kills(run, p) for p in pods])
 
 
 def test_nothing_else_was_killed(run):
     others = [name for name in run.pods if name not in in_group(run, GROUP)]
     assert {run.pods[n]["metadata"]["labels"]["clipforge.dev/group"] for n in others} == {"head", "cpu"}
+    assert {run.limits[name] for name in others} == {LIMIT}  # enforced in every Ray container
     for name in others:
-        assert run.memory[name]["oom_kill"] == 0 and not killed_workers(run, name), (name, run.memory[name])
+        assert not kernel_kills(run, name) and not killed_workers(run, name), name
         assert all(c["restartCount"] == 0 for c in run.pods[name]["status"]["containerStatuses"]), name
