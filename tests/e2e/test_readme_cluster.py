@@ -33,6 +33,7 @@ import pytest
 from harness.control_plane import KUBECTL
 from clipforge.samples import write_samples
 from harness.node_cluster import KUBERAY_NAMESPACE, image_archives
+from harness.operator_process import HELM
 from support.jobs import small_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -56,13 +57,6 @@ def section_blocks() -> list[str]:
     return re.findall(r"^```sh\n(.*?)^```$", text[start:end], re.M | re.S)
 
 
-def kuberay_version() -> str:
-    for line in (REPO / "tests" / "harness" / "kube-versions.env").read_text().splitlines():
-        if line.startswith("KUBERAY_VERSION="):
-            return line.partition("=")[2]
-    raise AssertionError("kube-versions.env names no KUBERAY_VERSION")
-
-
 @pytest.fixture(scope="module")
 def user(control_plane, nodes, pod_s3_server, tmp_path_factory):  # noqa: ANN001, ANN201
     """A shell like the user's: PATH with helm, kubectl and this environment's aws and clipforge;
@@ -71,7 +65,7 @@ def user(control_plane, nodes, pod_s3_server, tmp_path_factory):  # noqa: ANN001
     tools = home / "bin"
     tools.mkdir()
     (tools / "kubectl").symlink_to(KUBECTL)
-    (tools / "helm").symlink_to(REPO / ".tools" / "bin" / "helm")
+    (tools / "helm").symlink_to(HELM)
     env = {
         **os.environ, **pod_s3_server.env(),
         "PATH": f"{tools}:{os.environ['PATH']}", "KUBECONFIG": str(control_plane.kubeconfig),
@@ -103,7 +97,7 @@ def user(control_plane, nodes, pod_s3_server, tmp_path_factory):  # noqa: ANN001
     yield user
     # The job goes while its operator still runs (its cluster and finalizer with it), then the release.
     control_plane.kubectl("delete", "vcj", "--all", "-n", NAMESPACE, "--timeout=120s", check=False)
-    subprocess.run([str(REPO / ".tools" / "bin" / "helm"), "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE,
+    subprocess.run([str(HELM), "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE,
                     "--wait"], env=env, capture_output=True, timeout=300)
     clean_cluster()
     control_plane.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--ignore-not-found", "--timeout=180s")
@@ -158,10 +152,12 @@ def test_the_readme_install_path_gets_a_job_to_its_clips(user, control_plane):  
         assert time.monotonic() < deadline, node_images()
         time.sleep(5)
 
-    # KubeRay: the harness runs the version the README installs, in the namespace it names.
+    # KubeRay: the harness runs the version the README installs (as its binary reports it), in the
+    # namespace it names.
     kuberay_lines = KUBERAY_INSTALL.findall(helm)
     assert kuberay_lines == ["repo add kuberay", "install kuberay-operator"], helm
-    assert f"--version {kuberay_version()} --namespace {KUBERAY_NAMESPACE} " in helm
+    running = control_plane.versions["kuberay-operator"].removeprefix("v")
+    assert f"--version {running} --namespace {KUBERAY_NAMESPACE} " in helm
     assert f"kuberay.namespace={KUBERAY_NAMESPACE}" in helm
     out = user.run(KUBERAY_INSTALL.sub("", helm), timeout=400)
     assert f"NAMESPACE: {RELEASE_NAMESPACE}" in out and "STATUS: deployed" in out, out
