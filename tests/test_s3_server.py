@@ -73,7 +73,7 @@ def test_list_files(storage: Storage, s3_bucket: str):
         storage.list_files(f"s3://{s3_bucket}/nothing-here", ["*.bin"])
 
 
-def test_write_errors_name_the_object(storage: Storage, s3_bucket: str, monkeypatch):
+def test_write_errors_name_the_object_and_are_not_retried(storage: Storage, s3_bucket: str, monkeypatch, caplog):
     missing = f"s3://no-such-bucket-{s3_bucket}/out/progress.json"
     with pytest.raises(StorageError) as info:
         storage.write_bytes(missing, b"{}")
@@ -84,6 +84,36 @@ def test_write_errors_name_the_object(storage: Storage, s3_bucket: str, monkeypa
     with pytest.raises(StorageError) as info:
         storage.write_bytes(uri, b"{}")
     assert uri in str(info.value) and "wrong" not in str(info.value)
+    # A missing bucket and a wrong key are final: no retry can fix them.
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_a_refused_connection_is_transient_and_retried_with_backoff(monkeypatch, caplog):
+    from clipforge.storage import transient
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret-value")
+    storage = Storage(endpoint="http://127.0.0.1:9", retry_seconds=0)  # one attempt (pyarrow's own retries inside)
+    with pytest.raises(StorageError, match="cannot write s3://bucket/x.json") as info:
+        storage.write_bytes("s3://bucket/x.json", b"{}")
+    refused = info.value.__cause__  # the first failure stays attached: the run's log shows both
+    assert isinstance(refused, OSError) and transient(refused)
+    assert "not-a-real-secret-value" not in str(info.value)
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+    # The same failure twice, then success: two retries, logged, each after a growing wait.
+    outcomes = [refused, refused, "written"]
+
+    def call() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, OSError):
+            raise outcome
+        return outcome
+
+    assert storage.retrying_for(30).retry(call, "cannot write s3://bucket/x.json") == "written"
+    waits = [float(r.getMessage().split("retrying in ")[1].split(" s")[0])
+             for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(waits) == 2 and 0.2 <= waits[0] <= 0.5 <= waits[1] <= 1.0  # (logged to 0.1 s)
 
 
 def test_large_object_multipart(storage: Storage, s3_server, s3_bucket: str):

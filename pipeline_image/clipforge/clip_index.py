@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge import layout
-from clipforge.storage import Storage, StorageError
+from clipforge.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,5 @@ def read_table(storage: Storage, root: str, table: str, columns: list[str] | Non
         return empty.select(columns) if columns else empty
     fs, _ = storage.resolve(root)
     paths = [storage.resolve(uri)[1] for uri in shards]
-    try:
-        return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table(columns=columns)
-    except OSError as exc:
-        raise StorageError(f"cannot read {layout.join(root, table)}: {exc}") from None
+    return storage.retry(lambda: ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table(
+        columns=columns), f"cannot read {layout.join(root, table)}")

@@ -85,7 +85,7 @@ def write_video_parquet(storage: Storage, root: str, algorithm: str, chunks: lis
     try:
         rows = video_rows(storage, root, algorithm, chunks)
     except (StorageError, OSError, KeyError, pickle.UnpicklingError) as exc:
-        raise StorageError(f"cannot read back the embeddings of {chunks[0].relative_path}: {exc}") from None
+        raise StorageError(f"cannot read back the embeddings of {chunks[0].relative_path}: {exc}") from exc
     if not rows:
         return None
     uri = layout.embeddings_parquet(root, algorithm, chunks[0].relative_path)

@@ -33,6 +33,10 @@ from clipforge.tasks import VideoTask
 
 log = logging.getLogger(__name__)
 
+# How long a run's first storage calls (the output's first write, the input listing) retry
+# before the run is refused as not started.
+START_RETRY_S = 10.0
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
@@ -92,8 +96,8 @@ class ProgressWriter:
     def _loop(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
             try:
-                self.run.write_progress(RunState.running)
-            except StorageError as exc:  # a storage hiccup must not kill the run; the next tick retries
+                self.run.write_progress(RunState.running, retry_seconds=0)
+            except StorageError as exc:  # a storage outage must not kill the run; the next tick tries again
                 log.warning("could not write progress: %s", exc)
 
 
@@ -166,11 +170,13 @@ class JobRun:
         self._progress_lock = threading.Lock()
 
     def prepare(self) -> list[VideoTask]:
-        """Checks the output and lists the inputs: storage problems surface here, before any work."""
+        """Checks the output and lists the inputs: storage problems surface here, before any work,
+        after a short retry (a wrong endpoint must not look like an outage to ride out)."""
         # The first object of a run doubles as the check that the output is writable; a
         # throwaway probe object would leave a directory marker behind on S3.
-        self.write_progress(RunState.starting)
-        tasks, self.stats.total, self.stats.skipped = discover(self.spec, self.storage, self.overwrite)
+        self.write_progress(RunState.starting, retry_seconds=START_RETRY_S)
+        tasks, self.stats.total, self.stats.skipped = discover(
+            self.spec, self.storage.retrying_for(START_RETRY_S), self.overwrite)
         return tasks
 
     def consume(self, results: Iterator[VideoTask], on_video: Callable[[RunStats], None] | None = None) -> None:
@@ -222,10 +228,12 @@ class JobRun:
                     f" ({limits.max_failed_fraction:g})")
         return None
 
-    def write_progress(self, state: RunState) -> None:
+    def write_progress(self, state: RunState, retry_seconds: float | None = None) -> None:
+        """retry_seconds: instead of the storage's own (0 for the progress thread's ticks: the next tick repeats)."""
+        storage = self.storage if retry_seconds is None else self.storage.retrying_for(retry_seconds)
         # Called from the progress thread and the driver: one document at a time.
         with self._progress_lock:
-            self.storage.write_json(layout.join(self.root, layout.PROGRESS), self.stats.report(state).to_json())
+            storage.write_json(layout.join(self.root, layout.PROGRESS), self.stats.report(state).to_json())
 
     def summary(self, state: RunState, reason: str | None = None, message: str | None = None) -> RunReport:
         """Writes summary.json; a failed run's `reason` (one CamelCase word) and `message` say why."""
@@ -281,8 +289,10 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
                     if "error" in run.dedup:
                         state = RunState.failed
         finally:
-            summary = run.summary(state, reason, message)
-            run.write_progress(state)
+            try:
+                summary = run.summary(state, reason, message)
+            finally:  # progress.json never stays at `running`, even when summary.json cannot be written
+                run.write_progress(state)
     return summary
 
 

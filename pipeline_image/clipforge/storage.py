@@ -1,7 +1,10 @@
 """Local paths and s3:// URIs behind one small interface, through pyarrow.fs.
 
 Objects are written atomically: locally through a temporary file and a rename, on S3 by
-the nature of PUT and multipart upload (an object appears only once the upload completes).
+the nature of PUT and multipart upload (an object appears only once the upload completes),
+checked by its size afterwards. Every call rides out a transient failure (a refused
+connection, a gateway restart, SlowDown, a 5xx) with exponential backoff and jitter for up to
+`Storage.retry_seconds`; a permanent one (no such bucket or key, access denied) fails at once.
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ import functools
 import io
 import json
 import os
+import logging
 import posixpath
+import random
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,11 +29,26 @@ import pyarrow.fs as pafs
 
 from clipforge.spec import StorageSpec
 
-# RGW and other S3 servers reject the default CRC checksums of newer AWS SDKs.
-os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_BUFFER_BYTES = 8 << 20
+# How long one storage call keeps retrying a transient failure: long enough for a gateway
+# restart or a burst of SlowDown, short enough that a lasting outage still ends the task.
+RETRY_SECONDS = 120.0
+RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S = 0.5, 10.0
+# What the AWS SDK (through pyarrow) says of failures worth another try: the connection,
+# throttling, timeouts and server-side errors. Anything else (404, 403, a bad request) is final.
+TRANSIENT_MARKERS = (
+    "NETWORK_CONNECTION", "curlCode", "SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE", "REQUEST_TIMEOUT",
+    "INTERNAL_FAILURE", "HTTP status 5", "HTTP status 429", "HTTP status 408", "Connection reset",
+    "Connection refused", "timed out",
+)
+
+
+def transient(exc: OSError) -> bool:
+    """Whether this storage failure may go away by itself (see TRANSIENT_MARKERS)."""
+    return not isinstance(exc, FileNotFoundError) and any(marker in str(exc) for marker in TRANSIENT_MARKERS)
 
 
 class StorageError(RuntimeError):
@@ -47,7 +70,12 @@ def _s3_client(endpoint: str | None, region: str, key: str | None, secret: str |
                token: str | None) -> pafs.S3FileSystem:
     """One S3 client per process and connection settings: every Storage of a worker shares it
     (and its connection pool) instead of building one per call. Thread-safe, as Arrow's are."""
-    kwargs: dict = {"region": region}
+    kwargs: dict = {"region": region, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5)}
+    if endpoint and ".amazonaws.com" not in endpoint:
+        # Ceph RGW and other S3 servers reject the CRC checksums newer AWS SDKs send by default;
+        # AWS itself keeps them. (The SDK reads these when it makes a client.)
+        os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+        os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
@@ -59,14 +87,21 @@ def _s3_client(endpoint: str | None, region: str, key: str | None, secret: str |
 
 @dataclass(frozen=True)
 class Storage:
-    """Opens URIs of either kind. Picklable: filesystems are made lazily in each process."""
+    """Opens URIs of either kind. Picklable: filesystems are made lazily in each process.
+
+    retry_seconds: how long each call retries a transient failure (0: one attempt).
+    """
 
     endpoint: str | None = None
     region: str = "us-east-1"
+    retry_seconds: float = RETRY_SECONDS
 
     @classmethod
     def from_spec(cls, spec: StorageSpec) -> Storage:
         return cls(endpoint=spec.endpoint, region=spec.region)
+
+    def retrying_for(self, seconds: float) -> Storage:
+        return replace(self, retry_seconds=seconds)
 
     def _s3(self) -> pafs.S3FileSystem:
         key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
@@ -77,26 +112,43 @@ class Storage:
             return self._s3(), uri[len("s3://"):].rstrip("/")
         return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
 
+    def retry(self, call: Callable[[], T], failure: str) -> T:
+        """call(), retried on transient OSErrors until retry_seconds are spent; the last error
+        (or a final one) raised as StorageError(f"{failure}: {error}")."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                return call()
+            except OSError as exc:
+                wait = delay * random.uniform(0.5, 1.0)  # jitter: many workers must not retry in step
+                if not transient(exc) or time.monotonic() + wait > deadline:
+                    raise StorageError(f"{failure}: {exc}") from exc
+                log.warning("%s (retrying in %.1f s): %s", failure, wait, exc)
+                time.sleep(wait)
+                delay = min(2 * delay, RETRY_MAX_DELAY_S)
+
     def list_files(self, root: str, patterns: list[str], missing_ok: bool = False) -> list[tuple[str, str, int]]:
         """(uri, path relative to root, size) of files under root matching any pattern, sorted.
 
         missing_ok: a root that does not exist (nothing written there yet) lists as empty.
         """
         fs, path = self.resolve(root)
-        try:
+
+        def listing() -> tuple[list[pafs.FileInfo], str] | None:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:
-                infos = [info]
-                base = posixpath.dirname(path) if is_s3(root) else os.path.dirname(path)
-            elif info.type == pafs.FileType.Directory:
-                infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                base = path
-            elif missing_ok:
+                return [info], posixpath.dirname(path) if is_s3(root) else os.path.dirname(path)
+            if info.type == pafs.FileType.Directory:
+                return fs.get_file_info(pafs.FileSelector(path, recursive=True)), path
+            return None
+
+        listed = self.retry(listing, f"cannot list input {root}")
+        if listed is None:
+            if missing_ok:
                 return []
-            else:
-                raise StorageError(f"input {root} does not exist")
-        except OSError as exc:
-            raise StorageError(f"cannot list input {root}: {exc}") from None
+            raise StorageError(f"input {root} does not exist")
+        infos, base = listed
         found = []
         for entry in infos:
             if entry.type != pafs.FileType.File:
@@ -109,13 +161,11 @@ class Storage:
         return sorted(found, key=lambda f: f[1])
 
     def open_read(self, uri: str) -> io.BufferedReader:
-        """A seekable, buffered reader; decoders read through it without loading the whole object."""
+        """A seekable, buffered reader; decoders read through it without loading the whole object.
+        Each read is retried as a call is (a positioned read, so a retry reads the same bytes)."""
         fs, path = self.resolve(uri)
-        try:
-            native = fs.open_input_file(path)
-        except (OSError, FileNotFoundError) as exc:
-            raise StorageError(f"cannot open {uri}: {exc}") from None
-        return io.BufferedReader(_RawNativeFile(native), buffer_size=READ_BUFFER_BYTES)
+        native = self.retry(lambda: fs.open_input_file(path), f"cannot open {uri}")
+        return io.BufferedReader(_RawNativeFile(native, self, uri), buffer_size=READ_BUFFER_BYTES)
 
     def read_bytes(self, uri: str) -> bytes:
         with self.open_read(uri) as f:
@@ -123,14 +173,11 @@ class Storage:
 
     def exists(self, uri: str) -> bool:
         fs, path = self.resolve(uri)
-        return fs.get_file_info(path).type == pafs.FileType.File
+        return self.retry(lambda: fs.get_file_info(path).type == pafs.FileType.File, f"cannot look up {uri}")
 
     def write_bytes(self, uri: str, data: bytes, content_type: str | None = None) -> None:
         """content_type: the object's Content-Type on S3 (browsers need it for pages served from a bucket)."""
-        try:
-            self._write(uri, data, content_type)
-        except OSError as exc:
-            raise StorageError(f"cannot write {uri}: {exc}") from None
+        self.retry(lambda: self._write(uri, data, content_type), f"cannot write {uri}")
 
     def _write(self, uri: str, data: bytes, content_type: str | None) -> None:
         fs, path = self.resolve(uri)
@@ -138,6 +185,12 @@ class Storage:
             metadata = {"Content-Type": content_type} if content_type else None
             with fs.open_output_stream(path, metadata=metadata) as out:
                 out.write(data)
+            # pyarrow cannot abort an upload: a stream closed after a failed part publishes what
+            # it had. The size tells; a short object is removed and the write tried again.
+            size = fs.get_file_info(path).size
+            if size != len(data):
+                fs.delete_file(path)
+                raise OSError(f"AWS Error INTERNAL_FAILURE: uploaded {size} of {len(data)} bytes")
             return
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
@@ -158,17 +211,25 @@ class Storage:
 
     def delete(self, uri: str) -> None:
         fs, path = self.resolve(uri)
-        try:
-            fs.delete_file(path)
-        except FileNotFoundError:
-            pass
+
+        def delete() -> None:
+            try:
+                fs.delete_file(path)
+            except FileNotFoundError:
+                pass
+
+        self.retry(delete, f"cannot delete {uri}")
 
 
 class _RawNativeFile(io.RawIOBase):
-    """Adapts a pyarrow RandomAccessFile to io.RawIOBase so io.BufferedReader can wrap it."""
+    """Adapts a pyarrow RandomAccessFile to io.RawIOBase so io.BufferedReader can wrap it.
 
-    def __init__(self, native: pa.NativeFile):
-        self._f = native
+    Reads are positioned (read_at) from a position kept here, so a read retried after a dropped
+    connection reads the same bytes again."""
+
+    def __init__(self, native: pa.NativeFile, storage: Storage, uri: str):
+        self._f, self._storage, self._uri = native, storage, uri
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
@@ -176,21 +237,29 @@ class _RawNativeFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def _read(self, nbytes: int) -> bytes:
+        data = self._storage.retry(lambda: self._f.read_at(nbytes, self._pos),
+                                   f"cannot read {self._uri} at byte {self._pos}")
+        self._pos += len(data)
+        return data
+
     def readinto(self, buffer) -> int:  # noqa: ANN001
-        data = self._f.read(len(buffer))
+        data = self._read(len(buffer))
         n = len(data)
         buffer[:n] = data
         return n
 
     def readall(self) -> bytes:
         # One read to the end: RawIOBase.readall would issue one S3 range request per 8 KiB.
-        return self._f.read()
+        return self._read(max(0, self._f.size() - self._pos))
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._f.seek(offset, whence)
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._f.size()}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
 
     def tell(self) -> int:
-        return self._f.tell()
+        return self._pos
 
     def close(self) -> None:
         self._f.close()

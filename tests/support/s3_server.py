@@ -140,6 +140,19 @@ class CephS3Gateway:
         self.server = None
         atexit.unregister(self.stop)
 
+    def kill_gateway(self) -> None:
+        """Kills the RADOS gateway (an outage); the monitor and OSD, and so the data, stay."""
+        proc = self._procs.pop(self.RGW)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def start_gateway(self) -> None:
+        """Starts the gateway again on its port and waits until it answers HTTP."""
+        assert self.server is not None
+        self._deadline = time.monotonic() + self.start_timeout
+        self._spawn(self.RGW, "radosgw", "-f", "-n", self.RGW)
+        self._wait("the gateway to answer HTTP again", lambda: self._http_ok(self.server.endpoint), self.RGW)
+
     # -- start-up --------------------------------------------------------------------------
 
     def _start(self) -> S3Server:
