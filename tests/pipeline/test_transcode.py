@@ -455,3 +455,101 @@ def test_split_and_transcode_agree_on_frames_of_a_variable_rate_source(tmp_path,
     assert len(frames) == 10
     new_scene, old_scene = pictures[30], pictures[29]
     assert pixel_error(frames[0], new_scene) < 6 < pixel_error(frames[0], old_scene)
+
+
+PATCHES = {"red": (200, 40, 40), "blue": (40, 160, 220)}
+
+
+def write_hd_colour_source(path, tagged: bool) -> None:  # noqa: ANN001
+    """12 frames of 1920x1080, the left half PATCHES["red"], the right half PATCHES["blue"],
+    encoded with the BT.709 matrix; `tagged`: the stream says so (else players guess it from HD)."""
+    rgb = np.zeros((1080, 1920, 3), np.uint8)
+    rgb[:, :960], rgb[:, 960:] = PATCHES["red"], PATCHES["blue"]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.codec_context.options = {"preset": "ultrafast", "crf": "12"}
+        if tagged:
+            ctx = stream.codec_context
+            ctx.color_primaries = ctx.color_trc = ctx.colorspace = 1  # BT.709
+            ctx.color_range = 1  # limited
+        for i in range(12):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="itu709", dst_color_range=1)
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged-bt709", "untagged-hd"])
+def test_a_bt709_source_scaled_to_sd_keeps_its_colour_tags_and_colours(tagged, tmp_path, make_task, make_spec):
+    """Scaled to 480 lines, an untagged clip would be shown as BT.601 (SD's default): a hue shift."""
+    path = tmp_path / "hd.mp4"
+    write_hd_colour_source(path, tagged)
+    clip = transcode(make_spec(transcoding={**FAST, "maxHeight": 480}), make_task(path, [(0, 12)])).clips[0]
+    assert (clip.width, clip.height) == (854, 480)
+    with av.open(io.BytesIO(clip.encoded)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range) == (1, 1, 1, 1)
+        frame = next(container.decode(video=0))
+        rgb = frame.to_ndarray(format="rgb24")  # as a player shows it: by the stream's tags
+    for name, region in (("red", rgb[100:380, 60:380]), ("blue", rgb[100:380, 480:800])):
+        mean = region.reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - PATCHES[name]).max() < 4, f"{name}: {mean.round(1)} vs {PATCHES[name]}"
+    # The models' frames are converted with the same matrix.
+    embed = clip.frames["embed"].frames[0]  # 224x224 RGB, the clip's picture squeezed
+    for name, region in (("red", embed[40:180, 20:90]), ("blue", embed[40:180, 134:204])):
+        mean = region.reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - PATCHES[name]).max() < 4, f"embed frame {name}: {mean.round(1)} vs {PATCHES[name]}"
+
+
+def pq_code(nits: np.ndarray) -> np.ndarray:
+    """SMPTE ST 2084's inverse EOTF (absolute luminance to code values), written out here."""
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+    y = np.power(np.asarray(nits, np.float64) / 10000, m1)
+    return np.power((c1 + c2 * y) / (1 + c3 * y), m2)
+
+
+def test_a_pq_hdr_source_becomes_an_sdr_bt709_clip(tmp_path, make_task, make_spec):
+    """A 10-bit PQ BT.2020 source holding two SDR colours at BT.2408's reference white (203 nits)
+    and a 1000-nit highlight: the clip is SDR BT.709 with those colours, the highlight white."""
+    sdr = np.array([PATCHES["red"], PATCHES["blue"], (255, 255, 255)], np.float64) / 255
+    linear709 = np.power(sdr, 2.4) * 203
+    linear709[2] = 1000  # the highlight: five times SDR white
+    to2020 = np.array([[0.6274039, 0.3292830, 0.0433131],  # BT.2087
+                       [0.0690973, 0.9195404, 0.0113623],
+                       [0.0163914, 0.0880133, 0.8955953]])
+    codes = np.rint(pq_code(linear709 @ to2020.T) * 65535).astype(np.uint16)
+    rgb48 = np.zeros((720, 1284, 3), np.uint16)
+    for i in range(3):
+        rgb48[:, 428 * i: 428 * (i + 1)] = codes[i]
+    path = tmp_path / "pq.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 1284, 720, "yuv420p10le"
+        ctx = stream.codec_context
+        ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range = 9, 16, 9, 1  # BT.2020, PQ
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(rgb48, format="rgb48le").reformat(
+                format="yuv420p10le", dst_colorspace="bt2020", dst_color_range=1)
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+    clip = transcode(make_spec(transcoding={**FAST, "maxHeight": 360}), make_task(path, [(0, 6)])).clips[0]
+    with av.open(io.BytesIO(clip.encoded)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range) == (1, 1, 1, 1)
+        assert ctx.pix_fmt == "yuv420p"
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    width = rgb.shape[1] // 3
+    # 10-bit PQ codes carry dark channels of saturated colours coarsely (blue's red: 2.4 nits under
+    # 142 of blue): within 6 of 255, where an untouched PQ signal would be off by tens.
+    for i, (name, expected, tolerance) in enumerate((("red", PATCHES["red"], 6), ("blue", PATCHES["blue"], 6),
+                                                      ("highlight", (255, 255, 255), 12))):
+        region = rgb[40:320, width * i + 30: width * (i + 1) - 30]
+        mean = region.reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - expected).max() < tolerance, f"{name}: {mean.round(1)} vs {expected}"
+    # The models see the same SDR picture.
+    embed = clip.frames["embed"].frames[0]
+    assert np.abs(embed[60:160, 10:60].reshape(-1, 3).mean(axis=0) - PATCHES["red"]).max() < 5

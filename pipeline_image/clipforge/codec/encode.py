@@ -12,7 +12,10 @@ Frame indices follow the split stage: frames on the source's constant-rate grid 
 a variable-rate source's frames go to their nearest index and the frame before a gap is held
 over it), so every clip holds exactly end_frame - start_frame frames. Frames are turned upright
 (the source's display rotation applied: a phone's portrait video gives portrait clips) before
-they are scaled to the output size.
+they are scaled to the output size. Clips carry the source's colour description (primaries,
+transfer, matrix; an untagged source as players read it) and limited range, so a scaled clip
+shows the source's colours: an untagged 480p clip of a BT.709 source would be shown as BT.601.
+HDR sources (PQ, HLG) become SDR BT.709 clips (codec/hdr.py).
 
 Failures stay with the clip they hit: an encoder that cannot open, a span past the end of the
 source, source data the decoder rejects (the clips holding frames that may show the damage, up
@@ -31,6 +34,7 @@ from fractions import Fraction
 import av
 
 from clipforge.codec.audio import SourceAudio
+from clipforge.codec.hdr import is_hdr, tone_map
 from clipforge.codec.output import open_output
 from clipforge.codec.source import Keyframe, Lost, decode_from, source_seconds
 from clipforge.frames import FrameRequest, FrameSampler, Timeline, Upright, rotation_of, upright_size
@@ -131,8 +135,8 @@ class ClipEncoder:
     damaged: list[int] = field(default_factory=list)  # indices of frames from damaged source data
 
     @classmethod
-    def open(cls, clip: Clip, spec: TranscodingSpec, fps: Fraction, width: int, height: int, threads: int,
-             requests: list[FrameRequest] = (), audio: SourceAudio | None = None) -> ClipEncoder:
+    def open(cls, clip: Clip, spec: TranscodingSpec, fps: Fraction, width: int, height: int, colour: _Colour,
+             threads: int, requests: list[FrameRequest] = (), audio: SourceAudio | None = None) -> ClipEncoder:
         buffer = io.BytesIO()
         container = open_output(buffer, "mp4")
         try:
@@ -143,6 +147,7 @@ class ClipEncoder:
             stream.codec_context.thread_type = "FRAME"
             stream.codec_context.thread_count = threads
             stream.codec_context.options = _encoder_options(spec, stream.codec_context)
+            colour.tag(stream.codec_context)
             stream.codec_context.open()  # now, so a missing encoder or GPU is reported as such
             audio_stream = audio.add_stream(container) if audio is not None else None
         except BaseException:
@@ -204,6 +209,55 @@ class _Damage:
             self.start = self.end = None
 
 
+# FFmpeg's colour codes (AVColorPrimaries, AVColorTransferCharacteristic, AVColorSpace share
+# these values) and ranges.
+_BT709, _UNSPECIFIED, _SMPTE170M = 1, 2, 6
+_RANGE_MPEG, _RANGE_JPEG = 1, 2
+# Matrices swscale converts with (AVColorSpace values): BT.709, FCC, BT.470BG, SMPTE 170M and
+# 240M, BT.2020 (non-constant and constant luminance).
+_SWSCALE_MATRICES = {1, 4, 5, 6, 7, 9, 10}
+
+
+@dataclass(frozen=True)
+class _Colour:
+    """The source's colour description, which the clips keep."""
+
+    primaries: int
+    transfer: int
+    matrix: int
+    full_range: bool
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> _Colour:
+        # Untagged video is read as players read it: BT.709 from HD up, SMPTE 170M below.
+        guess = _BT709 if frame.height >= 720 or frame.width >= 1280 else _SMPTE170M
+        matrix = frame.colorspace if frame.colorspace in _SWSCALE_MATRICES else guess
+        return cls(primaries=guess if frame.color_primaries == _UNSPECIFIED else frame.color_primaries,
+                   transfer=guess if frame.color_trc == _UNSPECIFIED else frame.color_trc,
+                   matrix=matrix,
+                   full_range=frame.color_range == _RANGE_JPEG or frame.format.name.startswith("yuvj"))
+
+    @property
+    def hdr(self) -> bool:
+        return is_hdr(self.transfer)
+
+    def scale(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+        """`frame` as the clips' 4:2:0 limited-range frame: in the source's matrix, or tone-mapped
+        to SDR BT.709 from HDR."""
+        if self.hdr:
+            return tone_map(frame, width, height, self.transfer, self.matrix, self.full_range)
+        return frame.reformat(width, height, "yuv420p", src_colorspace=self.matrix, dst_colorspace=self.matrix,
+                              src_color_range=_RANGE_JPEG if self.full_range else _RANGE_MPEG,
+                              dst_color_range=_RANGE_MPEG, interpolation="BICUBIC")
+
+    def tag(self, ctx: av.codec.context.CodecContext) -> None:
+        if self.hdr:
+            ctx.color_primaries = ctx.color_trc = ctx.colorspace = _BT709
+        else:
+            ctx.color_primaries, ctx.color_trc, ctx.colorspace = self.primaries, self.transfer, self.matrix
+        ctx.color_range = _RANGE_MPEG
+
+
 @dataclass(frozen=True)
 class _Geometry:
     """How the source's frames become the clips' frames."""
@@ -240,6 +294,7 @@ class ChunkEncode:
         self.previous: av.VideoFrame | None = None  # the frame at `written`
         self.upright = Upright()
         self.geometry: _Geometry | None = None  # known from the first frame decoded
+        self.colour: _Colour | None = None  # likewise
         self.damage = _Damage()
 
     def run(self, container, stream) -> None:  # noqa: ANN001
@@ -296,8 +351,8 @@ class ChunkEncode:
         if not indices:
             return
         if self.geometry is None:
-            self.geometry = _Geometry.of(frame, self.spec.max_height)
-        scaled = frame.reformat(*self.geometry.scaled, "yuv420p", interpolation="BICUBIC")
+            self.geometry, self.colour = _Geometry.of(frame, self.spec.max_height), _Colour.of(frame)
+        scaled = self.colour.scale(frame, *self.geometry.scaled)
         frame = self.upright(scaled, self.geometry.rotation)
         # A decoded frame remembers its picture type; encoders would obey it.
         frame.pict_type = av.video.frame.PictureType.NONE
@@ -314,8 +369,8 @@ class ChunkEncode:
         while self.waiting and self.waiting[0].start_frame <= index:
             clip = self.waiting.pop(0)
             try:
-                self.active.append(ClipEncoder.open(clip, self.spec, self.timeline.fps, out_w, out_h, self.threads,
-                                                    self.requests, self.audio))
+                self.active.append(ClipEncoder.open(clip, self.spec, self.timeline.fps, out_w, out_h, self.colour,
+                                                    self.threads, self.requests, self.audio))
             except Exception as exc:  # noqa: BLE001
                 hint = " (h264_nvenc needs an NVIDIA GPU with NVENC)" if self.spec.encoder == "h264_nvenc" else ""
                 self.fail(clip, f"cannot open encoder {self.spec.encoder}{hint}: {type(exc).__name__}: {exc}")
