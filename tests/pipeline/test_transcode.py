@@ -510,16 +510,27 @@ def pq_code(nits: np.ndarray) -> np.ndarray:
     return np.power((c1 + c2 * y) / (1 + c3 * y), m2)
 
 
-def test_a_pq_hdr_source_becomes_an_sdr_bt709_clip(tmp_path, make_task, make_spec):
-    """A 10-bit PQ BT.2020 source holding two SDR colours at BT.2408's reference white (203 nits)
-    and a 1000-nit highlight: the clip is SDR BT.709 with those colours, the highlight white."""
+def hlg_code(nits: np.ndarray) -> np.ndarray:
+    """BT.2100 HLG on a 1000-nit display, inverted: display light to scene light (the OOTF's
+    inverse, system gamma 1.2), then the OETF."""
+    luma = np.asarray(nits, np.float64) @ [0.2627, 0.6780, 0.0593] / 1000
+    scene = np.asarray(nits, np.float64) / 1000 / np.power(luma, 0.2 / 1.2)[..., None]
+    a, b, c = 0.17883277, 0.28466892, 0.55991073
+    return np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
+
+
+@pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
+def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, make_spec):
+    """A 10-bit BT.2020 source (PQ or HLG) holding two SDR colours at BT.2408's reference white
+    (203 nits) and a 1000-nit highlight: the clip is SDR BT.709 with those colours, the highlight white."""
     sdr = np.array([PATCHES["red"], PATCHES["blue"], (255, 255, 255)], np.float64) / 255
     linear709 = np.power(sdr, 2.4) * 203
     linear709[2] = 1000  # the highlight: five times SDR white
     to2020 = np.array([[0.6274039, 0.3292830, 0.0433131],  # BT.2087
                        [0.0690973, 0.9195404, 0.0113623],
                        [0.0163914, 0.0880133, 0.8955953]])
-    codes = np.rint(pq_code(linear709 @ to2020.T) * 65535).astype(np.uint16)
+    code = pq_code if transfer == 16 else hlg_code
+    codes = np.rint(code(linear709 @ to2020.T) * 65535).astype(np.uint16)
     rgb48 = np.zeros((720, 1284, 3), np.uint16)
     for i in range(3):
         rgb48[:, 428 * i: 428 * (i + 1)] = codes[i]
@@ -528,7 +539,7 @@ def test_a_pq_hdr_source_becomes_an_sdr_bt709_clip(tmp_path, make_task, make_spe
         stream = container.add_stream("ffv1", rate=24)
         stream.width, stream.height, stream.pix_fmt = 1284, 720, "yuv420p10le"
         ctx = stream.codec_context
-        ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range = 9, 16, 9, 1  # BT.2020, PQ
+        ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range = 9, transfer, 9, 1  # BT.2020
         for i in range(6):
             frame = av.VideoFrame.from_ndarray(rgb48, format="rgb48le").reformat(
                 format="yuv420p10le", dst_colorspace="bt2020", dst_color_range=1)
