@@ -18,8 +18,7 @@ def remove_chunk_outputs(storage: Storage, root: str, record: dict) -> None:
             meta = json.loads(storage.read_bytes(meta_uri))
         except (StorageError, ValueError):
             meta = {}
-        uris = {layout.clip_file(root, clip_id, True), layout.clip_file(root, clip_id, False),
-                layout.preview_file(root, clip_id)}
+        uris = {*layout.every_clip_file(root, clip_id), layout.preview_file(root, clip_id)}
         uris.update(meta[key] for key in ("clip_location", "preview_location") if meta.get(key))
         uris.update(w["preview_location"] for w in meta.get("windows") or [] if w.get("preview_location"))
         if (meta.get("embedding") or {}).get("location"):

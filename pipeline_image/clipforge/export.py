@@ -1,7 +1,7 @@
 """`clipforge export`: an output's passed clips as WebDataset tar shards, for training loaders.
 
     DEST/shard-NNNNNN.tar   one sample per passed clip, its files named by the clip's id:
-                            <id>.mp4 (the clip), <id>.json (its metas/v0 record, as written),
+                            <id>.mp4 or <id>.mkv (the clip, as written), <id>.json (its metas/v0 record, as written),
                             <id>.txt (its captions, when captioned: clip_index.caption_text),
                             <id>.npy (its embedding as stored, a float16 (1, dim) array, when embedded)
     DEST/export.json        what DEST holds: source, seed, shard size, the plan's digest, the shards
@@ -46,6 +46,7 @@ class ExportError(RuntimeError):
 @dataclass(frozen=True)
 class Sample:
     clip_id: str
+    container: str  # the clip file's (layout.CLIP_CONTAINERS)
     num_bytes: int
     caption: str | None
     embedding_algorithm: str | None
@@ -84,7 +85,7 @@ def parse_size(text: str) -> int:
 
 def passed_samples(storage: Storage, root: str) -> list[Sample]:
     """The index's passed clips, sorted by id (the index is built first if the output has none)."""
-    columns = ["span_uuid", "status", "num_bytes", "windows", "embedding"]
+    columns = ["span_uuid", "status", "clip_location", "num_bytes", "windows", "embedding"]
     if not clip_index.parts(storage, root, layout.CLIP_INDEX):
         clip_index.write_index(storage, root)
     table = clip_index.read_table(storage, root, layout.CLIP_INDEX, columns)
@@ -92,7 +93,8 @@ def passed_samples(storage: Storage, root: str) -> list[Sample]:
     samples = []
     for row in table.to_pylist():
         embedding = row["embedding"] or {}
-        samples.append(Sample(row["span_uuid"], row["num_bytes"], clip_index.caption_text(row["windows"]),
+        samples.append(Sample(row["span_uuid"], layout.clip_container(row["clip_location"]), row["num_bytes"],
+                              clip_index.caption_text(row["windows"]),
                               embedding.get("algorithm"), embedding.get("dim")))
     return samples
 
@@ -131,7 +133,8 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _sample_files(storage: Storage, root: str, sample: Sample) -> list[tuple[str, bytes]]:
     clip_id = sample.clip_id
     try:
-        files = [(f"{clip_id}.mp4", storage.read_bytes(layout.clip_file(root, clip_id, False))),
+        files = [(f"{clip_id}.{sample.container}",
+                  storage.read_bytes(layout.clip_file(root, clip_id, False, sample.container))),
                  (f"{clip_id}.json", storage.read_bytes(layout.clip_meta(root, clip_id)))]
         if sample.caption:
             files.append((f"{clip_id}.txt", sample.caption.encode()))

@@ -23,8 +23,22 @@ VIDEO_INDEX = f"{INDEX_DIR}/videos"
 REPORT = REPORT_DIR
 
 
-def clip_file(root: str, clip_id: str, filtered: bool) -> str:
-    return join(root, FILTERED_CLIPS if filtered else CLIPS, f"{clip_id}.mp4")
+# A clip's file is MP4, or Matroska where stream copy keeps a codec MP4 cannot carry (VP8).
+CLIP_CONTAINERS = ("mp4", "mkv")
+
+
+def clip_file(root: str, clip_id: str, filtered: bool, container: str) -> str:
+    return join(root, FILTERED_CLIPS if filtered else CLIPS, f"{clip_id}.{container}")
+
+
+def every_clip_file(root: str, clip_id: str) -> list[str]:
+    """Every place a clip's file may be: passed or filtered, in each container."""
+    return [clip_file(root, clip_id, filtered, c) for filtered in (False, True) for c in CLIP_CONTAINERS]
+
+
+def clip_container(location: str) -> str:
+    """The container of a clip's file, from its location (a metas record's clip_location)."""
+    return location.rsplit(".", 1)[-1]
 
 
 def preview_file(root: str, clip_id: str) -> str:

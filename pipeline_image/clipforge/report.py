@@ -39,7 +39,7 @@ WRITE_THREADS = 16
 HTML, JS, CSS = "text/html; charset=utf-8", "text/javascript; charset=utf-8", "text/css; charset=utf-8"
 
 CLIP_COLUMNS = ["span_uuid", "status", "source_video", "duration_span", "motion_score", "aesthetic_score",
-                "filtered_by", "preview_location", "valid", "missing_outputs", "windows", "errors"]
+                "filtered_by", "clip_location", "preview_location", "valid", "missing_outputs", "windows", "errors"]
 
 
 # ------------------------------------------------------------------------------------ charts
@@ -236,7 +236,8 @@ def _clip_row(clip: dict, videos: dict[str, str]) -> dict:
     return {
         "id": clip["span_uuid"], "status": clip["status"],
         "video": videos.get(clip["source_video"], clip["source_video"]), "start": start, "end": end,
-        "clip": layout.clip_file("..", clip["span_uuid"], clip["status"] == "filtered"),
+        "clip": layout.clip_file("..", clip["span_uuid"], clip["status"] == "filtered",
+                                 layout.clip_container(clip["clip_location"])),
         "preview": layout.preview_file("..", clip["span_uuid"]) if clip["preview_location"] else None,
         "motion": (clip["motion_score"] or {}).get("global_mean"), "aesthetic": clip["aesthetic_score"],
         "filtered_by": clip["filtered_by"], "valid": clip["valid"], "missing": ", ".join(clip["missing_outputs"] or []),

@@ -58,6 +58,8 @@ class Clip:
     rotation: int = 0
     # Stream copy snaps the span to keyframes: the span actually written, when it differs.
     keyframe_aligned: bool = False
+    # The file's container (layout.CLIP_CONTAINERS): its name's extension.
+    container: str = "mp4"
     # Filled by transcode for the later stages: stage name -> the frames it asked for (frames.py).
     # Each stage drops its entry once used, so what travels on shrinks; the writer drops the rest.
     frames: dict[str, Any] = field(default_factory=dict)

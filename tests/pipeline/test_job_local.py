@@ -283,3 +283,30 @@ def test_local_job_writes_clip_embeddings_and_per_video_parquet(tmp_path, sample
     assert run_job(tmp_path, str(samples_dir), out) == 0
     after = pd.read_parquet(parquet_root / "sub/three_scenes.mp4.parquet")
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_stream_copied_vp8_clips_are_matroska_named_mkv_everywhere(tmp_path):
+    """MP4 cannot carry VP8: stream copy writes Matroska, and every place that names the clip
+    says .mkv (its file, metas, the index, the report's links, the export's members)."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+    from clipforge.samples import SampleVideo, Segment, write_video
+
+    source = write_video(SampleVideo("vp8", 160, 96, 24, (Segment(10, True, 7),)), tmp_path / "in" / "vp8.webm",
+                         codec="libvpx", gop=24)
+    out = tmp_path / "out"
+    assert run_job(tmp_path, str(source.parent), out, transcoding={"mode": "copy"},
+                   motionFilter={"mode": "disable"}) == 0
+    clips = sorted((out / "clips").iterdir())
+    assert len(clips) == 2 and all(p.suffix == ".mkv" for p in clips)
+    for clip in clips:
+        assert decode_clip(clip.read_bytes())[1] == "vp8"
+        assert load_json(out / "metas" / "v0" / f"{clip.stem}.json")["clip_location"] == str(clip)
+    index = pq.read_table(out / "index" / "clips").to_pylist()
+    assert sorted(row["clip_location"] for row in index) == [str(p) for p in clips]
+    report_rows = "".join(p.read_text() for p in (out / "report").rglob("*.js*"))
+    assert all(f"../clips/{p.name}" in report_rows for p in clips) and ".mp4" not in report_rows
+    assert main(["export", str(out), str(tmp_path / "shards"), "--format", "webdataset"]) == 0
+    with tarfile.open(tmp_path / "shards" / "shard-000000.tar") as tar:
+        assert sorted(m.name for m in tar.getmembers() if m.name.endswith((".mp4", ".mkv"))) == [p.name for p in clips]

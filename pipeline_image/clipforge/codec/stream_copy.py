@@ -141,6 +141,7 @@ def _finish_copy(clip: Clip, span: tuple[int, int], packets: list[_CopiedPacket]
         except Exception as exc:  # noqa: BLE001
             fail(clip, f"stream copy failed: {type(mp4_exc).__name__}: {mp4_exc}; {exc}")
             return
+        clip.container = "mkv"
     try:
         clip.frames = sample_encoded(data, requests, threads) if requests else {}
     except Exception as exc:  # noqa: BLE001

@@ -61,7 +61,8 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, missing: list[str]) ->
         "audio_codec": clip.audio_codec,
         "rotation": clip.rotation,
         "num_bytes": len(clip.encoded) if has_file else 0,
-        "clip_location": layout.clip_file(root, clip.uuid, clip.filtered_by is not None) if has_file else None,
+        "clip_location": (layout.clip_file(root, clip.uuid, clip.filtered_by is not None, clip.container)
+                          if has_file else None),
         "preview_location": layout.preview_file(root, clip.uuid) if clip.preview is not None else None,
         "motion_score": {
             "global_mean": clip.motion_score_global_mean,
@@ -127,10 +128,12 @@ class WriteStage(Stage):
             return [task]
         for clip in task.clips:
             if clip.encoded is not None:
-                filtered = clip.filtered_by is not None
-                self.storage.write_bytes(layout.clip_file(self.root, clip.uuid, filtered), clip.encoded)
-                # A rerun with other thresholds may move a clip: never leave it in both places.
-                self.storage.delete(layout.clip_file(self.root, clip.uuid, not filtered))
+                uri = layout.clip_file(self.root, clip.uuid, clip.filtered_by is not None, clip.container)
+                self.storage.write_bytes(uri, clip.encoded)
+                # A rerun with other thresholds (or mode) may move a clip: never leave it in two places.
+                for other in layout.every_clip_file(self.root, clip.uuid):
+                    if other != uri:
+                        self.storage.delete(other)
             if clip.preview is not None:
                 self.storage.write_bytes(layout.preview_file(self.root, clip.uuid), clip.preview)
             for i, webp in sorted(clip.window_previews.items()):
