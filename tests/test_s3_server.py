@@ -47,7 +47,7 @@ def test_visible_to_a_plain_s3_client(storage: Storage, s3_server, s3_bucket: st
     assert body == b"hello"
 
 
-def test_list_files(storage: Storage, s3_bucket: str):
+def test_list_files(storage: Storage, s3_server, s3_bucket: str):
     files = {
         "prefix/one.bin": b"1",
         "prefix/sub/two.bin": b"22",
@@ -59,15 +59,17 @@ def test_list_files(storage: Storage, s3_bucket: str):
         storage.write_bytes(f"s3://{s3_bucket}/{key}", data)
 
     listed = storage.list_files(f"s3://{s3_bucket}/prefix", ["*.bin"])
-    assert listed == [
+    assert [entry[:3] for entry in listed] == [
         (f"s3://{s3_bucket}/prefix/one.bin", "one.bin", 1),
         (f"s3://{s3_bucket}/prefix/sub/deeper/three.bin", "sub/deeper/three.bin", 3),
         (f"s3://{s3_bucket}/prefix/sub/two.bin", "sub/two.bin", 2),
     ]
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key="prefix/one.bin")
+    assert listed[0].mtime == head["LastModified"].isoformat()  # which version of the object this is
     # a trailing slash and a single object work too
     assert storage.list_files(f"s3://{s3_bucket}/prefix/", ["*.bin"]) == listed
     assert storage.list_files(f"s3://{s3_bucket}/prefix/sub/two.bin", ["*.bin"]) == [
-        (f"s3://{s3_bucket}/prefix/sub/two.bin", "two.bin", 2)
+        (f"s3://{s3_bucket}/prefix/sub/two.bin", "two.bin", 2, listed[2].mtime)
     ]
     with pytest.raises(StorageError, match="does not exist"):
         storage.list_files(f"s3://{s3_bucket}/nothing-here", ["*.bin"])

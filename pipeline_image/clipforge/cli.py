@@ -30,7 +30,9 @@ def _format_summary(summary: RunReport) -> str:
         lines.append(_format_dedup(summary.dedup))
     for failure in summary.failures or []:
         reasons = "; ".join(f"{stage}: {msg}" for stage, msg in failure.errors.items())
-        lines.append(f"FAILED {failure.video}: {reasons}")
+        note = (" (the environment's: a rerun tries it again)" if failure.retryable else
+                " (recorded by an earlier run; --retry-failed tries it again)" if failure.earlier else "")
+        lines.append(f"FAILED {failure.video}{note}: {reasons}")
     if summary.state == RunState.completed_with_failures:
         lines.append(f"completed with failures: {videos.failed} of {videos.total} videos failed")
     elif summary.reason:
@@ -75,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite,
-                          on_video=on_video)
+                          on_video=on_video, retry_failed=args.retry_failed)
     except RunNotStarted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -209,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--executor", choices=["ray", "local"], help="override spec.execution.executor")
     run.add_argument("--overwrite", action="store_true", help="redo videos already recorded in processed_videos/")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="try again the videos recorded as failed by their input (a plain rerun tries again only"
+                          " those failed by the environment: storage, memory, an encoder, a killed worker)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

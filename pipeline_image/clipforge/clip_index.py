@@ -101,6 +101,8 @@ VIDEO_SCHEMA = pa.schema([
     ("num_clips_failed", pa.int64()),
     ("clip_chunks", pa.list_(pa.string())),
     ("errors", _ERRORS),
+    ("retryable", pa.bool_()),
+    ("source", pa.struct([("size", pa.int64()), ("mtime", pa.string())])),
     # The settings that decided the video's clips (spec.clip_settings): JSON text, as their shape
     # follows the spec's.
     ("settings", pa.string()),
@@ -144,7 +146,7 @@ def _records(storage: Storage, directory: str, unreadable: list[str]) -> Iterato
     listing = storage.list_files(directory, ["*.json"], missing_ok=True)
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for start in range(0, len(listing), ROWS_PER_FILE):
-            uris = [uri for uri, _rel, _size in listing[start:start + ROWS_PER_FILE]]
+            uris = [listed.uri for listed in listing[start:start + ROWS_PER_FILE]]
             batch = []
             for uri, raw in zip(uris, pool.map(storage.read_bytes, uris)):
                 try:
@@ -168,7 +170,7 @@ def _write_table(storage: Storage, root: str, table: str, schema: pa.Schema,
         rows += len(batch)
         shards += 1
     written = {os.path.basename(layout.index_part("", table, shard)) for shard in range(shards)}
-    for uri, relative, _size in storage.list_files(layout.join(root, table), ["*.parquet"], missing_ok=True):
+    for uri, relative, *_ in storage.list_files(layout.join(root, table), ["*.parquet"], missing_ok=True):
         if relative not in written:
             storage.delete(uri)
     return rows
@@ -206,7 +208,7 @@ def write_index(storage: Storage, root: str) -> IndexResult:
 
 def parts(storage: Storage, root: str, table: str) -> list[str]:
     """URIs of the shards of an index table under root, in order (none before the first index)."""
-    return [uri for uri, _rel, _size in storage.list_files(layout.join(root, table), ["part-*.parquet"], missing_ok=True)]
+    return [listed.uri for listed in storage.list_files(layout.join(root, table), ["part-*.parquet"], missing_ok=True)]
 
 
 def read_table(storage: Storage, root: str, table: str, columns: list[str] | None = None) -> pa.Table:

@@ -301,7 +301,7 @@ def load_embeddings(storage: Storage, root: str, algorithm: str) -> tuple[pa.Tab
     with ThreadPoolExecutor(max_workers=16) as pool:
         tables = list(pool.map(lambda f: _read_table(storage, f[0]), files))
     columns = ["id", "embedding", *META_COLUMNS]
-    for (uri, _rel, _size), table in zip(files, tables):
+    for (uri, *_), table in zip(files, tables):
         missing = [c for c in ("id", "embedding") if c not in table.column_names]
         if missing:
             raise DedupError(f"embeddings {uri} lack column(s) {', '.join(missing)}")

@@ -184,7 +184,7 @@ def export_webdataset(storage: Storage, root: str, dest: str, shard_size: int, s
         return ExportResult(len(samples), names, 0)
     present = set()
     if same_plan:
-        present = {rel for _uri, rel, _size in storage.list_files(dest, ["shard-*.tar"], missing_ok=True)}
+        present = {listed.relative for listed in storage.list_files(dest, ["shard-*.tar"], missing_ok=True)}
     else:
         storage.write_json(manifest_uri, manifest)  # the plan first: shards written after it belong to it
     written = 0
@@ -194,7 +194,7 @@ def export_webdataset(storage: Storage, root: str, dest: str, shard_size: int, s
                 continue
             storage.write_bytes(join(dest, name), shard_bytes(storage, root, shard, pool), "application/x-tar")
             written += 1
-    for uri, rel, _size in storage.list_files(dest, ["shard-*.tar"], missing_ok=True):
+    for uri, rel, *_ in storage.list_files(dest, ["shard-*.tar"], missing_ok=True):
         if rel not in names:
             storage.delete(uri)
     storage.write_json(manifest_uri, {**manifest, "complete": True})

@@ -116,7 +116,7 @@ def _stage_s3(spec: VideoCurationJobSpec, uri: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        for object_uri, relative, _size in objects:
+        for object_uri, relative, *_ in objects:
             dest = tmp / relative
             dest.parent.mkdir(parents=True, exist_ok=True)
             with storage.open_read(object_uri) as src, open(dest, "wb") as out:

@@ -367,7 +367,7 @@ def write_report(storage: Storage, root: str) -> str:
 
 def _delete_stale(storage: Storage, root: str, keep: set[str]) -> None:
     """Data files of an earlier, larger report."""
-    for uri, relative, _size in storage.list_files(layout.report_file(root, "data"), ["*.js"], missing_ok=True):
+    for uri, relative, *_ in storage.list_files(layout.report_file(root, "data"), ["*.js"], missing_ok=True):
         if f"data/{relative}" not in keep:
             storage.delete(uri)
 

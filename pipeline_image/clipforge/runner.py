@@ -24,11 +24,11 @@ from clipforge import layout
 from clipforge.embedding_files import write_video_parquet
 from clipforge.report import publish
 from clipforge.spec import (
-    PROGRESS_INTERVAL_S, TOO_MANY_VIDEOS_FAILED, ClipCounts, RunReport, RunState, VideoCounts, VideoCurationJob,
-    VideoCurationJobSpec, VideoFailure, clip_settings, stage_enabled,
+    PROGRESS_INTERVAL_S, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts, RunReport, RunState,
+    VideoCounts, VideoCurationJob, VideoCurationJobSpec, VideoFailure, clip_settings, stage_enabled,
 )
 from clipforge.stages import pipeline_stages
-from clipforge.storage import Storage, StorageError
+from clipforge.storage import Listed, Storage, StorageError
 from clipforge.tasks import VideoTask
 
 log = logging.getLogger(__name__)
@@ -101,37 +101,54 @@ class ProgressWriter:
                 log.warning("could not write progress: %s", exc)
 
 
-def processed_videos(storage: Storage, root: str, settings: dict) -> set[str]:
-    """Relative paths of the videos recorded as processed without errors under root, with these
-    clip settings (a video done under other settings is redone).
+def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict], retry_failed: bool = False
+                     ) -> dict[str, VideoFailure | None]:
+    """The videos an earlier run under these clip settings finished under root, from the same
+    source (`inputs`: relative path -> source_version(); a video done under other settings, or
+    whose source has changed since, is redone): relative path -> None for a success, or its
+    final failure (the input's fault). Retryable failures are left out, as are all failures
+    under `retry_failed`.
 
     One listing of processed_videos/ and concurrent reads of its records: a rerun over a
     large output must not cost a round trip per input video in sequence.
     """
     records_root = layout.join(root, layout.PROCESSED_VIDEOS)
-    try:
-        records = storage.list_files(records_root, ["*.json"])
-    except StorageError:
-        return set()  # no records yet
+    records = storage.list_files(records_root, ["*.json"], missing_ok=True)
 
-    def succeeded(record: tuple[str, str, int]) -> str | None:
-        uri, relative, _size = record
-        # Failed videos are recorded too, but retried: their failure may have been transient.
-        done = json.loads(storage.read_bytes(uri))
-        return None if done.get("errors") or done.get("settings") != settings else relative[: -len(".json")]
+    def finished(record: Listed) -> tuple[str, VideoFailure | None] | None:
+        relative = record.relative[: -len(".json")]
+        if relative not in inputs:
+            return None
+        done = json.loads(storage.read_bytes(record.uri))
+        if done.get("settings") != settings or done.get("source") != inputs[relative]:
+            return None
+        if not done.get("errors"):
+            return relative, None
+        if done.get("retryable", True) or retry_failed:
+            return None
+        return relative, VideoFailure(video=done["video"], errors=done["errors"], earlier=True)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {path for path in pool.map(succeeded, records) if path is not None}
+        return dict(found for found in pool.map(finished, records) if found is not None)
 
 
-def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool) -> tuple[list[VideoTask], int, int]:
-    """(tasks to run, total inputs, inputs skipped as already processed)."""
+def source_version(listed: Listed) -> dict:
+    """Which version of a source a record was made from: a changed file is a new input."""
+    return {"size": listed.size, "mtime": listed.mtime}
+
+
+def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retry_failed: bool
+             ) -> tuple[list[VideoTask], int, int, list[VideoFailure]]:
+    """(tasks to run, total inputs, inputs skipped as already processed, the skipped ones' final failures)."""
     inputs = storage.list_files(spec.input.uri, spec.input.patterns)
     if spec.input.limit:
         inputs = inputs[: spec.input.limit]
-    done = set() if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec))
-    tasks = [VideoTask(source=uri, relative_path=rel, redo=overwrite) for uri, rel, _size in inputs if rel not in done]
-    return tasks, len(inputs), len(inputs) - len(tasks)
+    versions = {listed.relative: source_version(listed) for listed in inputs}
+    done = {} if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec), versions, retry_failed)
+    tasks = [VideoTask(source=listed.uri, relative_path=listed.relative, source_version=versions[listed.relative],
+                       redo=overwrite) for listed in inputs if listed.relative not in done]
+    failed = [failure for rel, failure in sorted(done.items()) if failure is not None]
+    return tasks, len(inputs), len(inputs) - len(tasks) - len(failed), failed
 
 
 def video_record(chunks: list[VideoTask], settings: dict) -> dict:
@@ -144,6 +161,8 @@ def video_record(chunks: list[VideoTask], settings: dict) -> dict:
     records = sorted((c.chunk_record for c in chunks if c.chunk_record), key=lambda r: r["chunk_index"])
     return {
         "video": first.source,
+        "source": first.source_version,  # a rerun redoes the video when its source has changed
+        "retryable": any(c.retryable for c in chunks),
         "relative_path": first.relative_path,
         "metadata": meta.to_json() if meta else None,
         "split_algorithm": first.split_algorithm,
@@ -160,11 +179,11 @@ def video_record(chunks: list[VideoTask], settings: dict) -> dict:
 
 
 class JobRun:
-    def __init__(self, job: VideoCurationJob, overwrite: bool = False):
+    def __init__(self, job: VideoCurationJob, overwrite: bool = False, retry_failed: bool = False):
         self.spec = job.spec
         self.storage = Storage.from_spec(self.spec.storage)
         self.root = self.spec.output.uri
-        self.overwrite = overwrite
+        self.overwrite, self.retry_failed = overwrite, retry_failed
         self.stats = RunStats()
         self.dedup: dict | None = None  # dedup's counts (or its error) once it has run
         self._progress_lock = threading.Lock()
@@ -175,8 +194,10 @@ class JobRun:
         # The first object of a run doubles as the check that the output is writable; a
         # throwaway probe object would leave a directory marker behind on S3.
         self.write_progress(RunState.starting, retry_seconds=START_RETRY_S)
-        tasks, self.stats.total, self.stats.skipped = discover(
-            self.spec, self.storage.retrying_for(START_RETRY_S), self.overwrite)
+        tasks, self.stats.total, self.stats.skipped, earlier_failures = discover(
+            self.spec, self.storage.retrying_for(START_RETRY_S), self.overwrite, self.retry_failed)
+        # Videos whose input failed for good stay failed in this run's counts and exit status.
+        self.stats.failed, self.stats.failures = len(earlier_failures), earlier_failures
         return tasks
 
     def consume(self, results: Iterator[VideoTask], on_video: Callable[[RunStats], None] | None = None) -> None:
@@ -202,7 +223,8 @@ class JobRun:
         stats.clips_failed += record["num_clips_failed"]
         if record["errors"]:
             stats.failed += 1
-            stats.failures.append(VideoFailure(video=record["video"], errors=record["errors"]))
+            stats.failures.append(VideoFailure(video=record["video"], errors=record["errors"],
+                                               retryable=record["retryable"]))
         else:
             stats.done += 1
             stats.video_seconds += record["metadata"]["duration_s"]
@@ -217,10 +239,13 @@ class JobRun:
         except (DedupError, StorageError) as exc:
             self.dedup = {"error": str(exc)}
 
-    def too_many_failures(self) -> str | None:
-        """Why this run's failed videos fail it as a whole (execution.failures), or None."""
+    def too_many_failures(self, content_only: bool = False) -> str | None:
+        """Why this run's failed videos (or only those the input failed) fail it as a whole
+        (execution.failures), or None."""
         limits = self.spec.execution.failures
         failed, total = self.stats.failed, self.stats.total
+        if content_only:
+            failed -= sum(f.retryable for f in self.stats.failures)
         if limits.max_failed_videos is not None and failed > limits.max_failed_videos:
             return f"{failed} videos failed, more than execution.failures.maxFailedVideos ({limits.max_failed_videos})"
         if total and failed / total > limits.max_failed_fraction:
@@ -245,10 +270,12 @@ class JobRun:
 
 
 def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str | None = None,
-            overwrite: bool = False, on_video: Callable[[RunStats], None] | None = None) -> RunReport:
+            overwrite: bool = False, on_video: Callable[[RunStats], None] | None = None,
+            retry_failed: bool = False) -> RunReport:
     """Runs the job to its end state and returns its summary (written as summary.json too).
 
-    `executor` overrides spec.execution.executor. The Ray executor joins `ray_address`, or a Ray
+    `executor` overrides spec.execution.executor. Videos an earlier run recorded as failed by
+    their input are not tried again unless `retry_failed` (clipforge.failures). The Ray executor joins `ray_address`, or a Ray
     this process has joined, or starts a private local Ray for the run and stops it at the end;
     dedup (when enabled) runs after every video, on that Ray. `on_video` is told the counts
     after the inputs are listed and after each video.
@@ -257,7 +284,7 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     ends the run as failed, with its summary written, and propagates.
     """
     spec = job.spec
-    run = JobRun(job, overwrite=overwrite)
+    run = JobRun(job, overwrite=overwrite, retry_failed=retry_failed)
     try:
         tasks = run.prepare()
     except StorageError as exc:
@@ -281,7 +308,8 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
                 if tasks:
                     run.consume(results, on_video)
                 message = run.too_many_failures()
-                reason = TOO_MANY_VIDEOS_FAILED if message else None
+                reason = (None if not message else TOO_MANY_VIDEOS_FAILED if run.too_many_failures(content_only=True)
+                          else TOO_MANY_VIDEOS_FAILED_RETRYABLE)
                 state = (RunState.failed if message else
                          RunState.completed_with_failures if run.stats.failed else RunState.succeeded)
                 if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)

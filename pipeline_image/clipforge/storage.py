@@ -20,8 +20,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from dataclasses import dataclass, replace
+from datetime import timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,7 +53,12 @@ def transient(exc: OSError) -> bool:
 
 
 class StorageError(RuntimeError):
-    """An object store or path that cannot be reached or read; the message names the URI."""
+    """An object store or path that cannot be reached or read; the message names the URI.
+    `missing`: the object does not exist (rather than being out of reach)."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 def is_s3(uri: str) -> bool:
@@ -83,6 +89,15 @@ def _s3_client(endpoint: str | None, region: str, key: str | None, secret: str |
         kwargs.update(access_key=key, secret_key=secret, session_token=token)
     # Path-style addressing: RGW, MinIO and in-cluster endpoints rarely have wildcard DNS.
     return pafs.S3FileSystem(force_virtual_addressing=False, **kwargs)
+
+
+class Listed(NamedTuple):
+    """One file found by Storage.list_files."""
+
+    uri: str
+    relative: str  # below the listed root, with "/" separators
+    size: int
+    mtime: str  # last modified, ISO 8601 UTC: with the size, which version of the file this is
 
 
 @dataclass(frozen=True)
@@ -123,13 +138,13 @@ class Storage:
             except OSError as exc:
                 wait = delay * random.uniform(0.5, 1.0)  # jitter: many workers must not retry in step
                 if not transient(exc) or time.monotonic() + wait > deadline:
-                    raise StorageError(f"{failure}: {exc}") from exc
+                    raise StorageError(f"{failure}: {exc}", missing=isinstance(exc, FileNotFoundError)) from exc
                 log.warning("%s (retrying in %.1f s): %s", failure, wait, exc)
                 time.sleep(wait)
                 delay = min(2 * delay, RETRY_MAX_DELAY_S)
 
-    def list_files(self, root: str, patterns: list[str], missing_ok: bool = False) -> list[tuple[str, str, int]]:
-        """(uri, path relative to root, size) of files under root matching any pattern, sorted.
+    def list_files(self, root: str, patterns: list[str], missing_ok: bool = False) -> list[Listed]:
+        """The files under root matching any pattern, sorted by relative path.
 
         missing_ok: a root that does not exist (nothing written there yet) lists as empty.
         """
@@ -147,7 +162,7 @@ class Storage:
         if listed is None:
             if missing_ok:
                 return []
-            raise StorageError(f"input {root} does not exist")
+            raise StorageError(f"input {root} does not exist", missing=True)
         infos, base = listed
         found = []
         for entry in infos:
@@ -157,8 +172,10 @@ class Storage:
                 continue
             rel = posixpath.relpath(entry.path, base) if is_s3(root) else os.path.relpath(entry.path, base)
             uri = f"s3://{entry.path}" if is_s3(root) else entry.path
-            found.append((uri, rel.replace(os.sep, "/"), entry.size))
-        return sorted(found, key=lambda f: f[1])
+            # To the second: S3 lists milliseconds but HEAD (a single object's listing) says seconds.
+            mtime = entry.mtime.astimezone(timezone.utc).replace(microsecond=0).isoformat() if entry.mtime else ""
+            found.append(Listed(uri, rel.replace(os.sep, "/"), entry.size, mtime))
+        return sorted(found, key=lambda f: f.relative)
 
     def open_read(self, uri: str) -> io.BufferedReader:
         """A seekable, buffered reader; decoders read through it without loading the whole object.

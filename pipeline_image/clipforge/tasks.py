@@ -96,9 +96,12 @@ class Clip:
 class VideoTask:
     source: str  # URI of the input video (a local path or s3://...)
     relative_path: str  # path below the input root; names its processed_videos/ record
+    source_version: dict | None = None  # the source's size and mtime when listed (runner.source_version)
     meta: VideoMeta | None = None
     # stage name -> message; a video with errors skips the remaining work and is reported failed.
     errors: dict[str, str] = field(default_factory=dict)
+    # The errors are the environment's (clipforge.failures): every rerun tries the video again.
+    retryable: bool = False
     clips: list[Clip] = field(default_factory=list)
     chunk_index: int = 0
     num_chunks: int = 1

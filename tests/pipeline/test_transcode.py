@@ -162,14 +162,20 @@ def test_other_encoders(encoder, codec, stage_source, stage_source_frames, make_
         assert pixel_error(frames[0], stage_source_frames[clip.start_frame]) < 6
 
 
-def test_nvenc_without_a_gpu_fails_per_clip(stage_source, make_task, make_spec, decode_clip):
-    task = transcode(make_spec(transcoding={"encoder": "h264_nvenc", "preset": "p1"}),
-                     make_task(stage_source, [(0, 12), (12, 24)]))
-    assert not task.errors
-    for clip in task.clips:
-        if clip.encoded is None:  # the usual case: no NVIDIA GPU here
-            assert "h264_nvenc" in clip.errors["transcode"]
-        else:  # a machine with NVENC
+def test_nvenc_without_a_gpu_is_an_environment_failure(stage_source, make_task, make_spec, decode_clip):
+    """No GPU (or no free NVENC session) is not the clips' fault: the stage raises it for the
+    executor to retry the task (clipforge.failures), instead of recording the clips as failed."""
+    from clipforge.failures import EnvironmentFailure, environmental
+
+    spec = make_spec(transcoding={"encoder": "h264_nvenc", "preset": "p1"})
+    task = make_task(stage_source, [(0, 12), (12, 24)])
+    try:
+        transcode(spec, task)
+    except EnvironmentFailure as exc:  # the usual case: no NVIDIA GPU here
+        assert "h264_nvenc needs an NVIDIA GPU with NVENC" in str(exc) and environmental(exc)
+        assert all(clip.errors == {} for clip in task.clips)
+    else:  # a machine with NVENC
+        for clip in task.clips:
             frames, codec, _, _ = decode_clip(clip.encoded)
             assert (len(frames), codec) == (12, "h264")
 

@@ -17,9 +17,10 @@ transfer, matrix; an untagged source as players read it) and limited range, so a
 shows the source's colours: an untagged 480p clip of a BT.709 source would be shown as BT.601.
 HDR sources (PQ, HLG) become SDR BT.709 clips (codec/hdr.py).
 
-Failures stay with the clip they hit: an encoder that cannot open, a span past the end of the
-source, source data the decoder rejects (the clips holding frames that may show the damage, up
-to the next keyframe).
+Failures of the input stay with the clip they hit: a span past the end of the source, source
+data the decoder rejects (the clips holding frames that may show the damage, up to the next
+keyframe). Failures of the environment (an encoder that cannot open, storage) are raised for
+the whole task to be retried (clipforge.failures).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from clipforge.codec.audio import SourceAudio
 from clipforge.codec.hdr import is_hdr, tone_map
 from clipforge.codec.output import open_output
 from clipforge.codec.source import Keyframe, Lost, decode_from, source_seconds
+from clipforge.failures import EnvironmentFailure, raise_if_environmental
 from clipforge.frames import FrameRequest, FrameSampler, Timeline, Upright, rotation_of, upright_size
 from clipforge.spec import Encoder, TranscodingSpec
 from clipforge.tasks import Clip
@@ -302,9 +304,11 @@ class ChunkEncode:
         try:
             self._read(items)
         except Exception as exc:  # noqa: BLE001 - a broken stream fails the clips it had not finished
-            message = f"reading the source failed after frame {self.written}: {type(exc).__name__}: {exc}"
             for encoder in self.active + self.closing:
                 encoder.abort()
+            raise_if_environmental(exc)  # storage, an encoder that cannot open: the task is retried
+            message = f"reading the source failed after frame {self.written}: {type(exc).__name__}: {exc}"
+            for encoder in self.active + self.closing:
                 self.fail(encoder.clip, message)
             for clip in self.waiting:
                 self.fail(clip, message)
@@ -371,9 +375,10 @@ class ChunkEncode:
             try:
                 self.active.append(ClipEncoder.open(clip, self.spec, self.timeline.fps, out_w, out_h, self.colour,
                                                     self.threads, self.requests, self.audio))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - no GPU, no NVENC session free: not the clip's fault
                 hint = " (h264_nvenc needs an NVIDIA GPU with NVENC)" if self.spec.encoder == "h264_nvenc" else ""
-                self.fail(clip, f"cannot open encoder {self.spec.encoder}{hint}: {type(exc).__name__}: {exc}")
+                raise EnvironmentFailure(
+                    f"cannot open encoder {self.spec.encoder}{hint}: {type(exc).__name__}: {exc}") from exc
         for encoder in list(self.active):
             clip = encoder.clip
             if damaged:
@@ -384,6 +389,7 @@ class ChunkEncode:
                     self.active.remove(encoder)
                     self._end_video(encoder)
             except Exception as exc:  # noqa: BLE001
+                raise_if_environmental(exc)
                 if encoder in self.active:
                     self.active.remove(encoder)
                 encoder.abort()
@@ -413,6 +419,7 @@ class ChunkEncode:
                 clip.encoded = encoder.finish(audio, span)
             except Exception as exc:  # noqa: BLE001
                 encoder.abort()
+                raise_if_environmental(exc)
                 self.fail(clip, f"writing the clip failed: {type(exc).__name__}: {exc}")
                 continue
             clip.width, clip.height = self.geometry.shown
@@ -435,6 +442,7 @@ class ChunkEncode:
                 self._end_video(encoder)
             except Exception as exc:  # noqa: BLE001
                 encoder.abort()
+                raise_if_environmental(exc)
                 self.fail(clip, f"encoding failed at the end of the source: {type(exc).__name__}: {exc}")
         for clip in self.waiting:
             self.fail(clip, f"the source ends at frame {self.written}, before the clip starts")

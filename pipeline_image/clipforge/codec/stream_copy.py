@@ -20,6 +20,7 @@ import av
 from clipforge.codec.audio import AudioUnit, SourceAudio
 from clipforge.codec.output import open_output
 from clipforge.codec.source import SourcePass, source_seconds
+from clipforge.failures import raise_if_environmental
 from clipforge.frames import FrameRequest, Timeline, sample_encoded
 from clipforge.tasks import Clip, clip_uuid
 
@@ -102,6 +103,7 @@ def copy_chunk(container, stream, timeline: Timeline, clips: list[Clip], audio: 
     try:
         read = _read_packets(container, stream, timeline, clips[0].start_frame, max(c.end_frame for c in clips), audio)
     except Exception as exc:  # noqa: BLE001
+        raise_if_environmental(exc)
         for clip in clips:
             fail(clip, f"reading the source failed: {type(exc).__name__}: {exc}")
         return

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable, Iterator
 
 from clipforge.spec import VideoCurationJobSpec
 from clipforge.stages import Stage
+from clipforge.stages.base import run_attempts
 from clipforge.tasks import VideoTask
 
 
-def _drive(stages: list[Stage], task: VideoTask) -> Iterator[VideoTask]:
+def _drive(stages: list[Stage], task: VideoTask, retries: int) -> Iterator[VideoTask]:
     # Depth first: each chunk goes all the way to the writer before the next is transcoded,
     # so memory holds one chunk, as with the streaming executor.
     if not stages:
         yield task
         return
-    for produced in stages[0].run(task):
-        yield from _drive(stages[1:], produced)
+    produced = [task] if task.failed else run_attempts(stages[0], pickle.dumps(task), retries)
+    for one in produced:
+        yield from _drive(stages[1:], one, retries)
 
 
 def run_local(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stage_classes: list[type[Stage]]
@@ -26,4 +29,4 @@ def run_local(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stage_clas
     for stage in stages:
         stage.setup()
     for task in tasks:
-        yield from _drive(stages, task)
+        yield from _drive(stages, task, spec.execution.failures.task_retries)

@@ -33,6 +33,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from clipforge.executors.allocation import StageDemand, StageMeter, throughput_allocation
 from clipforge.spec import VideoCurationJobSpec, stage_resource_name
 from clipforge.stages import Stage, pipeline_stages
+from clipforge.stages.base import run_attempts
 from clipforge.tasks import VideoTask
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ PINNED_RESOURCE_AMOUNT = 0.01
 QUEUED_RETRY_FACTOR = 4
 # An attempt that left no reason behind: its process ended without a word (SIGKILL, segfault, OOM).
 WORKER_DIED = "its worker process died (crash, out of memory or killed)"
+TIME_LIMIT_REASON = "ran past the time limit"
 
 
 class WorkerSetupError(RuntimeError):
@@ -84,7 +86,7 @@ class _TimeLimit:
         self._timer.cancel()
 
     def _expire(self) -> None:
-        reason = f"ran past the time limit of {self.seconds:g} s (execution.failures.taskTimeoutSeconds)"
+        reason = f"{TIME_LIMIT_REASON} of {self.seconds:g} s (execution.failures.taskTimeoutSeconds)"
         log.error("%s %s; stopping this worker", self.key, reason)
         try:
             ray.get(self.attempts.record.remote(self.key, reason), timeout=30)
@@ -104,9 +106,9 @@ class _StageWorker:
         # start: the deaths counted are consecutive ones while starting, not its workers starting
         # side by side. No time limit: loading a model may take longer than any one task.
         key = f"{stage_cls.name} worker setup ({ray.get_runtime_context().get_actor_id()})"
-        problem = self._attempt(key, self.stage.setup, time_limit=None)
-        if problem:
-            raise WorkerSetupError(f"{stage_cls.name} workers cannot start: {problem}")
+        gave_up = self._attempt(key, self.stage.setup, time_limit=None)
+        if gave_up:
+            raise WorkerSetupError(f"{stage_cls.name} workers cannot start: {_gave_up(gave_up)}")
 
     def __call__(self, row: dict) -> list[dict]:
         started = time.perf_counter()
@@ -122,25 +124,34 @@ class _StageWorker:
         rows: list[dict] = []
         key = f"{self.stage.name} of {task.relative_path} chunk {task.chunk_index}"
         # The rows are built inside the attempt: running out of memory pickling them is its death too.
-        problem = self._attempt(
-            key, lambda: rows.extend(_row(t) for t in self.stage.run(task)), self.failures.task_timeout_seconds
+        # Environment failures are retried inside (run_attempts); deaths and time limits here.
+        gave_up = self._attempt(
+            key, lambda: rows.extend(_row(t) for t in run_attempts(self.stage, row["task"], self.failures.task_retries)),
+            self.failures.task_timeout_seconds,
         )
-        if problem:
-            log.error("%s: %s", key, problem)
-            task.errors[self.stage.name] = problem
+        if gave_up:
+            log.error("%s: %s", key, _gave_up(gave_up))
+            task.errors[self.stage.name] = _gave_up(gave_up)
+            # A worker that died (out of memory, killed) is the environment's; a task that keeps
+            # running past its time limit is its input's (a decoder that hangs on it).
+            task.retryable = any(not reason.startswith(TIME_LIMIT_REASON) for reason in gave_up)
             return [_row(task)]
         return rows
 
-    def _attempt(self, key: str, work: Callable[[], object], time_limit: float | None) -> str | None:
-        """Runs `work` unless `key` has used up its retries; returns why it gave up, or None."""
+    def _attempt(self, key: str, work: Callable[[], object], time_limit: float | None) -> list[str] | None:
+        """Runs `work` unless `key` has used up its retries; returns the reasons its attempts
+        ended when it gives up, or None."""
         earlier = ray.get(self.attempts.begin.remote(key))
         if len(earlier) > self.failures.task_retries:
-            reasons = dict.fromkeys(reason or WORKER_DIED for reason in earlier)
-            return f"gave up after {len(earlier)} attempts: {'; '.join(reasons)}"
+            return [reason or WORKER_DIED for reason in earlier]
         with _TimeLimit(self.attempts, key, time_limit) if time_limit else contextlib.nullcontext():
             work()
         self.attempts.finish.remote(key)
         return None
+
+
+def _gave_up(reasons: list[str]) -> str:
+    return f"gave up after {len(reasons)} attempts: {'; '.join(dict.fromkeys(reasons))}"
 
 
 def ray_task_retries(spec: VideoCurationJobSpec) -> int:

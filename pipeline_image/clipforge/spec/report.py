@@ -37,6 +37,9 @@ class RunState(StrEnum):
 
 # summary.json's `reason` when a run failed because of its inputs: a retry would fail the same way.
 TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
+# ... and when too many failed only counting those the environment failed (clipforge.failures):
+# a retry may succeed.
+TOO_MANY_VIDEOS_FAILED_RETRYABLE = "TooManyVideosFailedRetryable"
 
 
 class ReportModel(BaseModel):
@@ -60,6 +63,10 @@ class ClipCounts(ReportModel):
 class VideoFailure(ReportModel):
     video: str = Field(description="The input video.")
     errors: dict[str, str] = Field(description="Stage (with [chunk N] for a chunked video) -> what went wrong.")
+    retryable: bool = Field(False, description="The environment failed (storage, memory, an encoder, a killed"
+                                               " worker), not the input: every rerun tries the video again. Otherwise"
+                                               " only `clipforge run --retry-failed` does.")
+    earlier: bool = Field(False, description="Recorded by an earlier run and not tried again by this one.")
 
 
 class RunReport(ReportModel):

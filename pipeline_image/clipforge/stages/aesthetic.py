@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipforge.failures import raise_if_environmental
 from clipforge.frames import FrameRequest, fit_short_side, frames_for, sample_indices
 from clipforge.models import PROCESSOR, WEIGHTS, ModelNotFoundError, ModelRequirement, model_dir, model_json
 from clipforge.spec import VideoCurationJobSpec
@@ -228,6 +229,7 @@ class AestheticStage(Stage):
                 clip.aesthetic_score = reduce_scores(scores, spec.reduction)
                 low = clip.aesthetic_score < spec.threshold
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
+                raise_if_environmental(exc)
                 log.warning("aesthetic scoring of clip %s failed: %s", clip.uuid, exc)
                 clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
                 clip.aesthetic_score = None

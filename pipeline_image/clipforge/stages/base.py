@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pickle
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
+from clipforge.failures import RETRY_BACKOFF_S, environmental
 from clipforge.frames import FrameRequest
 from clipforge.models import ModelRequirement
 from clipforge.spec import StageResources, VideoCurationJobSpec, stage_enabled, stage_resources
@@ -95,7 +98,8 @@ class Stage(ABC):
         ...
 
     def run(self, task: VideoTask) -> list[VideoTask]:
-        """process() with the failure contract: a broken video is recorded, never raised.
+        """process() with the failure contract (clipforge.failures): a broken video is recorded,
+        never raised; an environment failure is raised, for the executor to retry the task.
 
         A video that already failed passes through untouched so the writer can report it.
         """
@@ -104,7 +108,30 @@ class Stage(ABC):
         try:
             return self.process(task)
         except Exception as exc:  # noqa: BLE001 - any failure of one video must not stop the run
+            if environmental(exc):
+                raise
             log.warning("%s failed on %s: %s", self.name, task.source, exc)
             log.debug("%s", traceback.format_exc())
             task.errors[self.name] = f"{type(exc).__name__}: {exc}"
             return [task]
+
+
+def run_attempts(stage: Stage, pickled_task: bytes, retries: int) -> list[VideoTask]:
+    """stage.run() on the pickled task, a fresh copy for each attempt (a failed attempt may have
+    changed its copy). Environment failures are retried `retries` times after growing waits;
+    then the task fails, retryable, with the reasons of its attempts."""
+    reasons: list[str] = []
+    for attempt in range(retries + 1):
+        task = pickle.loads(pickled_task)
+        try:
+            return stage.run(task)
+        except Exception as exc:  # noqa: BLE001 - Stage.run raises environment failures only
+            reasons.append(f"{type(exc).__name__}: {exc}")
+            log.warning("%s of %s chunk %d, attempt %d of %d: %s", stage.name, task.relative_path,
+                        task.chunk_index, attempt + 1, retries + 1, reasons[-1])
+            if attempt < retries:
+                time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
+    task = pickle.loads(pickled_task)
+    task.errors[stage.name] = f"gave up after {retries + 1} attempts: {'; '.join(dict.fromkeys(reasons))}"
+    task.retryable = True
+    return [task]

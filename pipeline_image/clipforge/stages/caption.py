@@ -39,6 +39,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from clipforge.failures import raise_if_environmental
 from clipforge.frames import FramePlanFn, FrameRequest, SampledFrames
 from clipforge.models import TOKENIZER, WEIGHTS, ModelRequirement, model_dir, model_json
 from clipforge.spec import VideoCurationJobSpec
@@ -489,6 +490,7 @@ class CaptionStage(Stage):
                 with self.torch_threads():
                     self.caption_clip(clip)
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
+                raise_if_environmental(exc)
                 log.warning("captioning clip %s failed: %s", clip.uuid, exc)
                 clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
         for clip in task.clips:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from clipforge.failures import raise_if_environmental
 from clipforge.frames import FramePlanFn, FrameRequest, fit_short_side, frames_for, sample_indices
 from clipforge.models import PROCESSOR, TOKENIZER, WEIGHTS, ModelRequirement, model_dir, model_json
 from clipforge.stages.base import Stage
@@ -376,6 +377,7 @@ class EmbedStage(Stage):
                     frames.append(self.embedder.frames(clip))
                     batch.append(clip)
                 except Exception as exc:  # noqa: BLE001 - one clip's missing frames must not fail the video
+                    raise_if_environmental(exc)
                     clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
             if not batch:
                 continue

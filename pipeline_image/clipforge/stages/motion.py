@@ -34,6 +34,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from clipforge.failures import raise_if_environmental
 from clipforge.frames import FrameRequest, SampledFrames, fit_short_side
 from clipforge.spec import MotionMode, VideoCurationJobSpec
 from clipforge.stages.base import Stage
@@ -199,6 +200,7 @@ class MotionStage(Stage):
             try:
                 scores = score_motion(sampled, clip.num_frames, clip.framerate, (clip.width, clip.height))
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
+                raise_if_environmental(exc)
                 log.warning("motion scoring of clip %s failed: %s", clip.uuid, exc)
                 clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
                 clip.motion_score_global_mean = clip.motion_score_per_patch_min = None

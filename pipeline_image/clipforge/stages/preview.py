@@ -13,6 +13,7 @@ import math
 import av
 import numpy as np
 
+from clipforge.failures import raise_if_environmental
 from clipforge.frames import FrameRequest, SampledFrames
 from clipforge.spec import PreviewSpec, VideoCurationJobSpec
 from clipforge.stages.base import Stage
@@ -71,6 +72,7 @@ class PreviewStage(Stage):
                     raise ValueError("transcode handed over no frames for the preview")
                 clip.preview = make_preview(sampled, clip.framerate, spec)
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
+                raise_if_environmental(exc)
                 log.warning("preview of clip %s failed: %s", clip.uuid, exc)
                 clip.preview = None
                 clip.errors[self.name] = f"{type(exc).__name__}: {exc}"

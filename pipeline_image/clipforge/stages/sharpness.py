@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 
+from clipforge.failures import raise_if_environmental
 from clipforge.frames import FrameRequest, fit_short_side, frames_for, sample_indices
 from clipforge.spec import VideoCurationJobSpec
 from clipforge.stages.base import Stage
@@ -64,6 +65,7 @@ class SharpnessStage(Stage):
                 clip.scores[self.name] = float(np.mean([laplacian_variance(f) for f in frames]))
                 blurry = clip.scores[self.name] < threshold
             except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
+                raise_if_environmental(exc)
                 log.warning("sharpness scoring of clip %s failed: %s", clip.uuid, exc)
                 clip.errors[self.name] = f"{type(exc).__name__}: {exc}"
                 clip.scores.pop(self.name, None)
