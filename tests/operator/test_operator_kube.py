@@ -267,7 +267,7 @@ def test_a_pod_outside_the_job_is_refused_by_its_ray_cluster_without_the_token(s
 def test_a_gpu_group_without_a_schedulable_gpu_node_stays_pending_until_the_deadline(stack, tmp_path):
     """No GPU exists here: the GPU node is logical. Cordoned, it leaves the GPU group unschedulable."""
     bucket = stack.upload_samples(tmp_path)
-    doc = stack.job_manifest("no-gpu", bucket, pendingDeadlineSeconds=40, **LIGHT)
+    doc = stack.job_manifest("no-gpu", bucket, pendingDeadlineSeconds=20, **LIGHT)
     doc["spec"]["execution"]["stages"]["motion"]["gpus"] = 1
     doc["spec"]["cluster"]["gpuWorkers"] = {"motion": {
         "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
@@ -288,7 +288,7 @@ def test_a_gpu_group_without_a_schedulable_gpu_node_stays_pending_until_the_dead
         stack.cp.kubectl("uncordon", "gpu-node")
     assert status["phase"] == "Failed", stack.diagnostics("no-gpu")
     failed = {c["type"]: c for c in status["conditions"]}["Failed"]
-    assert failed["reason"] == "PendingDeadlineExceeded" and "not running after 40s" in failed["message"]
+    assert failed["reason"] == "PendingDeadlineExceeded" and "not running after 20s" in failed["message"]
     assert unschedulable and unschedulable[-1]["reason"] == "Unschedulable", unschedulable
     assert "unschedulable" in unschedulable[-1]["message"], unschedulable[-1]  # the cordon's taint
     # The operator deletes the stuck RayJob, and the garbage collector everything it made.
