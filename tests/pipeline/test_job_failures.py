@@ -85,6 +85,9 @@ def test_a_video_that_kills_its_worker_and_one_that_hangs_fail_alone(tmp_path, s
     assert failures["hang.mp4"] == {
         "probe": "gave up after 2 attempts: ran past the time limit of 15 s (execution.failures.taskTimeoutSeconds)"
     }
+    # A dead worker is the environment's (a rerun tries again); a file that hangs the decoder is final.
+    assert {Path(f["video"]).name: f["retryable"] for f in summary["failures"]} == {"crash.mp4": True,
+                                                                                    "hang.mp4": False}
     # Everything else is complete: the good videos' clips and crash.mp4's first chunk.
     metas = {m["span_uuid"]: m for m in map(load_json, (out / "metas" / "v0").glob("*.json"))}
     assert sorted(Path(m["source_video"]).name for m in metas.values()) == ["crash.mp4", "good_1.mp4", "good_1.mp4",
