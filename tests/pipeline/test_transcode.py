@@ -466,25 +466,34 @@ def test_split_and_transcode_agree_on_frames_of_a_variable_rate_source(tmp_path,
 PATCHES = {"red": (200, 40, 40), "blue": (40, 160, 220)}
 
 
+def write_still_source(path, picture: np.ndarray, picture_format: str, codec: str, pix_fmt: str,  # noqa: ANN001
+                       matrix: str, tags: tuple[int, int, int] | None, frames: int, options: dict | None = None) -> None:
+    """`frames` copies of `picture` converted to pix_fmt with `matrix` (limited range) and
+    encoded; `tags`: the stream's (primaries, transfer, matrix) codes, or None: untagged."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=24)
+        stream.height, stream.width = picture.shape[:2]
+        stream.pix_fmt = pix_fmt
+        stream.codec_context.options = options or {}
+        if tags:
+            ctx = stream.codec_context
+            ctx.color_primaries, ctx.color_trc, ctx.colorspace = tags
+            ctx.color_range = 1  # limited
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(picture, format=picture_format).reformat(
+                format=pix_fmt, dst_colorspace=matrix, dst_color_range=1)
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
 def write_hd_colour_source(path, tagged: bool) -> None:  # noqa: ANN001
     """12 frames of 1920x1080, the left half PATCHES["red"], the right half PATCHES["blue"],
     encoded with the BT.709 matrix; `tagged`: the stream says so (else players guess it from HD)."""
     rgb = np.zeros((1080, 1920, 3), np.uint8)
     rgb[:, :960], rgb[:, 960:] = PATCHES["red"], PATCHES["blue"]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
-        stream.codec_context.options = {"preset": "ultrafast", "crf": "12"}
-        if tagged:
-            ctx = stream.codec_context
-            ctx.color_primaries = ctx.color_trc = ctx.colorspace = 1  # BT.709
-            ctx.color_range = 1  # limited
-        for i in range(12):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format="yuv420p", dst_colorspace="itu709", dst_color_range=1)
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_still_source(path, rgb, "rgb24", "libx264", "yuv420p", "itu709", (1, 1, 1) if tagged else None, 12,
+                       {"preset": "ultrafast", "crf": "12"})
 
 
 @pytest.mark.parametrize("tagged", [True, False], ids=["tagged-bt709", "untagged-hd"])
@@ -540,18 +549,8 @@ def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, 
     rgb48 = np.zeros((720, 1284, 3), np.uint16)
     for i in range(3):
         rgb48[:, 428 * i: 428 * (i + 1)] = codes[i]
-    path = tmp_path / "pq.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 1284, 720, "yuv420p10le"
-        ctx = stream.codec_context
-        ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range = 9, transfer, 9, 1  # BT.2020
-        for i in range(6):
-            frame = av.VideoFrame.from_ndarray(rgb48, format="rgb48le").reformat(
-                format="yuv420p10le", dst_colorspace="bt2020", dst_color_range=1)
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    path = tmp_path / "hdr.mkv"
+    write_still_source(path, rgb48, "rgb48le", "ffv1", "yuv420p10le", "bt2020", (9, transfer, 9), 6)  # BT.2020
 
     clip = transcode(make_spec(transcoding={**FAST, "maxHeight": 360}), make_task(path, [(0, 6)])).clips[0]
     with av.open(io.BytesIO(clip.encoded)) as container:
