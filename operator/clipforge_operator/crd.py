@@ -158,6 +158,7 @@ def openapi_schema() -> dict:
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Job phase."},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "Why the job is in its phase."},
     {"name": "Done", "type": "integer", "jsonPath": ".status.progress.videosDone", "description": "Videos done."},
     {"name": "Total", "type": "integer", "jsonPath": ".status.progress.videosTotal", "description": "Videos in the job."},
     {"name": "Clips", "type": "integer", "jsonPath": ".status.progress.clipsPassed", "description": "Clips written."},

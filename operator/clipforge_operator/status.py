@@ -272,6 +272,7 @@ class StatusEdit:
             kind = "Warning" if phase in (JobPhase.failed.value, JobPhase.cancelled.value) else "Normal"
             self.events.append(EventRecord(kind, phase, f"{reason}: {message}" if message else reason))
         self.new["phase"] = phase
+        self.new["reason"] = reason
         self.new["message"] = message
         self.new["conditions"] = phase_conditions(
             list(self.new.get("conditions") or []), phase, reason, message, self.now, self.generation

@@ -207,7 +207,8 @@ def test_the_job_ran_with_ray_token_auth_and_kuberay_polled_it_through_the_gate(
 
 def test_kubectl_get_shows_the_printer_columns_with_real_values(stack, run):
     table = stack.kubectl("get", "videocurationjobs", JOB, "-o", "wide").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "DONE", "TOTAL", "CLIPS", "FAILED", "RETRIES", "RAYJOB", "AGE"], table
-    assert table[1].split()[:8] == [JOB, "Succeeded", "2", "2", "3", "0", "0", JOB], table
+    assert table[0].split() == ["NAME", "PHASE", "REASON", "DONE", "TOTAL", "CLIPS", "FAILED", "RETRIES", "RAYJOB",
+                                "AGE"], table
+    assert table[1].split()[:9] == [JOB, "Succeeded", "JobSucceeded", "2", "2", "3", "0", "0", JOB], table
     rayjobs = stack.kubectl("get", "rayjobs", JOB).stdout.splitlines()
     assert rayjobs[1].split()[:3] == [JOB, "SUCCEEDED", "Complete"], rayjobs

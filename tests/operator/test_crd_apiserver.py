@@ -86,15 +86,18 @@ def write_status(cp, name: str, status: dict):  # noqa: ANN001, ANN201
 
 def test_printer_columns_show_the_status_in_kubectl_get(cp):
     apply(cp, manifest("s3://in/", "s3://out/", name="columns"))
-    write_status(cp, "columns", {"phase": "Running", "retries": 1, "rayJobName": "columns-retry-1",
+    write_status(cp, "columns", {"phase": "Running", "reason": "RayJobRunning", "retries": 1,
+                                 "rayJobName": "columns-retry-1",
                                  "progress": {"videosDone": 3, "videosTotal": 7, "clipsPassed": 12,
                                               "videosFailed": 1}})
     table = kubectl(cp, "get", "vcj", "columns").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "DONE", "TOTAL", "CLIPS", "AGE"], table
-    assert table[1].split()[:5] == ["columns", "Running", "3", "7", "12"], table
+    assert table[0].split() == ["NAME", "PHASE", "REASON", "DONE", "TOTAL", "CLIPS", "AGE"], table
+    assert table[1].split()[:6] == ["columns", "Running", "RayJobRunning", "3", "7", "12"], table
     wide = kubectl(cp, "get", "videocurationjobs", "columns", "-o", "wide").stdout.splitlines()
-    assert wide[0].split() == ["NAME", "PHASE", "DONE", "TOTAL", "CLIPS", "FAILED", "RETRIES", "RAYJOB", "AGE"], wide
-    assert wide[1].split()[:8] == ["columns", "Running", "3", "7", "12", "1", "1", "columns-retry-1"], wide
+    assert wide[0].split() == ["NAME", "PHASE", "REASON", "DONE", "TOTAL", "CLIPS", "FAILED", "RETRIES", "RAYJOB",
+                               "AGE"], wide
+    assert wide[1].split()[:9] == ["columns", "Running", "RayJobRunning", "3", "7", "12", "1", "1",
+                                   "columns-retry-1"], wide
 
 
 def test_status_is_a_subresource(cp):

@@ -88,6 +88,7 @@ class WorkerGroupStatus(SpecModel):
 
 class VideoCurationJobStatus(SpecModel):
     phase: JobPhase = _f(JobPhase.pending, "Pending, Provisioning, Running, Succeeded, Failed or Cancelled.")
+    reason: str | None = _f(None, "Why the job is in its phase, one CamelCase word (its phase condition's reason).")
     message: str = _f("", "Human-readable summary of the phase.")
     conditions: list[Condition] = _f(
         default_factory=list, description="Latest observations of the job's state (Kubernetes conventions)."
