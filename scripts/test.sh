@@ -10,7 +10,7 @@ python3 -m pip install -q -e '.[pipeline,operator,dev]'
 bash scripts/install-ceph.sh
 bash scripts/install-kube-tools.sh
 bash scripts/install-node-packages.sh
-bash scripts/install-chromium.sh
+bash scripts/install-test-tools.sh
 # The operator and pipeline images, built with buildah without a daemon (docs/images.md; about 25
 # minutes the first time, cached by a hash of their inputs afterwards). Mostly downloads and disk,
 # so it runs beside the Go builds below, which are mostly CPU; it starts after the apt installs
