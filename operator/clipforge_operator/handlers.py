@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,6 +80,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         prefix=API_GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # Events name the operator and its pod (`kubectl describe`'s "From"), not kopf's "kopf"/"dev".
+    settings.posting.reporting_component = b.OPERATOR_NAME
+    settings.posting.reporting_instance = socket.gethostname()  # the pod's name
     settings.execution.max_workers = HANDLER_THREADS
     settings.networking.request_timeout = 60
     # A job deleted while its timer tick runs keeps its finalizer until kopf looks at the timer

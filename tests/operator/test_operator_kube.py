@@ -31,8 +31,14 @@ LIGHT = {"embeddings": {"enabled": False}, "previews": {"enabled": False}}  # pr
 
 
 def events_of(stack, job: str) -> list[tuple[str, str]]:  # noqa: ANN001
-    return [(e["type"], e["reason"]) for e in stack.list("events")
-            if e["involvedObject"].get("kind") == "VideoCurationJob" and e["involvedObject"]["name"] == job]
+    events = [e for e in stack.list("events")
+              if e["involvedObject"].get("kind") == "VideoCurationJob" and e["involvedObject"]["name"] == job]
+    # Every one says it is the operator's (kubectl describe's "From"), and which instance (its pod's
+    # name in a pod; here, a process on the host, the host's).
+    assert {(e["source"]["component"], e["reportingComponent"]) for e in events} <= {
+        ("clipforge-operator", "clipforge-operator")}, events
+    assert all(e["reportingInstance"] not in ("", "dev") for e in events), events
+    return [(e["type"], e["reason"]) for e in events]
 
 
 # ------------------------------------------------------------------------------------ RBAC
