@@ -136,8 +136,9 @@ def job_spec_updated(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> No
     _run("update", memo, r.reconcile, namespace, name)
 
 
-def job_tick(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def job_tick(namespace: str, name: str, memo: kopf.Memo, status: Mapping, **_: Any) -> None:
     _run("timer", memo, r.reconcile, namespace, name, poll_progress=True)
+    TRACKER.progress(namespace, name, (status or {}).get("progress"))  # as of this tick's start
 
 
 def job_deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -15,6 +15,17 @@ from clipforge.spec import JobPhase
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS = Gauge("clipforge_jobs", "VideoCurationJobs this operator watches, by phase.", ["phase"], registry=REGISTRY)
+# Per job, from its status.progress (the pipeline's last report): a dashboard's videos and clips.
+JOB_VIDEOS = Gauge("clipforge_job_videos", "A job's videos by state: total, done, failed, skipped.",
+                   ["namespace", "job", "state"], registry=REGISTRY)
+JOB_CLIPS = Gauge("clipforge_job_clips", "A job's clips by state: passed, filtered.",
+                  ["namespace", "job", "state"], registry=REGISTRY)
+# status.progress field -> (gauge, state)
+PROGRESS_GAUGES = {
+    "videosTotal": (JOB_VIDEOS, "total"), "videosDone": (JOB_VIDEOS, "done"), "videosFailed": (JOB_VIDEOS, "failed"),
+    "videosSkipped": (JOB_VIDEOS, "skipped"), "clipsPassed": (JOB_CLIPS, "passed"),
+    "clipsFiltered": (JOB_CLIPS, "filtered"),
+}
 RECONCILE_ERRORS = Counter(
     "clipforge_reconcile_errors_total", "Reconciliations that raised, by handler.", ["handler"], registry=REGISTRY
 )
@@ -50,8 +61,19 @@ class PhaseTracker:
                 self._phases[(namespace, name)] = phase
             self._publish()
 
+    def progress(self, namespace: str, name: str, progress: Mapping | None) -> None:
+        """The job's videos and clips from its status.progress (nothing until the pipeline reported)."""
+        for field, (gauge, state) in PROGRESS_GAUGES.items():
+            if progress and isinstance(progress.get(field), int):
+                gauge.labels(namespace=namespace, job=name, state=state).set(progress[field])
+
     def forget(self, namespace: str, name: str) -> None:
         self.track(namespace, name, None)
+        for gauge, state in PROGRESS_GAUGES.values():
+            try:
+                gauge.remove(namespace, name, state)
+            except KeyError:  # never reported
+                pass
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

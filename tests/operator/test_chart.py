@@ -282,6 +282,25 @@ def test_metrics_and_service_account_toggles():
     assert not any(o["kind"] in ("ClusterRole", "Role") for o in render("rbac.create=false"))
 
 
+def test_a_service_monitor_scrapes_the_metrics_service_when_asked_and_readiness_is_probed():
+    assert "ServiceMonitor" not in {o["kind"] for o in render()}
+    objects = render("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prometheus",
+                     "metrics.serviceMonitor.interval=15s")
+    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["clipforge-system"]}
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert {p["name"] for p in service["spec"]["ports"]} == {"metrics"}
+    # Nothing to scrape, nothing to monitor; a bad interval is refused by the values schema.
+    assert "ServiceMonitor" not in {o["kind"] for o in render("metrics.serviceMonitor.enabled=true",
+                                                              "metrics.enabled=false")}
+    assert helm("template", "cf", str(CHART), "--set", "metrics.serviceMonitor.interval=soon",
+                check=False).returncode != 0
+    probe = container(objects)["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "liveness"}
+
+
 @pytest.mark.parametrize("scope", ["cluster", "namespace"])
 def test_chart_installs_and_upgrades_the_generated_crd(scope: str):
     # A template, not crds/ (which Helm never upgrades), kept when the release is uninstalled.

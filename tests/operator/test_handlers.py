@@ -725,6 +725,24 @@ def test_metrics_track_phases_and_errors():
     assert metrics.REGISTRY.get_sample_value("clipforge_reconcile_duration_seconds_count", {"handler": "t"}) >= 1
 
 
+def test_metrics_carry_each_jobs_videos_and_clips_from_its_progress():
+    from prometheus_client import generate_latest
+
+    tracker = metrics.PhaseTracker()
+    tracker.progress("videos", "street", None)  # nothing reported yet: no series
+    assert b'job="street"' not in generate_latest(metrics.REGISTRY)
+    tracker.progress("videos", "street", {"videosTotal": 7, "videosDone": 3, "videosFailed": 1, "videosSkipped": 0,
+                                          "clipsPassed": 12, "clipsFiltered": 2, "updatedAt": "2026-12-07T10:00:00Z"})
+
+    def sample(name: str, state: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(name, {"namespace": "videos", "job": "street", "state": state})
+
+    assert [sample("clipforge_job_videos", s) for s in ("total", "done", "failed", "skipped")] == [7, 3, 1, 0]
+    assert [sample("clipforge_job_clips", s) for s in ("passed", "filtered")] == [12, 2]
+    tracker.forget("videos", "street")  # a deleted job leaves no series behind
+    assert b'job="street"' not in generate_latest(metrics.REGISTRY)
+
+
 def test_handlers_register_with_kopf():
     import kopf
 
