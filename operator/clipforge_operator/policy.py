@@ -112,6 +112,17 @@ def _choices(allowed: tuple[str, ...]) -> str:
     return ", ".join(allowed) if allowed else "none"
 
 
+# The cluster's own namespaces: no job runs there, whatever RBAC would allow.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+
+def namespace_refused(namespace: str) -> list[str]:
+    """Why no job may run in `namespace` (empty: it may)."""
+    if namespace in SYSTEM_NAMESPACES:
+        return [f"namespace {namespace}: a system namespace; jobs run in their teams' namespaces"]
+    return []
+
+
 def violations(spec: VideoCurationJobSpec, policy: JobPolicy) -> list[str]:
     """What in `spec` (its image filled in: pipeline_pods.with_pipeline_image) the policy refuses, one problem
     per field, each naming the field (empty: admitted)."""

@@ -39,7 +39,7 @@ from clipforge_operator import builders as b
 from clipforge_operator.config import KubeRayPods
 from clipforge_operator.kube import AlreadyExists
 from clipforge_operator.pipeline_pods import unmounted_paths, with_pipeline_image
-from clipforge_operator.policy import JobPolicy, violations
+from clipforge_operator.policy import JobPolicy, namespace_refused, violations
 from clipforge_operator.progress import (
     Credentials,
     ProgressUnavailable,
@@ -289,7 +289,8 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         return _commit(ctx, namespace, name, st)
     # Judged before anything is made for the job, never retried; a started job keeps what it was admitted with.
     if not st.new.get("startTime"):
-        for reason, refused in (("PolicyViolation", violations(job.spec, ctx.policy)),
+        for reason, refused in (("SystemNamespace", namespace_refused(namespace)),
+                                ("PolicyViolation", violations(job.spec, ctx.policy)),
                                 ("LocalPathNotMounted", unmounted_paths(job.spec))):
             if refused:
                 _fail(st, reason, "; ".join(refused))

@@ -156,12 +156,12 @@ class FakeKube:
 class Harness:
     """One job, a fake API, a controllable clock, and the events the operator posts."""
 
-    def __init__(self, tmp_path: Path, name: str = "demo", **spec: Any):
+    def __init__(self, tmp_path: Path, name: str = "demo", namespace: str = NS, **spec: Any):
         self.kube = FakeKube()
         self.now = T0
         self.kube.clock = lambda: self.now
         self.events: list[EventRecord] = []
-        self.name = name
+        self.name, self.namespace = name, namespace
         self.output = tmp_path / "out"
         self.output.mkdir(exist_ok=True)
         # The local input and output on a claim the Ray pods mount there, as the operator requires.
@@ -169,23 +169,23 @@ class Harness:
                 "volumeMounts": [{"name": "data", "mountPath": str(tmp_path)}]}
         body = {
             "apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
-            "metadata": {"name": name, "namespace": NS, "uid": UID, "generation": 1},
+            "metadata": {"name": name, "namespace": namespace, "uid": UID, "generation": 1},
             "spec": {"input": {"uri": str(tmp_path / "in")}, "output": {"uri": str(self.output)},
                      "retryBackoff": {"initialSeconds": 30, "maxSeconds": 600}, **spec,
                      "cluster": {**data, **spec.get("cluster", {})}},
         }
-        self.kube.objects[("vcj", NS, name)] = body
+        self.kube.objects[("vcj", namespace, name)] = body
         self.ctx = self.new_context()
 
     def new_context(self) -> r.Context:
         return r.Context(kube=self.kube, emit=lambda body, ev: self.events.append(ev), now=lambda: self.now)
 
     def reconcile(self, **kw: Any) -> str | None:
-        return r.reconcile(self.ctx, NS, self.name, **kw)
+        return r.reconcile(self.ctx, self.namespace, self.name, **kw)
 
     @property
     def status(self) -> dict:
-        return self.kube.objects[("vcj", NS, self.name)].get("status", {})
+        return self.kube.objects[("vcj", self.namespace, self.name)].get("status", {})
 
     def condition(self, type_: str) -> dict | None:
         return get_condition(self.status.get("conditions") or [], type_)
@@ -207,7 +207,7 @@ class Harness:
         (self.output / file).write_text(json.dumps(body))
 
     def edit_spec(self, **changes: Any) -> None:
-        body = self.kube.objects[("vcj", NS, self.name)]
+        body = self.kube.objects[("vcj", self.namespace, self.name)]
         for path, value in changes.items():
             node = body["spec"]
             *parents, leaf = path.split("__")
@@ -924,6 +924,18 @@ def test_a_job_the_policy_refuses_fails_naming_the_field_and_nothing_is_created(
     assert h.kube.count("create_configmap") == 0 and h.kube.count("create_rayjob") == 0
     assert h.kube.count("get_secret") == 0
     assert h.reconcile() == "Failed" and len(h.events) == 1  # terminal: judged once
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "kube-public", "kube-node-lease"])
+def test_a_job_in_a_system_namespace_fails_and_nothing_is_created(tmp_path: Path, namespace: str):
+    """The operator may create Secrets, RayJobs and NetworkPolicies where jobs are: not in the
+    namespaces of the cluster itself."""
+    h = Harness(tmp_path, namespace=namespace)
+    assert h.reconcile() == "Failed"
+    failed = h.condition("Failed")
+    assert failed["reason"] == "SystemNamespace" and failed["message"].startswith(f"namespace {namespace}:"), failed
+    assert h.kube.count("create_configmap") == 0 and h.kube.count("create_rayjob") == 0
+    assert h.kube.count("create_secret") == 0 and h.kube.count("create_network_policy") == 0
 
 
 def test_a_job_the_policy_admits_runs(tmp_path: Path):
