@@ -79,16 +79,17 @@ def user(control_plane, nodes, pod_s3_server, tmp_path_factory):  # noqa: ANN001
         "VIDEOS": str(home / "samples"),
     }.items())
 
-    def clean_cluster() -> None:
+    def clean_cluster(wait: bool) -> None:
         # Jobs left by other modules lost their operator: their finalizers would hold the CRD forever.
         listed = control_plane.kubectl("get", "vcj", "-A", "-o", "jsonpath={range .items[*]}{.metadata.namespace}"
                                        " {.metadata.name}{'\\n'}{end}", check=False).stdout
         for namespace, name in (line.split() for line in listed.splitlines() if line.strip()):
             control_plane.kubectl("patch", "vcj", name, "-n", namespace, "--type=merge",
                                   "-p", '{"metadata":{"finalizers":null}}', check=False)
-        control_plane.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=180s")
+        control_plane.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=180s",
+                              f"--wait={str(wait).lower()}")
 
-    clean_cluster()
+    clean_cluster(wait=True)  # the README creates the namespace
     control_plane.kubectl("delete", "crd", CRD, "--ignore-not-found", "--timeout=120s")
     # The videos: the e2e tests' two short ones (the README's `clipforge samples` set is three
     # times longer, minutes of a 2-core cluster, and shows nothing more here).
@@ -99,7 +100,8 @@ def user(control_plane, nodes, pod_s3_server, tmp_path_factory):  # noqa: ANN001
     control_plane.kubectl("delete", "vcj", "--all", "-n", NAMESPACE, "--timeout=120s", check=False)
     subprocess.run([str(HELM), "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE,
                     "--wait"], env=env, capture_output=True, timeout=300)
-    clean_cluster()
+    clean_cluster(wait=False)  # no later module uses the job's namespace: its pods end on their own
+    # The release's namespace is every stack's operator namespace (harness.operator_process): gone first.
     control_plane.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--ignore-not-found", "--timeout=180s")
 
 
