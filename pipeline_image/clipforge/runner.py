@@ -120,7 +120,8 @@ def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[s
         if relative not in inputs:
             return None
         done = json.loads(storage.read_bytes(record.uri))
-        if done.get("settings") != settings or done.get("source") != inputs[relative]:
+        # Records written before `source` was recorded match any version (an upgrade redoes nothing).
+        if done.get("settings") != settings or done.get("source", inputs[relative]) != inputs[relative]:
             return None
         if not done.get("errors"):
             return relative, None

@@ -5,6 +5,7 @@ The in-process executor runs the same retry code as the Ray executor's workers (
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,14 @@ def test_a_corrupt_file_fails_for_good_until_it_changes_or_retry_failed(tmp_path
     assert run(tmp_path, inputs, out, "--retry-failed") == EXIT_COMPLETED_WITH_FAILURES
     assert (out / "processed_videos" / "corrupt.mp4.json").stat().st_mtime_ns != written
     assert load_json(out / "summary.json")["failures"][0]["earlier"] is False
+
+    # A record from before sources were recorded is taken as made from this version.
+    recorded = record(out, "corrupt.mp4")
+    legacy = {k: v for k, v in recorded.items() if k != "source"}
+    (out / "processed_videos" / "corrupt.mp4.json").write_text(json.dumps(legacy))
+    assert run(tmp_path, inputs, out) == EXIT_COMPLETED_WITH_FAILURES
+    assert load_json(out / "summary.json")["failures"][0]["earlier"] is True
+    (out / "processed_videos" / "corrupt.mp4.json").write_text(json.dumps(recorded))
 
     # A new version of the file (its size and mtime) is a new input: a plain rerun takes it.
     shutil.copy(inputs / "good.mp4", inputs / "corrupt.mp4")
