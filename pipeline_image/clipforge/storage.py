@@ -13,17 +13,17 @@ import fnmatch
 import functools
 import io
 import json
-import os
 import logging
+import os
 import posixpath
 import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
 from dataclasses import dataclass, replace
 from datetime import timezone
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs

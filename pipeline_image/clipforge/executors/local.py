@@ -17,7 +17,11 @@ def _drive(stages: list[Stage], task: VideoTask, retries: int) -> Iterator[Video
     if not stages:
         yield task
         return
-    produced = [task] if task.failed else run_attempts(stages[0], pickle.dumps(task), retries)
+    if task.failed:
+        produced = [task]
+    else:  # the untouched task a retry starts from, taken before the stage changes it
+        pickled = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        produced = run_attempts(stages[0], task, retries, lambda: pickle.loads(pickled))
     for one in produced:
         yield from _drive(stages[1:], one, retries)
 

@@ -126,7 +126,8 @@ class _StageWorker:
         # The rows are built inside the attempt: running out of memory pickling them is its death too.
         # Environment failures are retried inside (run_attempts); deaths and time limits here.
         gave_up = self._attempt(
-            key, lambda: rows.extend(_row(t) for t in run_attempts(self.stage, row["task"], self.failures.task_retries)),
+            key, lambda: rows.extend(_row(t) for t in run_attempts(self.stage, task, self.failures.task_retries,
+                                                                   lambda: pickle.loads(row["task"]))),
             self.failures.task_timeout_seconds,
         )
         if gave_up:

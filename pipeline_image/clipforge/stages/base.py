@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import pickle
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
 from clipforge.failures import RETRY_BACKOFF_S, environmental
@@ -116,13 +115,14 @@ class Stage(ABC):
             return [task]
 
 
-def run_attempts(stage: Stage, pickled_task: bytes, retries: int) -> list[VideoTask]:
-    """stage.run() on the pickled task, a fresh copy for each attempt (a failed attempt may have
-    changed its copy). Environment failures are retried `retries` times after growing waits;
-    then the task fails, retryable, with the reasons of its attempts."""
+def run_attempts(stage: Stage, task: VideoTask, retries: int, fresh: Callable[[], VideoTask]) -> list[VideoTask]:
+    """stage.run(task). Environment failures are retried `retries` times after growing waits,
+    each time on `fresh()`, an untouched copy of the task (a failed attempt may have changed
+    its own); then the task fails, retryable, with the reasons of its attempts."""
     reasons: list[str] = []
     for attempt in range(retries + 1):
-        task = pickle.loads(pickled_task)
+        if attempt:
+            task = fresh()
         try:
             return stage.run(task)
         except Exception as exc:  # noqa: BLE001 - Stage.run raises environment failures only
@@ -131,7 +131,7 @@ def run_attempts(stage: Stage, pickled_task: bytes, retries: int) -> list[VideoT
                         task.chunk_index, attempt + 1, retries + 1, reasons[-1])
             if attempt < retries:
                 time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-    task = pickle.loads(pickled_task)
+    task = fresh()
     task.errors[stage.name] = f"gave up after {retries + 1} attempts: {'; '.join(dict.fromkeys(reasons))}"
     task.retryable = True
     return [task]
