@@ -35,7 +35,7 @@ from fractions import Fraction
 import av
 
 from clipforge.codec.audio import SourceAudio
-from clipforge.codec.hdr import is_hdr, tone_map
+from clipforge.codec.hdr import BT709, RANGE_JPEG, RANGE_MPEG, SMPTE170M, UNSPECIFIED, is_hdr, tone_map
 from clipforge.codec.output import open_output
 from clipforge.codec.source import Keyframe, Lost, decode_from, source_seconds
 from clipforge.failures import EnvironmentFailure, raise_if_environmental
@@ -211,10 +211,6 @@ class _Damage:
             self.start = self.end = None
 
 
-# FFmpeg's colour codes (AVColorPrimaries, AVColorTransferCharacteristic, AVColorSpace share
-# these values) and ranges.
-_BT709, _UNSPECIFIED, _SMPTE170M = 1, 2, 6
-_RANGE_MPEG, _RANGE_JPEG = 1, 2
 # Matrices swscale converts with (AVColorSpace values): BT.709, FCC, BT.470BG, SMPTE 170M and
 # 240M, BT.2020 (non-constant and constant luminance).
 _SWSCALE_MATRICES = {1, 4, 5, 6, 7, 9, 10}
@@ -232,12 +228,12 @@ class _Colour:
     @classmethod
     def of(cls, frame: av.VideoFrame) -> _Colour:
         # Untagged video is read as players read it: BT.709 from HD up, SMPTE 170M below.
-        guess = _BT709 if frame.height >= 720 or frame.width >= 1280 else _SMPTE170M
+        guess = BT709 if frame.height >= 720 or frame.width >= 1280 else SMPTE170M
         matrix = frame.colorspace if frame.colorspace in _SWSCALE_MATRICES else guess
-        return cls(primaries=guess if frame.color_primaries == _UNSPECIFIED else frame.color_primaries,
-                   transfer=guess if frame.color_trc == _UNSPECIFIED else frame.color_trc,
+        return cls(primaries=guess if frame.color_primaries == UNSPECIFIED else frame.color_primaries,
+                   transfer=guess if frame.color_trc == UNSPECIFIED else frame.color_trc,
                    matrix=matrix,
-                   full_range=frame.color_range == _RANGE_JPEG or frame.format.name.startswith("yuvj"))
+                   full_range=frame.color_range == RANGE_JPEG or frame.format.name.startswith("yuvj"))
 
     @property
     def hdr(self) -> bool:
@@ -249,15 +245,15 @@ class _Colour:
         if self.hdr:
             return tone_map(frame, width, height, self.transfer, self.matrix, self.full_range)
         return frame.reformat(width, height, "yuv420p", src_colorspace=self.matrix, dst_colorspace=self.matrix,
-                              src_color_range=_RANGE_JPEG if self.full_range else _RANGE_MPEG,
-                              dst_color_range=_RANGE_MPEG, interpolation="BICUBIC")
+                              src_color_range=RANGE_JPEG if self.full_range else RANGE_MPEG,
+                              dst_color_range=RANGE_MPEG, interpolation="BICUBIC")
 
     def tag(self, ctx: av.codec.context.CodecContext) -> None:
         if self.hdr:
-            ctx.color_primaries = ctx.color_trc = ctx.colorspace = _BT709
+            ctx.color_primaries = ctx.color_trc = ctx.colorspace = BT709
         else:
             ctx.color_primaries, ctx.color_trc, ctx.colorspace = self.primaries, self.transfer, self.matrix
-        ctx.color_range = _RANGE_MPEG
+        ctx.color_range = RANGE_MPEG
 
 
 @dataclass(frozen=True)

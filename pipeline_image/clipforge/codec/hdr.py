@@ -17,7 +17,11 @@ import functools
 import av
 import numpy as np
 
-PQ, HLG = 16, 18  # AVColorTransferCharacteristic
+# FFmpeg's colour codes (AVColorPrimaries, AVColorTransferCharacteristic and AVColorSpace share
+# these values), and its ranges.
+BT709, UNSPECIFIED, SMPTE170M = 1, 2, 6
+PQ, HLG = 16, 18  # transfer characteristics
+RANGE_MPEG, RANGE_JPEG = 1, 2
 SDR_WHITE_NITS = 203.0  # BT.2408's HDR reference white: SDR white in an HDR signal
 HLG_PEAK_NITS = 1000.0
 KNEE = 0.8  # relative luminance (1 = SDR white) up to which the curve is the identity
@@ -84,8 +88,8 @@ def tone_map(frame: av.VideoFrame, width: int, height: int, transfer: int, matri
              full_range: bool) -> av.VideoFrame:
     """An HDR frame as the clips' SDR BT.709 4:2:0 limited-range frame of width x height.
     Per-channel steps go through tables, so a frame costs a few array passes."""
-    code = frame.reformat(width, height, "rgb48le", src_colorspace=matrix, src_color_range=2 if full_range else 1,
-                          interpolation="BICUBIC").to_ndarray()
+    code = frame.reformat(width, height, "rgb48le", src_colorspace=matrix,
+                          src_color_range=RANGE_JPEG if full_range else RANGE_MPEG, interpolation="BICUBIC").to_ndarray()
     linear = _to_linear_table(transfer)[code]
     if transfer == HLG:  # the OOTF: scene light to display light, by the scene's luminance
         luma = np.maximum(linear @ BT2020_LUMA, 1e-6)[..., None]
@@ -95,6 +99,6 @@ def tone_map(frame: av.VideoFrame, width: int, height: int, transfer: int, matri
     linear *= roll_off(luma) / luma
     rgb = _gamma_table()[(np.clip(linear, 0, 1) * 65535).astype(np.uint16)]
     out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-        format="yuv420p", dst_colorspace=1, dst_color_range=1)
+        format="yuv420p", dst_colorspace=BT709, dst_color_range=RANGE_MPEG)
     out.pts = frame.pts
     return out
