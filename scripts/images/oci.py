@@ -83,13 +83,14 @@ def _put_blob(layout: Path, data: bytes) -> dict:
     return {"digest": digest, "size": len(data)}
 
 
-def compress_layers(layout: Path, manifest_desc: dict, cache: Path) -> None:
+def compress_layers(layout: Path, manifest_desc: dict, cache: Path) -> dict:
     """Gives every layer of the layout's image its gzip blob, from `cache` (by the layer's
     uncompressed digest) where an earlier build made it, else compressed here and cached.
 
     A code change then costs the gzip of its own small layers only: the pipeline image's
     dependency layer (6.5 GB) is compressed once, not on every build. Layers buildah pushed
     compressed go into the cache as they are. The cache keeps this image's layers only.
+    Returns the new manifest (`manifest_desc` now names it).
     """
     cache.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(_blob(layout, manifest_desc["digest"]).read_text())
@@ -118,21 +119,20 @@ def compress_layers(layout: Path, manifest_desc: dict, cache: Path) -> None:
             stale.unlink()
     _blob(layout, manifest_desc["digest"]).unlink()
     manifest_desc.update(_put_blob(layout, json.dumps(manifest).encode()))
+    return manifest
 
 
 def write_archive(layout: Path, reference: str, archive: Path, layer_cache: Path) -> None:
     index = json.loads((layout / "index.json").read_text())
     [manifest_desc] = index["manifests"]
-    compress_layers(layout, manifest_desc, layer_cache)
+    manifest = compress_layers(layout, manifest_desc, layer_cache)
     manifest_desc["annotations"] = {
         "io.containerd.image.name": reference,
         "org.opencontainers.image.ref.name": reference.rsplit(":", 1)[1],
     }
     (layout / "index.json").write_text(json.dumps(index))
-    manifest = json.loads(_blob(layout, manifest_desc["digest"]).read_text())
-    blob = lambda desc: "blobs/sha256/" + desc["digest"].split(":")[1]  # noqa: E731
-    docker_manifest = [{"Config": blob(manifest["config"]), "RepoTags": [familiar(reference)],
-                        "Layers": [blob(layer) for layer in manifest["layers"]]}]
+    docker_manifest = [{"Config": str(_blob(Path(), manifest["config"]["digest"])), "RepoTags": [familiar(reference)],
+                        "Layers": [str(_blob(Path(), layer["digest"])) for layer in manifest["layers"]]}]
     (layout / "manifest.json").write_text(json.dumps(docker_manifest))
     partial = archive.with_name(archive.name + ".partial")
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
