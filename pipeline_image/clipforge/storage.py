@@ -72,10 +72,14 @@ def join(base: str, *parts: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _s3_client(endpoint: str | None, region: str, key: str | None, secret: str | None,
-               token: str | None) -> pafs.S3FileSystem:
-    """One S3 client per process and connection settings: every Storage of a worker shares it
-    (and its connection pool) instead of building one per call. Thread-safe, as Arrow's are."""
+def _s3_client(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    """One S3 client per process and endpoint: every Storage of a worker shares it (and its
+    connection pool) instead of building one per call. Thread-safe, as Arrow's are.
+
+    Credentials come from the AWS SDK's default chain, asked again as they expire or change:
+    environment keys (a Secret's), a web identity token (IRSA, EKS Pod Identity), a profile, the
+    instance's role. A client handed fixed keys would keep them after a rotation.
+    """
     kwargs: dict = {"region": region, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5)}
     if endpoint and ".amazonaws.com" not in endpoint:
         # Ceph RGW and other S3 servers reject the CRC checksums newer AWS SDKs send by default;
@@ -85,8 +89,6 @@ def _s3_client(endpoint: str | None, region: str, key: str | None, secret: str |
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    if key and secret:
-        kwargs.update(access_key=key, secret_key=secret, session_token=token)
     # Path-style addressing: RGW, MinIO and in-cluster endpoints rarely have wildcard DNS.
     return pafs.S3FileSystem(force_virtual_addressing=False, **kwargs)
 
@@ -119,8 +121,7 @@ class Storage:
         return replace(self, retry_seconds=seconds)
 
     def _s3(self) -> pafs.S3FileSystem:
-        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        return _s3_client(self.endpoint, self.region, key, secret, os.environ.get("AWS_SESSION_TOKEN"))
+        return _s3_client(self.endpoint, self.region)
 
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
         if is_s3(uri):

@@ -1,7 +1,9 @@
-"""A run rides out an S3 outage: the Ceph RADOS gateway killed mid-run and started again 20 s later.
+"""A run rides out an S3 outage (the Ceph RADOS gateway killed mid-run and started again 20 s
+later) and a rotation of its credentials.
 
-Its own gateway (not the session's): the test takes it down. The run's workers and driver both
-write while it is down; every storage call retries transient failures (clipforge.storage).
+Its own gateway (not the session's): the tests take it down and change its user's keys. The
+run's workers and driver both write while it is down; every storage call retries transient
+failures (clipforge.storage).
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from pathlib import Path
 import pytest
 from clipforge.samples import SampleVideo, Segment, write_samples
 from support.jobs import FIVE_SECOND_CLIPS, decode_clip, manifest, small_samples, write_manifest
+from clipforge.storage import Storage
 from support.s3_server import CephS3Gateway
-
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 OUTAGE_S = 20
 SPEC = {"splitting": FIVE_SECOND_CLIPS, "execution": {"clipsPerChunk": 1}}
@@ -47,6 +48,26 @@ def objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
     return found
 
 
+def test_rotated_credentials_are_picked_up_by_a_client_already_made(gateway, monkeypatch):
+    # What a web identity (IRSA) or a rotated Secret does to a long-running worker: its clients
+    # must ask the AWS SDK's default chain again, not keep the keys they were made with.
+    server = gateway.server
+    bucket = server.create_bucket("rotation")
+    first = gateway.add_key()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", first[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", first[1])
+    storage = Storage(endpoint=server.endpoint, region=server.region, retry_seconds=0)
+    storage.write_bytes(f"s3://{bucket}/before", b"first key")
+    second = gateway.add_key()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", second[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", second[1])
+    gateway.remove_key(first[0])
+    storage.write_bytes(f"s3://{bucket}/after", b"second key")
+    assert server.client().get_object(Bucket=bucket, Key="after")["Body"].read() == b"second key"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_a_run_completes_through_a_gateway_outage_losing_nothing(tmp_path, gateway):
     server = gateway.server
     client = server.client()

@@ -153,6 +153,20 @@ class CephS3Gateway:
         self._spawn(self.RGW, "radosgw", "-f", "-n", self.RGW)
         self._wait("the gateway to answer HTTP again", lambda: self._http_ok(self.server.endpoint), self.RGW)
 
+    def add_key(self) -> tuple[str, str]:
+        """A new S3 key pair of the gateway's user: (access key, secret)."""
+        access_key = "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(20))
+        secret_key = secrets.token_urlsafe(30)
+        self._deadline = time.monotonic() + self.start_timeout
+        self._run("radosgw-admin", "-n", "client.admin", "key", "create", "--uid", "clipforge-test",
+                  "--key-type", "s3", "--access-key", access_key, "--secret", secret_key, log=self.RGW)
+        return access_key, secret_key
+
+    def remove_key(self, access_key: str) -> None:
+        self._deadline = time.monotonic() + self.start_timeout
+        self._run("radosgw-admin", "-n", "client.admin", "key", "rm", "--uid", "clipforge-test",
+                  "--key-type", "s3", "--access-key", access_key, log=self.RGW)
+
     # -- start-up --------------------------------------------------------------------------
 
     def _start(self) -> S3Server:
