@@ -23,8 +23,8 @@ from kubernetes.client.exceptions import ApiException
 
 from clipforge.spec import (
     DEFAULT_IMAGE,
+    FAILED_ON_INPUTS,
     TERMINAL_PHASES,
-    TOO_MANY_VIDEOS_FAILED,
     InvalidJobError,
     JobOutputs,
     JobPhase,
@@ -179,7 +179,11 @@ def _observe_worker_groups(ctx: Context, st: StatusEdit, namespace: str, rayclus
     st.new["workerGroups"] = worker_group_sizes(raycluster, pods)
 
 
-def _failed_videos_text(outcome: RunReport) -> str:
+def _failures_text(outcome: RunReport) -> str:
+    if not outcome.videos.failed:  # every video done, some of their clips failed
+        clips = outcome.clips
+        return (f"{clips.failed} of {clips.passed + clips.filtered + clips.failed} clips failed"
+                " (the clip index in the output names each with its reason)")
     failed = [failure.video for failure in outcome.failures or []]
     names = ", ".join(failed[:3])
     more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
@@ -363,9 +367,10 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     with_failures = outcome is not None and outcome.state == RunState.completed_with_failures
     if obs.phase == JobPhase.succeeded.value or with_failures:
         if with_failures:
-            text = _failed_videos_text(outcome)
+            text = _failures_text(outcome)
             st.set_phase(JobPhase.succeeded.value, "CompletedWithFailures", text)
-            st.condition(ConditionType.completed_with_failures, True, "VideosFailed", text)
+            st.condition(ConditionType.completed_with_failures, True,
+                         "VideosFailed" if outcome.videos.failed else "ClipsFailed", text)
         else:
             st.set_phase(obs.phase, obs.reason, obs.message)
         if st.has_condition(ConditionType.retrying):
@@ -375,8 +380,9 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         st.set_phase(obs.phase, obs.reason, obs.message)
         return _commit(ctx, namespace, name, st)
 
-    if outcome is not None and outcome.state == RunState.failed and outcome.reason == TOO_MANY_VIDEOS_FAILED:
-        _fail(st, TOO_MANY_VIDEOS_FAILED, outcome.message)
+    # Failed on its inputs: a retry would fail the same way.
+    if outcome is not None and outcome.state == RunState.failed and outcome.reason in FAILED_ON_INPUTS:
+        _fail(st, outcome.reason, outcome.message)
         return _commit(ctx, namespace, name, st)
 
     # A failed attempt: retry after a backoff while retries are left, else the job fails.

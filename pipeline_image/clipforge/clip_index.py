@@ -1,7 +1,8 @@
 """The clip index: parquet tables over everything an output holds, for dataframe and SQL tools.
 
-    index/clips/part-NNNNN.parquet    one row per clip (passed, filtered, failed): every field of
-                                      its metas/v0 JSON under the same name (objects as structs,
+    index/clips/part-NNNNN.parquet    one row per clip a chunk record names (passed, filtered,
+                                      failed): every field of its metas/v0 JSON under the same
+                                      name (objects as structs,
                                       stage -> message dicts as maps), plus `status` and `duration_s`
     index/videos/part-NNNNN.parquet   one row per processed_videos/ record
 
@@ -14,10 +15,11 @@ rebuild deletes the shards it no longer needs. docs/index-and-report.md describe
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge import layout
-from clipforge.storage import Storage
+from clipforge.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,11 @@ VIDEO_SCHEMA = pa.schema([
     # The settings that decided the video's clips (spec.clip_settings): JSON text, as their shape
     # follows the spec's.
     ("settings", pa.string()),
+    # Provenance (clipforge.provenance): the run, the code's versions, the models' digests (JSON
+    # text, keyed by stage/model).
+    ("run_id", pa.string()),
+    ("versions", pa.struct([("clipforge", pa.string()), ("pyav", pa.string()), ("ffmpeg", pa.string())])),
+    ("models", pa.string()),
     ("processed_at", pa.timestamp("ms", tz="UTC")),  # parquet has no seconds unit
 ])
 
@@ -129,9 +136,10 @@ def caption_text(windows: list[dict] | None) -> str | None:
 
 
 def video_row(record: dict) -> dict:
-    settings = record.get("settings")
+    settings, models = record.get("settings"), record.get("models")
     return {**record, "processed_at": datetime.fromisoformat(record["processed_at"]),
-            "settings": None if settings is None else json.dumps(settings, sort_keys=True)}
+            "settings": None if settings is None else json.dumps(settings, sort_keys=True),
+            "models": None if models is None else json.dumps(models, sort_keys=True)}
 
 
 @dataclass(frozen=True)
@@ -141,20 +149,42 @@ class IndexResult:
     unreadable: list[str]  # records skipped because they are not JSON (named in the log too)
 
 
+def _read_json(storage: Storage, uris: Iterable[str], unreadable: list[str]) -> Iterator[list[dict]]:
+    """The JSON documents at `uris`, ROWS_PER_FILE at a time, in order; one that is missing or not
+    JSON is left out, named in the log and in `unreadable`."""
+
+    def read(uri: str) -> dict | None:
+        try:
+            return json.loads(storage.read_bytes(uri))
+        except StorageError as exc:
+            if not exc.missing:
+                raise
+        except ValueError:
+            pass
+        log.warning("index: %s is missing or not JSON; left out", uri)
+        unreadable.append(uri)
+        return None
+
+    uris = iter(uris)
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        while batch := list(itertools.islice(uris, ROWS_PER_FILE)):
+            yield [doc for doc in pool.map(read, batch) if doc is not None]
+
+
 def _records(storage: Storage, directory: str, unreadable: list[str]) -> Iterator[list[dict]]:
     """The JSON records under directory, ROWS_PER_FILE at a time, in path order."""
     listing = storage.list_files(directory, ["*.json"], missing_ok=True)
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        for start in range(0, len(listing), ROWS_PER_FILE):
-            uris = [listed.uri for listed in listing[start:start + ROWS_PER_FILE]]
-            batch = []
-            for uri, raw in zip(uris, pool.map(storage.read_bytes, uris)):
-                try:
-                    batch.append(json.loads(raw))
-                except ValueError:
-                    log.warning("index: %s is not JSON; left out", uri)
-                    unreadable.append(uri)
-            yield batch
+    return _read_json(storage, (listed.uri for listed in listing), unreadable)
+
+
+def _recorded_clip_metas(storage: Storage, root: str, unreadable: list[str]) -> Iterator[str]:
+    """The metas/v0 URIs of the clips chunk records name, in record order: a clip whose chunk
+    never recorded it (a chunk that failed part way) is not in the dataset."""
+    for batch in _records(storage, layout.join(root, layout.PROCESSED_CHUNKS), unreadable):
+        for record in batch:
+            for clip_id in [*record.get("clips", []), *record.get("filtered_clips", []),
+                            *record.get("failed_clips", {})]:
+                yield layout.clip_meta(root, clip_id)
 
 
 def _write_table(storage: Storage, root: str, table: str, schema: pa.Schema,
@@ -189,11 +219,12 @@ def _unknown_fields(batches: Iterator[list[dict]], known: set[str]) -> Iterator[
 
 
 def write_index(storage: Storage, root: str) -> IndexResult:
-    """(Re)builds index/clips and index/videos from metas/v0 and processed_videos under root."""
+    """(Re)builds index/clips and index/videos from the metas/v0 of recorded chunks and from
+    processed_videos under root."""
     unreadable: list[str] = []
     metas = (
         [clip_row(meta) for meta in batch]
-        for batch in _records(storage, layout.join(root, layout.METAS), unreadable)
+        for batch in _read_json(storage, _recorded_clip_metas(storage, root, unreadable), unreadable)
     )
     clips = _write_table(storage, root, layout.CLIP_INDEX, CLIP_SCHEMA,
                          _unknown_fields(metas, set(CLIP_SCHEMA.names)))

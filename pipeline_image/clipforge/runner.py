@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from clipforge import layout
+from clipforge import layout, preflight
 from clipforge.embedding_files import write_video_parquet
+from clipforge.provenance import Provenance, matches
 from clipforge.report import publish
 from clipforge.spec import (
-    PROGRESS_INTERVAL_S, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts, RunReport, RunState,
-    VideoCounts, VideoCurationJob, VideoCurationJobSpec, VideoFailure, clip_settings, stage_enabled,
+    PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts,
+    FailuresSpec, RunReport, RunState, VideoCounts, VideoCurationJob, VideoCurationJobSpec, VideoFailure,
+    clip_settings, stage_enabled,
 )
 from clipforge.stages import pipeline_stages
 from clipforge.storage import Listed, Storage, StorageError
@@ -58,12 +60,14 @@ class RunStats:
     video_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
     failures: list[VideoFailure] = field(default_factory=list)
+    run_id: str | None = None
 
     def report(self, state: RunState, **end: Any) -> RunReport:
         """The run report as of now; `end`: summary.json's fields (RunReport's last ones)."""
         elapsed = time.monotonic() - self.started
         return RunReport(
             state=state,
+            run_id=self.run_id,
             updated_at=_now(),
             elapsed_seconds=round(elapsed, 3),
             videos=VideoCounts(total=self.total, done=self.done + self.skipped, failed=self.failed,
@@ -101,13 +105,13 @@ class ProgressWriter:
                 log.warning("could not write progress: %s", exc)
 
 
-def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict], retry_failed: bool = False
+def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict],
+                     provenance: Provenance | None = None, retry_failed: bool = False
                      ) -> dict[str, VideoFailure | None]:
-    """The videos an earlier run under these clip settings finished under root, from the same
-    source (`inputs`: relative path -> source_version(); a video done under other settings, or
-    whose source has changed since, is redone): relative path -> None for a success, or its
-    final failure (the input's fault). Retryable failures are left out, as are all failures
-    under `retry_failed`.
+    """The videos an earlier run finished under root, made as this run would make them
+    (clipforge.provenance: the same clip settings, source and model weights; `inputs`: relative
+    path -> source_version()): relative path -> None for a success, or its final failure (the
+    input's fault). Retryable failures are left out, as are all failures under `retry_failed`.
 
     One listing of processed_videos/ and concurrent reads of its records: a rerun over a
     large output must not cost a round trip per input video in sequence.
@@ -120,8 +124,7 @@ def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[s
         if relative not in inputs:
             return None
         done = json.loads(storage.read_bytes(record.uri))
-        # Records written before `source` was recorded match any version (an upgrade redoes nothing).
-        if done.get("settings") != settings or done.get("source", inputs[relative]) != inputs[relative]:
+        if not matches(done, settings, provenance, inputs[relative]):
             return None
         if not done.get("errors"):
             return relative, None
@@ -133,21 +136,31 @@ def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[s
         return dict(found for found in pool.map(finished, records) if found is not None)
 
 
+def _over_limits(limits: FailuresSpec, failed: int, total: int, what: str, max_failed: int | None) -> str | None:
+    if max_failed is not None and failed > max_failed:
+        return f"{failed} {what} failed, more than execution.failures.maxFailedVideos ({max_failed})"
+    if total and failed / total > limits.max_failed_fraction:
+        return (f"{failed} of {total} {what} failed, more than execution.failures.maxFailedFraction"
+                f" ({limits.max_failed_fraction:g})")
+    return None
+
+
 def source_version(listed: Listed) -> dict:
     """Which version of a source a record was made from: a changed file is a new input."""
     return {"size": listed.size, "mtime": listed.mtime}
 
 
-def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retry_failed: bool
-             ) -> tuple[list[VideoTask], int, int, list[VideoFailure]]:
+def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retry_failed: bool,
+             provenance: Provenance | None = None) -> tuple[list[VideoTask], int, int, list[VideoFailure]]:
     """(tasks to run, total inputs, inputs skipped as already processed, the skipped ones' final failures)."""
     inputs = storage.list_files(spec.input.uri, spec.input.patterns)
     if spec.input.limit:
         inputs = inputs[: spec.input.limit]
     versions = {listed.relative: source_version(listed) for listed in inputs}
-    done = {} if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec), versions, retry_failed)
+    done = {} if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec), versions, provenance,
+                                                 retry_failed)
     tasks = [VideoTask(source=listed.uri, relative_path=listed.relative, source_version=versions[listed.relative],
-                       redo=overwrite) for listed in inputs if listed.relative not in done]
+                       provenance=provenance, redo=overwrite) for listed in inputs if listed.relative not in done]
     failed = [failure for rel, failure in sorted(done.items()) if failure is not None]
     return tasks, len(inputs), len(inputs) - len(tasks) - len(failed), failed
 
@@ -175,6 +188,7 @@ def video_record(chunks: list[VideoTask], settings: dict) -> dict:
         "clip_chunks": [layout.chunk_record("", first.relative_path, r["chunk_index"]) for r in records],
         "errors": errors,
         "settings": settings,  # what decided its clips: a rerun under other settings redoes it
+        **(first.provenance.fields() if first.provenance else {}),
         "processed_at": _now().isoformat().replace("+00:00", "Z"),
     }
 
@@ -195,8 +209,11 @@ class JobRun:
         # The first object of a run doubles as the check that the output is writable; a
         # throwaway probe object would leave a directory marker behind on S3.
         self.write_progress(RunState.starting, retry_seconds=START_RETRY_S)
+        storage = self.storage.retrying_for(START_RETRY_S)
+        provenance = Provenance.of_run(storage, preflight.requirements(self.spec))
+        self.stats.run_id = provenance.run_id
         tasks, self.stats.total, self.stats.skipped, earlier_failures = discover(
-            self.spec, self.storage.retrying_for(START_RETRY_S), self.overwrite, self.retry_failed)
+            self.spec, storage, self.overwrite, self.retry_failed, provenance)
         # Videos whose input failed for good stay failed in this run's counts and exit status.
         self.stats.failed, self.stats.failures = len(earlier_failures), earlier_failures
         return tasks
@@ -240,19 +257,20 @@ class JobRun:
         except (DedupError, StorageError) as exc:
             self.dedup = {"error": str(exc)}
 
-    def too_many_failures(self, content_only: bool = False) -> str | None:
-        """Why this run's failed videos (or only those the input failed) fail it as a whole
-        (execution.failures), or None."""
-        limits = self.spec.execution.failures
-        failed, total = self.stats.failed, self.stats.total
-        if content_only:
-            failed -= sum(f.retryable for f in self.stats.failures)
-        if limits.max_failed_videos is not None and failed > limits.max_failed_videos:
-            return f"{failed} videos failed, more than execution.failures.maxFailedVideos ({limits.max_failed_videos})"
-        if total and failed / total > limits.max_failed_fraction:
-            return (f"{failed} of {total} videos failed, more than execution.failures.maxFailedFraction"
-                    f" ({limits.max_failed_fraction:g})")
-        return None
+    def too_many_failures(self) -> tuple[str, str] | None:
+        """(reason, message) when this run's failed videos, or failed clips, fail it as a whole
+        (execution.failures); None otherwise. Clip failures are the input's (a clip the stages
+        could not make); for videos, when only the environment's failures put them over the
+        limits the reason says so: a retry may succeed."""
+        limits, stats = self.spec.execution.failures, self.stats
+        message = _over_limits(limits, stats.failed, stats.total, "videos", limits.max_failed_videos)
+        if message:
+            content = stats.failed - sum(f.retryable for f in stats.failures)
+            input_fault = _over_limits(limits, content, stats.total, "videos", limits.max_failed_videos)
+            return (TOO_MANY_VIDEOS_FAILED if input_fault else TOO_MANY_VIDEOS_FAILED_RETRYABLE), message
+        clips = stats.clips_passed + stats.clips_filtered + stats.clips_failed
+        message = _over_limits(limits, stats.clips_failed, clips, "clips", None)
+        return (TOO_MANY_CLIPS_FAILED, message) if message else None
 
     def write_progress(self, state: RunState, retry_seconds: float | None = None) -> None:
         """retry_seconds: instead of the storage's own (0 for the progress thread's ticks: the next tick repeats)."""
@@ -308,11 +326,9 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
                     results = run_ray(spec, tasks, stages)
                 if tasks:
                     run.consume(results, on_video)
-                message = run.too_many_failures()
-                reason = (None if not message else TOO_MANY_VIDEOS_FAILED if run.too_many_failures(content_only=True)
-                          else TOO_MANY_VIDEOS_FAILED_RETRYABLE)
-                state = (RunState.failed if message else
-                         RunState.completed_with_failures if run.stats.failed else RunState.succeeded)
+                reason, message = run.too_many_failures() or (None, None)
+                state = (RunState.failed if reason else RunState.completed_with_failures
+                         if run.stats.failed or run.stats.clips_failed else RunState.succeeded)
                 if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
                     run.deduplicate()
                     if "error" in run.dedup:

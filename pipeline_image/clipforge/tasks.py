@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clipforge.provenance import Provenance
 
 
 def clip_uuid(source: str, start_frame: int, end_frame: int) -> str:
@@ -97,6 +100,7 @@ class VideoTask:
     source: str  # URI of the input video (a local path or s3://...)
     relative_path: str  # path below the input root; names its processed_videos/ record
     source_version: dict | None = None  # the source's size and mtime when listed (runner.source_version)
+    provenance: Provenance | None = None  # the run's, for the records (clipforge.provenance)
     meta: VideoMeta | None = None
     # stage name -> message; a video with errors skips the remaining work and is reported failed.
     errors: dict[str, str] = field(default_factory=dict)

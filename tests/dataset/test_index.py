@@ -38,7 +38,8 @@ def as_meta(row: dict) -> dict:
 
 
 def as_record(row: dict) -> dict:
-    record = {**row, "errors": dict(row["errors"]), "settings": json.loads(row["settings"])}
+    record = {**row, "errors": dict(row["errors"]), "settings": json.loads(row["settings"]),
+              "models": json.loads(row["models"])}
     record["processed_at"] = row["processed_at"].isoformat().replace("+00:00", "Z")
     return record
 
@@ -159,16 +160,19 @@ def test_shards_are_bounded_and_a_rebuild_covers_what_is_there_now(curated_copy,
     assert [pd.read_parquet(p).shape[0] for p in sorted((out / "index" / "clips").iterdir())] == [3, 1]
     assert pd.read_parquet(out / "index" / "clips").shape[0] == 4
 
-    # What the output holds now: one clip's metas gone, a record that is not JSON.
+    # What the output holds now: one clip's metas gone, one torn (not JSON), and the metas of a
+    # clip no chunk record names (a chunk that failed part way): that one is not in the dataset.
     metas = sorted((out / "metas" / "v0").glob("*.json"))
     metas[0].unlink()
-    (out / "metas" / "v0" / "torn.json").write_text("{not json")
+    metas[1].write_text("{not json")
+    orphan = json.loads(metas[2].read_text()) | {"span_uuid": "orphan"}
+    (out / "metas" / "v0" / "orphan.json").write_text(json.dumps(orphan))
     monkeypatch.setattr(clip_index, "ROWS_PER_FILE", 100)
     result = clip_index.write_index(storage, str(out))
-    assert result.clips == 3 and result.unreadable == [str(out / "metas" / "v0" / "torn.json")]
-    assert "torn.json is not JSON" in caplog.text
+    assert result.clips == 2 and sorted(result.unreadable) == [str(metas[0]), str(metas[1])]
+    assert f"{metas[1]} is missing or not JSON" in caplog.text
     assert [p.name for p in (out / "index" / "clips").iterdir()] == ["part-00000.parquet"]  # part 1 removed
-    assert set(pd.read_parquet(out / "index" / "clips").span_uuid) == {p.stem for p in metas[1:]}
+    assert set(pd.read_parquet(out / "index" / "clips").span_uuid) == {p.stem for p in metas[2:]}
 
 
 def test_rebuild_of_unchanged_records_writes_the_same_bytes(curated_copy):

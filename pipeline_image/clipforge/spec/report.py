@@ -30,7 +30,7 @@ class RunState(StrEnum):
     starting = "starting"  # checking the output and listing the inputs
     running = "running"
     succeeded = "succeeded"
-    # Every video was processed and the failed ones are within execution.failures' limits.
+    # Every video was processed and the failed videos and clips are within execution.failures' limits.
     completed_with_failures = "completed-with-failures"
     failed = "failed"
 
@@ -40,6 +40,10 @@ TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
 # ... and when too many failed only counting those the environment failed (clipforge.failures):
 # a retry may succeed.
 TOO_MANY_VIDEOS_FAILED_RETRYABLE = "TooManyVideosFailedRetryable"
+# ... and when more of the clips made than execution.failures.maxFailedFraction failed (the input's).
+TOO_MANY_CLIPS_FAILED = "TooManyClipsFailed"
+# The reasons of a run that failed on its inputs: the operator fails the job without retries.
+FAILED_ON_INPUTS = (TOO_MANY_VIDEOS_FAILED, TOO_MANY_CLIPS_FAILED)
 
 
 class ReportModel(BaseModel):
@@ -71,6 +75,7 @@ class VideoFailure(ReportModel):
 
 class RunReport(ReportModel):
     state: RunState
+    run_id: str | None = Field(None, description="This run's id, also in every record it wrote (clipforge.provenance).")
     updated_at: datetime = Field(description="When the runner wrote this report (RFC 3339, UTC).")
     elapsed_seconds: float = Field(0.0, ge=0, description="Wall time since the run started.")
     videos: VideoCounts = Field(default_factory=VideoCounts)
@@ -81,7 +86,8 @@ class RunReport(ReportModel):
     # Only in summary.json: the run's end.
     output: str | None = Field(None, description="The run's output.uri.")
     failures: list[VideoFailure] | None = Field(None, description="Every failed video with its reasons.")
-    reason: str | None = Field(None, description="Why a failed run failed, one CamelCase word (TOO_MANY_VIDEOS_FAILED).")
+    reason: str | None = Field(None, description="Why a failed run failed, one CamelCase word (TooManyVideosFailed,"
+                                                 " TooManyVideosFailedRetryable, TooManyClipsFailed).")
     message: str | None = Field(None, description="The failure in words, with `reason`.")
     dedup: dict[str, Any] | None = Field(
         None, description="Semantic dedup's counts (clipforge.dedup), or {error} when it failed; once it ran."

