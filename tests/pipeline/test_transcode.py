@@ -534,10 +534,9 @@ def hlg_code(nits: np.ndarray) -> np.ndarray:
     return np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
 
 
-@pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
-def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, make_spec):
-    """A 10-bit BT.2020 source (PQ or HLG) holding two SDR colours at BT.2408's reference white
-    (203 nits) and a 1000-nit highlight: the clip is SDR BT.709 with those colours, the highlight white."""
+def write_hdr_source(path, transfer: int) -> np.ndarray:  # noqa: ANN001
+    """6 frames of a 10-bit BT.2020 source (PQ or HLG) holding two SDR colours at BT.2408's
+    reference white (203 nits) and a 1000-nit highlight, in thirds; their 16-bit RGB codes."""
     sdr = np.array([PATCHES["red"], PATCHES["blue"], (255, 255, 255)], np.float64) / 255
     linear709 = np.power(sdr, 2.4) * 203
     linear709[2] = 1000  # the highlight: five times SDR white
@@ -549,9 +548,15 @@ def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, 
     rgb48 = np.zeros((720, 1284, 3), np.uint16)
     for i in range(3):
         rgb48[:, 428 * i: 428 * (i + 1)] = codes[i]
-    path = tmp_path / "hdr.mkv"
     write_still_source(path, rgb48, "rgb48le", "ffv1", "yuv420p10le", "bt2020", (9, transfer, 9), 6)  # BT.2020
+    return codes
 
+
+@pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
+def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, make_spec):
+    """An HDR source (write_hdr_source): the clip is SDR BT.709 with its colours, the highlight white."""
+    path = tmp_path / "hdr.mkv"
+    write_hdr_source(path, transfer)
     clip = transcode(make_spec(transcoding={**FAST, "maxHeight": 360}), make_task(path, [(0, 6)])).clips[0]
     with av.open(io.BytesIO(clip.encoded)) as container:
         ctx = container.streams.video[0].codec_context
