@@ -80,6 +80,9 @@ class FrameSampler:
             for index in indices:
                 self._wanted.setdefault(index, []).append((request, size))
 
+    def wants(self, index: int) -> bool:
+        return index in self._wanted
+
     def offer(self, index: int, frame: av.VideoFrame) -> None:
         """`frame` is the clip's frame `index` (clip-relative), as the clip shows it."""
         converted: dict[tuple, np.ndarray] = {}  # requests asking for the same conversion share it

@@ -15,7 +15,8 @@ over it), so every clip holds exactly end_frame - start_frame frames. Frames are
 they are scaled to the output size. Clips carry the source's colour description (primaries,
 transfer, matrix; an untagged source as players read it) and limited range, so a scaled clip
 shows the source's colours: an untagged 480p clip of a BT.709 source would be shown as BT.601.
-HDR sources (PQ, HLG) become SDR BT.709 clips (codec/hdr.py).
+HDR sources (PQ, HLG) become SDR BT.709 clips (codec/hdr.py), or with `hdr: keep` 10-bit clips
+that stay HDR; the later stages' frames are the tone-mapped SDR ones either way.
 
 Failures of the input stay with the clip they hit: a span past the end of the source, source
 data the decoder rejects (the clips holding frames that may show the damage, up to the next
@@ -26,6 +27,7 @@ the whole task to be retried (clipforge.failures).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Callable, Iterator
@@ -40,7 +42,7 @@ from clipforge.codec.output import open_output
 from clipforge.codec.source import Keyframe, Lost, decode_from, source_seconds
 from clipforge.failures import EnvironmentFailure, raise_if_environmental
 from clipforge.frames import FrameRequest, FrameSampler, Timeline, Upright, rotation_of, upright_size
-from clipforge.spec import Encoder, TranscodingSpec
+from clipforge.spec import Encoder, HdrMode, TranscodingSpec
 from clipforge.tasks import Clip
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,7 @@ class ClipEncoder:
         container = open_output(buffer, "mp4")
         try:
             stream = container.add_stream(spec.encoder, rate=fps)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = width, height, colour.pix_fmt
             stream.codec_context.time_base = 1 / fps
             # Frame threads (x264's own default; PyAV's is slices, which cost compression).
             stream.codec_context.thread_type = "FRAME"
@@ -158,9 +160,11 @@ class ClipEncoder:
         sampler = FrameSampler(requests, clip.end_frame - clip.start_frame, float(fps), width, height)
         return cls(clip, buffer, container, stream, sampler, audio_stream)
 
-    def encode(self, index: int, frame: av.VideoFrame) -> None:
-        """Encodes the clip's next frame, the source's frame `index`."""
-        self.sampler.offer(index - self.clip.start_frame, frame)
+    def encode(self, index: int, frame: av.VideoFrame, for_models: Callable[[], av.VideoFrame]) -> None:
+        """Encodes the clip's next frame, the source's frame `index`; `for_models()` gives it as the
+        later stages see it, asked for only when they want it."""
+        if self.sampler.wants(index - self.clip.start_frame):
+            self.sampler.offer(index - self.clip.start_frame, for_models())
         # The same converted frame goes to every open encoder; each stamps it with its own time.
         frame.pts = self.frames
         frame.time_base = self.stream.codec_context.time_base
@@ -218,38 +222,54 @@ _SWSCALE_MATRICES = {1, 4, 5, 6, 7, 9, 10}
 
 @dataclass(frozen=True)
 class _Colour:
-    """The source's colour description, which the clips keep."""
+    """The source's colour description, which the clips keep (an HDR one only with `hdr: keep`)."""
 
     primaries: int
     transfer: int
     matrix: int
     full_range: bool
+    keep_hdr: bool
 
     @classmethod
-    def of(cls, frame: av.VideoFrame) -> _Colour:
+    def of(cls, frame: av.VideoFrame, keep_hdr: bool) -> _Colour:
         # Untagged video is read as players read it: BT.709 from HD up, SMPTE 170M below.
         guess = BT709 if frame.height >= 720 or frame.width >= 1280 else SMPTE170M
         matrix = frame.colorspace if frame.colorspace in _SWSCALE_MATRICES else guess
         return cls(primaries=guess if frame.color_primaries == UNSPECIFIED else frame.color_primaries,
                    transfer=guess if frame.color_trc == UNSPECIFIED else frame.color_trc,
                    matrix=matrix,
-                   full_range=frame.color_range == RANGE_JPEG or frame.format.name.startswith("yuvj"))
+                   full_range=frame.color_range == RANGE_JPEG or frame.format.name.startswith("yuvj"),
+                   keep_hdr=keep_hdr)
 
     @property
-    def hdr(self) -> bool:
-        return is_hdr(self.transfer)
+    def tone_mapped(self) -> bool:
+        """Whether the clips are SDR made from an HDR source."""
+        return is_hdr(self.transfer) and not self.keep_hdr
+
+    @property
+    def kept_hdr(self) -> bool:
+        return is_hdr(self.transfer) and self.keep_hdr
+
+    @property
+    def pix_fmt(self) -> str:
+        # HDR's transfer functions spread their range thin: in 8 bits, PQ bands visibly.
+        return "yuv420p10le" if self.kept_hdr else "yuv420p"
 
     def scale(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
         """`frame` as the clips' 4:2:0 limited-range frame: in the source's matrix, or tone-mapped
-        to SDR BT.709 from HDR."""
-        if self.hdr:
-            return tone_map(frame, width, height, self.transfer, self.matrix, self.full_range)
-        return frame.reformat(width, height, "yuv420p", src_colorspace=self.matrix, dst_colorspace=self.matrix,
+        to SDR BT.709 from HDR unless the clips stay HDR."""
+        if self.tone_mapped:
+            return self.sdr(frame, width, height)
+        return frame.reformat(width, height, self.pix_fmt, src_colorspace=self.matrix, dst_colorspace=self.matrix,
                               src_color_range=RANGE_JPEG if self.full_range else RANGE_MPEG,
                               dst_color_range=RANGE_MPEG, interpolation="BICUBIC")
 
+    def sdr(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+        """An HDR frame tone-mapped: a tone-mapped clip's frame, and the models' frame either way."""
+        return tone_map(frame, width, height, self.transfer, self.matrix, self.full_range)
+
     def tag(self, ctx: av.codec.context.CodecContext) -> None:
-        if self.hdr:
+        if self.tone_mapped:
             ctx.color_primaries = ctx.color_trc = ctx.colorspace = BT709
         else:
             ctx.color_primaries, ctx.color_trc, ctx.colorspace = self.primaries, self.transfer, self.matrix
@@ -289,8 +309,9 @@ class ChunkEncode:
         self.active: list[ClipEncoder] = []
         self.closing: list[ClipEncoder] = []
         self.written = -1  # last frame index handed to the encoders
-        self.previous: av.VideoFrame | None = None  # the frame at `written`
+        self.previous: tuple[av.VideoFrame, Callable[[], av.VideoFrame]] | None = None  # the frame at `written`
         self.upright = Upright()
+        self.upright_sdr = Upright()  # the models' frames when the clips stay HDR (another format)
         self.geometry: _Geometry | None = None  # known from the first frame decoded
         self.colour: _Colour | None = None  # likewise
         self.damage = _Damage()
@@ -351,19 +372,26 @@ class ChunkEncode:
         if not indices:
             return
         if self.geometry is None:
-            self.geometry, self.colour = _Geometry.of(frame, self.spec.max_height), _Colour.of(frame)
-        scaled = self.colour.scale(frame, *self.geometry.scaled)
-        frame = self.upright(scaled, self.geometry.rotation)
+            self.geometry = _Geometry.of(frame, self.spec.max_height)
+            self.colour = _Colour.of(frame, self.spec.hdr == HdrMode.keep.value)
+        rotation = self.geometry.rotation
+        shown = self.upright(self.colour.scale(frame, *self.geometry.scaled), rotation)
         # A decoded frame remembers its picture type; encoders would obey it.
-        frame.pict_type = av.video.frame.PictureType.NONE
+        shown.pict_type = av.video.frame.PictureType.NONE
+        if self.colour.kept_hdr:  # tone-mapped once, and only if a stage wants the frame
+            for_models = functools.cache(
+                lambda: self.upright_sdr(self.colour.sdr(frame, *self.geometry.scaled), rotation))
+        else:
+            for_models = lambda: shown  # noqa: E731
         # Indices the source skipped (a variable frame rate, a lost frame) hold the frame before.
         for index in indices:
-            shown = frame if index == indices[-1] or self.previous is None else self.previous
-            self._emit(index, shown, self.damage.covers(index))
-        self.written, self.previous = indices[-1], frame
+            held = index != indices[-1] and self.previous is not None
+            self._emit(index, *(self.previous if held else (shown, for_models)), self.damage.covers(index))
+        self.written, self.previous = indices[-1], (shown, for_models)
         self.damage.written(self.written)
 
-    def _emit(self, index: int, frame: av.VideoFrame, damaged: bool) -> None:
+    def _emit(self, index: int, frame: av.VideoFrame, for_models: Callable[[], av.VideoFrame],
+              damaged: bool) -> None:
         """Frame `index` to every clip that holds it, opening the clips that start there."""
         out_w, out_h = self.geometry.shown
         while self.waiting and self.waiting[0].start_frame <= index:
@@ -373,6 +401,7 @@ class ChunkEncode:
                                                     self.threads, self.requests, self.audio))
             except Exception as exc:  # noqa: BLE001 - no GPU, no NVENC session free: not the clip's fault
                 hint = " (h264_nvenc needs an NVIDIA GPU with NVENC)" if self.spec.encoder == "h264_nvenc" else ""
+                hint += f" (writing {self.colour.pix_fmt} for hdr: keep)" if self.colour.kept_hdr else ""
                 raise EnvironmentFailure(
                     f"cannot open encoder {self.spec.encoder}{hint}: {type(exc).__name__}: {exc}") from exc
         for encoder in list(self.active):
@@ -380,7 +409,7 @@ class ChunkEncode:
             if damaged:
                 encoder.damaged.append(index)
             try:
-                encoder.encode(index, frame)
+                encoder.encode(index, frame, for_models)
                 if index + 1 >= clip.end_frame:
                     self.active.remove(encoder)
                     self._end_video(encoder)
