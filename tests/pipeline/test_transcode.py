@@ -600,6 +600,19 @@ def test_hdr_keep_gives_10_bit_hdr_clips_and_the_models_the_same_sdr_frames(enco
         assert np.array_equal(kept.frames[stage].frames, sampled.frames), stage
 
 
+def test_stream_copy_keeps_hdr_and_gives_the_models_the_same_sdr_frames(tmp_path, make_task, make_spec):
+    path = tmp_path / "hdr.mkv"
+    write_hdr_source(path, 16)
+    mapped = transcode(make_spec(transcoding=FAST), make_task(path, [(0, 6)])).clips[0]
+    copied = transcode(make_spec(transcoding={"mode": "copy"}), make_task(path, [(0, 6)])).clips[0]
+    with av.open(io.BytesIO(copied.encoded)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.pix_fmt) == (9, 16, 9, "yuv420p10le")
+    assert mapped.frames.keys() == copied.frames.keys() and "embed" in copied.frames
+    for stage, sampled in mapped.frames.items():
+        assert copied.frames[stage].indices == sampled.indices
+        assert np.array_equal(copied.frames[stage].frames, sampled.frames), stage
+
 def test_the_10_bit_encoders_are_those_that_open_10_bit():
     """TEN_BIT_ENCODERS, which hdr: keep accepts, is what this PyAV's FFmpeg really does (h264_nvenc
     needs a GPU to tell, and is left out)."""

@@ -12,11 +12,9 @@ Frame indices follow the split stage: frames on the source's constant-rate grid 
 a variable-rate source's frames go to their nearest index and the frame before a gap is held
 over it), so every clip holds exactly end_frame - start_frame frames. Frames are turned upright
 (the source's display rotation applied: a phone's portrait video gives portrait clips) before
-they are scaled to the output size. Clips carry the source's colour description (primaries,
-transfer, matrix; an untagged source as players read it) and limited range, so a scaled clip
-shows the source's colours: an untagged 480p clip of a BT.709 source would be shown as BT.601.
-HDR sources (PQ, HLG) become SDR BT.709 clips (codec/hdr.py), or with `hdr: keep` 10-bit clips
-that stay HDR; the later stages' frames are the tone-mapped SDR ones either way.
+they are scaled to the output size. Clips keep the source's colour; HDR sources become SDR
+clips, or with `hdr: keep` 10-bit HDR ones, and the later stages get SDR frames either way
+(codec/colour.py).
 
 Failures of the input stay with the clip they hit: a span past the end of the source, source
 data the decoder rejects (the clips holding frames that may show the damage, up to the next
@@ -37,7 +35,7 @@ from fractions import Fraction
 import av
 
 from clipforge.codec.audio import SourceAudio
-from clipforge.codec.hdr import BT709, RANGE_JPEG, RANGE_MPEG, SMPTE170M, UNSPECIFIED, is_hdr, tone_map
+from clipforge.codec.colour import Colour
 from clipforge.codec.output import open_output
 from clipforge.codec.source import Keyframe, Lost, decode_from, source_seconds
 from clipforge.failures import EnvironmentFailure, raise_if_environmental
@@ -139,7 +137,7 @@ class ClipEncoder:
     damaged: list[int] = field(default_factory=list)  # indices of frames from damaged source data
 
     @classmethod
-    def open(cls, clip: Clip, spec: TranscodingSpec, fps: Fraction, width: int, height: int, colour: _Colour,
+    def open(cls, clip: Clip, spec: TranscodingSpec, fps: Fraction, width: int, height: int, colour: Colour,
              threads: int, requests: list[FrameRequest] = (), audio: SourceAudio | None = None) -> ClipEncoder:
         buffer = io.BytesIO()
         container = open_output(buffer, "mp4")
@@ -215,67 +213,6 @@ class _Damage:
             self.start = self.end = None
 
 
-# Matrices swscale converts with (AVColorSpace values): BT.709, FCC, BT.470BG, SMPTE 170M and
-# 240M, BT.2020 (non-constant and constant luminance).
-_SWSCALE_MATRICES = {1, 4, 5, 6, 7, 9, 10}
-
-
-@dataclass(frozen=True)
-class _Colour:
-    """The source's colour description, which the clips keep (an HDR one only with `hdr: keep`)."""
-
-    primaries: int
-    transfer: int
-    matrix: int
-    full_range: bool
-    keep_hdr: bool
-
-    @classmethod
-    def of(cls, frame: av.VideoFrame, keep_hdr: bool) -> _Colour:
-        # Untagged video is read as players read it: BT.709 from HD up, SMPTE 170M below.
-        guess = BT709 if frame.height >= 720 or frame.width >= 1280 else SMPTE170M
-        matrix = frame.colorspace if frame.colorspace in _SWSCALE_MATRICES else guess
-        return cls(primaries=guess if frame.color_primaries == UNSPECIFIED else frame.color_primaries,
-                   transfer=guess if frame.color_trc == UNSPECIFIED else frame.color_trc,
-                   matrix=matrix,
-                   full_range=frame.color_range == RANGE_JPEG or frame.format.name.startswith("yuvj"),
-                   keep_hdr=keep_hdr)
-
-    @property
-    def tone_mapped(self) -> bool:
-        """Whether the clips are SDR made from an HDR source."""
-        return is_hdr(self.transfer) and not self.keep_hdr
-
-    @property
-    def kept_hdr(self) -> bool:
-        return is_hdr(self.transfer) and self.keep_hdr
-
-    @property
-    def pix_fmt(self) -> str:
-        # HDR's transfer functions spread their range thin: in 8 bits, PQ bands visibly.
-        return "yuv420p10le" if self.kept_hdr else "yuv420p"
-
-    def scale(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-        """`frame` as the clips' 4:2:0 limited-range frame: in the source's matrix, or tone-mapped
-        to SDR BT.709 from HDR unless the clips stay HDR."""
-        if self.tone_mapped:
-            return self.sdr(frame, width, height)
-        return frame.reformat(width, height, self.pix_fmt, src_colorspace=self.matrix, dst_colorspace=self.matrix,
-                              src_color_range=RANGE_JPEG if self.full_range else RANGE_MPEG,
-                              dst_color_range=RANGE_MPEG, interpolation="BICUBIC")
-
-    def sdr(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-        """An HDR frame tone-mapped: a tone-mapped clip's frame, and the models' frame either way."""
-        return tone_map(frame, width, height, self.transfer, self.matrix, self.full_range)
-
-    def tag(self, ctx: av.codec.context.CodecContext) -> None:
-        if self.tone_mapped:
-            ctx.color_primaries = ctx.color_trc = ctx.colorspace = BT709
-        else:
-            ctx.color_primaries, ctx.color_trc, ctx.colorspace = self.primaries, self.transfer, self.matrix
-        ctx.color_range = RANGE_MPEG
-
-
 @dataclass(frozen=True)
 class _Geometry:
     """How the source's frames become the clips' frames."""
@@ -313,7 +250,7 @@ class ChunkEncode:
         self.upright = Upright()
         self.upright_sdr = Upright()  # the models' frames when the clips stay HDR (another format)
         self.geometry: _Geometry | None = None  # known from the first frame decoded
-        self.colour: _Colour | None = None  # likewise
+        self.colour: Colour | None = None  # likewise
         self.damage = _Damage()
 
     def run(self, container, stream) -> None:  # noqa: ANN001
@@ -373,7 +310,7 @@ class ChunkEncode:
             return
         if self.geometry is None:
             self.geometry = _Geometry.of(frame, self.spec.max_height)
-            self.colour = _Colour.of(frame, self.spec.hdr == HdrMode.keep.value)
+            self.colour = Colour.of(frame, self.spec.hdr == HdrMode.keep.value)
         rotation = self.geometry.rotation
         shown = self.upright(self.colour.scale(frame, *self.geometry.scaled), rotation)
         # A decoded frame remembers its picture type; encoders would obey it.

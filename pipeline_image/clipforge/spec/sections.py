@@ -138,7 +138,7 @@ class TranscodingSpec(SpecModel):
         HdrMode.tone_map,
         "HDR sources (PQ or HLG, BT.2020) in mode encode. toneMap: SDR BT.709 clips; keep: 10-bit clips that"
         f" stay HDR (BT.2020, PQ or HLG), with an encoder that writes 10-bit ({', '.join(TEN_BIT_ENCODERS)})."
-        " Either way the models get tone-mapped SDR frames. Mode copy keeps the source as it is.",
+        " The models get tone-mapped SDR frames in every case. Mode copy keeps the source as it is.",
     )
 
     @model_validator(mode="after")
