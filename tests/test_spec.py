@@ -63,3 +63,20 @@ def test_switched_off_stages_are_not_started():
     assert names({}) == ["probe", "split", "transcode", "motion", "embed", "preview", "write"]
     off = {"motionFilter": {"mode": "disable"}, "previews": {"enabled": False}, "embeddings": {"enabled": False}}
     assert names(off) == ["probe", "split", "transcode", "write"]
+
+
+def test_hdr_keep_needs_an_encoder_that_writes_10_bit():
+    with pytest.raises(InvalidJobError) as info:
+        parse_job(job(transcoding={"hdr": "keep", "encoder": "libvpx-vp9"}))
+    assert ("spec.transcoding: Value error, hdr: keep needs an encoder that writes 10-bit video"
+            " (libx264, libsvtav1), not libvpx-vp9 (or hdr: toneMap)") in str(info.value)
+    # Stream copy writes what the source holds, with whichever encoder the spec names.
+    assert parse_job(job(transcoding={"hdr": "keep", "encoder": "h264_nvenc", "mode": "copy"})).spec.transcoding.hdr == "keep"
+
+
+def test_hdr_decides_the_clips():
+    """Chunk records carry clip_settings: a changed hdr option redoes the clips."""
+    from clipforge.spec import clip_settings
+
+    mapped, kept = (clip_settings(parse_job(job(transcoding={"hdr": hdr})).spec) for hdr in ("toneMap", "keep"))
+    assert mapped["transcoding"]["hdr"] == "toneMap" and kept["transcoding"]["hdr"] == "keep"

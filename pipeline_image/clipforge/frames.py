@@ -6,7 +6,8 @@ decodes every source frame once; as it hands a frame to a clip's encoder, a `Fra
 converts it for each request that wants that index, and the clip carries the results to the
 stages (`Clip.frames[stage]`, a `SampledFrames`). No stage decodes a clip's encoded bytes again.
 Stream copy decodes nothing to cut; there each clip's copied packets are decoded once, through
-`sample_encoded`, for the same requests.
+`sample_encoded`, for the same requests. The stages get SDR frames even from HDR clips (a copied
+HDR source, `hdr: keep`): tone-mapped as a tone-mapped clip's frames are (codec/colour.py).
 
 Also here, because split and transcode must agree on it: `Timeline`, which puts a stream's
 frames on its constant-rate grid of indices, and `Upright`, which applies the stream's display
@@ -23,6 +24,8 @@ from fractions import Fraction
 
 import av
 import numpy as np
+
+from clipforge.codec.colour import Colour
 
 # (clip frames, clip fps, clip width, clip height) -> (clip-relative frame indices, (width, height)).
 FramePlanFn = Callable[[int, float, int, int], tuple[list[int], tuple[int, int]]]
@@ -80,6 +83,9 @@ class FrameSampler:
             for index in indices:
                 self._wanted.setdefault(index, []).append((request, size))
 
+    def wants(self, index: int) -> bool:
+        return index in self._wanted
+
     def offer(self, index: int, frame: av.VideoFrame) -> None:
         """`frame` is the clip's frame `index` (clip-relative), as the clip shows it."""
         converted: dict[tuple, np.ndarray] = {}  # requests asking for the same conversion share it
@@ -108,7 +114,8 @@ def sample_encoded(data: bytes, requests: list[FrameRequest], threads: int = 1) 
     """The requested frames of an encoded clip, decoded once (stream copy's clips) by `threads`.
 
     Frames are counted in presentation order and shown upright (the stream's display rotation
-    applied), as an encoded clip's frames are.
+    applied), as an encoded clip's frames are; an HDR clip's tone-mapped to SDR, as the models
+    get an encoded clip's.
     """
     with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
         stream = container.streams.video[0]
@@ -118,12 +125,15 @@ def sample_encoded(data: bytes, requests: list[FrameRequest], threads: int = 1) 
         num_frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
         container.seek(0)
         upright = Upright()
-        sampler = None
+        sampler = colour = None
         for index, frame in enumerate(container.decode(stream)):
-            frame = upright(frame)
+            rotation = rotation_of(frame)
             if sampler is None:
-                sampler = FrameSampler(requests, num_frames, fps, frame.width, frame.height)
-            sampler.offer(index, frame)
+                colour = Colour.of(frame, keep_hdr=True)
+                sampler = FrameSampler(requests, num_frames, fps, *upright_size(frame.width, frame.height, rotation))
+            if sampler.wants(index):
+                sdr = colour.sdr(frame, frame.width, frame.height) if colour.kept_hdr else frame
+                sampler.offer(index, upright(sdr, rotation))
     if sampler is None:
         raise ValueError("clip has no decodable frames")
     return sampler.result()

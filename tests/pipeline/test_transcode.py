@@ -534,10 +534,9 @@ def hlg_code(nits: np.ndarray) -> np.ndarray:
     return np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
 
 
-@pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
-def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, make_spec):
-    """A 10-bit BT.2020 source (PQ or HLG) holding two SDR colours at BT.2408's reference white
-    (203 nits) and a 1000-nit highlight: the clip is SDR BT.709 with those colours, the highlight white."""
+def write_hdr_source(path, transfer: int) -> np.ndarray:  # noqa: ANN001
+    """6 frames of a 10-bit BT.2020 source (PQ or HLG) holding two SDR colours at BT.2408's
+    reference white (203 nits) and a 1000-nit highlight, in thirds; their 16-bit RGB codes."""
     sdr = np.array([PATCHES["red"], PATCHES["blue"], (255, 255, 255)], np.float64) / 255
     linear709 = np.power(sdr, 2.4) * 203
     linear709[2] = 1000  # the highlight: five times SDR white
@@ -549,9 +548,15 @@ def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, 
     rgb48 = np.zeros((720, 1284, 3), np.uint16)
     for i in range(3):
         rgb48[:, 428 * i: 428 * (i + 1)] = codes[i]
-    path = tmp_path / "hdr.mkv"
     write_still_source(path, rgb48, "rgb48le", "ffv1", "yuv420p10le", "bt2020", (9, transfer, 9), 6)  # BT.2020
+    return codes
 
+
+@pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
+def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, make_spec):
+    """An HDR source (write_hdr_source): the clip is SDR BT.709 with its colours, the highlight white."""
+    path = tmp_path / "hdr.mkv"
+    write_hdr_source(path, transfer)
     clip = transcode(make_spec(transcoding={**FAST, "maxHeight": 360}), make_task(path, [(0, 6)])).clips[0]
     with av.open(io.BytesIO(clip.encoded)) as container:
         ctx = container.streams.video[0].codec_context
@@ -569,3 +574,58 @@ def test_an_hdr_source_becomes_an_sdr_bt709_clip(transfer, tmp_path, make_task, 
     # The models see the same SDR picture.
     embed = clip.frames["embed"].frames[0]
     assert np.abs(embed[60:160, 10:60].reshape(-1, 3).mean(axis=0) - PATCHES["red"]).max() < 5
+
+
+@pytest.mark.parametrize("encoder, options", [("libx264", FAST), ("libsvtav1", {"preset": "12"})])
+def test_hdr_keep_gives_10_bit_hdr_clips_and_the_models_the_same_sdr_frames(encoder, options, tmp_path, make_task,
+                                                                            make_spec):
+    path = tmp_path / "hdr.mkv"
+    codes = write_hdr_source(path, 16)
+    settings = {**options, "encoder": encoder, "maxHeight": 360}
+    mapped = transcode(make_spec(transcoding=settings), make_task(path, [(0, 6)])).clips[0]
+    kept = transcode(make_spec(transcoding={**settings, "hdr": "keep"}), make_task(path, [(0, 6)])).clips[0]
+    with av.open(io.BytesIO(kept.encoded)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range) == (9, 16, 9, 1)  # PQ, BT.2020
+        assert ctx.pix_fmt == "yuv420p10le"
+        rgb48 = next(container.decode(video=0)).to_ndarray(format="rgb48le")  # BT.2020 RGB, PQ-coded
+    width = rgb48.shape[1] // 3
+    for i in range(3):  # the source's code values, to within 10-bit steps (64 of 65535) and the encoder's loss
+        mean = rgb48[40:320, width * i + 30: width * (i + 1) - 30].reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - codes[i]).max() < 400, f"patch {i}: {mean.round()} vs {codes[i]}"
+    # The models' frames are those of the tone-mapped clip, to the bit.
+    assert mapped.frames.keys() == kept.frames.keys() and "embed" in kept.frames
+    for stage, sampled in mapped.frames.items():
+        assert kept.frames[stage].indices == sampled.indices
+        assert np.array_equal(kept.frames[stage].frames, sampled.frames), stage
+
+
+def test_stream_copy_keeps_hdr_and_gives_the_models_the_same_sdr_frames(tmp_path, make_task, make_spec):
+    path = tmp_path / "hdr.mkv"
+    write_hdr_source(path, 16)
+    mapped = transcode(make_spec(transcoding=FAST), make_task(path, [(0, 6)])).clips[0]
+    copied = transcode(make_spec(transcoding={"mode": "copy"}), make_task(path, [(0, 6)])).clips[0]
+    with av.open(io.BytesIO(copied.encoded)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.pix_fmt) == (9, 16, 9, "yuv420p10le")
+    assert mapped.frames.keys() == copied.frames.keys() and "embed" in copied.frames
+    for stage, sampled in mapped.frames.items():
+        assert copied.frames[stage].indices == sampled.indices
+        assert np.array_equal(copied.frames[stage].frames, sampled.frames), stage
+
+def test_the_10_bit_encoders_are_those_that_open_10_bit():
+    """TEN_BIT_ENCODERS, which hdr: keep accepts, is what this PyAV's FFmpeg really does (h264_nvenc
+    needs a GPU to tell, and is left out)."""
+    from fractions import Fraction
+
+    from clipforge.spec.sections import TEN_BIT_ENCODERS
+
+    for encoder in ("libx264", "libsvtav1", "libvpx-vp9"):
+        ctx = av.CodecContext.create(encoder, "w")
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 64, 64, "yuv420p10le", Fraction(1, 24)
+        try:
+            ctx.open()
+            opened = True
+        except av.error.FFmpegError:
+            opened = False
+        assert opened == (encoder in TEN_BIT_ENCODERS), encoder

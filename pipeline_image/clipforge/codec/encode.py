@@ -12,10 +12,9 @@ Frame indices follow the split stage: frames on the source's constant-rate grid 
 a variable-rate source's frames go to their nearest index and the frame before a gap is held
 over it), so every clip holds exactly end_frame - start_frame frames. Frames are turned upright
 (the source's display rotation applied: a phone's portrait video gives portrait clips) before
-they are scaled to the output size. Clips carry the source's colour description (primaries,
-transfer, matrix; an untagged source as players read it) and limited range, so a scaled clip
-shows the source's colours: an untagged 480p clip of a BT.709 source would be shown as BT.601.
-HDR sources (PQ, HLG) become SDR BT.709 clips (codec/hdr.py).
+they are scaled to the output size. Clips keep the source's colour; HDR sources become SDR
+clips, or with `hdr: keep` 10-bit HDR ones, and the later stages get SDR frames either way
+(codec/colour.py).
 
 Failures of the input stay with the clip they hit: a span past the end of the source, source
 data the decoder rejects (the clips holding frames that may show the damage, up to the next
@@ -26,6 +25,7 @@ the whole task to be retried (clipforge.failures).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Callable, Iterator
@@ -35,12 +35,12 @@ from fractions import Fraction
 import av
 
 from clipforge.codec.audio import SourceAudio
-from clipforge.codec.hdr import BT709, RANGE_JPEG, RANGE_MPEG, SMPTE170M, UNSPECIFIED, is_hdr, tone_map
+from clipforge.codec.colour import Colour
 from clipforge.codec.output import open_output
 from clipforge.codec.source import Keyframe, Lost, decode_from, source_seconds
 from clipforge.failures import EnvironmentFailure, raise_if_environmental
 from clipforge.frames import FrameRequest, FrameSampler, Timeline, Upright, rotation_of, upright_size
-from clipforge.spec import Encoder, TranscodingSpec
+from clipforge.spec import Encoder, HdrMode, TranscodingSpec
 from clipforge.tasks import Clip
 
 log = logging.getLogger(__name__)
@@ -137,13 +137,13 @@ class ClipEncoder:
     damaged: list[int] = field(default_factory=list)  # indices of frames from damaged source data
 
     @classmethod
-    def open(cls, clip: Clip, spec: TranscodingSpec, fps: Fraction, width: int, height: int, colour: _Colour,
+    def open(cls, clip: Clip, spec: TranscodingSpec, fps: Fraction, width: int, height: int, colour: Colour,
              threads: int, requests: list[FrameRequest] = (), audio: SourceAudio | None = None) -> ClipEncoder:
         buffer = io.BytesIO()
         container = open_output(buffer, "mp4")
         try:
             stream = container.add_stream(spec.encoder, rate=fps)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = width, height, colour.pix_fmt
             stream.codec_context.time_base = 1 / fps
             # Frame threads (x264's own default; PyAV's is slices, which cost compression).
             stream.codec_context.thread_type = "FRAME"
@@ -158,9 +158,11 @@ class ClipEncoder:
         sampler = FrameSampler(requests, clip.end_frame - clip.start_frame, float(fps), width, height)
         return cls(clip, buffer, container, stream, sampler, audio_stream)
 
-    def encode(self, index: int, frame: av.VideoFrame) -> None:
-        """Encodes the clip's next frame, the source's frame `index`."""
-        self.sampler.offer(index - self.clip.start_frame, frame)
+    def encode(self, index: int, frame: av.VideoFrame, for_models: Callable[[], av.VideoFrame]) -> None:
+        """Encodes the clip's next frame, the source's frame `index`; `for_models()` gives it as the
+        later stages see it, asked for only when they want it."""
+        if self.sampler.wants(index - self.clip.start_frame):
+            self.sampler.offer(index - self.clip.start_frame, for_models())
         # The same converted frame goes to every open encoder; each stamps it with its own time.
         frame.pts = self.frames
         frame.time_base = self.stream.codec_context.time_base
@@ -211,51 +213,6 @@ class _Damage:
             self.start = self.end = None
 
 
-# Matrices swscale converts with (AVColorSpace values): BT.709, FCC, BT.470BG, SMPTE 170M and
-# 240M, BT.2020 (non-constant and constant luminance).
-_SWSCALE_MATRICES = {1, 4, 5, 6, 7, 9, 10}
-
-
-@dataclass(frozen=True)
-class _Colour:
-    """The source's colour description, which the clips keep."""
-
-    primaries: int
-    transfer: int
-    matrix: int
-    full_range: bool
-
-    @classmethod
-    def of(cls, frame: av.VideoFrame) -> _Colour:
-        # Untagged video is read as players read it: BT.709 from HD up, SMPTE 170M below.
-        guess = BT709 if frame.height >= 720 or frame.width >= 1280 else SMPTE170M
-        matrix = frame.colorspace if frame.colorspace in _SWSCALE_MATRICES else guess
-        return cls(primaries=guess if frame.color_primaries == UNSPECIFIED else frame.color_primaries,
-                   transfer=guess if frame.color_trc == UNSPECIFIED else frame.color_trc,
-                   matrix=matrix,
-                   full_range=frame.color_range == RANGE_JPEG or frame.format.name.startswith("yuvj"))
-
-    @property
-    def hdr(self) -> bool:
-        return is_hdr(self.transfer)
-
-    def scale(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-        """`frame` as the clips' 4:2:0 limited-range frame: in the source's matrix, or tone-mapped
-        to SDR BT.709 from HDR."""
-        if self.hdr:
-            return tone_map(frame, width, height, self.transfer, self.matrix, self.full_range)
-        return frame.reformat(width, height, "yuv420p", src_colorspace=self.matrix, dst_colorspace=self.matrix,
-                              src_color_range=RANGE_JPEG if self.full_range else RANGE_MPEG,
-                              dst_color_range=RANGE_MPEG, interpolation="BICUBIC")
-
-    def tag(self, ctx: av.codec.context.CodecContext) -> None:
-        if self.hdr:
-            ctx.color_primaries = ctx.color_trc = ctx.colorspace = BT709
-        else:
-            ctx.color_primaries, ctx.color_trc, ctx.colorspace = self.primaries, self.transfer, self.matrix
-        ctx.color_range = RANGE_MPEG
-
-
 @dataclass(frozen=True)
 class _Geometry:
     """How the source's frames become the clips' frames."""
@@ -289,10 +246,11 @@ class ChunkEncode:
         self.active: list[ClipEncoder] = []
         self.closing: list[ClipEncoder] = []
         self.written = -1  # last frame index handed to the encoders
-        self.previous: av.VideoFrame | None = None  # the frame at `written`
+        self.previous: tuple[av.VideoFrame, Callable[[], av.VideoFrame]] | None = None  # the frame at `written`
         self.upright = Upright()
+        self.upright_sdr = Upright()  # the models' frames when the clips stay HDR (another format)
         self.geometry: _Geometry | None = None  # known from the first frame decoded
-        self.colour: _Colour | None = None  # likewise
+        self.colour: Colour | None = None  # likewise
         self.damage = _Damage()
 
     def run(self, container, stream) -> None:  # noqa: ANN001
@@ -351,19 +309,26 @@ class ChunkEncode:
         if not indices:
             return
         if self.geometry is None:
-            self.geometry, self.colour = _Geometry.of(frame, self.spec.max_height), _Colour.of(frame)
-        scaled = self.colour.scale(frame, *self.geometry.scaled)
-        frame = self.upright(scaled, self.geometry.rotation)
+            self.geometry = _Geometry.of(frame, self.spec.max_height)
+            self.colour = Colour.of(frame, self.spec.hdr == HdrMode.keep.value)
+        rotation = self.geometry.rotation
+        shown = self.upright(self.colour.scale(frame, *self.geometry.scaled), rotation)
         # A decoded frame remembers its picture type; encoders would obey it.
-        frame.pict_type = av.video.frame.PictureType.NONE
+        shown.pict_type = av.video.frame.PictureType.NONE
+        if self.colour.kept_hdr:  # tone-mapped once, and only if a stage wants the frame
+            for_models = functools.cache(
+                lambda: self.upright_sdr(self.colour.sdr(frame, *self.geometry.scaled), rotation))
+        else:
+            for_models = lambda: shown  # noqa: E731
         # Indices the source skipped (a variable frame rate, a lost frame) hold the frame before.
         for index in indices:
-            shown = frame if index == indices[-1] or self.previous is None else self.previous
-            self._emit(index, shown, self.damage.covers(index))
-        self.written, self.previous = indices[-1], frame
+            held = index != indices[-1] and self.previous is not None
+            self._emit(index, *(self.previous if held else (shown, for_models)), self.damage.covers(index))
+        self.written, self.previous = indices[-1], (shown, for_models)
         self.damage.written(self.written)
 
-    def _emit(self, index: int, frame: av.VideoFrame, damaged: bool) -> None:
+    def _emit(self, index: int, frame: av.VideoFrame, for_models: Callable[[], av.VideoFrame],
+              damaged: bool) -> None:
         """Frame `index` to every clip that holds it, opening the clips that start there."""
         out_w, out_h = self.geometry.shown
         while self.waiting and self.waiting[0].start_frame <= index:
@@ -373,6 +338,7 @@ class ChunkEncode:
                                                     self.threads, self.requests, self.audio))
             except Exception as exc:  # noqa: BLE001 - no GPU, no NVENC session free: not the clip's fault
                 hint = " (h264_nvenc needs an NVIDIA GPU with NVENC)" if self.spec.encoder == "h264_nvenc" else ""
+                hint += f" (writing {self.colour.pix_fmt} for hdr: keep)" if self.colour.kept_hdr else ""
                 raise EnvironmentFailure(
                     f"cannot open encoder {self.spec.encoder}{hint}: {type(exc).__name__}: {exc}") from exc
         for encoder in list(self.active):
@@ -380,7 +346,7 @@ class ChunkEncode:
             if damaged:
                 encoder.damaged.append(index)
             try:
-                encoder.encode(index, frame)
+                encoder.encode(index, frame, for_models)
                 if index + 1 >= clip.end_frame:
                     self.active.remove(encoder)
                     self._end_video(encoder)

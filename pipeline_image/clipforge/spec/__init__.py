@@ -13,9 +13,9 @@ from clipforge.spec.base import (
 )
 from clipforge.spec.sections import (
     AestheticFilterSpec, CaptionsSpec, DedupSpec, EmbeddingAlgorithm, EmbeddingsSpec, Encoder, FixedStrideSpec,
-    InputSpec, MaxLengthMode, ModelsSpec, MotionFilterSpec, MotionMode, OutputSpec, PreviewSpec, PromptVariant,
-    Reduction, SceneDetectSpec, SceneDetectorKind, SceneLengthSpec, SplitAlgorithm, SplittingSpec, StorageSpec,
-    TransNetV2Spec, TranscodeMode, TranscodingSpec,
+    HdrMode, InputSpec, MaxLengthMode, ModelsSpec, MotionFilterSpec, MotionMode, OutputSpec, PreviewSpec,
+    PromptVariant, Reduction, SceneDetectSpec, SceneDetectorKind, SceneLengthSpec, SplitAlgorithm, SplittingSpec,
+    StorageSpec, TransNetV2Spec, TranscodeMode, TranscodingSpec,
 )
 from clipforge.spec.stages import (
     STAGES, STAGE_DEFAULTS, STAGE_TABLE, StageDeclaration, StageResources, clip_settings, stage_enabled,

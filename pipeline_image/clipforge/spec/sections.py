@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from pydantic import model_validator
+
 from clipforge.spec.base import PositiveSeconds, SpecModel, _f
 
 
@@ -105,6 +107,16 @@ class Encoder(str, Enum):
     libsvtav1 = "libsvtav1"
 
 
+class HdrMode(str, Enum):
+    tone_map = "toneMap"
+    keep = "keep"
+
+
+# The encoders that write 10-bit 4:2:0 in PyAV 18's FFmpeg (measured 2026-12-07): libx264 (as
+# H.264 High 10) and libsvtav1. Its libvpx is built 8-bit only; h264_nvenc refuses yuv420p10le.
+TEN_BIT_ENCODERS = (Encoder.libx264.value, Encoder.libsvtav1.value)
+
+
 class TranscodingSpec(SpecModel):
     mode: TranscodeMode = _f(
         TranscodeMode.encode,
@@ -122,6 +134,21 @@ class TranscodingSpec(SpecModel):
         "Keep the source's first audio track in each clip, cut to the clip's span (AAC and MP3 are copied,"
         " other codecs re-encoded to AAC); false writes video-only clips.",
     )
+    hdr: HdrMode = _f(
+        HdrMode.tone_map,
+        "HDR sources (PQ or HLG, BT.2020) in mode encode. toneMap: SDR BT.709 clips; keep: 10-bit clips that"
+        f" stay HDR (BT.2020, PQ or HLG), with an encoder that writes 10-bit ({', '.join(TEN_BIT_ENCODERS)})."
+        " The models get tone-mapped SDR frames in every case. Mode copy keeps the source as it is.",
+    )
+
+    @model_validator(mode="after")
+    def _hdr_encoder(self) -> TranscodingSpec:
+        # Known from the spec alone: rejected before a run, not as every HDR clip's failure.
+        if self.mode == TranscodeMode.encode.value and self.hdr == HdrMode.keep.value \
+                and self.encoder not in TEN_BIT_ENCODERS:
+            raise ValueError(f"hdr: keep needs an encoder that writes 10-bit video ({', '.join(TEN_BIT_ENCODERS)}),"
+                             f" not {self.encoder} (or hdr: toneMap)")
+        return self
 
 
 class MotionMode(str, Enum):
