@@ -8,12 +8,14 @@ therefore redoes the videos and chunks it touched, and split deletes what they h
 
 The code's versions (ClipForge, PyAV, FFmpeg) are recorded but not matched: upgrading them
 must not redo a finished dataset of millions of videos, and the record says which versions
-made each clip for anyone who needs to select by them. Fields a record from before they were
-recorded lacks match anything, for the same reason.
+made each clip for anyone who needs to select by them. For the same reason, fields a record
+from before they were recorded lacks match anything, and a setting a later ClipForge added
+matches a record without it while this run leaves it at its default.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from clipforge.models import ModelRequirement
+from clipforge.spec import VideoCurationJobSpec, clip_settings
 from clipforge.storage import Storage, is_s3
 
 # Per-file digests of local model weights, keyed by path, size and mtime: a model of many
@@ -100,7 +103,25 @@ class Provenance:
 def matches(record: dict, settings: dict, provenance: Provenance | None, source: dict | None,
             spans: str | None = None) -> bool:
     """Whether `record` was made by what this run would make it with (see the module's doc)."""
-    if record.get("settings") != settings:
+    if not _same_settings(record.get("settings"), settings, _default_settings()):
         return False
     expected = {"source": source, "spans": spans, "models": provenance.models if provenance else None}
     return all(record.get(key, value) == value for key, value in expected.items() if value is not None)
+
+
+_UNSET = object()
+
+
+def _same_settings(recorded: object, current: object, default: object) -> bool:
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded == current
+    defaults = default if isinstance(default, dict) else {}
+    return recorded.keys() <= current.keys() and all(
+        _same_settings(recorded[key], value, defaults.get(key, _UNSET)) if key in recorded
+        else value == defaults.get(key, _UNSET)
+        for key, value in current.items())
+
+
+@functools.cache
+def _default_settings() -> dict:
+    return clip_settings(VideoCurationJobSpec(input={"uri": "-"}, output={"uri": "-"}))

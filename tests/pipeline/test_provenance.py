@@ -16,6 +16,7 @@ from clipforge import layout, provenance
 from clipforge.clip_index import read_table
 from clipforge.cli import main
 from clipforge.models import ModelRequirement
+from clipforge.spec import clip_settings
 from clipforge.stages.split import SplitStage
 from clipforge.storage import Storage, StorageError
 from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
@@ -178,3 +179,15 @@ def test_a_model_digest_follows_the_weights_content(tmp_path, monkeypatch):
     weights.write_bytes(b"\x02" * 1000)  # same size; the mtime moves with the write
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     assert provenance.model_digest(Storage(), req) not in (first, None)
+
+
+def test_a_setting_added_by_an_upgrade_redoes_nothing_while_at_its_default(make_spec):
+    spec = make_spec()
+    settings = clip_settings(spec)
+    legacy = {**settings, "transcoding": {k: v for k, v in settings["transcoding"].items() if k != "hdr"}}
+    assert provenance.matches({"settings": legacy}, settings, None, None)
+    keep = clip_settings(make_spec(transcoding={"encoder": "libx264", "hdr": "keep"}))
+    assert not provenance.matches({"settings": legacy}, keep, None, None)
+    # A setting the record has and this run does not is a difference.
+    assert not provenance.matches({"settings": {**settings, "gone": 1}}, settings, None, None)
+    assert not provenance.matches({"settings": {**settings, "clipsPerChunk": 7}}, settings, None, None)
