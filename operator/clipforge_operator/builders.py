@@ -180,19 +180,20 @@ def pinned_spec(spec: VideoCurationJobSpec) -> VideoCurationJobSpec:
     return VideoCurationJobSpec.model_validate(data)
 
 
-def job_document(job: VideoCurationJob, namespace: str) -> dict:
-    """The manifest the pipeline runs in the cluster: pinned stages, defaults spelled out."""
+def job_document(job: VideoCurationJob, namespace: str, uid: str) -> dict:
+    """The manifest the pipeline runs in the cluster: pinned stages, defaults spelled out; the uid
+    lets a retry take over its earlier attempt's claim on the output (clipforge.lease)."""
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
-        "metadata": {"name": job.metadata.name, "namespace": namespace},
+        "metadata": {"name": job.metadata.name, "namespace": namespace, "uid": uid},
         # Nothing excluded: a null that overrides a default (crf: null) must stay null.
         "spec": pinned_spec(job.spec).model_dump(by_alias=True, mode="json"),
     }
 
 
 def build_configmap(job: VideoCurationJob, namespace: str, uid: str) -> dict:
-    text = yaml.safe_dump(job_document(job, namespace), sort_keys=False)
+    text = yaml.safe_dump(job_document(job, namespace, uid), sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

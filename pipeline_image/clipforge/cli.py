@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)  # InvalidJobError before any work
     from tqdm import tqdm
 
-    from clipforge.runner import RunNotStarted, RunStats, run_job
+    from clipforge.runner import OutputLost, RunNotStarted, RunStats, run_job
 
     if _model_problems(job.spec):  # missing weights fail here, at submission, not in an actor
         return EXIT_INVALID
@@ -77,10 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite,
-                          on_video=on_video, retry_failed=args.retry_failed)
+                          on_video=on_video, retry_failed=args.retry_failed, force_unlock=args.force_unlock)
     except RunNotStarted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except OutputLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if bar is not None:
             bar.close()
@@ -211,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--executor", choices=["ray", "local"], help="override spec.execution.executor")
     run.add_argument("--overwrite", action="store_true", help="redo videos already recorded in processed_videos/")
+    run.add_argument("--force-unlock", action="store_true",
+                     help="remove every run's claim on the output first (leases/): only when the run that holds it"
+                          " is gone; two runs on one output destroy each other's clips")
     run.add_argument("--retry-failed", action="store_true",
                      help="try again the videos recorded as failed by their input (a plain rerun tries again only"
                           " those failed by the environment: storage, memory, an encoder, a killed worker)")

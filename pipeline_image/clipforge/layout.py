@@ -19,6 +19,8 @@ PENDING_CHUNKS = "pending_clip_chunks"
 EMBEDDINGS = "ce1_embd"
 PROGRESS = PROGRESS_FILE
 SUMMARY = SUMMARY_FILE
+# Claims of the runs writing this output (lease.py): one live at a time.
+LEASES = "leases"
 # Derived from the records above at the end of every run (clip_index.py, report.py): rebuildable.
 INDEX = INDEX_DIR
 CLIP_INDEX = f"{INDEX_DIR}/clips"
@@ -96,3 +98,7 @@ def chunk_record(root: str, relative_path: str, chunk_index: int) -> str:
 
 def chunk_manifest(root: str, relative_path: str, chunk_index: int) -> str:
     return join(root, PENDING_CHUNKS, f"{relative_path}_{chunk_index}.json")
+
+
+def lease_file(root: str, run_id: str) -> str:
+    return join(root, LEASES, f"{run_id}.json")

@@ -92,8 +92,8 @@ class Provenance:
     models: dict[str, str]  # "<stage>/<model>" -> model_digest
 
     @classmethod
-    def of_run(cls, storage: Storage, requirements: list[ModelRequirement]) -> Provenance:
-        return cls(run_id=new_run_id(), versions=code_versions(),
+    def of_run(cls, run_id: str, storage: Storage, requirements: list[ModelRequirement]) -> Provenance:
+        return cls(run_id=run_id, versions=code_versions(),
                    models={f"{req.stage}/{req.name}": model_digest(storage, req) for req in requirements})
 
     def fields(self) -> dict:

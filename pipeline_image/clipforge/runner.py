@@ -22,7 +22,8 @@ from typing import Any
 
 from clipforge import layout, preflight
 from clipforge.embedding_files import write_video_parquet
-from clipforge.provenance import Provenance, matches
+from clipforge.lease import RENEW_S, OutputLease, OutputLocked
+from clipforge.provenance import Provenance, matches, new_run_id
 from clipforge.report import publish
 from clipforge.spec import (
     PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts,
@@ -45,7 +46,11 @@ def _now() -> datetime:
 
 
 class RunNotStarted(Exception):
-    """Nothing ran: the output cannot be written or the inputs cannot be listed."""
+    """Nothing ran: the output cannot be written, another run holds it, or the inputs cannot be listed."""
+
+
+class OutputLost(Exception):
+    """This run's claim on its output was taken over (clipforge.lease): it must not write on."""
 
 
 @dataclass
@@ -98,11 +103,16 @@ class ProgressWriter:
         self._thread.join()
 
     def _loop(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(PROGRESS_INTERVAL_S):
             try:
-                self.run.write_progress(RunState.running, retry_seconds=0)
+                if time.monotonic() - renewed >= RENEW_S:
+                    self.run.lease.renew()
+                    renewed = time.monotonic()
+                if not self.run.lease.lost:
+                    self.run.write_progress(RunState.running, retry_seconds=0)
             except StorageError as exc:  # a storage outage must not kill the run; the next tick tries again
-                log.warning("could not write progress: %s", exc)
+                log.warning("could not write progress or renew the output's claim: %s", exc)
 
 
 def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict],
@@ -195,23 +205,25 @@ def video_record(chunks: list[VideoTask], settings: dict) -> dict:
 
 class JobRun:
     def __init__(self, job: VideoCurationJob, overwrite: bool = False, retry_failed: bool = False):
-        self.spec = job.spec
+        self.job, self.spec = job, job.spec
         self.storage = Storage.from_spec(self.spec.storage)
         self.root = self.spec.output.uri
         self.overwrite, self.retry_failed = overwrite, retry_failed
-        self.stats = RunStats()
+        self.stats = RunStats(run_id=new_run_id())
+        self.lease: OutputLease | None = None
         self.dedup: dict | None = None  # dedup's counts (or its error) once it has run
         self._progress_lock = threading.Lock()
 
-    def prepare(self) -> list[VideoTask]:
-        """Checks the output and lists the inputs: storage problems surface here, before any work,
-        after a short retry (a wrong endpoint must not look like an outage to ride out)."""
-        # The first object of a run doubles as the check that the output is writable; a
-        # throwaway probe object would leave a directory marker behind on S3.
-        self.write_progress(RunState.starting, retry_seconds=START_RETRY_S)
+    def prepare(self, force_unlock: bool = False) -> list[VideoTask]:
+        """Claims the output, checks it and lists the inputs: storage problems surface here, before
+        any work, after a short retry (a wrong endpoint must not look like an outage to ride out).
+        Raises OutputLocked when another run holds the output."""
         storage = self.storage.retrying_for(START_RETRY_S)
-        provenance = Provenance.of_run(storage, preflight.requirements(self.spec))
-        self.stats.run_id = provenance.run_id
+        # The claim, the run's first object, doubles as the check that the output is writable;
+        # a throwaway probe object would leave a directory marker behind on S3.
+        self.lease = OutputLease.acquire(storage, self.job, self.stats.run_id, force=force_unlock)
+        self.write_progress(RunState.starting, retry_seconds=START_RETRY_S)
+        provenance = Provenance.of_run(self.stats.run_id, storage, preflight.requirements(self.spec))
         tasks, self.stats.total, self.stats.skipped, earlier_failures = discover(
             self.spec, storage, self.overwrite, self.retry_failed, provenance)
         # Videos whose input failed for good stay failed in this run's counts and exit status.
@@ -221,6 +233,8 @@ class JobRun:
     def consume(self, results: Iterator[VideoTask], on_video: Callable[[RunStats], None] | None = None) -> None:
         pending: dict[str, list[VideoTask]] = {}
         for chunk in results:
+            if self.lease.lost:
+                raise OutputLost(f"this run's claim on {self.root} was taken over; it stopped writing")
             chunks = pending.setdefault(chunk.relative_path, [])
             chunks.append(chunk)
             if len(chunks) < chunk.num_chunks:
@@ -290,7 +304,7 @@ class JobRun:
 
 def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str | None = None,
             overwrite: bool = False, on_video: Callable[[RunStats], None] | None = None,
-            retry_failed: bool = False) -> RunReport:
+            retry_failed: bool = False, force_unlock: bool = False) -> RunReport:
     """Runs the job to its end state and returns its summary (written as summary.json too).
 
     `executor` overrides spec.execution.executor. Videos an earlier run recorded as failed by
@@ -299,14 +313,19 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     dedup (when enabled) runs after every video, on that Ray. `on_video` is told the counts
     after the inputs are listed and after each video.
 
-    Raises RunNotStarted when the output or the inputs cannot be reached. Anything raised later
-    ends the run as failed, with its summary written, and propagates.
+    Raises RunNotStarted when the output or the inputs cannot be reached, or another run holds
+    the output (clipforge.lease; `force_unlock` removes every claim first). Anything raised later
+    ends the run as failed, with its summary written, and propagates; OutputLost when another
+    run took the output over, after which this one writes nothing more there.
     """
     spec = job.spec
     run = JobRun(job, overwrite=overwrite, retry_failed=retry_failed)
     try:
-        tasks = run.prepare()
-    except StorageError as exc:
+        tasks = run.prepare(force_unlock)
+    except (StorageError, OutputLocked) as exc:
+        if run.lease is not None:
+            with contextlib.suppress(StorageError):
+                run.lease.release()
         raise RunNotStarted(str(exc)) from exc
     if on_video is not None:
         on_video(run.stats)
@@ -334,10 +353,16 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
                     if "error" in run.dedup:
                         state = RunState.failed
         finally:
-            try:
-                summary = run.summary(state, reason, message)
-            finally:  # progress.json never stays at `running`, even when summary.json cannot be written
-                run.write_progress(state)
+            if not run.lease.lost:  # else the output is another run's now
+                try:
+                    summary = run.summary(state, reason, message)
+                finally:  # progress.json never stays at `running`, even when summary.json cannot be written
+                    try:
+                        run.write_progress(state)
+                    finally:
+                        run.lease.release()
+    if run.lease.lost:
+        raise OutputLost(f"this run's claim on {run.root} was taken over; it stopped writing")
     return summary
 
 

@@ -213,8 +213,8 @@ def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_
     from duckdb_extension_httpfs import __file__ as httpfs_package
 
     client = s3_server.client()
-    upload(client, curated / "metas", s3_bucket, "out/metas")
-    upload(client, curated / "processed_videos", s3_bucket, "out/processed_videos")
+    for part in ("metas", "processed_clip_chunks", "processed_videos"):
+        upload(client, curated / part, s3_bucket, f"out/{part}")
     output = f"s3://{s3_bucket}/out"
     assert main(["report", output, "--endpoint", s3_server.endpoint]) == 0
 

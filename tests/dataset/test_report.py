@@ -134,7 +134,7 @@ def test_the_same_output_gives_the_same_report_and_a_smaller_one_drops_stale_pag
 def test_report_served_from_an_s3_bucket(curated, s3_server, s3_bucket, s3_env, upload, tmp_path):
     """The output in a bucket, read anonymously over HTTP as a bucket website would serve it."""
     client = s3_server.client()
-    for part in ("metas", "processed_videos", "previews", "clips", "filtered_clips"):
+    for part in ("metas", "processed_clip_chunks", "processed_videos", "previews", "clips", "filtered_clips"):
         upload(client, curated / part, s3_bucket, f"out/{part}")
     assert main(["report", f"s3://{s3_bucket}/out", "--endpoint", s3_server.endpoint]) == 0
     head = client.head_object(Bucket=s3_bucket, Key="out/report/index.html")

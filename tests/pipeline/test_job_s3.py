@@ -93,7 +93,7 @@ def test_unreachable_storage_fails_fast_naming_the_output(tmp_path):
            "AWS_EC2_METADATA_DISABLED": "true"}
     result = run(job, env)
     assert result.returncode == 2
-    assert "cannot write s3://bucket/out/progress.json" in result.stderr
+    assert "cannot write s3://bucket/out/leases/" in result.stderr  # its claim: the first object a run writes
     assert "not-a-real-secret-value" not in result.stdout + result.stderr
 
 
