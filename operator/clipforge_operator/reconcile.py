@@ -381,7 +381,8 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         return _commit(ctx, namespace, name, st)
 
     # Failed on its inputs: a retry would fail the same way.
-    if outcome is not None and outcome.state == RunState.failed and outcome.reason in FAILED_ON_INPUTS:
+    if outcome is not None and outcome.state in (RunState.failed, RunState.no_input) \
+            and outcome.reason in FAILED_ON_INPUTS:
         _fail(st, outcome.reason, outcome.message)
         return _commit(ctx, namespace, name, st)
 

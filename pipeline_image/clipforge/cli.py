@@ -13,7 +13,7 @@ from clipforge.spec import InvalidJobError, RunReport, RunState, load_job
 # Exit statuses of `clipforge run` (README: "Exit statuses"). 3: every video was processed and
 # the failed ones are within execution.failures' limits; 1: the job failed (too many failed
 # videos, dedup, or an error of the run itself).
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_COMPLETED_WITH_FAILURES, EXIT_NO_INPUT = 0, 1, 2, 3, 4
 
 
 def _format_summary(summary: RunReport) -> str:
@@ -21,7 +21,8 @@ def _format_summary(summary: RunReport) -> str:
     hours = summary.video_seconds_processed / 3600
     lines = [
         f"videos: {videos.total} total, {videos.done - videos.skipped} curated, "
-        f"{videos.skipped} already done, {videos.failed} failed",
+        f"{videos.skipped} already done, {videos.failed} failed"
+        + (f" ({videos.unmatched} other files matched no pattern)" if videos.unmatched else ""),
         f"clips: {clips.passed} passed, {clips.filtered} filtered, {clips.failed} failed",
         f"input: {hours:.3f} h of video in {summary.elapsed_seconds:.1f} s: "
         f"{summary.throughput_video_seconds_per_second:.2f} video-s/s, {summary.clips_per_second:.2f} clips/s",
@@ -34,7 +35,10 @@ def _format_summary(summary: RunReport) -> str:
                 " (recorded by an earlier run; --retry-failed tries it again)" if failure.earlier else "")
         lines.append(f"FAILED {failure.video}{note}: {reasons}")
     if summary.state == RunState.completed_with_failures:
-        lines.append(f"completed with failures: {videos.failed} of {videos.total} videos failed")
+        lines.append(f"completed with failures: {videos.failed} of {videos.total} videos,"
+                     f" {clips.failed} clips failed")
+    elif summary.state == RunState.no_input:
+        lines.append(f"nothing to curate: {summary.message}")
     elif summary.reason:
         lines.append(f"job failed: {summary.message}")
     lines.append(f"output: {summary.output}")
@@ -90,8 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.dedup and "error" in summary.dedup:
         print(f"error: dedup: {summary.dedup['error']}", file=sys.stderr)
     print(_format_summary(summary))
-    return {RunState.succeeded: EXIT_OK, RunState.completed_with_failures: EXIT_COMPLETED_WITH_FAILURES}.get(
-        summary.state, EXIT_FAILED)
+    return {RunState.succeeded: EXIT_OK, RunState.completed_with_failures: EXIT_COMPLETED_WITH_FAILURES,
+            RunState.no_input: EXIT_NO_INPUT}.get(summary.state, EXIT_FAILED)
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from clipforge.lease import RENEW_S, OutputLease, OutputLocked
 from clipforge.provenance import Provenance, matches, new_run_id
 from clipforge.report import publish
 from clipforge.spec import (
-    PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts,
+    NO_INPUT_VIDEOS, PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts,
     FailuresSpec, RunReport, RunState, VideoCounts, VideoCurationJob, VideoCurationJobSpec, VideoFailure,
     clip_settings, stage_enabled,
 )
@@ -57,6 +57,7 @@ class OutputLost(Exception):
 class RunStats:
     total: int = 0
     skipped: int = 0
+    unmatched: int = 0  # files under the input that no pattern matched
     done: int = 0
     failed: int = 0
     clips_passed: int = 0
@@ -76,7 +77,7 @@ class RunStats:
             updated_at=_now(),
             elapsed_seconds=round(elapsed, 3),
             videos=VideoCounts(total=self.total, done=self.done + self.skipped, failed=self.failed,
-                               skipped=self.skipped),
+                               skipped=self.skipped, unmatched=self.unmatched),
             clips=ClipCounts(passed=self.clips_passed, filtered=self.clips_filtered, failed=self.clips_failed),
             video_seconds_processed=round(self.video_seconds, 3),
             throughput_video_seconds_per_second=round(self.video_seconds / elapsed, 4) if elapsed else 0.0,
@@ -160,10 +161,18 @@ def source_version(listed: Listed) -> dict:
     return {"size": listed.size, "mtime": listed.mtime}
 
 
+@dataclass
+class Discovered:
+    tasks: list[VideoTask]  # to run
+    total: int  # inputs
+    skipped: int  # inputs an earlier run finished
+    unmatched: int  # files no pattern matched
+    earlier_failures: list[VideoFailure]  # the skipped inputs that failed for good
+
+
 def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retry_failed: bool,
-             provenance: Provenance | None = None) -> tuple[list[VideoTask], int, int, list[VideoFailure]]:
-    """(tasks to run, total inputs, inputs skipped as already processed, the skipped ones' final failures)."""
-    inputs = storage.list_files(spec.input.uri, spec.input.patterns)
+             provenance: Provenance | None = None) -> Discovered:
+    inputs, unmatched = storage.list_matching(spec.input.uri, spec.input.patterns)
     if spec.input.limit:
         inputs = inputs[: spec.input.limit]
     versions = {listed.relative: source_version(listed) for listed in inputs}
@@ -172,7 +181,7 @@ def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retr
     tasks = [VideoTask(source=listed.uri, relative_path=listed.relative, source_version=versions[listed.relative],
                        provenance=provenance, redo=overwrite) for listed in inputs if listed.relative not in done]
     failed = [failure for rel, failure in sorted(done.items()) if failure is not None]
-    return tasks, len(inputs), len(inputs) - len(tasks) - len(failed), failed
+    return Discovered(tasks, len(inputs), len(inputs) - len(tasks) - len(failed), unmatched, failed)
 
 
 def video_record(chunks: list[VideoTask], settings: dict) -> dict:
@@ -224,11 +233,19 @@ class JobRun:
         self.lease = OutputLease.acquire(storage, self.job, self.stats.run_id, force=force_unlock)
         self.write_progress(RunState.starting, retry_seconds=START_RETRY_S)
         provenance = Provenance.of_run(self.stats.run_id, storage, preflight.requirements(self.spec))
-        tasks, self.stats.total, self.stats.skipped, earlier_failures = discover(
-            self.spec, storage, self.overwrite, self.retry_failed, provenance)
+        found = discover(self.spec, storage, self.overwrite, self.retry_failed, provenance)
+        self.stats.total, self.stats.skipped, self.stats.unmatched = found.total, found.skipped, found.unmatched
         # Videos whose input failed for good stay failed in this run's counts and exit status.
-        self.stats.failed, self.stats.failures = len(earlier_failures), earlier_failures
-        return tasks
+        self.stats.failed, self.stats.failures = len(found.earlier_failures), found.earlier_failures
+        return found.tasks
+
+    def no_input(self) -> str | None:
+        """Why there is nothing to curate, naming the input and patterns; None when there is."""
+        if self.stats.total:
+            return None
+        patterns = ", ".join(self.spec.input.patterns)
+        found = f"{self.stats.unmatched} files, none matching" if self.stats.unmatched else "no file matching"
+        return f"input {self.spec.input.uri} holds {found} input.patterns ({patterns})"
 
     def consume(self, results: Iterator[VideoTask], on_video: Callable[[RunStats], None] | None = None) -> None:
         pending: dict[str, list[VideoTask]] = {}
@@ -308,17 +325,17 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     """Runs the job to its end state and returns its summary (written as summary.json too).
 
     `executor` overrides spec.execution.executor. Videos an earlier run recorded as failed by
-    their input are not tried again unless `retry_failed` (clipforge.failures). The Ray executor joins `ray_address`, or a Ray
-    this process has joined, or starts a private local Ray for the run and stops it at the end;
+    their input are not tried again unless `retry_failed` (clipforge.failures). The Ray
+    executor joins `ray_address`, or a Ray this process has joined, or starts a private local Ray for the run and stops it at the end;
     dedup (when enabled) runs after every video, on that Ray. `on_video` is told the counts
     after the inputs are listed and after each video.
 
     Raises RunNotStarted when the output or the inputs cannot be reached, or another run holds
     the output (clipforge.lease; `force_unlock` removes every claim first). Anything raised later
     ends the run as failed, with its summary written, and propagates; OutputLost when another
-    run took the output over, after which this one writes nothing more there.
+    run took the output over, after which this one writes nothing more there. An input that
+    matches no file ends the run in state no-input.
     """
-    spec = job.spec
     run = JobRun(job, overwrite=overwrite, retry_failed=retry_failed)
     try:
         tasks = run.prepare(force_unlock)
@@ -332,26 +349,12 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     state, reason, message = RunState.failed, None, None
     with contextlib.ExitStack() as ray:  # Ray, when the run starts its own, stops after the summary
         try:
-            with ProgressWriter(run):
-                stages = pipeline_stages(spec)
-                if (executor or spec.execution.executor) == "local":
-                    from clipforge.executors.local import run_local
-
-                    results = run_local(spec, tasks, stages)
-                else:
-                    from clipforge.executors.ray_data import ray_session, run_ray
-
-                    ray.enter_context(ray_session(spec, ray_address))
-                    results = run_ray(spec, tasks, stages)
-                if tasks:
-                    run.consume(results, on_video)
-                reason, message = run.too_many_failures() or (None, None)
-                state = (RunState.failed if reason else RunState.completed_with_failures
-                         if run.stats.failed or run.stats.clips_failed else RunState.succeeded)
-                if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
-                    run.deduplicate()
-                    if "error" in run.dedup:
-                        state = RunState.failed
+            nothing = run.no_input()
+            if nothing:
+                state, reason, message = RunState.no_input, NO_INPUT_VIDEOS, nothing
+            else:
+                with ProgressWriter(run):
+                    state, reason, message = _execute(run, tasks, executor, ray_address, ray, on_video)
         finally:
             if not run.lease.lost:  # else the output is another run's now
                 try:
@@ -364,6 +367,33 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     if run.lease.lost:
         raise OutputLost(f"this run's claim on {run.root} was taken over; it stopped writing")
     return summary
+
+
+def _execute(run: JobRun, tasks: list[VideoTask], executor: str | None, ray_address: str | None,
+             ray: contextlib.ExitStack, on_video: Callable[[RunStats], None] | None
+             ) -> tuple[RunState, str | None, str | None]:
+    """The pipeline over `tasks`, then dedup: the run's end (state, reason, message)."""
+    spec = run.spec
+    stages = pipeline_stages(spec)
+    if (executor or spec.execution.executor) == "local":
+        from clipforge.executors.local import run_local
+
+        results = run_local(spec, tasks, stages)
+    else:
+        from clipforge.executors.ray_data import ray_session, run_ray
+
+        ray.enter_context(ray_session(spec, ray_address))
+        results = run_ray(spec, tasks, stages)
+    if tasks:
+        run.consume(results, on_video)
+    reason, message = run.too_many_failures() or (None, None)
+    state = (RunState.failed if reason else RunState.completed_with_failures
+             if run.stats.failed or run.stats.clips_failed else RunState.succeeded)
+    if spec.dedup.enabled:  # after every video, on the Ray the run used (if any)
+        run.deduplicate()
+        if "error" in run.dedup:
+            state = RunState.failed
+    return state, reason, message
 
 
 def dedup_job(job: VideoCurationJob, ray_address: str | None = None) -> dict:

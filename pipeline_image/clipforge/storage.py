@@ -145,10 +145,14 @@ class Storage:
                 delay = min(2 * delay, RETRY_MAX_DELAY_S)
 
     def list_files(self, root: str, patterns: list[str], missing_ok: bool = False) -> list[Listed]:
-        """The files under root matching any pattern, sorted by relative path.
+        """The files under root matching any pattern (case-insensitively), sorted by relative path.
 
         missing_ok: a root that does not exist (nothing written there yet) lists as empty.
         """
+        return self.list_matching(root, patterns, missing_ok)[0]
+
+    def list_matching(self, root: str, patterns: list[str], missing_ok: bool = False) -> tuple[list[Listed], int]:
+        """list_files(), and how many files under root no pattern matched."""
         fs, path = self.resolve(root)
 
         def listing() -> tuple[list[pafs.FileInfo], str] | None:
@@ -162,21 +166,24 @@ class Storage:
         listed = self.retry(listing, f"cannot list input {root}")
         if listed is None:
             if missing_ok:
-                return []
+                return [], 0
             raise StorageError(f"input {root} does not exist", missing=True)
         infos, base = listed
-        found = []
+        # Case-insensitive: cameras and phones write IMG_0001.MOV and CLIP.MP4.
+        lowered = [p.lower() for p in patterns]
+        found, unmatched = [], 0
         for entry in infos:
             if entry.type != pafs.FileType.File:
                 continue
-            if not any(fnmatch.fnmatch(entry.base_name, p) for p in patterns):
+            if not any(fnmatch.fnmatchcase(entry.base_name.lower(), p) for p in lowered):
+                unmatched += 1
                 continue
             rel = posixpath.relpath(entry.path, base) if is_s3(root) else os.path.relpath(entry.path, base)
             uri = f"s3://{entry.path}" if is_s3(root) else entry.path
             # To the second: S3 lists milliseconds but HEAD (a single object's listing) says seconds.
             mtime = entry.mtime.astimezone(timezone.utc).replace(microsecond=0).isoformat() if entry.mtime else ""
             found.append(Listed(uri, rel.replace(os.sep, "/"), entry.size, mtime))
-        return sorted(found, key=lambda f: f.relative)
+        return sorted(found, key=lambda f: f.relative), unmatched
 
     def open_read(self, uri: str) -> io.BufferedReader:
         """A seekable, buffered reader; decoders read through it without loading the whole object.

@@ -174,7 +174,7 @@ def test_the_video_is_recorded_as_failed_because_its_worker_died(stack, run):
     errors = {STAGE: f"gave up after {TASK_RETRIES + 1} attempts: {WORKER_DIED}"}
     summary = read_json("out/summary.json")
     assert summary["state"] == "completed-with-failures"
-    assert summary["videos"] == {"total": 3, "done": 2, "failed": 1, "skipped": 0}
+    assert summary["videos"] == {"total": 3, "done": 2, "failed": 1, "skipped": 0, "unmatched": 0}
     # A worker out of memory is the environment's failure: every rerun tries the video again.
     assert summary["failures"] == [{"video": f"s3://{run.bucket}/raw/{OVERSIZED}", "errors": errors,
                                     "retryable": True, "earlier": False}]

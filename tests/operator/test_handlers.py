@@ -870,6 +870,29 @@ def test_more_failed_videos_than_the_spec_allows_fail_the_job_without_retries(h:
     assert h.kube.count("create_rayjob") == 1 and "AttemptFailed" not in h.reasons()
 
 
+@pytest.mark.parametrize(("state", "reason", "message", "code"), [
+    ("failed", "TooManyClipsFailed", "40 of 60 clips failed, more than execution.failures.maxFailedFraction (0.5)", 1),
+    ("no-input", "NoInputVideos", "input s3://raw/ holds 3 files, none matching input.patterns (*.mp4)", 4),
+])
+def test_runs_that_failed_on_their_inputs_fail_the_job_without_retries(h: Harness, state, reason, message, code):
+    drive_to_running(h)
+    report_failed_videos(h, state, [], reason=reason, message=message)
+    exit_status(h, code)
+    assert h.status["phase"] == "Failed" and h.status["retries"] == 0
+    failed = h.condition("Failed")
+    assert failed["reason"] == reason and failed["message"] == message
+    assert h.kube.count("create_rayjob") == 1 and "AttemptFailed" not in h.reasons()
+
+
+def test_a_run_completed_with_failed_clips_only_says_so(h: Harness):
+    drive_to_running(h)
+    report_failed_videos(h, "completed-with-failures", [], clips={"passed": 8, "filtered": 0, "failed": 2})
+    exit_status(h, 3)
+    condition = h.condition("CompletedWithFailures")
+    assert h.status["phase"] == "Succeeded"
+    assert condition["reason"] == "ClipsFailed" and condition["message"].startswith("2 of 10 clips failed")
+
+
 def test_infrastructure_failures_keep_their_retries(h: Harness):
     # An earlier run's summary (written before this attempt started) says nothing about this one.
     report_failed_videos(h, "completed-with-failures", ["a.mp4"])

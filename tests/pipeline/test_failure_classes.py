@@ -51,7 +51,7 @@ def test_a_corrupt_file_fails_for_good_until_it_changes_or_retry_failed(tmp_path
     assert run(tmp_path, inputs, out) == EXIT_COMPLETED_WITH_FAILURES
     assert (out / "processed_videos" / "corrupt.mp4.json").stat().st_mtime_ns == written
     summary = load_json(out / "summary.json")
-    assert summary["videos"] == {"total": 2, "done": 1, "failed": 1, "skipped": 1}
+    assert summary["videos"] == {"total": 2, "done": 1, "failed": 1, "skipped": 1, "unmatched": 0}
     assert [(f["video"], f["earlier"], f["retryable"]) for f in summary["failures"]] == [
         (str(inputs / "corrupt.mp4"), True, False)]
     assert "(recorded by an earlier run; --retry-failed tries it again)" in capsys.readouterr().out
@@ -119,7 +119,7 @@ def test_a_lasting_storage_fault_fails_the_video_retryable_and_a_rerun_redoes_it
 
     monkeypatch.undo()
     assert run(tmp_path, inputs, out) == EXIT_OK
-    assert load_json(out / "summary.json")["videos"] == {"total": 2, "done": 2, "failed": 0, "skipped": 0}
+    assert load_json(out / "summary.json")["videos"] == {"total": 2, "done": 2, "failed": 0, "skipped": 0, "unmatched": 0}
 
 
 def test_an_encoder_that_cannot_open_is_the_environments_failure(tmp_path, inputs):

@@ -32,12 +32,12 @@ def test_failed_videos_within_the_limits_complete_the_run_with_failures(tmp_path
     assert run_local(tmp_path, one_broken_of_three, out) == 3
     summary = load_json(out / "summary.json")
     assert summary["state"] == "completed-with-failures" and "reason" not in summary
-    assert summary["videos"] == {"total": 3, "done": 2, "failed": 1, "skipped": 0}
+    assert summary["videos"] == {"total": 3, "done": 2, "failed": 1, "skipped": 0, "unmatched": 0}
     assert [Path(f["video"]).name for f in summary["failures"]] == ["broken.mp4"]
     assert load_json(out / "progress.json")["state"] == "completed-with-failures"
     printed = capsys.readouterr().out
     assert f"FAILED {one_broken_of_three / 'broken.mp4'}: probe:" in printed
-    assert "completed with failures: 1 of 3 videos failed" in printed
+    assert "completed with failures: 1 of 3 videos, 0 clips failed" in printed
 
 
 @pytest.mark.parametrize("limits", [{"maxFailedVideos": 0}, {"maxFailedFraction": 0.2}])
@@ -76,7 +76,7 @@ def test_a_video_that_kills_its_worker_and_one_that_hangs_fail_alone(tmp_path, s
 
     summary = load_json(out / "summary.json")
     assert summary["state"] == "completed-with-failures"
-    assert summary["videos"] == {"total": 4, "done": 2, "failed": 2, "skipped": 0}
+    assert summary["videos"] == {"total": 4, "done": 2, "failed": 2, "skipped": 0, "unmatched": 0}
     failures = {Path(f["video"]).name: f["errors"] for f in summary["failures"]}
     assert set(failures) == {"crash.mp4", "hang.mp4"}
     assert failures["crash.mp4"] == {

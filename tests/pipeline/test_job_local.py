@@ -62,7 +62,7 @@ def test_local_job_writes_the_dataset_layout(tmp_path, samples_dir):
 
     summary = load_json(out / "summary.json")
     assert summary["state"] == "succeeded"
-    assert summary["videos"] == {"total": 2, "done": 2, "failed": 0, "skipped": 0}
+    assert summary["videos"] == {"total": 2, "done": 2, "failed": 0, "skipped": 0, "unmatched": 1}
     assert summary["clips"] == {"passed": 3, "filtered": 1, "failed": 0}
     assert summary["videoSecondsProcessed"] == pytest.approx(21.0, abs=0.1)
     assert load_json(out / "progress.json")["state"] == "succeeded"
@@ -192,7 +192,7 @@ def test_failed_videos_are_retried_on_rerun(tmp_path, samples_dir):
     # The upload finishes later: a rerun picks the video up instead of skipping its failure.
     (inputs / "late.mp4").write_bytes((samples_dir / "moving_then_static.mp4").read_bytes())
     assert run_job(tmp_path, str(inputs), out) == 0
-    assert load_json(out / "summary.json")["videos"] == {"total": 1, "done": 1, "failed": 0, "skipped": 0}
+    assert load_json(out / "summary.json")["videos"] == {"total": 1, "done": 1, "failed": 0, "skipped": 0, "unmatched": 0}
 
 
 def test_missing_input_prefix_is_an_error_naming_it(tmp_path, capsys):

@@ -83,7 +83,7 @@ def test_s3_job_reads_and_writes_buckets_with_the_local_layout(tmp_path, s3_serv
         frames, codec, _, _ = decode_clip(body)
         assert frames == meta["num_frames"] and codec == "h264"
     summary = json.loads(client.get_object(Bucket=s3_bucket, Key="curated/summary.json")["Body"].read())
-    assert summary["videos"] == {"total": 2, "done": 2, "failed": 0, "skipped": 0}
+    assert summary["videos"] == {"total": 2, "done": 2, "failed": 0, "skipped": 0, "unmatched": 0}
 
 
 def test_unreachable_storage_fails_fast_naming_the_output(tmp_path):

@@ -99,7 +99,7 @@ def test_a_run_completes_through_a_gateway_outage_losing_nothing(tmp_path, gatew
     written = objects(client, bucket, "out/")
     summary = json.loads(written["summary.json"])
     assert summary["state"] == "succeeded" and summary["failures"] == []
-    assert summary["videos"] == {"total": 3, "done": 3, "failed": 0, "skipped": 0}
+    assert summary["videos"] == {"total": 3, "done": 3, "failed": 0, "skipped": 0, "unmatched": 0}
     assert json.loads(written["progress.json"])["state"] == "succeeded"
     for key, body in written.items():
         if key.startswith("processed_videos/"):

@@ -24,7 +24,7 @@ PROGRESS_INTERVAL_S = 5.0
 
 
 class RunState(StrEnum):
-    """A run's `state`. The CLI's exit status follows the last three, and the operator reads them
+    """A run's `state`. The CLI's exit status follows the last four, and the operator reads them
     to tell a run whose inputs failed from one whose infrastructure did."""
 
     starting = "starting"  # checking the output and listing the inputs
@@ -33,6 +33,8 @@ class RunState(StrEnum):
     # Every video was processed and the failed videos and clips are within execution.failures' limits.
     completed_with_failures = "completed-with-failures"
     failed = "failed"
+    # The input matched no file: nothing to curate, which is never a success (a wrong path or pattern).
+    no_input = "no-input"
 
 
 # summary.json's `reason` when a run failed because of its inputs: a retry would fail the same way.
@@ -42,8 +44,10 @@ TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
 TOO_MANY_VIDEOS_FAILED_RETRYABLE = "TooManyVideosFailedRetryable"
 # ... and when more of the clips made than execution.failures.maxFailedFraction failed (the input's).
 TOO_MANY_CLIPS_FAILED = "TooManyClipsFailed"
+# summary.json's `reason` for the state no-input.
+NO_INPUT_VIDEOS = "NoInputVideos"
 # The reasons of a run that failed on its inputs: the operator fails the job without retries.
-FAILED_ON_INPUTS = (TOO_MANY_VIDEOS_FAILED, TOO_MANY_CLIPS_FAILED)
+FAILED_ON_INPUTS = (TOO_MANY_VIDEOS_FAILED, TOO_MANY_CLIPS_FAILED, NO_INPUT_VIDEOS)
 
 
 class ReportModel(BaseModel):
@@ -56,6 +60,7 @@ class VideoCounts(ReportModel):
     done: int = Field(0, ge=0, description="Videos finished, including those skipped as done by an earlier run.")
     failed: int = Field(0, ge=0, description="Videos that failed in at least one stage.")
     skipped: int = Field(0, ge=0, description="Videos an earlier run had finished under the same settings.")
+    unmatched: int = Field(0, ge=0, description="Files under the input that no pattern matched: not taken as videos.")
 
 
 class ClipCounts(ReportModel):

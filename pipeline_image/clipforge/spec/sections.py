@@ -17,7 +17,7 @@ class InputSpec(SpecModel):
     )
     patterns: list[str] = _f(
         ["*.mp4", "*.mov", "*.mkv", "*.webm", "*.avi", "*.m4v"],
-        "Glob patterns (matched against the file name) of the files to curate.",
+        "Glob patterns (matched against the file name, ignoring case) of the files to curate.",
         min_length=1,
     )
     limit: int = _f(0, "Curate at most this many videos (in sorted path order); 0 means all.", ge=0)
