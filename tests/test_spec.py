@@ -42,7 +42,7 @@ def test_every_problem_is_listed_by_field_path():
     with pytest.raises(InvalidJobError) as info:
         parse_job(document, "job.yaml")
     message = str(info.value)
-    for path in ("spec.input.uri", "spec.splitting.algorithm", "spec.previews.fps", "spec.execution.stages.write", "spec.typo"):
+    for path in ("spec.input: Value error, give one of input.uri", "spec.splitting.algorithm", "spec.previews.fps", "spec.execution.stages.write", "spec.typo"):
         assert path in message
     assert message.startswith("job.yaml: invalid VideoCurationJob")
 

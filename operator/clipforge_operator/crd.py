@@ -35,6 +35,7 @@ _KEPT = {
     "type", "description", "enum", "format", "pattern", "minimum", "maximum", "minLength", "maxLength",
     "minItems", "maxItems", "uniqueItems", "multipleOf", "required", "default", "nullable",
     "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
+    "oneOf",  # of `required` lists only (one of two fields): value validation, allowed in structural schemas
 }
 # Keys dropped on purpose: documentation-only or not allowed in structural schemas.
 _DROPPED = {"title", "examples", "discriminator"}
@@ -121,7 +122,7 @@ def _convert(node: dict, defs: dict, where: str) -> dict:
 _ORDER = [
     "type", "description", "nullable", "format", "enum", "default", "minimum", "exclusiveMinimum", "maximum",
     "exclusiveMaximum", "multipleOf", "minLength", "maxLength", "pattern", "minItems", "maxItems", "uniqueItems",
-    "x-kubernetes-int-or-string", "anyOf", "x-kubernetes-preserve-unknown-fields", "required", "items",
+    "x-kubernetes-int-or-string", "anyOf", "x-kubernetes-preserve-unknown-fields", "required", "oneOf", "items",
     "additionalProperties", "properties",
 ]
 

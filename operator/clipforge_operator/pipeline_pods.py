@@ -88,7 +88,8 @@ def unmounted_paths(spec: VideoCurationJobSpec) -> list[str]:
     cluster = spec.cluster
     volumes = {v.name: v for v in cluster.volumes}
     problems = []
-    for field, path, writes in (("spec.input.uri", spec.input.uri, False), ("spec.output.uri", spec.output.uri, True)):
+    source = ("spec.input.manifest", spec.input.manifest) if spec.input.manifest else ("spec.input.uri", spec.input.uri)
+    for field, path, writes in ((*source, False), ("spec.output.uri", spec.output.uri, True)):
         if path.startswith("s3://"):
             continue
         where = f"{field}: {path} is a local path"

@@ -42,6 +42,7 @@ CLIP_SCHEMA = pa.schema([
     ("status", pa.string()),  # derived: passed | filtered | failed
     ("duration_s", pa.float64()),  # derived: duration_span[1] - duration_span[0]
     ("source_video", pa.string()),
+    ("input_columns", pa.string()),  # the video's input.manifest row's other columns, JSON text
     ("duration_span", pa.list_(pa.float64())),
     ("span_frames", pa.list_(pa.int64())),
     ("keyframe_aligned", pa.bool_()),
@@ -81,6 +82,7 @@ CLIP_SCHEMA = pa.schema([
 VIDEO_SCHEMA = pa.schema([
     ("video", pa.string()),
     ("relative_path", pa.string()),
+    ("input_columns", pa.string()),
     ("metadata", pa.struct([
         ("container", pa.string()),
         ("size_bytes", pa.int64()),

@@ -22,6 +22,7 @@ from typing import Any
 
 from clipforge import layout, preflight
 from clipforge.embedding_files import write_video_parquet
+from clipforge.input_manifest import ManifestEntry, ManifestError, read_manifest
 from clipforge.lease import RENEW_S, OutputLease, OutputLocked
 from clipforge.provenance import Provenance, matches, new_run_id
 from clipforge.report import publish
@@ -116,7 +117,7 @@ class ProgressWriter:
                 log.warning("could not write progress or renew the output's claim: %s", exc)
 
 
-def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict],
+def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict | None],
                      provenance: Provenance | None = None, retry_failed: bool = False
                      ) -> dict[str, VideoFailure | None]:
     """The videos an earlier run finished under root, made as this run would make them
@@ -172,14 +173,19 @@ class Discovered:
 
 def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retry_failed: bool,
              provenance: Provenance | None = None) -> Discovered:
-    inputs, unmatched = storage.list_matching(spec.input.uri, spec.input.patterns)
+    if spec.input.manifest:
+        inputs, unmatched = read_manifest(storage, spec.input.manifest), 0
+    else:
+        listed, unmatched = storage.list_matching(spec.input.uri, spec.input.patterns)
+        inputs = [ManifestEntry(f.uri, f.relative, source_version(f), None) for f in listed]
     if spec.input.limit:
         inputs = inputs[: spec.input.limit]
-    versions = {listed.relative: source_version(listed) for listed in inputs}
+    versions = {entry.relative: entry.version for entry in inputs}
     done = {} if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec), versions, provenance,
                                                  retry_failed)
-    tasks = [VideoTask(source=listed.uri, relative_path=listed.relative, source_version=versions[listed.relative],
-                       provenance=provenance, redo=overwrite) for listed in inputs if listed.relative not in done]
+    tasks = [VideoTask(source=entry.uri, relative_path=entry.relative, source_version=entry.version,
+                       input_columns=entry.columns, provenance=provenance, redo=overwrite)
+             for entry in inputs if entry.relative not in done]
     failed = [failure for rel, failure in sorted(done.items()) if failure is not None]
     return Discovered(tasks, len(inputs), len(inputs) - len(tasks) - len(failed), unmatched, failed)
 
@@ -197,6 +203,7 @@ def video_record(chunks: list[VideoTask], settings: dict) -> dict:
         "source": first.source_version,  # a rerun redoes the video when its source has changed
         "retryable": any(c.retryable for c in chunks),
         "relative_path": first.relative_path,
+        "input_columns": first.input_columns,
         "metadata": meta.to_json() if meta else None,
         "split_algorithm": first.split_algorithm,
         "num_chunks": first.num_chunks,
@@ -245,6 +252,8 @@ class JobRun:
             return None
         patterns = ", ".join(self.spec.input.patterns)
         found = f"{self.stats.unmatched} files, none matching" if self.stats.unmatched else "no file matching"
+        if self.spec.input.manifest:
+            return f"input.manifest {self.spec.input.manifest} names no video"
         return f"input {self.spec.input.uri} holds {found} input.patterns ({patterns})"
 
     def consume(self, results: Iterator[VideoTask], on_video: Callable[[RunStats], None] | None = None) -> None:
@@ -339,7 +348,7 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     run = JobRun(job, overwrite=overwrite, retry_failed=retry_failed)
     try:
         tasks = run.prepare(force_unlock)
-    except (StorageError, OutputLocked) as exc:
+    except (StorageError, OutputLocked, ManifestError) as exc:
         if run.lease is not None:
             with contextlib.suppress(StorageError):
                 run.lease.release()

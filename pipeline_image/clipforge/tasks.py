@@ -101,6 +101,7 @@ class VideoTask:
     relative_path: str  # path below the input root; names its processed_videos/ record
     source_version: dict | None = None  # the source's size and mtime when listed (runner.source_version)
     provenance: Provenance | None = None  # the run's, for the records (clipforge.provenance)
+    input_columns: str | None = None  # its input.manifest row's other columns, JSON text (input_manifest.py)
     meta: VideoMeta | None = None
     # stage name -> message; a video with errors skips the remaining work and is reported failed.
     errors: dict[str, str] = field(default_factory=dict)

@@ -3,9 +3,18 @@ matches nothing is never a success."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from clipforge import layout
 from clipforge.cli import main
+from clipforge.clip_index import read_table
+from clipforge.spec import InputSpec
+from clipforge.storage import Storage
+from pydantic import ValidationError
 from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
 
 EXIT_OK, EXIT_NO_INPUT = 0, 4
@@ -47,3 +56,47 @@ def test_an_input_that_matches_nothing_is_its_own_end_state(tmp_path, capsys):
     (inputs / "readme.txt").unlink()
     assert run(tmp_path, inputs) == EXIT_NO_INPUT
     assert "holds no file matching input.patterns" in load_json(out / "summary.json")["message"]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl"])
+def test_a_manifest_names_the_videos_and_its_columns_reach_the_index(tmp_path, samples_dir, kind):
+    videos = tmp_path / "anywhere"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(samples_dir / "moving_then_static.mp4", videos / name)
+    rows = [{"uri": str(videos / "a.mp4"), "licence": "cc-by", "shot": 1},
+            {"uri": str(videos / "b.mp4"), "licence": "cc0", "shot": 2}]
+    path = tmp_path / f"videos.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif kind == "csv":
+        path.write_text("uri,licence,shot\n" + "".join(f"{r['uri']},{r['licence']},{r['shot']}\n" for r in rows))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    document = manifest(str(videos), str(out), splitting=FIVE_SECOND_CLIPS, execution={"executor": "local"})
+    document["spec"]["input"] = {"manifest": str(path)}
+    assert main(["run", str(write_manifest(tmp_path / "job.yaml", document)), "--no-progress"]) == EXIT_OK
+    # Records are named after the URI without its scheme.
+    record = load_json(out / "processed_videos" / f"{str(videos / 'b.mp4').lstrip('/')}.json")
+    assert json.loads(record["input_columns"]) == {"licence": "cc0", "shot": 2}
+    clips = read_table(Storage(), str(out), layout.CLIP_INDEX, ["source_video", "input_columns"]).to_pylist()
+    assert len(clips) == 4
+    assert {c["source_video"]: json.loads(c["input_columns"])["licence"] for c in clips} == {
+        str(videos / "a.mp4"): "cc-by", str(videos / "b.mp4"): "cc0"}
+
+
+def test_a_manifest_without_a_uri_column_is_refused_naming_it(tmp_path, capsys):
+    path = tmp_path / "videos.csv"
+    path.write_text("path\n/x.mp4\n")
+    document = manifest("-", str(tmp_path / "out"), execution={"executor": "local"})
+    document["spec"]["input"] = {"manifest": str(path)}
+    assert main(["run", str(write_manifest(tmp_path / "job.yaml", document)), "--no-progress"]) == 2
+    assert f"input.manifest {path} has no column `uri` (columns: path)" in capsys.readouterr().err
+
+
+def test_input_needs_exactly_one_of_uri_and_manifest():
+    with pytest.raises(ValidationError, match="give one of input.uri"):
+        InputSpec(uri="/videos", manifest="/videos.csv")
+    with pytest.raises(ValidationError, match="give one of input.uri"):
+        InputSpec()

@@ -5,22 +5,42 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import model_validator
+from pydantic import ConfigDict, model_validator
 
 from clipforge.spec.base import PositiveSeconds, SpecModel, _f
 
 
 class InputSpec(SpecModel):
-    uri: str = _f(
-        description="Where the raw videos are: a local directory or file, or an s3:// URI (bucket or prefix).",
+    # The CRD says it too: the API server refuses a job with neither or both.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["uri"]}, {"required": ["manifest"]}]})
+
+    uri: str | None = _f(
+        None,
+        "Where the raw videos are: a local directory or file, or an s3:// URI (bucket or prefix). One of uri and"
+        " manifest.",
+        min_length=1,
+    )
+    manifest: str | None = _f(
+        None,
+        "A table of the videos instead of a listing: a parquet, CSV or JSONL file (local or s3://) with a column"
+        " `uri` (local paths or s3:// URIs) and any other columns, which the video's records and clip index rows"
+        " carry as input_columns (JSON text); optional columns `size` and `mtime` say which version of each video"
+        " it is. One of uri and manifest.",
         min_length=1,
     )
     patterns: list[str] = _f(
         ["*.mp4", "*.mov", "*.mkv", "*.webm", "*.avi", "*.m4v"],
-        "Glob patterns (matched against the file name, ignoring case) of the files to curate.",
+        "Glob patterns (matched against the file name, ignoring case) of the files to curate under uri.",
         min_length=1,
     )
     limit: int = _f(0, "Curate at most this many videos (in sorted path order); 0 means all.", ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        if (self.uri is None) == (self.manifest is None):
+            raise ValueError("give one of input.uri (a directory or prefix to list) and input.manifest (a table of"
+                             " videos)")
+        return self
 
 
 class OutputSpec(SpecModel):

@@ -50,6 +50,7 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, missing: list[str]) ->
     return {
         "span_uuid": clip.uuid,
         "source_video": clip.source_video,
+        "input_columns": task.input_columns,
         "duration_span": [clip.start_s, clip.end_s],
         "span_frames": [clip.start_frame, clip.end_frame],
         "keyframe_aligned": clip.keyframe_aligned,
