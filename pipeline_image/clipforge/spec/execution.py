@@ -24,6 +24,19 @@ class StageExecution(SpecModel):
         False,
         "Run only on Ray nodes advertising the custom resource clipforge_<stage> (the operator's worker group for it).",
     )
+    timeout_seconds: int | None = _f(
+        None,
+        "Longest one worker of this stage may work on one task (a video for probe and split, a chunk"
+        " after), before timeoutSecondsPerMinute; unset: execution.failures.taskTimeoutSeconds.",
+        ge=1,
+    )
+    timeout_seconds_per_minute: float | None = _f(
+        None,
+        "Seconds added to this stage's time limit for each minute of video in the task (the video's"
+        " duration for probe and split, its clips' after); unset: 60 for split, whose detectors read"
+        " the whole video, 0 for the others.",
+        ge=0,
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> StageExecution:
@@ -61,8 +74,10 @@ class FailuresSpec(SpecModel):
     )
     task_timeout_seconds: int = _f(
         3600,
-        "Longest one stage may work on one video or chunk; past it the worker process is stopped (the"
-        " only way to stop a decoder stuck in native code) and the task retried. Ray executor only.",
+        "Longest one stage may work on one video or chunk (split's limit also grows with the video's"
+        " length: execution.stages.<stage>.timeoutSeconds and timeoutSecondsPerMinute); past it the"
+        " worker process is stopped from outside the interpreter (the only way to stop a decoder stuck"
+        " in native code), its threads' stacks become the reason, and the task is retried. Ray executor only.",
         ge=1,
     )
     max_failed_videos: int | None = _f(
@@ -115,4 +130,8 @@ def stage_resources(spec: VideoCurationJobSpec, stage: str) -> StageResources:
         min_workers=min_workers,
         max_workers=max_workers,
         pinned=hints.pinned,
+        timeout_seconds=spec.execution.failures.task_timeout_seconds
+        if hints.timeout_seconds is None else hints.timeout_seconds,
+        timeout_seconds_per_minute=default.timeout_seconds_per_minute
+        if hints.timeout_seconds_per_minute is None else hints.timeout_seconds_per_minute,
     )
