@@ -1,15 +1,56 @@
-"""Each stage's time limit, split's growing with the video's length.
+"""Limits that hold: probe rejects inputs over the pixel and duration limits, and each stage's
+time limit (split's growing with the video's length).
 
 The time limit stopping a worker stuck in native code, holding the GIL, is in test_job_failures.py.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pytest
+from clipforge.cli import main
 from clipforge.stages import pipeline_stages
 from clipforge.stages.probe import ProbeStage
 from clipforge.stages.split import SplitStage
 from clipforge.stages.transcode import TranscodeStage
 from clipforge.tasks import Clip, VideoMeta, VideoTask
+from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
+
+
+def run(tmp_path: Path, inputs: Path, out: Path, **execution) -> int:
+    spec = {"splitting": FIVE_SECOND_CLIPS, "embeddings": {"enabled": False},
+            "execution": {"executor": "local", **execution}}
+    return main(["run", str(write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))),
+                 "--no-progress"])
+
+
+@pytest.fixture
+def one_video(tmp_path, samples_dir) -> Path:
+    """moving_then_static: 320x180, 24 fps, 10 s, two 5 s clips (120 frames each)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(samples_dir / "moving_then_static.mp4", inputs / "video.mp4")
+    return inputs
+
+
+@pytest.mark.parametrize(("limits", "reason"), [
+    ({"maxPixels": 320 * 180 - 1}, "320x180 is 57,600 pixels a frame, over execution.limits.maxPixels (57,599)"),
+    ({"maxDurationSeconds": 9.5}, "10 s long, over execution.limits.maxDurationSeconds (9.5 s)"),
+])
+def test_probe_rejects_a_video_over_a_limit_naming_it(tmp_path, one_video, limits, reason):
+    out = tmp_path / "out"
+    assert run(tmp_path, one_video, out, limits=limits) == 1  # its only video failed
+    record = load_json(out / "processed_videos" / "video.mp4.json")
+    # The input's fault: final, as a corrupt file is.
+    assert record["errors"] == {"probe": f"ProbeError: {reason}"} and record["retryable"] is False
+    assert not list((out / "metas").rglob("*.json"))
+
+
+def test_a_video_within_the_limits_passes(tmp_path, one_video):
+    out = tmp_path / "out"
+    assert run(tmp_path, one_video, out, limits={"maxPixels": 320 * 180, "maxDurationSeconds": 10}) == 0
 
 
 def meta(width: int, height: int) -> VideoMeta:

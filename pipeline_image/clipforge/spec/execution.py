@@ -94,6 +94,19 @@ class FailuresSpec(SpecModel):
     )
 
 
+class InputLimits(SpecModel):
+    """Videos too large to curate safely: probe records them as failed with the limit they exceed."""
+
+    max_pixels: int = _f(
+        7680 * 4320,
+        "Most pixels in one frame (width x height, as coded); larger videos are rejected. Default: 8K UHD.",
+        ge=1,
+    )
+    max_duration_seconds: float = _f(
+        86400.0, "Longest video accepted, in seconds; longer videos are rejected. Default: one day.", gt=0
+    )
+
+
 class ExecutionSpec(SpecModel):
     executor: Literal["ray", "local"] = _f(
         "ray", "ray: Ray Data streaming executor; local: one process, stages run in sequence (debugging)."
@@ -103,6 +116,9 @@ class ExecutionSpec(SpecModel):
         "Clips per unit of work after splitting: a video's chunks run on different workers at once,"
         " and a chunk bounds what one task holds in memory.",
         ge=1, le=1024,
+    )
+    limits: InputLimits = _f(
+        default_factory=InputLimits, description="Inputs probe rejects (recorded as failed, final)."
     )
     stages: StagesExecution = _f(default_factory=StagesExecution, description="Per-stage execution hints.")
     allocator: Literal["rayData", "throughput"] = _f(
