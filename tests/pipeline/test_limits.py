@@ -1,5 +1,5 @@
-"""Limits that hold: probe rejects inputs over the pixel and duration limits, and each stage's
-time limit (split's growing with the video's length).
+"""Limits that hold: probe rejects inputs over the pixel and duration limits, chunks follow their
+decoded bytes, and each stage's time limit (split's growing with the video's length).
 
 The time limit stopping a worker stuck in native code, holding the GIL, is in test_job_failures.py.
 """
@@ -13,7 +13,7 @@ import pytest
 from clipforge.cli import main
 from clipforge.stages import pipeline_stages
 from clipforge.stages.probe import ProbeStage
-from clipforge.stages.split import SplitStage
+from clipforge.stages.split import SplitStage, chunk_clips
 from clipforge.stages.transcode import TranscodeStage
 from clipforge.tasks import Clip, VideoMeta, VideoTask
 from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
@@ -53,8 +53,37 @@ def test_a_video_within_the_limits_passes(tmp_path, one_video):
     assert run(tmp_path, one_video, out, limits={"maxPixels": 320 * 180, "maxDurationSeconds": 10}) == 0
 
 
+def clips(count: int, frames: int) -> list[Clip]:
+    return [Clip(f"c{i}", "v.mp4", i * frames, (i + 1) * frames, 0.0, 0.0) for i in range(count)]
+
+
 def meta(width: int, height: int) -> VideoMeta:
     return VideoMeta("mp4", 0, 0.0, width, height, 24.0, 0, "h264", "yuv420p", None, False)
+
+
+def test_chunks_are_sized_by_decoded_bytes(make_spec):
+    execution = make_spec().execution  # clipsPerChunk 16, chunkDecodedMegabytes 12288
+    # 10 s at 24 fps: 1080p, 712 MiB decoded a clip, keeps 16 clips a chunk; 4K, 2,848 MiB, 4.
+    assert [len(g) for g in chunk_clips(clips(20, 240), meta(1920, 1080), execution)] == [16, 4]
+    assert [len(g) for g in chunk_clips(clips(10, 240), meta(3840, 2160), execution)] == [4, 4, 2]
+    # A 60 s 4K clip is over the budget alone: one a chunk.
+    assert [len(g) for g in chunk_clips(clips(3, 1440), meta(3840, 2160), execution)] == [1, 1, 1]
+    assert chunk_clips([], meta(3840, 2160), execution) == [[]]
+
+
+def test_a_rerun_redoes_a_recorded_chunk_whose_clips_moved(tmp_path, one_video):
+    """An interrupted run chunked by other budgets (a chunk of each 5 s clip, 9.9 MiB decoded each)
+    left chunk 0 with one clip; now chunk 0 holds both: it is redone, not resumed as one clip."""
+    out = tmp_path / "out"
+    assert run(tmp_path, one_video, out, chunkDecodedMegabytes=10) == 0
+    assert load_json(out / "processed_videos" / "video.mp4.json")["num_chunks"] == 2
+    (out / "processed_videos" / "video.mp4.json").unlink()  # interrupted before the video's record
+    assert run(tmp_path, one_video, out, chunkDecodedMegabytes=20) == 0
+    record = load_json(out / "processed_videos" / "video.mp4.json")
+    assert record["num_chunks"] == 1 and record["num_clips_passed"] + record["num_clips_filtered"] == 2
+    # Resumed, chunk 0 would have claimed the second clip, and removing the stale chunk 1 deleted it.
+    assert len(list((out / "metas" / "v0").glob("*.json"))) == 2
+    assert sorted(p.name for p in (out / "processed_clip_chunks").rglob("*.json")) == ["video.mp4_0.json"]
 
 
 def test_each_stage_has_its_time_limit_and_split_s_grows_with_the_video(make_spec):

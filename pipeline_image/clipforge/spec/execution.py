@@ -117,6 +117,14 @@ class ExecutionSpec(SpecModel):
         " and a chunk bounds what one task holds in memory.",
         ge=1, le=1024,
     )
+    chunk_decoded_megabytes: int = _f(
+        12288,
+        "Most decoded source video in one chunk after splitting, in MiB (width x height x 1.5 bytes of"
+        " 8-bit 4:2:0 per frame, times the clips' frames): with clipsPerChunk it bounds what one task"
+        " holds, so 4K and long clips make smaller chunks (a clip over it is a chunk of its own). The"
+        " default keeps 16 ten-second 1080p clips at 24 fps in one chunk.",
+        ge=1,
+    )
     limits: InputLimits = _f(
         default_factory=InputLimits, description="Inputs probe rejects (recorded as failed, final)."
     )
