@@ -67,7 +67,7 @@ class FailuresSpec(SpecModel):
     task_retries: int = _f(
         2,
         "Times a video (probe, split) or chunk (later stages) is retried after its worker process died"
-        " (a decoder crash, out of memory, a lost node) or it ran past taskTimeoutSeconds; then it is"
+        " (a decoder crash, out of memory, a lost node) or it ran past its time limit (taskTimeoutSeconds); then it is"
         " recorded as failed with the reason and the run goes on. Errors a stage reports itself (an"
         " unreadable file) are recorded at once, not retried. Ray executor only.",
         ge=0, le=10,
