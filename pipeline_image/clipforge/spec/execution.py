@@ -67,17 +67,18 @@ class FailuresSpec(SpecModel):
     task_retries: int = _f(
         2,
         "Times a video (probe, split) or chunk (later stages) is retried after its worker process died"
-        " (a decoder crash, out of memory, a lost node) or it ran past its time limit (taskTimeoutSeconds); then it is"
+        " (a decoder crash, out of memory, a lost node) or it ran past its time limit; then it is"
         " recorded as failed with the reason and the run goes on. Errors a stage reports itself (an"
         " unreadable file) are recorded at once, not retried. Ray executor only.",
         ge=0, le=10,
     )
     task_timeout_seconds: int = _f(
         3600,
-        "Longest one stage may work on one video or chunk (split's limit also grows with the video's"
-        " length: execution.stages.<stage>.timeoutSeconds and timeoutSecondsPerMinute); past it the"
-        " worker process is stopped from outside the interpreter (the only way to stop a decoder stuck"
-        " in native code), its threads' stacks become the reason, and the task is retried. Ray executor only.",
+        "Longest one stage may work on one video or chunk, unless the stage sets its own"
+        " (execution.stages.<stage>.timeoutSeconds; split's limit also grows with the video's length,"
+        " timeoutSecondsPerMinute). Past it the worker process is stopped from outside the interpreter"
+        " (the only way to stop a decoder stuck in native code), its threads' stacks become the reason,"
+        " and the task is retried. Ray executor only.",
         ge=1,
     )
     max_failed_videos: int | None = _f(

@@ -6,9 +6,9 @@ count, so 4K and long clips make smaller chunks. A chunk already recorded under
 processed_clip_chunks/ by an interrupted earlier run, under the same settings
 (spec.clip_settings: splitting, chunk size, encoding, filters, outputs) and with the same clips,
 is passed on empty, marked resumed, so its clips are not redone.
-A chunk an earlier run recorded under other settings, or any chunk under `--overwrite`, is
-redone, and what it wrote (and any
-chunk past this run's last) is deleted first, so no stale clip stays in the dataset.
+A chunk an earlier run recorded under other settings or with other clips, or any chunk under
+`--overwrite`, is redone, and what it wrote (and any chunk past this run's last) is deleted
+first, so no stale clip stays in the dataset.
 """
 
 from __future__ import annotations
