@@ -29,14 +29,16 @@ from clipforge.spec import RunReport
 SCENE_SECONDS = 10
 
 
-def write_parts(directory: Path, minutes: float, parts: int, fps: int, preset: str) -> list[Path]:
-    """`parts` 1080p videos of moving scenes, `minutes` in all, each starting on a keyframe."""
+def write_parts(directory: Path, minutes: float, parts: int, fps: int, preset: str,
+                size: tuple[int, int] = (1920, 1080)) -> list[Path]:
+    """`parts` videos (1080p unless `size` says otherwise) of moving scenes, `minutes` in all, each
+    starting on a keyframe."""
     full, rest = divmod(minutes * 60 / parts, SCENE_SECONDS)
     lengths = [SCENE_SECONDS] * int(full) + ([rest] if rest else [])
     paths = []
     for i in range(parts):
         scenes = tuple(Segment(length, True, 1000 * i + n) for n, length in enumerate(lengths))
-        video = SampleVideo(f"part_{i:02d}", 1920, 1080, fps, scenes)
+        video = SampleVideo(f"part_{i:02d}", *size, fps, scenes)
         paths.append(write_video(video, directory / f"{video.name}.mp4", gop=2 * fps, preset=preset))
     return paths
 

@@ -1,6 +1,6 @@
-"""Peak memory of every Ray worker while the default pipeline curates one long 1080p video.
+"""Peak memory of every Ray worker while the default pipeline curates one long video.
 
-The input (default: one hour) is a generated minute of 1080p moving scenes repeated end to end
+The input (default: one hour of 1080p) is a generated minute of moving scenes repeated end to end
 (packets concatenated: a real long H.264 file, cheap to make). A sampler reads each process's
 VmHWM (the kernel's peak resident set) from /proc for every process this run's local Ray
 started, twice a second until the run ends; the resident set counts the pages of Ray's shared
@@ -9,6 +9,8 @@ the 1.5 GiB each worker must stay under (memory must follow the chunk, not the v
 
     python benchmarks/bench_worker_memory.py                  # 60 minutes, default stages
     python benchmarks/bench_worker_memory.py --minutes 10 --copy
+    python benchmarks/bench_worker_memory.py --4k --clip-seconds 60 --minutes 16 --copy   # 4K 60-s clips
+    ... --chunk-decoded-megabytes 1000000   # chunks by clip count alone, as before chunkDecodedMegabytes
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from bench_long_video import concatenate, write_parts
 from bench_pipeline import job_document, run_pipeline
+from clipforge.spec import parse_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness.processes import descendants  # noqa: E402 - the tests' helper, found through the line above
@@ -83,23 +86,37 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=24)
     parser.add_argument("--copy", action="store_true", help="transcoding.mode copy (a faster run over the same input)")
     parser.add_argument("--clips-per-chunk", type=int, default=None, help="execution.clipsPerChunk (default: the spec's)")
+    parser.add_argument("--chunk-decoded-megabytes", type=int, default=None,
+                        help="execution.chunkDecodedMegabytes (default: the spec's)")
+    parser.add_argument("--4k", dest="uhd", action="store_true", help="3840x2160 input instead of 1920x1080")
+    parser.add_argument("--clip-seconds", type=float, default=None, help="fixed-stride clip length and stride"
+                        " (default: the spec's)")
     args = parser.parse_args()
+    size = (3840, 2160) if args.uhd else (1920, 1080)
+    resolution = f"{size[1]}p"
 
     with tempfile.TemporaryDirectory(prefix="clipforge-bench-memory-") as tmp:
-        print(f"generating {args.minutes} min of 1080p ...", flush=True)
-        minute = write_parts(Path(tmp) / "minute", 1, 1, args.fps, "ultrafast")
+        print(f"generating {args.minutes} min of {resolution} ...", flush=True)
+        minute = write_parts(Path(tmp) / "minute", 1, 1, args.fps, "ultrafast", size)
         concatenate(minute, Path(tmp) / "in" / "long.mp4", repeat=args.minutes)
         document = job_document(Path(tmp) / "in", Path(tmp) / "out", "ray", stages=True, copy=args.copy)
+        spec = document["spec"]
         if args.clips_per_chunk:
-            document["spec"]["execution"]["clipsPerChunk"] = args.clips_per_chunk
+            spec["execution"]["clipsPerChunk"] = args.clips_per_chunk
+        if args.chunk_decoded_megabytes:
+            spec["execution"]["chunkDecodedMegabytes"] = args.chunk_decoded_megabytes
+        if args.clip_seconds:
+            stride = {"clipLengthS": args.clip_seconds, "strideS": args.clip_seconds}
+            spec["splitting"] = {"algorithm": "fixed-stride", "fixedStride": stride}
         with PeakSampler() as sampler:
             elapsed, summary = run_pipeline(document, "ray")
     assert summary.videos.done == 1, summary.failures
 
     clips = summary.clips.passed + summary.clips.filtered
-    chunk = document["spec"]["execution"].get("clipsPerChunk", "default")
-    print(f"input: {summary.video_seconds_processed / 60:.0f} min of 1080p, {clips} clips in {elapsed:.0f} s"
-          f" ({'copy' if args.copy else 'encode'}, clipsPerChunk {chunk})")
+    execution = parse_job(document).spec.execution
+    print(f"input: {summary.video_seconds_processed / 60:.0f} min of {resolution}, {clips} clips in {elapsed:.0f} s"
+          f" ({'copy' if args.copy else 'encode'}, clipsPerChunk {execution.clips_per_chunk},"
+          f" chunkDecodedMegabytes {execution.chunk_decoded_megabytes})")
     workers = {pid: peak for pid, peak in sampler.peaks.items() if sampler.titles.get(pid, "").startswith("ray::")}
     for pid, peak in sorted(workers.items(), key=lambda item: -item[1]):
         print(f"  {peak / 2**20:7.0f} MiB (private up to {sampler.anon[pid] / 2**20:5.0f}, object store up to"

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge import layout
+from clipforge.clip_outputs import recorded_clip_ids
 from clipforge.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,7 @@ def _recorded_clip_metas(storage: Storage, root: str, unreadable: list[str]) -> 
     never recorded it (a chunk that failed part way) is not in the dataset."""
     for batch in _records(storage, layout.join(root, layout.PROCESSED_CHUNKS), unreadable):
         for record in batch:
-            for clip_id in [*record.get("clips", []), *record.get("filtered_clips", []),
-                            *record.get("failed_clips", {})]:
+            for clip_id in recorded_clip_ids(record):
                 yield layout.clip_meta(root, clip_id)
 
 

@@ -9,10 +9,15 @@ from clipforge import layout
 from clipforge.storage import Storage, StorageError
 
 
+def recorded_clip_ids(record: dict) -> list[str]:
+    """The clips a chunk record (or manifest) names: passed, filtered, then failed."""
+    return [*record.get("clips", []), *record.get("filtered_clips", []), *record.get("failed_clips", {})]
+
+
 def remove_chunk_outputs(storage: Storage, root: str, record: dict) -> None:
     """Deletes every object an earlier run wrote for the clips of chunk `record` (their metas say
     where), then the metas: a chunk redone under other settings leaves nothing stale behind."""
-    for clip_id in [*record.get("clips", []), *record.get("filtered_clips", []), *record.get("failed_clips", {})]:
+    for clip_id in recorded_clip_ids(record):
         meta_uri = layout.clip_meta(root, clip_id)
         try:
             meta = json.loads(storage.read_bytes(meta_uri))

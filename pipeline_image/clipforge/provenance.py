@@ -2,8 +2,8 @@
 
 Chunk records (processed_clip_chunks/) and video records (processed_videos/) carry it. A rerun
 takes a record as done only when everything that decides its outputs is the same: the clip
-settings, the source's version (size and modification time), the spans (chunk records), and
-the weights of every model the job loads (a content digest). A changed source or model
+settings, the source's version (size and modification time), the spans (chunk records, through
+their clip ids), and the weights of every model the job loads (a content digest). A changed source or model
 therefore redoes the videos and chunks it touched, and split deletes what they had written.
 
 The code's versions (ClipForge, PyAV, FFmpeg) are recorded but not matched: upgrading them
@@ -100,12 +100,12 @@ class Provenance:
         return {"run_id": self.run_id, "versions": self.versions, "models": self.models}
 
 
-def matches(record: dict, settings: dict, provenance: Provenance | None, source: dict | None,
-            spans: str | None = None) -> bool:
-    """Whether `record` was made by what this run would make it with (see the module's doc)."""
+def matches(record: dict, settings: dict, provenance: Provenance | None, source: dict | None) -> bool:
+    """Whether `record` was made by what this run would make it with (see the module's doc); a
+    chunk's spans are checked by its clip ids (stages/split.py), which follow from them."""
     if not _same_settings(record.get("settings"), settings, _default_settings()):
         return False
-    expected = {"source": source, "spans": spans, "models": provenance.models if provenance else None}
+    expected = {"source": source, "models": provenance.models if provenance else None}
     return all(record.get(key, value) == value for key, value in expected.items() if value is not None)
 
 

@@ -123,3 +123,10 @@ class VideoTask:
     @property
     def failed(self) -> bool:
         return bool(self.errors)
+
+    @property
+    def video_seconds(self) -> float:
+        """Seconds of video this task holds: its clips' once split, else the whole video's (0 before probe)."""
+        if self.clips:
+            return sum(clip.duration_s for clip in self.clips)
+        return self.meta.duration_s if self.meta else 0.0

@@ -434,6 +434,7 @@ def test_split_and_transcode_agree_on_frames_of_a_variable_rate_source(tmp_path,
 
     from clipforge.samples import frames as sample_frames
     from clipforge.scenes import SceneDetectDetector
+    from clipforge.spec import InputLimits
     from clipforge.stages.probe import probe_container
 
     before, after = SampleVideo("a", 160, 96, 15, (Segment(2, True, 31),)), SampleVideo("b", 160, 96, 30, (Segment(2, True, 32),))
@@ -451,7 +452,7 @@ def test_split_and_transcode_agree_on_frames_of_a_variable_rate_source(tmp_path,
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     with av.open(str(path)) as container:
-        meta = probe_container(container, path.stat().st_size)
+        meta = probe_container(container, path.stat().st_size, InputLimits())
     cuts, _, _ = SceneDetectDetector().find_cuts(str(path))
     fps = meta.framerate
     assert cuts == [round(2.0 * fps)] != [30]  # the cut's index on the grid, not in decode order

@@ -9,22 +9,26 @@ writer is idempotent: a retried chunk rewrites the same objects). Retries are bo
 task: `TaskAttempts`, one small actor on the driver's node, counts the attempts at each task
 across worker deaths, and once a task has used execution.failures.taskRetries retries its
 next attempt records it as failed, with the reason, instead of running it again. A task that
-runs past execution.failures.taskTimeoutSeconds stops its own worker process (native code
-stuck in a decoder cannot be interrupted any other way) after noting why in the ledger.
+runs past its stage's time limit (Stage.time_limit) has its worker process stopped by
+faulthandler's watchdog, from outside the interpreter (native code stuck in a decoder cannot be
+interrupted any other way, and may hold the GIL), which dumps every thread's stack to a file the
+ledger reads into the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import math
 import os
 import pickle
 import secrets
-import threading
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import ray
 from ray.actor import ActorHandle
@@ -45,53 +49,97 @@ QUEUED_RETRY_FACTOR = 4
 # An attempt that left no reason behind: its process ended without a word (SIGKILL, segfault, OOM).
 WORKER_DIED = "its worker process died (crash, out of memory or killed)"
 TIME_LIMIT_REASON = "ran past the time limit"
+# How long the ledger waits for a stopped attempt's stack dump to be read on its node.
+DUMP_READ_TIMEOUT_S = 60
 
 
 class WorkerSetupError(RuntimeError):
     """A stage's workers keep dying while they start: the run cannot go on."""
 
 
+@dataclass(frozen=True)
+class TimeLimitDump:
+    """Where an attempt's time limit writes every thread's stack, and the reason it then gives."""
+
+    node_id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class _Attempt:
+    reason: str = ""  # "" while the attempt runs (or if it ended without a word)
+    dump: TimeLimitDump | None = None  # None: no time limit, or its dump was read
+
+
 class TaskAttempts:
     """Attempts at each task (and at each stage's worker setup), kept outside the workers."""
 
     def __init__(self) -> None:
-        # key -> one reason per attempt so far; "" while the attempt runs (or if it died silently).
-        self._attempts: dict[str, list[str]] = {}
+        self._attempts: dict[str, list[_Attempt]] = {}
 
-    def begin(self, key: str) -> list[str]:
-        """Starts an attempt; returns the reasons the earlier attempts ended."""
-        reasons = self._attempts.setdefault(key, [])
-        reasons.append("")
-        return reasons[:-1]
-
-    def record(self, key: str, reason: str) -> None:
-        self._attempts[key][-1] = reason
+    def begin(self, key: str, dump: TimeLimitDump | None = None) -> list[str]:
+        """Starts an attempt whose time limit writes to `dump`; returns the reasons the earlier
+        attempts ended. An earlier attempt is over once another begins: a stack dump it left
+        (its process stopped by its time limit) is read into its reason now."""
+        attempts = self._attempts.setdefault(key, [])
+        for attempt in attempts:
+            if attempt.dump is not None:
+                attempt.reason = attempt.reason or _time_limit_reason(attempt.dump)
+                attempt.dump = None
+        attempts.append(_Attempt(dump=dump))
+        return [attempt.reason for attempt in attempts[:-1]]
 
     def finish(self, key: str) -> None:
         self._attempts.pop(key, None)
 
 
-class _TimeLimit:
-    """Stops this worker process when the work inside runs past `seconds`."""
+@ray.remote(num_cpus=0)
+def _take_dump(path: str) -> str:
+    """The file at `path` on this node, removed; "" when there is none."""
+    try:
+        with open(path) as dump:
+            text = dump.read()
+    except FileNotFoundError:
+        return ""
+    os.unlink(path)
+    return text
 
-    def __init__(self, attempts: ActorHandle, key: str, seconds: float):
-        self.attempts, self.key, self.seconds = attempts, key, seconds
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+
+def _time_limit_reason(dump: TimeLimitDump) -> str:
+    """The reason an attempt that wrote `dump` ended: its time limit with its threads' stacks when
+    the dump holds them, else "" (it died otherwise, or with its node)."""
+    try:
+        stacks = ray.get(_take_dump.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(dump.node_id, soft=False)).remote(dump.path),
+            timeout=DUMP_READ_TIMEOUT_S)
+    except ray.exceptions.RayError:
+        return ""
+    return f"{dump.reason}; its threads then:\n{stacks.strip()}" if stacks.strip() else ""
+
+
+class _TimeLimit:
+    """Stops this worker process when the work inside runs past `seconds`.
+
+    faulthandler's watchdog is a C thread: it fires even while native code holds the GIL (a
+    Python timer would wait for it for good), writes every thread's stack to the dump file and
+    exits the process. The ledger, told the file beforehand, reads it into the reason afterwards.
+    """
+
+    def __init__(self, seconds: float, settings: str):
+        self.seconds = seconds
+        path = os.path.join(tempfile.gettempdir(), f"clipforge-time-limit-{secrets.token_hex(8)}.txt")
+        self.dump = TimeLimitDump(ray.get_runtime_context().get_node_id(), path,
+                                  f"{TIME_LIMIT_REASON} of {seconds:g} s ({settings})")
 
     def __enter__(self) -> None:
-        self._timer.start()
+        self._file = open(self.dump.path, "w")  # noqa: SIM115 - open while the limit is armed
+        faulthandler.dump_traceback_later(self.seconds, exit=True, file=self._file)
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-    def _expire(self) -> None:
-        reason = f"{TIME_LIMIT_REASON} of {self.seconds:g} s (execution.failures.taskTimeoutSeconds)"
-        log.error("%s %s; stopping this worker", self.key, reason)
-        try:
-            ray.get(self.attempts.record.remote(self.key, reason), timeout=30)
-        finally:
-            os._exit(1)
+        faulthandler.cancel_dump_traceback_later()
+        self._file.close()
+        os.unlink(self.dump.path)
 
 
 class _StageWorker:
@@ -106,7 +154,7 @@ class _StageWorker:
         # start: the deaths counted are consecutive ones while starting, not its workers starting
         # side by side. No time limit: loading a model may take longer than any one task.
         key = f"{stage_cls.name} worker setup ({ray.get_runtime_context().get_actor_id()})"
-        gave_up = self._attempt(key, self.stage.setup, time_limit=None)
+        gave_up = self._attempt(key, self.stage.setup, limit=None)
         if gave_up:
             raise WorkerSetupError(f"{stage_cls.name} workers cannot start: {_gave_up(gave_up)}")
 
@@ -128,7 +176,7 @@ class _StageWorker:
         gave_up = self._attempt(
             key, lambda: rows.extend(_row(t) for t in run_attempts(self.stage, task, self.failures.task_retries,
                                                                    lambda: pickle.loads(row["task"]))),
-            self.failures.task_timeout_seconds,
+            _TimeLimit(*self.stage.time_limit(task)),
         )
         if gave_up:
             log.error("%s: %s", key, _gave_up(gave_up))
@@ -139,13 +187,13 @@ class _StageWorker:
             return [_row(task)]
         return rows
 
-    def _attempt(self, key: str, work: Callable[[], object], time_limit: float | None) -> list[str] | None:
-        """Runs `work` unless `key` has used up its retries; returns the reasons its attempts
-        ended when it gives up, or None."""
-        earlier = ray.get(self.attempts.begin.remote(key))
+    def _attempt(self, key: str, work: Callable[[], object], limit: _TimeLimit | None) -> list[str] | None:
+        """Runs `work` within `limit` unless `key` has used up its retries; returns the reasons its
+        attempts ended when it gives up, or None."""
+        earlier = ray.get(self.attempts.begin.remote(key, limit.dump if limit else None))
         if len(earlier) > self.failures.task_retries:
             return [reason or WORKER_DIED for reason in earlier]
-        with _TimeLimit(self.attempts, key, time_limit) if time_limit else contextlib.nullcontext():
+        with limit or contextlib.nullcontext():
             work()
         self.attempts.finish.remote(key)
         return None

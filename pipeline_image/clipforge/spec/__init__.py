@@ -22,7 +22,7 @@ from clipforge.spec.stages import (
     stage_resource_name,
 )
 from clipforge.spec.execution import (
-    ExecutionSpec, FailuresSpec, StageExecution, StagesExecution, stage_resources,
+    ExecutionSpec, FailuresSpec, InputLimits, StageExecution, StagesExecution, stage_resources,
 )
 from clipforge.spec.cluster import (
     DEFAULT_IMAGE, DEFAULT_RAY_VERSION, DNS_LABEL, DNS_SUBDOMAIN, ENV_NAME, QUANTITY_PATTERN, ClusterSpec,

@@ -24,6 +24,19 @@ class StageExecution(SpecModel):
         False,
         "Run only on Ray nodes advertising the custom resource clipforge_<stage> (the operator's worker group for it).",
     )
+    timeout_seconds: int | None = _f(
+        None,
+        "Longest one worker of this stage may work on one task (a video for probe and split, a chunk"
+        " after), before timeoutSecondsPerMinute; unset: execution.failures.taskTimeoutSeconds.",
+        ge=1,
+    )
+    timeout_seconds_per_minute: float | None = _f(
+        None,
+        "Seconds added to this stage's time limit for each minute of video in the task (the video's"
+        " duration for probe and split, its clips' after); unset: 60 for split, whose detectors read"
+        " the whole video, 0 for the others.",
+        ge=0,
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> StageExecution:
@@ -54,15 +67,18 @@ class FailuresSpec(SpecModel):
     task_retries: int = _f(
         2,
         "Times a video (probe, split) or chunk (later stages) is retried after its worker process died"
-        " (a decoder crash, out of memory, a lost node) or it ran past taskTimeoutSeconds; then it is"
+        " (a decoder crash, out of memory, a lost node) or it ran past its time limit; then it is"
         " recorded as failed with the reason and the run goes on. Errors a stage reports itself (an"
         " unreadable file) are recorded at once, not retried. Ray executor only.",
         ge=0, le=10,
     )
     task_timeout_seconds: int = _f(
         3600,
-        "Longest one stage may work on one video or chunk; past it the worker process is stopped (the"
-        " only way to stop a decoder stuck in native code) and the task retried. Ray executor only.",
+        "Longest one stage may work on one video or chunk, unless the stage sets its own"
+        " (execution.stages.<stage>.timeoutSeconds; split's limit also grows with the video's length,"
+        " timeoutSecondsPerMinute). Past it the worker process is stopped from outside the interpreter"
+        " (the only way to stop a decoder stuck in native code), its threads' stacks become the reason,"
+        " and the task is retried. Ray executor only.",
         ge=1,
     )
     max_failed_videos: int | None = _f(
@@ -79,6 +95,19 @@ class FailuresSpec(SpecModel):
     )
 
 
+class InputLimits(SpecModel):
+    """Videos too large to curate safely: probe records them as failed with the limit they exceed."""
+
+    max_pixels: int = _f(
+        7680 * 4320,
+        "Most pixels in one frame (width x height, as coded); larger videos are rejected. Default: 8K UHD.",
+        ge=1,
+    )
+    max_duration_seconds: float = _f(
+        86400.0, "Longest video accepted, in seconds; longer videos are rejected. Default: one day.", gt=0
+    )
+
+
 class ExecutionSpec(SpecModel):
     executor: Literal["ray", "local"] = _f(
         "ray", "ray: Ray Data streaming executor; local: one process, stages run in sequence (debugging)."
@@ -88,6 +117,17 @@ class ExecutionSpec(SpecModel):
         "Clips per unit of work after splitting: a video's chunks run on different workers at once,"
         " and a chunk bounds what one task holds in memory.",
         ge=1, le=1024,
+    )
+    chunk_decoded_megabytes: int = _f(
+        12288,
+        "Most decoded source video in one chunk after splitting, in MiB (width x height x 1.5 bytes of"
+        " 8-bit 4:2:0 per frame, times the clips' frames): with clipsPerChunk it bounds what one task"
+        " holds, so 4K and long clips make smaller chunks (a clip over it is a chunk of its own). The"
+        " default keeps 16 ten-second 1080p clips at 24 fps in one chunk.",
+        ge=1,
+    )
+    limits: InputLimits = _f(
+        default_factory=InputLimits, description="Inputs probe rejects (recorded as failed, final)."
     )
     stages: StagesExecution = _f(default_factory=StagesExecution, description="Per-stage execution hints.")
     allocator: Literal["rayData", "throughput"] = _f(
@@ -115,4 +155,8 @@ def stage_resources(spec: VideoCurationJobSpec, stage: str) -> StageResources:
         min_workers=min_workers,
         max_workers=max_workers,
         pinned=hints.pinned,
+        timeout_seconds=spec.execution.failures.task_timeout_seconds
+        if hints.timeout_seconds is None else hints.timeout_seconds,
+        timeout_seconds_per_minute=default.timeout_seconds_per_minute
+        if hints.timeout_seconds_per_minute is None else hints.timeout_seconds_per_minute,
     )

@@ -26,6 +26,11 @@ class StageResources:
     min_workers: int
     max_workers: int
     pinned: bool = False
+    # The time limit of one task: timeout_seconds (in the table None: the job's
+    # execution.failures.taskTimeoutSeconds), plus timeout_seconds_per_minute for each minute of
+    # video the task holds (clipforge.stages.base.Stage.time_limit).
+    timeout_seconds: int | None = None
+    timeout_seconds_per_minute: float = 0.0
 
 
 def _always(spec: VideoCurationJobSpec) -> bool:
@@ -49,7 +54,9 @@ class StageDeclaration:
 # 2-core laptop.
 STAGE_TABLE = (
     StageDeclaration("probe", StageResources(cpus=0.25, gpus=0.0, min_workers=1, max_workers=2)),
-    StageDeclaration("split", StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=4), "splitting"),
+    # Split's detectors read the whole video: its time limit grows with the video's length.
+    StageDeclaration("split", StageResources(cpus=1.0, gpus=0.0, min_workers=1, max_workers=4,
+                                             timeout_seconds_per_minute=60.0), "splitting"),
     # Two: its codecs run the threads it reserves, and one worker then keeps a laptop's two cores busy.
     StageDeclaration("transcode", StageResources(cpus=2.0, gpus=0.0, min_workers=1, max_workers=8), "transcoding"),
     StageDeclaration(

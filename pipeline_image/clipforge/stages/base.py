@@ -89,6 +89,20 @@ class Stage(ABC):
         finally:
             torch.set_num_threads(previous)
 
+    def time_limit(self, task: VideoTask) -> tuple[float, str]:
+        """Seconds this stage may work on `task` (executors/ray_data.py enforces them), and the
+        settings that make them, for the failure reason."""
+        execution = self.execution(self.spec)
+        hints = getattr(self.spec.execution.stages, self.name)
+        source = (f"execution.stages.{self.name}.timeoutSeconds" if hints.timeout_seconds is not None
+                  else "execution.failures.taskTimeoutSeconds")
+        minutes = task.video_seconds / 60
+        seconds = execution.timeout_seconds + execution.timeout_seconds_per_minute * minutes
+        if execution.timeout_seconds_per_minute and minutes:
+            source += (f" + {execution.timeout_seconds_per_minute:g} s x {minutes:.1f} min of video"
+                       f" (execution.stages.{self.name}.timeoutSecondsPerMinute)")
+        return seconds, source
+
     def setup(self) -> None:
         """Load models and open clients; called once per worker before any process()."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import av
 
 from clipforge.frames import rotation_of
+from clipforge.spec import InputLimits
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
 from clipforge.tasks import VideoMeta, VideoTask
@@ -14,11 +15,19 @@ class ProbeError(RuntimeError):
     pass
 
 
-def probe_container(container: av.container.InputContainer, size_bytes: int, threads: int = 1) -> VideoMeta:
+def probe_container(container: av.container.InputContainer, size_bytes: int, limits: InputLimits,
+                    threads: int = 1) -> VideoMeta:
+    """The video's metadata; raises ProbeError for a video that does not decode or is over `limits`
+    (checked before anything is decoded: what is over them may not fit in memory)."""
     if not container.streams.video:
         raise ProbeError("no video stream")
     stream = container.streams.video[0]
-    stream.codec_context.thread_count = threads
+    codec = stream.codec_context
+    codec.thread_count = threads
+    pixels = codec.width * codec.height
+    if pixels > limits.max_pixels:
+        raise ProbeError(f"{codec.width}x{codec.height} is {pixels:,} pixels a frame, over"
+                         f" execution.limits.maxPixels ({limits.max_pixels:,})")
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate:
         raise ProbeError("video stream has no frame rate")
@@ -36,11 +45,13 @@ def probe_container(container: av.container.InputContainer, size_bytes: int, thr
         container.seek(0)
     if not duration:
         duration = num_frames / fps
+    if duration > limits.max_duration_seconds:
+        raise ProbeError(f"{duration:,.0f} s long, over execution.limits.maxDurationSeconds"
+                         f" ({limits.max_duration_seconds:,g} s)")
     # Decoding one frame catches files whose headers parse but whose video does not.
     frame = next(container.decode(stream), None)
     if frame is None:
         raise ProbeError("no decodable video frame")
-    codec = stream.codec_context
     return VideoMeta(
         container=container.format.name,
         size_bytes=size_bytes,
@@ -72,7 +83,7 @@ class ProbeStage(Stage):
                 raise ProbeError("empty file (0 bytes)")
             try:
                 with av.open(reader, "r") as container:
-                    task.meta = probe_container(container, size, self.threads)
+                    task.meta = probe_container(container, size, self.spec.execution.limits, self.threads)
             except av.FFmpegError as exc:
                 raise ProbeError(f"not a readable video: {exc}") from None
         if task.meta.num_frames <= 0:

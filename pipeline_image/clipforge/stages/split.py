@@ -1,13 +1,15 @@
 """Split: clip spans for one video, then one task per chunk of clips.
 
 Chunking bounds the memory of everything downstream: a two-hour video becomes many small
-tasks instead of one huge one. A chunk already recorded under processed_clip_chunks/ by an
-interrupted earlier run, made the way this run would make it (clipforge.provenance: the same
-settings, source, spans and model weights), is passed on empty, marked resumed, so its clips are
-not redone. Any other chunk an earlier run recorded, or any chunk under `--overwrite`, is redone,
-and what it wrote (and any chunk past this run's last) is deleted first, so no stale clip stays
-in the dataset; so are the objects of chunks an earlier run began and never recorded (their
-pending_clip_chunks/ manifests name them).
+tasks instead of one huge one, and a chunk is sized by its decoded frames as well as its clip
+count, so 4K and long clips make smaller chunks. A chunk already recorded under
+processed_clip_chunks/ by an interrupted earlier run, made the way this run would make it
+(clipforge.provenance: the same settings, source and model weights) and holding exactly this
+chunk's clips, is passed on empty, marked resumed, so its clips are not redone. Any other chunk
+an earlier run recorded, or any chunk under `--overwrite`, is redone, and what it wrote (and any
+chunk past this run's last) is deleted first, so no stale clip stays in the dataset; so are the
+objects of chunks an earlier run began and never recorded (their pending_clip_chunks/
+manifests name them).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import json
 from dataclasses import replace
 
 from clipforge import layout
-from clipforge.clip_outputs import remove_chunk_outputs
+from clipforge.clip_outputs import recorded_clip_ids, remove_chunk_outputs
 from clipforge.models import ModelRequirement
-from clipforge.provenance import matches, spans_digest
-from clipforge.spec import FixedStrideSpec, SplitAlgorithm, VideoCurationJobSpec, clip_settings
+from clipforge.provenance import matches
+from clipforge.spec import ExecutionSpec, FixedStrideSpec, SplitAlgorithm, VideoCurationJobSpec, clip_settings
 from clipforge.stages.base import Stage
 from clipforge.storage import Storage
-from clipforge.tasks import Clip, VideoTask, clip_uuid
+from clipforge.tasks import Clip, VideoMeta, VideoTask, clip_uuid
 
 
 def fixed_stride_spans(num_frames: int, fps: float, spec: FixedStrideSpec) -> list[tuple[int, int]]:
@@ -35,6 +37,28 @@ def fixed_stride_spans(num_frames: int, fps: float, spec: FixedStrideSpec) -> li
         if end - start >= min_frames and end > start:
             spans.append((start, end))
     return spans
+
+
+# Bytes per pixel of a decoded 8-bit 4:2:0 picture: what a chunk's decoded size is counted in.
+DECODED_BYTES_PER_PIXEL = 1.5
+
+
+def chunk_clips(clips: list[Clip], meta: VideoMeta, execution: ExecutionSpec) -> list[list[Clip]]:
+    """Consecutive clips in chunks of at most clipsPerChunk clips and chunkDecodedMegabytes of decoded
+    frames, so that what one task holds follows its pixels, not only its clips; a clip over that
+    budget alone is a chunk of its own."""
+    budget = execution.chunk_decoded_megabytes * 2**20
+    frame_bytes = meta.width * meta.height * DECODED_BYTES_PER_PIXEL
+    groups: list[list[Clip]] = []
+    decoded = 0.0
+    for clip in clips:
+        clip_bytes = (clip.end_frame - clip.start_frame) * frame_bytes
+        if not groups or len(groups[-1]) == execution.clips_per_chunk or decoded + clip_bytes > budget:
+            groups.append([])
+            decoded = 0.0
+        groups[-1].append(clip)
+        decoded += clip_bytes
+    return groups or [[]]
 
 
 class SplitStage(Stage):
@@ -82,8 +106,7 @@ class SplitStage(Stage):
             for start, end in sorted(set(self.spans(task)))
         ]
         task.split_algorithm = self.spec.splitting.algorithm
-        size = self.spec.execution.clips_per_chunk
-        groups = [clips[i : i + size] for i in range(0, len(clips), size)] or [[]]
+        groups = chunk_clips(clips, task.meta, self.spec.execution)
         out_root = self.spec.output.uri
         settings = clip_settings(self.spec)
         records, manifests = self.earlier_chunks(task, len(groups))
@@ -91,9 +114,10 @@ class SplitStage(Stage):
         for index, group in enumerate(groups):
             chunk = replace(task, clips=group, chunk_index=index, num_chunks=len(groups), num_clips_total=len(clips))
             record = records.get(index)
-            spans = spans_digest((c.start_frame, c.end_frame) for c in group)
-            if group and record and not task.redo and matches(record, settings, task.provenance,
-                                                              task.source_version, spans):
+            # The same clips too: chunk sizing by decoded bytes moves chunk boundaries that the
+            # settings of records written before it do not tell.
+            if (group and record and not task.redo and matches(record, settings, task.provenance, task.source_version)
+                    and set(recorded_clip_ids(record)) == {clip.uuid for clip in group}):
                 del records[index]
                 chunk = replace(chunk, clips=[], resumed=True)
             chunks.append(chunk)

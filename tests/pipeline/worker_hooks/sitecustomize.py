@@ -4,7 +4,8 @@ CLIPFORGE_TEST_HOOKS is a comma-separated list of `<kind>:<file name>:<stage>[:<
 worker processes only (the driver and Ray's own services are left alone), when that stage's
 code opens that input file (for that chunk):
   crash  the process kills itself with SIGKILL, as the kernel's OOM killer would;
-  hang   it sleeps for good, as a decoder stuck in native code would;
+  hang   it sleeps for good in native code holding the GIL, as a stuck decoder may: no Python
+         thread of the process runs again;
   trace  it appends "<pid> <chunk index>" to the file named by CLIPFORGE_TEST_TRACE, then waits
          (up to a minute) until another process has traced too: while one worker holds on to
          its task, the rest can only go to other workers, however fast each happens to start.
@@ -13,6 +14,7 @@ Python imports sitecustomize at every interpreter start; nothing of this is in t
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -61,7 +63,7 @@ def _install() -> None:
             if kind == "crash":
                 os.kill(os.getpid(), signal.SIGKILL)
             elif kind == "hang":
-                time.sleep(3600)
+                ctypes.PyDLL(None).sleep(3600)  # PyDLL: called with the GIL held
             elif kind == "trace":
                 _trace(os.environ["CLIPFORGE_TEST_TRACE"], task.chunk_index)
         return open_read(self, uri)
