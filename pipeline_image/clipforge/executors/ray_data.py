@@ -30,6 +30,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from clipforge import logs
 from clipforge.executors.allocation import StageDemand, StageMeter, throughput_allocation
 from clipforge.spec import VideoCurationJobSpec, stage_resource_name
 from clipforge.stages import Stage, pipeline_stages
@@ -97,7 +98,7 @@ class _TimeLimit:
 class _StageWorker:
     def __init__(self, stage_cls: type[Stage], pipeline: tuple[type[Stage], ...], spec: VideoCurationJobSpec,
                  attempts: ActorHandle, meter: ActorHandle | None):
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logs.configure_worker()
         self.attempts = attempts
         self.meter = meter  # the throughput allocator's StageMeter, told how long each task took
         self.failures = spec.execution.failures
@@ -193,8 +194,11 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     """Joins `address` or starts a private local Ray; returns True when it started one."""
     if ray.is_initialized():
         return False
+    # Workers configure their logging before any spec reaches them: the level goes with them.
+    options = {"log_to_driver": True, "runtime_env": {"env_vars": logs.worker_env()},
+               "logging_level": max(logging.WARNING, logging.getLogger("clipforge").getEffectiveLevel())}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **options)
         return False
     # This private cluster's GCS and workers listen on the machine's address while the run lasts:
     # Ray's default for a new local cluster, token auth, stays on (unless the user set a mode), with
@@ -205,7 +209,7 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     num_cpus = local_cpus_needed(spec)
     if num_cpus > (os.cpu_count() or 1):
         log.info("local Ray: %d logical CPUs so each stage gets its minimum workers (%d cores)", num_cpus, os.cpu_count())
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
     return True
 
 
