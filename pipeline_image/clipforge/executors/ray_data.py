@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import secrets
+import sys
 import threading
 import time
 import warnings
@@ -88,7 +89,7 @@ class _TimeLimit:
 
     def _expire(self) -> None:
         reason = f"{TIME_LIMIT_REASON} of {self.seconds:g} s (execution.failures.taskTimeoutSeconds)"
-        log.error("%s %s; stopping this worker", self.key, reason)
+        log.info("%s %s; stopping this worker", self.key, reason)  # the reason reaches the summary
         try:
             ray.get(self.attempts.record.remote(self.key, reason), timeout=30)
         finally:
@@ -132,7 +133,7 @@ class _StageWorker:
             self.failures.task_timeout_seconds,
         )
         if gave_up:
-            log.error("%s: %s", key, _gave_up(gave_up))
+            log.info("%s: %s", key, _gave_up(gave_up))  # the summary's FAILED line says it to the user
             task.errors[self.stage.name] = _gave_up(gave_up)
             # A worker that died (out of memory, killed) is the environment's; a task that keeps
             # running past its time limit is its input's (a decoder that hangs on it).
@@ -194,23 +195,39 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     """Joins `address` or starts a private local Ray; returns True when it started one."""
     if ray.is_initialized():
         return False
+    # Ray colours the `(pid=...)` prefix of every worker line it passes on; in a file or a pipe
+    # those are escape codes. An explicit RAY_COLOR_PREFIX is the user's.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     # Workers configure their logging before any spec reaches them: the level goes with them.
     options = {"log_to_driver": True, "runtime_env": {"env_vars": logs.worker_env()},
                "logging_level": max(logging.WARNING, logging.getLogger("clipforge").getEffectiveLevel())}
     if address:
         ray.init(address=address, **options)
         return False
-    # This private cluster's GCS and workers listen on the machine's address while the run lasts:
-    # Ray's default for a new local cluster, token auth, stays on (unless the user set a mode), with
-    # a token of this process's own in its environment, which Ray's processes inherit, rather than
-    # the token file Ray would write under ~/.ray to outlive the run. A joined cluster brings its own.
-    if "RAY_AUTH_MODE" not in os.environ:
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    _token_auth()
     num_cpus = local_cpus_needed(spec)
     if num_cpus > (os.cpu_count() or 1):
         log.info("local Ray: %d logical CPUs so each stage gets its minimum workers (%d cores)", num_cpus, os.cpu_count())
     ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
     return True
+
+
+def _token_auth() -> None:
+    """Token auth for a private local Ray, chosen here rather than left to Ray's default (which
+    says so in a warning on every run), unless the user chose a mode.
+
+    Its GCS and workers listen on the machine's address while the run lasts. The token is this
+    process's own, in its environment, which Ray's processes inherit, rather than the token file
+    Ray would write under ~/.ray to outlive the run. A joined cluster brings its own.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    Config.initialize("")  # Ray read its settings at import; this process must see token mode too
 
 
 def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask], stages: list[type[Stage]]) -> Iterator[VideoTask]:
