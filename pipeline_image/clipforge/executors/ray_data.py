@@ -299,7 +299,10 @@ def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], pipeline: tupl
             num_gpus=execution.gpus or None,
             resources={stage_resource_name(stage_cls.name): PINNED_RESOURCE_AMOUNT} if execution.pinned else None,
             # Restarts are bounded by the ledger: each task ends a bounded number of workers, and
-            # a stage whose workers die while starting fails the run.
+            # a stage whose workers die while starting fails the run. With restarts Ray logs, once
+            # per run, an E-level core_worker.cc line on "constructor arguments in the object
+            # store": Ray Data's own arguments (every pool's code and context go by reference;
+            # ray-project/ray#57733), put by this process, which holds them while the run lasts.
             max_restarts=-1,
             max_task_retries=ray_task_retries(spec),
         )
