@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import uuid
 
@@ -9,6 +10,15 @@ import pytest
 
 # support.markers: the kube/ray/s3/gpu markers, set and checked; pytester: tests/test_markers.py checks them.
 pytest_plugins = ["support.markers", "pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _log_levels():
+    """clipforge.cli.main sets log levels (--log-level, --quiet): the next test starts without them."""
+    root = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(root)
+    logging.getLogger("clipforge").setLevel(logging.NOTSET)
 
 # --- S3: a real S3 server (Ceph RADOS gateway on loopback, see tests/support/s3_server.py) ---
 

@@ -49,11 +49,48 @@ def test_every_problem_is_listed_by_field_path():
 
 def test_load_job_needs_exactly_one_job_document(tmp_path):
     path = tmp_path / "two.yaml"
-    path.write_text("kind: Secret\n---\nkind: ConfigMap\n")
-    with pytest.raises(InvalidJobError, match="expected exactly one VideoCurationJob document, found 0"):
+    path.write_text("kind: Secret\n---\napiVersion: clipforge.dev/v1\nkind: VideoCurationjob\n")
+    with pytest.raises(InvalidJobError) as info:
         load_job(path)
+    assert ("expected exactly one VideoCurationJob document (apiVersion clipforge.dev/v1alpha1), found 2 documents:"
+            " kind 'Secret' (apiVersion None), kind 'VideoCurationjob' (apiVersion 'clipforge.dev/v1')"
+            ) in str(info.value)
     with pytest.raises(InvalidJobError, match="file not found"):
         load_job(tmp_path / "missing.yaml")
+
+
+def test_a_wrong_value_is_shown_back():
+    document = job()
+    document["apiVersion"] = "clipforge.dev/v1"
+    with pytest.raises(InvalidJobError) as info:
+        parse_job(document)
+    assert "apiVersion: Input should be 'clipforge.dev/v1alpha1' (found 'clipforge.dev/v1')" in str(info.value)
+
+
+def test_an_unknown_field_gets_the_closest_known_one():
+    document = job(transcoding={"crff": 20}, execution={"stages": {"trancode": {}, "embed": {"cpu": 1}}},
+                   cluster={"volumes": [{"name": "v", "emptyDir": {}, "mountPath": "/x"}]})
+    with pytest.raises(InvalidJobError) as info:
+        parse_job(document)
+    problems = info.value.problems
+    assert "spec.transcoding.crff: unknown field; did you mean crf?" in problems
+    assert "spec.execution.stages.trancode: unknown field; did you mean transcode?" in problems
+    assert "spec.execution.stages.embed.cpu: unknown field; did you mean cpus?" in problems
+    # Nothing close: the names that are known there, through the list's index.
+    assert ("spec.cluster.volumes.0.mountPath: unknown field (known here: name, emptyDir, configMap,"
+            " persistentVolumeClaim)") in problems
+
+
+def test_a_yaml_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("apiVersion: clipforge.dev/v1alpha1\nkind: VideoCurationJob\nspec:\n  input: {uri: in\n"
+                    "  output: {uri: out}\n")
+    with pytest.raises(InvalidJobError) as info:
+        load_job(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid VideoCurationJob")
+    assert "line 5, column 9: not valid YAML: while parsing a flow mapping: expected ',' or '}'" in message
+    assert "<unicode string>" not in message
 
 
 def test_switched_off_stages_are_not_started():

@@ -1,13 +1,14 @@
-"""`clipforge`: run a VideoCurationJob manifest, validate one, or write sample videos."""
+"""`clipforge`: curate videos into a clip dataset as a VideoCurationJob manifest says, and work with its output."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
+from clipforge import logs
 from clipforge.spec import InvalidJobError, RunReport, RunState, load_job
 
 # Exit statuses of `clipforge run` (README: "Exit statuses"). 3: every video was processed and
@@ -74,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_video(stats: RunStats) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=stats.total - stats.skipped, unit="video", disable=args.no_progress or None,
+            bar = tqdm(total=stats.total - stats.skipped, unit="video", disable=args.no_progress or args.quiet or None,
                        desc=job.metadata.name)
         bar.update(stats.done + stats.failed - bar.n)
         bar.set_postfix(clips=stats.clips_passed, filtered=stats.clips_filtered, failed=stats.failed)
@@ -194,7 +195,8 @@ def _shard_size(text: str) -> int:
 def _storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
                         help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL; unset: AWS)")
-    parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"), help="S3 region")
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"),
+                        help="S3 region (default: $AWS_REGION, else us-east-1)")
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
@@ -205,12 +207,32 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _logging_options(parser: argparse.ArgumentParser, default: bool) -> None:
+    """--log-level and --quiet, before the command (`default`: the values when not given) and
+    after it (no defaults there: those would override the values given before the command)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--log-level", choices=logs.LEVELS, default=logs.DEFAULT_LEVEL if default else argparse.SUPPRESS,
+                       help=f"what ClipForge and its Ray workers log (default {logs.DEFAULT_LEVEL})")
+    group.add_argument("--quiet", action="store_true", default=False if default else argparse.SUPPRESS,
+                       help="only errors and the final summary: no progress bar, no warnings")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipforge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('clipforge')}",
+                        help="print ClipForge's version and exit")
+    _logging_options(parser, default=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _logging_options(common, default=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (`clipforge COMMAND --help` for its arguments)")
 
-    run = sub.add_parser("run", help="run a VideoCurationJob manifest")
-    run.add_argument("job", help="the job manifest (the same file kubectl applies)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    job_help = "the VideoCurationJob manifest (the same file kubectl applies)"
+    run = command("run", "run a VideoCurationJob manifest")
+    run.add_argument("job", help=job_help)
     run.add_argument(
         "--ray-address",
         default=os.environ.get("RAY_ADDRESS"),
@@ -227,46 +249,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
-    dedup = sub.add_parser("dedup", help="deduplicate an existing output's clip embeddings (dedup.inputUri or output.uri)")
-    dedup.add_argument("job")
+    dedup = command("dedup", "deduplicate an existing output's clip embeddings (dedup.inputUri or output.uri)")
+    dedup.add_argument("job", help=job_help)
     dedup.add_argument(
         "--ray-address",
         help="spread the per-cluster work over this Ray cluster (unset: in-process); 'local' starts a local Ray",
     )
     dedup.set_defaults(func=cmd_dedup)
 
-    validate = sub.add_parser("validate", help="check a manifest and list every problem")
-    validate.add_argument("job")
+    validate = command("validate", "check a manifest and list every problem")
+    validate.add_argument("job", help=job_help)
     validate.set_defaults(func=cmd_validate)
 
-    models = sub.add_parser("models", help="list the models the job's stages need and check they are in place")
-    models.add_argument("job")
+    models = command("models", "list the models the job's stages need and check they are in place")
+    models.add_argument("job", help=job_help)
     models.set_defaults(func=cmd_models)
 
-    report = sub.add_parser("report", help="(re)write an output's clip index and report/index.html")
+    report = command("report", "(re)write an output's clip index and report/index.html")
     report.add_argument("output", help="the job's output.uri: a local directory or s3:// URI")
     _storage_options(report)
     report.set_defaults(func=cmd_report)
 
-    export = sub.add_parser("export", help="write an output's passed clips as WebDataset tar shards")
+    export = command("export", "write an output's passed clips as WebDataset tar shards")
     export.add_argument("output", help="the job's output.uri: a local directory or s3:// URI")
     export.add_argument("dest", help="where the shards go: a local directory or s3:// URI")
-    export.add_argument("--format", choices=["webdataset"], required=True, help="the shard format")
+    export.add_argument("--format", choices=["webdataset"], default="webdataset",
+                        help="the shard format (default webdataset, the only one so far)")
     export.add_argument("--shard-size", type=_shard_size, default="512M",
                         help="about how large each shard grows, such as 256M or 1G (default 512M)")
     export.add_argument("--seed", type=int, default=0, help="the shuffle's seed: the same seed, the same shards")
     _storage_options(export)
     export.set_defaults(func=cmd_export)
 
-    samples = sub.add_parser("samples", help="write synthetic sample videos with known cuts")
-    samples.add_argument("directory")
+    samples = command("samples", "write synthetic sample videos with known cuts")
+    samples.add_argument("directory", help="where the videos go (created if missing)")
     samples.set_defaults(func=cmd_samples)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    logs.configure("error" if args.quiet else args.log_level)
     try:
         return args.func(args)
     except InvalidJobError as exc:

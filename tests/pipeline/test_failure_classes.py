@@ -94,7 +94,7 @@ def faulty_writes(monkeypatch, fails: callable) -> list[str]:  # noqa: ANN001
 def test_a_storage_fault_mid_chunk_is_retried_and_loses_nothing(tmp_path, inputs, monkeypatch, caplog):
     failed = faulty_writes(monkeypatch, lambda uri, n: n == 0 and "/filtered_clips/" in uri)  # the second clip
     out = tmp_path / "out"
-    assert run(tmp_path, inputs, out) == EXIT_OK
+    assert run(tmp_path, inputs, out, "--log-level", "info") == EXIT_OK  # attempts are logged at info
     assert len(failed) == 1
     assert any("write of good.mp4 chunk 1, attempt 1 of 2" in r.getMessage() for r in caplog.records)
     assert record(out, "good.mp4")["errors"] == {}

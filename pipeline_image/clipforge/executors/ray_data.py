@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import secrets
+import sys
 import tempfile
 import time
 import warnings
@@ -34,6 +35,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from clipforge import logs
 from clipforge.executors.allocation import StageDemand, StageMeter, throughput_allocation
 from clipforge.spec import VideoCurationJobSpec, stage_resource_name
 from clipforge.stages import Stage, pipeline_stages
@@ -145,7 +147,7 @@ class _TimeLimit:
 class _StageWorker:
     def __init__(self, stage_cls: type[Stage], pipeline: tuple[type[Stage], ...], spec: VideoCurationJobSpec,
                  attempts: ActorHandle, meter: ActorHandle | None):
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logs.configure_worker()
         self.attempts = attempts
         self.meter = meter  # the throughput allocator's StageMeter, told how long each task took
         self.failures = spec.execution.failures
@@ -179,7 +181,7 @@ class _StageWorker:
             _TimeLimit(*self.stage.time_limit(task)),
         )
         if gave_up:
-            log.error("%s: %s", key, _gave_up(gave_up))
+            log.info("%s: %s", key, _gave_up(gave_up))  # the summary's FAILED line says it to the user
             task.errors[self.stage.name] = _gave_up(gave_up)
             # A worker that died (out of memory, killed) is the environment's; a task that keeps
             # running past its time limit is its input's (a decoder that hangs on it).
@@ -241,20 +243,39 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     """Joins `address` or starts a private local Ray; returns True when it started one."""
     if ray.is_initialized():
         return False
+    # Ray colours the `(pid=...)` prefix of every worker line it passes on; in a file or a pipe
+    # those are escape codes. An explicit RAY_COLOR_PREFIX is the user's.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    # Workers configure their logging before any spec reaches them: the level goes with them.
+    options = {"log_to_driver": True, "runtime_env": {"env_vars": logs.worker_env()},
+               "logging_level": max(logging.WARNING, logging.getLogger("clipforge").getEffectiveLevel())}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **options)
         return False
-    # This private cluster's GCS and workers listen on the machine's address while the run lasts:
-    # Ray's default for a new local cluster, token auth, stays on (unless the user set a mode), with
-    # a token of this process's own in its environment, which Ray's processes inherit, rather than
-    # the token file Ray would write under ~/.ray to outlive the run. A joined cluster brings its own.
-    if "RAY_AUTH_MODE" not in os.environ:
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    _token_auth()
     num_cpus = local_cpus_needed(spec)
     if num_cpus > (os.cpu_count() or 1):
         log.info("local Ray: %d logical CPUs so each stage gets its minimum workers (%d cores)", num_cpus, os.cpu_count())
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
     return True
+
+
+def _token_auth() -> None:
+    """Token auth for a private local Ray, chosen here rather than left to Ray's default (which
+    says so in a warning on every run), unless the user chose a mode.
+
+    Its GCS and workers listen on the machine's address while the run lasts. The token is this
+    process's own, in its environment, which Ray's processes inherit, rather than the token file
+    Ray would write under ~/.ray to outlive the run. A joined cluster brings its own.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    Config.initialize("")  # Ray read its settings at import; this process must see token mode too
 
 
 def run_ray(spec: VideoCurationJobSpec, tasks: list[VideoTask], stages: list[type[Stage]]) -> Iterator[VideoTask]:
@@ -326,7 +347,10 @@ def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], pipeline: tupl
             num_gpus=execution.gpus or None,
             resources={stage_resource_name(stage_cls.name): PINNED_RESOURCE_AMOUNT} if execution.pinned else None,
             # Restarts are bounded by the ledger: each task ends a bounded number of workers, and
-            # a stage whose workers die while starting fails the run.
+            # a stage whose workers die while starting fails the run. With restarts Ray logs, once
+            # per run, an E-level core_worker.cc line on "constructor arguments in the object
+            # store": Ray Data's own arguments (every pool's code and context go by reference;
+            # ray-project/ray#57733), put by this process, which holds them while the run lasts.
             max_restarts=-1,
             max_task_retries=ray_task_retries(spec),
         )

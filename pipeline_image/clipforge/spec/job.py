@@ -3,6 +3,9 @@ This module holds the manifest itself and its loading; its sections live beside 
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,7 +87,36 @@ class InvalidJobError(ValueError):
 
 def _describe(error: Any) -> str:
     path = ".".join(str(p) for p in error["loc"]) or "(root)"
-    return f"{path}: {error['msg']}"
+    if error["type"] == "extra_forbidden":
+        return f"{path}: {_unknown_field(error['loc'])}"
+    found = error.get("input")
+    # A scalar the user wrote is shown back; a mapping (a missing field's parent) would only be noise.
+    shown = f" (found {found!r})" if isinstance(found, (str, int, float, bool)) else ""
+    return f"{path}: {error['msg']}{shown}"
+
+
+def _unknown_field(loc: tuple) -> str:
+    """What to say of an unknown field: the closest known name at its place, else the known names."""
+    known = _fields_at(VideoCurationJob, loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f"unknown field; did you mean {close[0]}?" if close else f"unknown field (known here: {', '.join(known)})"
+
+
+def _fields_at(annotation: Any, loc: tuple) -> list[str]:
+    """The manifest names of the model's fields that `loc` leads to from `annotation`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = annotation.model_fields
+        if not loc:
+            return [field.alias or name for name, field in fields.items()]
+        field = next((f for n, f in fields.items() if loc[0] in (n, f.alias)), None)
+        return _fields_at(field.annotation, loc[1:]) if field else []
+    # Optional, lists and mappings: the error's path steps over the index or key (a list's 0,
+    # a mapping's key) to the model inside.
+    for inner in typing.get_args(annotation):
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            return _fields_at(inner, loc if union else loc[1:])
+    return []
 
 
 def parse_job(document: Any, source: str = "<manifest>") -> VideoCurationJob:
@@ -99,13 +131,31 @@ def parse_job(document: Any, source: str = "<manifest>") -> VideoCurationJob:
 def load_job(path: str | Path) -> VideoCurationJob:
     path = Path(path)
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        with path.open() as stream:  # a stream, not its text: PyYAML's marks then name the file
+            documents = [d for d in yaml.safe_load_all(stream) if d is not None]
     except FileNotFoundError:
         raise InvalidJobError(str(path), ["file not found"]) from None
     except yaml.YAMLError as exc:
-        raise InvalidJobError(str(path), [f"not valid YAML: {exc}"]) from None
+        raise InvalidJobError(str(path), [_yaml_problem(exc)]) from None
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
     if len(jobs) != 1:
-        raise InvalidJobError(str(path), [f"expected exactly one {KIND} document, found {len(jobs)}"])
+        expected = f"expected exactly one {KIND} document (apiVersion {API_GROUP}/{API_VERSION})"
+        raise InvalidJobError(str(path), [f"{expected}, found {_kinds(documents)}"])
     return parse_job(jobs[0], str(path))
 
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return f"not valid YAML: {exc}"
+    context = f"{exc.context}: " if getattr(exc, "context", None) else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {context}{exc.problem}"
+
+
+def _kinds(documents: list) -> str:
+    """What the documents are: none, or each one's kind and apiVersion."""
+    if not documents:
+        return "no documents"
+    described = [f"kind {d.get('kind')!r} (apiVersion {d.get('apiVersion')!r})" if isinstance(d, dict)
+                 else f"a {type(d).__name__}" for d in documents]
+    return f"{len(documents)} document{'s' if len(documents) > 1 else ''}: " + ", ".join(described)

@@ -123,7 +123,8 @@ class Stage(ABC):
         except Exception as exc:  # noqa: BLE001 - any failure of one video must not stop the run
             if environmental(exc):
                 raise
-            log.warning("%s failed on %s: %s", self.name, task.source, exc)
+            # info: the run's summary lists the failure (a FAILED line); once is enough.
+            log.info("%s failed on %s: %s", self.name, task.source, exc)
             log.debug("%s", traceback.format_exc())
             task.errors[self.name] = f"{type(exc).__name__}: {exc}"
             return [task]
@@ -141,7 +142,9 @@ def run_attempts(stage: Stage, task: VideoTask, retries: int, fresh: Callable[[]
             return stage.run(task)
         except Exception as exc:  # noqa: BLE001 - Stage.run raises environment failures only
             reasons.append(f"{type(exc).__name__}: {exc}")
-            log.warning("%s of %s chunk %d, attempt %d of %d: %s", stage.name, task.relative_path,
+            # info: the outcome is what counts, and is reported: the last attempt's result, or
+            # the summary's FAILED line with every attempt's reason.
+            log.info("%s of %s chunk %d, attempt %d of %d: %s", stage.name, task.relative_path,
                         task.chunk_index, attempt + 1, retries + 1, reasons[-1])
             if attempt < retries:
                 time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
