@@ -89,8 +89,8 @@ class FailuresSpec(SpecModel):
     )
     max_failed_fraction: float = _f(
         0.5,
-        "The run fails as a whole when more than this fraction of the input videos fail; 1 never fails"
-        " the run for failed videos.",
+        "The run fails as a whole when more than this fraction of the input videos fail, or of the clips"
+        " made (a clip a stage could not make); 1 never fails the run for failed videos or clips.",
         ge=0, le=1,
     )
 
