@@ -496,7 +496,6 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
     spec = job.spec
     name = job.metadata.name
     pod_labels = labels(name, uid, attempt)
-    head = spec.cluster.head
     cluster_spec = {
         "rayVersion": spec.cluster.ray_version,
         "enableInTreeAutoscaling": True,

@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from clipforge import clip_index, layout
+from clipforge import clip_index
 from clipforge.cli import main
 from clipforge.samples import write_samples
 from clipforge.clip_index import CLIP_SCHEMA, VIDEO_SCHEMA

@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clipforge.cli import main
 from clipforge.storage import Storage, StorageError
-from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, load_json, run_in_process, sample_copies
 
 EXIT_OK, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
 
@@ -20,17 +19,13 @@ EXIT_OK, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
 def run(tmp_path: Path, inputs: Path, out: Path, *extra: str, **spec) -> int:
     spec.setdefault("splitting", FIVE_SECOND_CLIPS)
     spec.setdefault("execution", {"executor": "local", "clipsPerChunk": 1, "failures": {"taskRetries": 1}})
-    job = write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))
-    return main(["run", str(job), "--no-progress", *extra])
+    return run_in_process(tmp_path, inputs, out, *extra, **spec)
 
 
 @pytest.fixture
 def inputs(tmp_path, samples_dir) -> Path:
     """The moving-then-static sample (2 clips: one passes, one is filtered) as good.mp4."""
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    shutil.copy(samples_dir / "moving_then_static.mp4", inputs / "good.mp4")
-    return inputs
+    return sample_copies(samples_dir, tmp_path / "inputs", "good.mp4")
 
 
 def record(out: Path, name: str) -> dict:

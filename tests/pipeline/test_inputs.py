@@ -4,7 +4,6 @@ matches nothing is never a success."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,22 +14,18 @@ from clipforge.clip_index import read_table
 from clipforge.spec import InputSpec
 from clipforge.storage import Storage
 from pydantic import ValidationError
-from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, run_in_process, sample_copies, write_manifest
 
 EXIT_OK, EXIT_NO_INPUT = 0, 4
 
 
 def run(tmp_path, inputs) -> int:  # noqa: ANN001
-    document = manifest(str(inputs), str(tmp_path / "out"), splitting=FIVE_SECOND_CLIPS,
-                        execution={"executor": "local"})
-    return main(["run", str(write_manifest(tmp_path / "job.yaml", document)), "--no-progress"])
+    return run_in_process(tmp_path, inputs, tmp_path / "out", splitting=FIVE_SECOND_CLIPS,
+                          execution={"executor": "local"})
 
 
 def test_camera_names_in_capitals_are_curated_and_other_files_counted(tmp_path, samples_dir, capsys):
-    inputs = tmp_path / "DCIM"
-    inputs.mkdir()
-    shutil.copy(samples_dir / "moving_then_static.mp4", inputs / "IMG_0001.MOV")
-    shutil.copy(samples_dir / "moving_then_static.mp4", inputs / "CLIP.MP4")
+    inputs = sample_copies(samples_dir, tmp_path / "DCIM", "IMG_0001.MOV", "CLIP.MP4")
     (inputs / "notes.txt").write_text("not a video")
     assert run(tmp_path, inputs) == EXIT_OK
     summary = load_json(tmp_path / "out" / "summary.json")
@@ -60,10 +55,7 @@ def test_an_input_that_matches_nothing_is_its_own_end_state(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl"])
 def test_a_manifest_names_the_videos_and_its_columns_reach_the_index(tmp_path, samples_dir, kind):
-    videos = tmp_path / "anywhere"
-    videos.mkdir()
-    for name in ("a.mp4", "b.mp4"):
-        shutil.copy(samples_dir / "moving_then_static.mp4", videos / name)
+    videos = sample_copies(samples_dir, tmp_path / "anywhere", "a.mp4", "b.mp4")
     rows = [{"uri": str(videos / "a.mp4"), "licence": "cc-by", "shot": 1},
             {"uri": str(videos / "b.mp4"), "licence": "cc0", "shot": 2}]
     path = tmp_path / f"videos.{kind}"

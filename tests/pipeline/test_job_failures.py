@@ -7,22 +7,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clipforge.cli import main
-from support.jobs import FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, worker_hooks, write_manifest
+from support.jobs import (
+    FIVE_SECOND_CLIPS, clipforge, decode_clip, load_json, manifest, run_in_process, sample_copies, worker_hooks, write_manifest,
+)
 
 def run_local(tmp_path: Path, inputs: Path, out: Path, **failures) -> int:
-    spec = {"splitting": FIVE_SECOND_CLIPS, "embeddings": {"enabled": False},
-            "execution": {"executor": "local", "failures": failures}}
-    return main(["run", str(write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))),
-                 "--no-progress"])
+    return run_in_process(tmp_path, inputs, out, splitting=FIVE_SECOND_CLIPS, embeddings={"enabled": False},
+                          execution={"executor": "local", "failures": failures})
 
 
 @pytest.fixture
 def one_broken_of_three(tmp_path, samples_dir) -> Path:
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    for name in ("a.mp4", "b.mp4"):
-        shutil.copy(samples_dir / "moving_then_static.mp4", inputs / name)
+    inputs = sample_copies(samples_dir, tmp_path / "inputs", "a.mp4", "b.mp4")
     (inputs / "broken.mp4").write_bytes(b"\x00" * 4096)
     return inputs
 

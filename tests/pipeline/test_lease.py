@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,16 +15,14 @@ from clipforge.lease import EXPIRE_S, OutputLease, OutputLocked
 from clipforge.spec import VideoCurationJob
 from clipforge.stages.split import SplitStage
 from clipforge.storage import Storage
-from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, sample_copies, write_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 @pytest.fixture
 def job_file(tmp_path, samples_dir) -> Path:
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    shutil.copy(samples_dir / "moving_then_static.mp4", inputs / "a.mp4")
+    inputs = sample_copies(samples_dir, tmp_path / "inputs", "a.mp4")
     document = manifest(str(inputs), str(tmp_path / "out"), splitting=FIVE_SECOND_CLIPS,
                         execution={"executor": "local"})
     return write_manifest(tmp_path / "job.yaml", document)

@@ -6,33 +6,26 @@ The time limit stopping a worker stuck in native code, holding the GIL, is in te
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from clipforge.cli import main
 from clipforge.stages import pipeline_stages
 from clipforge.stages.probe import ProbeStage
 from clipforge.stages.split import SplitStage, chunk_clips
 from clipforge.stages.transcode import TranscodeStage
 from clipforge.tasks import Clip, VideoMeta, VideoTask
-from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, load_json, run_in_process, sample_copies
 
 
 def run(tmp_path: Path, inputs: Path, out: Path, **execution) -> int:
-    spec = {"splitting": FIVE_SECOND_CLIPS, "embeddings": {"enabled": False},
-            "execution": {"executor": "local", **execution}}
-    return main(["run", str(write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))),
-                 "--no-progress"])
+    return run_in_process(tmp_path, inputs, out, splitting=FIVE_SECOND_CLIPS, embeddings={"enabled": False},
+                          execution={"executor": "local", **execution})
 
 
 @pytest.fixture
 def one_video(tmp_path, samples_dir) -> Path:
     """moving_then_static: 320x180, 24 fps, 10 s, two 5 s clips (120 frames each)."""
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    shutil.copy(samples_dir / "moving_then_static.mp4", inputs / "video.mp4")
-    return inputs
+    return sample_copies(samples_dir, tmp_path / "inputs", "video.mp4")
 
 
 @pytest.mark.parametrize(("limits", "reason"), [

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from clipforge import layout, provenance
 from clipforge.clip_index import read_table
-from clipforge.cli import main
 from clipforge.models import ModelRequirement
 from clipforge.spec import clip_settings
 from clipforge.stages.split import SplitStage
 from clipforge.storage import Storage, StorageError
-from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, load_json, run_in_process, sample_copies
 
 EXIT_OK, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
 
@@ -27,18 +25,13 @@ EXIT_OK, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
 def run(tmp_path: Path, inputs: Path, out: Path, **spec) -> int:
     spec.setdefault("splitting", FIVE_SECOND_CLIPS)
     spec.setdefault("execution", {"executor": "local", "clipsPerChunk": 1, "failures": {"taskRetries": 0}})
-    job = write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))
-    return main(["run", str(job), "--no-progress"])
+    return run_in_process(tmp_path, inputs, out, **spec)
 
 
 @pytest.fixture
 def inputs(tmp_path, samples_dir) -> Path:
     """Two copies of the moving-then-static sample: two chunks of one clip each per video."""
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    for name in ("a.mp4", "b.mp4"):
-        shutil.copy(samples_dir / "moving_then_static.mp4", inputs / name)
-    return inputs
+    return sample_copies(samples_dir, tmp_path / "inputs", "a.mp4", "b.mp4")
 
 
 def mtimes(out: Path) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,23 @@ def manifest(input_uri: str, output_uri: str, name: str = "test-job", **spec: ob
 def write_manifest(path: Path, document: dict) -> Path:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def run_in_process(tmp_path: Path, inputs: Path | str, out: Path | str, *args: str, **spec: object) -> int:
+    """`clipforge run` of a manifest over inputs into out, in this process (so monkeypatches reach
+    its stages with the local executor); returns its exit status."""
+    from clipforge.cli import main
+
+    job = write_manifest(tmp_path / "job.yaml", manifest(str(inputs), str(out), **spec))
+    return main(["run", str(job), "--no-progress", *args])
+
+
+def sample_copies(samples_dir: Path, directory: Path, *names: str) -> Path:
+    """`directory` holding the moving-then-static sample (two 5 s clips) under each of `names`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(samples_dir / "moving_then_static.mp4", directory / name)
+    return directory
 
 
 def tree(root: Path) -> dict[str, int]:
