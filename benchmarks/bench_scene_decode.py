@@ -51,9 +51,9 @@ def split_decode(path: Path) -> None:
             pass
 
 
-def transcode_task(path: Path, spans: list[tuple[int, int]]) -> VideoTask:
+def transcode_task(spec: VideoCurationJobSpec, path: Path, spans: list[tuple[int, int]]) -> VideoTask:
     with av.open(str(path)) as container:
-        meta = probe_container(container, path.stat().st_size)
+        meta = probe_container(container, path.stat().st_size, spec.execution.limits)
     fps = meta.framerate
     clips = [Clip(clip_uuid(str(path), s, e), str(path), s, e, s / fps, e / fps) for s, e in spans]
     return VideoTask(source=str(path), relative_path=path.name, meta=meta, clips=clips)
@@ -81,7 +81,7 @@ def main() -> int:
         for _ in range(args.runs):  # interleaved: drift in the machine's speed hits all alike
             figures["decode"].append(cpu_seconds(lambda: split_decode(path)))
             figures["split"].append(cpu_seconds(lambda: detector.detect(str(path))))
-            figures["transcode"].append(cpu_seconds(lambda: transcode.process(transcode_task(path, spans))))
+            figures["transcode"].append(cpu_seconds(lambda: transcode.process(transcode_task(spec, path, spans))))
     median = {name: statistics.median(values) for name, values in figures.items()}
     for name, value in median.items():
         print(f"{name}: {value:.2f} CPU s (median of {args.runs})")
