@@ -27,9 +27,9 @@ from clipforge.lease import RENEW_S, OutputLease, OutputLocked
 from clipforge.provenance import Provenance, matches, new_run_id
 from clipforge.report import publish
 from clipforge.spec import (
-    NO_INPUT_VIDEOS, PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts,
-    FailuresSpec, RunReport, RunState, VideoCounts, VideoCurationJob, VideoCurationJobSpec, VideoFailure,
-    clip_settings, stage_enabled,
+    NO_INPUT_VIDEOS, PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED,
+    TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts, FailuresSpec, RunReport, RunState, VideoCounts, VideoCurationJob,
+    VideoCurationJobSpec, VideoFailure, clip_settings, stage_enabled,
 )
 from clipforge.stages import pipeline_stages
 from clipforge.storage import Listed, Storage, StorageError
@@ -68,6 +68,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     failures: list[VideoFailure] = field(default_factory=list)
     run_id: str | None = None
+    earlier_clips: int = 0  # clips passed or filtered by earlier runs, of the videos this one skipped
 
     def report(self, state: RunState, **end: Any) -> RunReport:
         """The run report as of now; `end`: summary.json's fields (RunReport's last ones)."""
@@ -82,7 +83,8 @@ class RunStats:
             clips=ClipCounts(passed=self.clips_passed, filtered=self.clips_filtered, failed=self.clips_failed),
             video_seconds_processed=round(self.video_seconds, 3),
             throughput_video_seconds_per_second=round(self.video_seconds / elapsed, 4) if elapsed else 0.0,
-            clips_per_second=round((self.clips_passed + self.clips_filtered) / elapsed, 4) if elapsed else 0.0,
+            clips_per_second=(round((self.clips_passed + self.clips_filtered - self.earlier_clips) / elapsed, 4)
+                              if elapsed else 0.0),
             **end,
         )
 
@@ -118,12 +120,12 @@ class ProgressWriter:
 
 
 def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict | None],
-                     provenance: Provenance | None = None, retry_failed: bool = False
-                     ) -> dict[str, VideoFailure | None]:
+                     provenance: Provenance | None = None, retry_failed: bool = False) -> dict[str, dict]:
     """The videos an earlier run finished under root, made as this run would make them
     (clipforge.provenance: the same clip settings, source and model weights; `inputs`: relative
-    path -> source_version()): relative path -> None for a success, or its final failure (the
-    input's fault). Retryable failures are left out, as are all failures under `retry_failed`.
+    path -> source_version()): relative path -> its record, a success or a final failure (the
+    input's fault). Retryable failures are left out, and under `retry_failed` every failure,
+    of the video or of some of its clips.
 
     One listing of processed_videos/ and concurrent reads of its records: a rerun over a
     large output must not cost a round trip per input video in sequence.
@@ -131,18 +133,18 @@ def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[s
     records_root = layout.join(root, layout.PROCESSED_VIDEOS)
     records = storage.list_files(records_root, ["*.json"], missing_ok=True)
 
-    def finished(record: Listed) -> tuple[str, VideoFailure | None] | None:
+    def finished(record: Listed) -> tuple[str, dict] | None:
         relative = record.relative[: -len(".json")]
         if relative not in inputs:
             return None
         done = json.loads(storage.read_bytes(record.uri))
         if not matches(done, settings, provenance, inputs[relative]):
             return None
-        if not done.get("errors"):
-            return relative, None
-        if done.get("retryable", True) or retry_failed:
+        if retry_failed and (done.get("errors") or done.get("num_clips_failed")):
+            return None  # failed clips are the input's failures too: split redoes their chunks
+        if done.get("errors") and done.get("retryable", True):
             return None
-        return relative, VideoFailure(video=done["video"], errors=done["errors"], earlier=True)
+        return relative, done
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return dict(found for found in pool.map(finished, records) if found is not None)
@@ -169,6 +171,7 @@ class Discovered:
     skipped: int  # inputs an earlier run finished
     unmatched: int  # files no pattern matched
     earlier_failures: list[VideoFailure]  # the skipped inputs that failed for good
+    earlier_clips: ClipCounts  # the clips of the skipped inputs
 
 
 def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retry_failed: bool,
@@ -184,10 +187,14 @@ def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retr
     done = {} if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec), versions, provenance,
                                                  retry_failed)
     tasks = [VideoTask(source=entry.uri, relative_path=entry.relative, source_version=entry.version,
-                       input_columns=entry.columns, provenance=provenance, redo=overwrite)
+                       input_columns=entry.columns, provenance=provenance, redo=overwrite,
+                       retry_failed=retry_failed)
              for entry in inputs if entry.relative not in done]
-    failed = [failure for rel, failure in sorted(done.items()) if failure is not None]
-    return Discovered(tasks, len(inputs), len(inputs) - len(tasks) - len(failed), unmatched, failed)
+    failed = [VideoFailure(video=record["video"], errors=record["errors"], earlier=True)
+              for _, record in sorted(done.items()) if record.get("errors")]
+    clips = ClipCounts(**{kind: sum(record.get(f"num_clips_{kind}", 0) for record in done.values())
+                          for kind in ("passed", "filtered", "failed")})
+    return Discovered(tasks, len(inputs), len(inputs) - len(tasks) - len(failed), unmatched, failed, clips)
 
 
 def video_record(chunks: list[VideoTask], settings: dict) -> dict:
@@ -242,8 +249,13 @@ class JobRun:
         provenance = Provenance.of_run(self.stats.run_id, storage, preflight.requirements(self.spec))
         found = discover(self.spec, storage, self.overwrite, self.retry_failed, provenance)
         self.stats.total, self.stats.skipped, self.stats.unmatched = found.total, found.skipped, found.unmatched
-        # Videos whose input failed for good stay failed in this run's counts and exit status.
+        # Videos (and clips) whose input failed for good stay failed in this run's counts and exit
+        # status: the dataset still lacks them. The clips count every video done, as videos.done does.
         self.stats.failed, self.stats.failures = len(found.earlier_failures), found.earlier_failures
+        clips = found.earlier_clips
+        stats = self.stats
+        stats.clips_passed, stats.clips_filtered, stats.clips_failed = clips.passed, clips.filtered, clips.failed
+        stats.earlier_clips = clips.passed + clips.filtered
         return found.tasks
 
     def no_input(self) -> str | None:
@@ -335,9 +347,9 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
 
     `executor` overrides spec.execution.executor. Videos an earlier run recorded as failed by
     their input are not tried again unless `retry_failed` (clipforge.failures). The Ray
-    executor joins `ray_address`, or a Ray this process has joined, or starts a private local Ray for the run and stops it at the end;
-    dedup (when enabled) runs after every video, on that Ray. `on_video` is told the counts
-    after the inputs are listed and after each video.
+    executor joins `ray_address`, or a Ray this process has joined, or starts a private local
+    Ray for the run and stops it at the end; dedup (when enabled) runs after every video, on that
+    Ray. `on_video` is told the counts after the inputs are listed and after each video.
 
     Raises RunNotStarted when the output or the inputs cannot be reached, or another run holds
     the output (clipforge.lease; `force_unlock` removes every claim first). Anything raised later

@@ -117,6 +117,8 @@ class VideoTask:
     resumed: bool = False
     # True under `--overwrite`: earlier chunk records are replaced, never resumed.
     redo: bool = False
+    # True under `--retry-failed`: an earlier chunk record with failed clips is redone, not resumed.
+    retry_failed: bool = False
     # Set by the writer: the chunk's record as written to processed_clip_chunks/.
     chunk_record: dict | None = None
 

@@ -22,10 +22,10 @@ from support.jobs import FIVE_SECOND_CLIPS, load_json, run_in_process, sample_co
 EXIT_OK, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
 
 
-def run(tmp_path: Path, inputs: Path, out: Path, **spec) -> int:
+def run(tmp_path: Path, inputs: Path, out: Path, *args: str, **spec) -> int:
     spec.setdefault("splitting", FIVE_SECOND_CLIPS)
     spec.setdefault("execution", {"executor": "local", "clipsPerChunk": 1, "failures": {"taskRetries": 0}})
-    return run_in_process(tmp_path, inputs, out, **spec)
+    return run_in_process(tmp_path, inputs, out, *args, **spec)
 
 
 @pytest.fixture
@@ -184,3 +184,20 @@ def test_a_setting_added_by_an_upgrade_redoes_nothing_while_at_its_default(make_
     # A setting the record has and this run does not is a difference.
     assert not provenance.matches({"settings": {**settings, "gone": 1}}, settings, None, None)
     assert not provenance.matches({"settings": {**settings, "clipsPerChunk": 7}}, settings, None, None)
+
+
+def test_failed_clips_are_final_until_retry_failed(tmp_path, inputs, monkeypatch):
+    (inputs / "b.mp4").unlink()
+    real = SplitStage.spans
+    monkeypatch.setattr(SplitStage, "spans", lambda self, task: [*real(self, task), (30, 30)])
+    out = tmp_path / "out"
+    assert run(tmp_path, inputs, out) == EXIT_COMPLETED_WITH_FAILURES
+    before = mtimes(out)
+    # A plain rerun keeps them (the input's failures), and still reports them.
+    assert run(tmp_path, inputs, out) == EXIT_COMPLETED_WITH_FAILURES
+    assert mtimes(out) == before and load_json(out / "summary.json")["videos"]["skipped"] == 1
+    # --retry-failed redoes the chunk that holds the failed clip, and only that one.
+    assert run(tmp_path, inputs, out, "--retry-failed") == EXIT_COMPLETED_WITH_FAILURES
+    redone = changed(before, mtimes(out))
+    failed_chunk = next(p for p in out.glob("processed_clip_chunks/*.json") if load_json(p)["failed_clips"])
+    assert redone == {f"processed_clip_chunks/{failed_chunk.name}"}

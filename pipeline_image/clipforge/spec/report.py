@@ -64,6 +64,8 @@ class VideoCounts(ReportModel):
 
 
 class ClipCounts(ReportModel):
+    """The clips of every video done, those an earlier run did included (as videos.done counts them)."""
+
     passed: int = Field(0, ge=0, description="Clips written to the dataset.")
     filtered: int = Field(0, ge=0, description="Clips moved aside by the filters.")
     failed: int = Field(0, ge=0, description="Clips a stage failed on.")

@@ -6,10 +6,10 @@ count, so 4K and long clips make smaller chunks. A chunk already recorded under
 processed_clip_chunks/ by an interrupted earlier run, made the way this run would make it
 (clipforge.provenance: the same settings, source and model weights) and holding exactly this
 chunk's clips, is passed on empty, marked resumed, so its clips are not redone. Any other chunk
-an earlier run recorded, or any chunk under `--overwrite`, is redone, and what it wrote (and any
-chunk past this run's last) is deleted first, so no stale clip stays in the dataset; so are the
-objects of chunks an earlier run began and never recorded (their pending_clip_chunks/
-manifests name them).
+an earlier run recorded, any chunk under `--overwrite`, or one with failed clips under
+`--retry-failed`, is redone, and what it wrote (and any chunk past this run's last) is deleted
+first, so no stale clip stays in the dataset; so are the objects of chunks an earlier run began
+and never recorded (their pending_clip_chunks/ manifests name them).
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ class SplitStage(Stage):
             # The same clips too: chunk sizing by decoded bytes moves chunk boundaries that the
             # settings of records written before it do not tell.
             if (group and record and not task.redo and matches(record, settings, task.provenance, task.source_version)
-                    and set(recorded_clip_ids(record)) == {clip.uuid for clip in group}):
+                    and set(recorded_clip_ids(record)) == {clip.uuid for clip in group}
+                    and not (task.retry_failed and record.get("failed_clips"))):
                 del records[index]
                 chunk = replace(chunk, clips=[], resumed=True)
             chunks.append(chunk)
