@@ -27,7 +27,7 @@ from clipforge.lease import RENEW_S, OutputLease, OutputLocked
 from clipforge.provenance import Provenance, matches, new_run_id
 from clipforge.report import publish
 from clipforge.spec import (
-    NO_INPUT_VIDEOS, PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED,
+    NO_INPUT_VIDEOS, NOT_STARTED, PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED,
     TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts, FailuresSpec, RunReport, RunState, VideoCounts, VideoCurationJob,
     VideoCurationJobSpec, VideoFailure, clip_settings, stage_enabled,
 )
@@ -324,12 +324,15 @@ class JobRun:
         message = _over_limits(limits, stats.clips_failed, clips, "clips", None)
         return (TOO_MANY_CLIPS_FAILED, message) if message else None
 
-    def write_progress(self, state: RunState, retry_seconds: float | None = None) -> None:
-        """retry_seconds: instead of the storage's own (0 for the progress thread's ticks: the next tick repeats)."""
+    def write_progress(self, state: RunState, retry_seconds: float | None = None, reason: str | None = None,
+                       message: str | None = None) -> None:
+        """retry_seconds: instead of the storage's own (0 for the progress thread's ticks: the next tick repeats);
+        reason and message: why a run ended as it did, for its last progress.json."""
         storage = self.storage if retry_seconds is None else self.storage.retrying_for(retry_seconds)
+        report = self.stats.report(state, reason=reason, message=(message or "") if reason else None)
         # Called from the progress thread and the driver: one document at a time.
         with self._progress_lock:
-            storage.write_json(layout.join(self.root, layout.PROGRESS), self.stats.report(state).to_json())
+            storage.write_json(layout.join(self.root, layout.PROGRESS), report.to_json())
 
     def summary(self, state: RunState, reason: str | None = None, message: str | None = None) -> RunReport:
         """Writes summary.json; a failed run's `reason` (one CamelCase word) and `message` say why."""
@@ -361,8 +364,9 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     try:
         tasks = run.prepare(force_unlock)
     except (StorageError, OutputLocked, ManifestError) as exc:
-        if run.lease is not None:
+        if run.lease is not None:  # held: the output is this run's to say why it ends here
             with contextlib.suppress(StorageError):
+                run.write_progress(RunState.failed, retry_seconds=0, reason=NOT_STARTED, message=str(exc))
                 run.lease.release()
         raise RunNotStarted(str(exc)) from exc
     if on_video is not None:
@@ -382,7 +386,7 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
                     summary = run.summary(state, reason, message)
                 finally:  # progress.json never stays at `running`, even when summary.json cannot be written
                     try:
-                        run.write_progress(state)
+                        run.write_progress(state, reason=reason, message=message)
                     finally:
                         run.lease.release()
     if run.lease.lost:

@@ -92,3 +92,11 @@ def test_input_needs_exactly_one_of_uri_and_manifest():
         InputSpec(uri="/videos", manifest="/videos.csv")
     with pytest.raises(ValidationError, match="give one of input.uri"):
         InputSpec()
+
+
+def test_a_run_that_cannot_list_its_input_leaves_a_final_progress_saying_why(tmp_path, capsys):
+    assert run(tmp_path, tmp_path / "no-such-folder") == 2
+    progress = load_json(tmp_path / "out" / "progress.json")
+    assert progress["state"] == "failed" and progress["reason"] == "NotStarted"
+    assert progress["message"] == f"input {tmp_path / 'no-such-folder'} does not exist"
+    assert not (tmp_path / "out" / "leases").exists() or not list((tmp_path / "out" / "leases").iterdir())

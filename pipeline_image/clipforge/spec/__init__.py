@@ -31,8 +31,9 @@ from clipforge.spec.cluster import (
     TaintEffect, Toleration, TolerationOperator, Volume, VolumeMount, WorkerGroupSpec,
 )
 from clipforge.spec.report import (
-    FAILED_ON_INPUTS, NO_INPUT_VIDEOS, PROGRESS_FILE, PROGRESS_INTERVAL_S, SUMMARY_FILE, TOO_MANY_CLIPS_FAILED,
-    TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts, RunReport, RunState, VideoCounts, VideoFailure,
+    FAILED_ON_INPUTS, NO_INPUT_VIDEOS, NOT_STARTED, PROGRESS_FILE, PROGRESS_INTERVAL_S, SUMMARY_FILE,
+    TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED, TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts, RunReport, RunState,
+    VideoCounts, VideoFailure,
 )
 from clipforge.spec.status import (
     INDEX_DIR, REPORT_DIR, REPORT_PAGE, TERMINAL_PHASES, Condition, ConditionStatus, JobOutputs, JobPhase,

@@ -44,6 +44,8 @@ TOO_MANY_VIDEOS_FAILED = "TooManyVideosFailed"
 TOO_MANY_VIDEOS_FAILED_RETRYABLE = "TooManyVideosFailedRetryable"
 # ... and when more of the clips made than execution.failures.maxFailedFraction failed (the input's).
 TOO_MANY_CLIPS_FAILED = "TooManyClipsFailed"
+# progress.json's `reason` when a run ended before any work (its inputs could not be listed or read).
+NOT_STARTED = "NotStarted"
 # summary.json's `reason` for the state no-input.
 NO_INPUT_VIDEOS = "NoInputVideos"
 # The reasons of a run that failed on its inputs: the operator fails the job without retries.
@@ -90,12 +92,13 @@ class RunReport(ReportModel):
     video_seconds_processed: float = Field(0.0, ge=0, description="Seconds of the videos curated so far.")
     throughput_video_seconds_per_second: float = Field(0.0, ge=0, description="Video seconds per wall second.")
     clips_per_second: float = Field(0.0, ge=0, description="Clips passed or filtered per wall second.")
-    # Only in summary.json: the run's end.
+    # The run's end: reason and message in its last progress.json too, the rest only in summary.json.
+    reason: str | None = Field(None, description="Why a run ended as it did, one CamelCase word (TooManyVideosFailed,"
+                                                 " TooManyVideosFailedRetryable, TooManyClipsFailed, NoInputVideos,"
+                                                 " NotStarted).")
+    message: str | None = Field(None, description="The failure in words, with `reason`.")
     output: str | None = Field(None, description="The run's output.uri.")
     failures: list[VideoFailure] | None = Field(None, description="Every failed video with its reasons.")
-    reason: str | None = Field(None, description="Why a failed run failed, one CamelCase word (TooManyVideosFailed,"
-                                                 " TooManyVideosFailedRetryable, TooManyClipsFailed).")
-    message: str | None = Field(None, description="The failure in words, with `reason`.")
     dedup: dict[str, Any] | None = Field(
         None, description="Semantic dedup's counts (clipforge.dedup), or {error} when it failed; once it ran."
     )
