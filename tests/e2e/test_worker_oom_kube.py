@@ -99,6 +99,7 @@ def run(stack, tmp_path_factory):
     del doc["spec"]["transcoding"]["maxHeight"]  # the default: clips keep their source's size
     execution = doc["spec"]["execution"]
     execution["failures"] = {"taskRetries": TASK_RETRIES}
+    execution["limits"] = {"maxPixels": WIDTH * HEIGHT}  # over the default (8K): let it reach transcode
     execution["stages"][STAGE] = {"cpus": 0.25, "gpus": 1, "minWorkers": 1, "maxWorkers": 1}
     doc["spec"]["cluster"]["gpuWorkers"] = {STAGE: {
         "gpus": 1, "resources": POD, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": [GPU_TOLERATION]}}
