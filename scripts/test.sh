@@ -31,4 +31,5 @@ rm -f "$images_log"
 trap - EXIT
 [ "$images_status" -eq 0 ] || { echo "scripts/build-images.sh failed ($images_status)" >&2; exit "$images_status"; }
 
-python3 -m pytest "$@"
+# The slowest tests named at the end: the suite has a 30-minute budget (docs/testing.md).
+python3 -m pytest --durations=25 "$@"
