@@ -31,5 +31,5 @@ rm -f "$images_log"
 trap - EXIT
 [ "$images_status" -eq 0 ] || { echo "scripts/build-images.sh failed ($images_status)" >&2; exit "$images_status"; }
 
-# The slowest tests named at the end: the suite has a 30-minute budget (docs/testing.md).
+# The slowest tests named at the end: a cached CI run has 30 minutes.
 python3 -m pytest --durations=25 "$@"
