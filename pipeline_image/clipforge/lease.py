@@ -88,13 +88,15 @@ class OutputLease:
     def _live_others(self) -> list[tuple[str, dict]]:
         """Other runs' live claims (uri, document); stale ones are removed on the way."""
         claims = self._claims(self.storage, self.root)
-        mine = next((c for c in claims if c.uri == self.uri), None)
+        # By name: a local listing gives absolute paths where the output may be relative (./out).
+        own = f"{self.run_id}.json"
+        mine = next((c for c in claims if c.relative == own), None)
         if mine is None:
             raise StorageError(f"cannot see this run's own claim {self.uri} in a listing of {self.root}")
         now = datetime.fromisoformat(mine.mtime)
         live = []
         for claim in claims:
-            if claim.uri == self.uri:
+            if claim.relative == own:
                 continue
             if (now - datetime.fromisoformat(claim.mtime)).total_seconds() > EXPIRE_S:
                 log.warning("removing the stale claim %s (not renewed for %g s)", claim.uri, EXPIRE_S)

@@ -53,6 +53,15 @@ def test_a_second_run_refuses_while_the_first_holds_the_output(tmp_path, job_fil
     assert load_json(out / "summary.json")["state"] == "succeeded"
 
 
+def test_an_output_given_as_a_relative_path_is_claimed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples/cpu-job.yaml writes to ./out
+    lease = OutputLease.acquire(Storage(), job_with("./out"), "here")
+    with pytest.raises(OutputLocked, match="run here"):
+        OutputLease.acquire(Storage(), job_with(str(tmp_path / "out")), "there")
+    lease.release()
+    assert claims(tmp_path / "out") == []
+
+
 def test_a_stale_claim_is_removed_and_force_unlock_removes_a_live_one(tmp_path, job_file):
     out = tmp_path / "out"
     dead = OutputLease.acquire(Storage(), job_with(str(out)), "dead-run")
