@@ -3,8 +3,9 @@
 The level set here is the `clipforge` loggers'; other libraries' loggers stay at warning or
 above (a debug run is not flooded by urllib3 and botocore). Ray workers run in other processes,
 maybe on other machines, and configure themselves before any spec reaches them: the driver's
-level travels in their environment (worker_env(), which executors/ray_data.py puts in Ray's
-runtime env), and configure_worker() reads it there.
+level travels in their environment (worker_env(), which executors/ray_data.py hands to the
+processes of a private Ray by inheritance and puts in a joined cluster's runtime env), and
+configure_worker() reads it there.
 """
 
 from __future__ import annotations

@@ -247,12 +247,15 @@ def start_ray(spec: VideoCurationJobSpec, address: str | None) -> bool:
     # those are escape codes. An explicit RAY_COLOR_PREFIX is the user's.
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-    # Workers configure their logging before any spec reaches them: the level goes with them.
-    options = {"log_to_driver": True, "runtime_env": {"env_vars": logs.worker_env()},
+    # Workers configure their logging before any spec reaches them: the level goes with them, in
+    # the environment a private Ray's processes inherit, or in a joined cluster's runtime env
+    # (a runtime env costs a local run 4-6 s: its actors cannot take Ray's prestarted workers).
+    options = {"log_to_driver": True,
                "logging_level": max(logging.WARNING, logging.getLogger("clipforge").getEffectiveLevel())}
     if address:
-        ray.init(address=address, **options)
+        ray.init(address=address, runtime_env={"env_vars": logs.worker_env()}, **options)
         return False
+    os.environ.update(logs.worker_env())
     _token_auth()
     num_cpus = local_cpus_needed(spec)
     if num_cpus > (os.cpu_count() or 1):
