@@ -6,9 +6,14 @@ token refused) is tests/operator/test_operator_kube.py and tests/e2e/test_operat
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
+
 import pytest
 
 from clipforge.dashboard_gate import STATUS_FIELDS, is_status_poll, status_view
+from support.pid1 import sigterm_as_pid1
 
 JOB = "curate-retry-1"
 # What KubeRay 1.5.0's dashboard client sends (Go's net/http, no body, no credentials).
@@ -55,3 +60,20 @@ def test_the_status_view_keeps_what_kuberay_reads_and_nothing_else():
     assert set(view) == set(STATUS_FIELDS)
     assert view["status"] == "RUNNING" and view["submission_id"] == JOB and view["start_time"] == 1764600000000
     assert not {"entrypoint", "runtime_env", "metadata", "driver_info", "driver_agent_http_address"} & set(view)
+
+
+def test_the_gate_as_its_containers_pid_1_stops_at_sigterm(tmp_path):
+    # The head pod's clean-up waited 30 s for the gate before it had a SIGTERM handler.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def listening() -> bool:
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    status = sigterm_as_pid1(
+        [sys.executable, "-m", "clipforge.dashboard_gate", f"--listen=127.0.0.1:{port}",
+         "--dashboard=127.0.0.1:1", f"--job-id={JOB}"],
+        listening, {**os.environ, "RAY_AUTH_TOKEN": "x" * 32}, log=tmp_path / "gate.log")
+    assert status == 0, (tmp_path / "gate.log").read_text()

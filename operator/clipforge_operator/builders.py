@@ -74,6 +74,13 @@ RAY_TOKEN_KEY = "RAY_AUTH_TOKEN"  # the Secret's key, and the variable Ray reads
 DASHBOARD_PORT = 8265  # KubeRay's: the head Service's `dashboard` port, its probes and its submitter
 DASHBOARD_LOOPBACK_PORT = 8266  # Ray's dashboard itself, reachable only inside the head pod
 GATE_CONTAINER = "dashboard-gate"
+# KubeRay runs `ulimit -n 65536; ray start ... --block` under bash, which stays the container's
+# PID 1 and, as PID 1, ignores SIGTERM: every Ray pod then took its whole 30 s grace period to
+# stop (a job's clean-up, a scale-down). With this annotation KubeRay keeps our command and passes
+# its generated `ray start` line in $KUBERAY_GEN_RAY_START_CMD; `exec` makes Ray PID 1, and Ray
+# drains and exits on SIGTERM. `eval` reads the line's quoting as KubeRay's own bash line does.
+OVERWRITE_RAY_COMMAND_ANNOTATION = "ray.io/overwrite-container-cmd"
+RAY_START_ARGS = 'ulimit -n 65536; eval "exec $KUBERAY_GEN_RAY_START_CMD"'
 
 # Each pinned stage's actor asks for 0.01 of its stage resource (see clipforge.executors.ray_data);
 # a group advertises far more than its pods could ever run actors, so the resource never limits.
@@ -424,6 +431,8 @@ def _pod_template(
         "name": container,
         "image": cluster.image,
         "imagePullPolicy": cluster.image_pull_policy,
+        "command": ["/bin/bash", "-lc", "--"],
+        "args": [RAY_START_ARGS],
         "env": ray_env(spec, token_secret),
         "resources": resources,
         "securityContext": container_security(),
@@ -443,7 +452,8 @@ def _pod_template(
     if tolerations:
         pod["tolerations"] = tolerations
     _add_pod_extras(spec, pod, volumes=True)
-    return {"metadata": {"labels": pod_labels}, "spec": pod}
+    return {"metadata": {"labels": pod_labels, "annotations": {OVERWRITE_RAY_COMMAND_ANNOTATION: "true"}},
+            "spec": pod}
 
 
 def _worker_group(spec: VideoCurationJobSpec, token_secret: str, plan: GroupPlan, pod_labels: dict) -> dict:

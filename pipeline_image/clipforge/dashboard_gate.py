@@ -26,6 +26,7 @@ import http.client
 import json
 import logging
 import os
+import signal
 import sys
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
@@ -143,8 +144,12 @@ async def serve(listen: tuple[str, int], gate: Gate) -> None:
     server = await asyncio.start_server(gate.handle, *listen, limit=MAX_HEAD)
     log.info("dashboard gate on %s:%d, dashboard at %s:%d, status poll of job %s",
              *listen, gate.dashboard_host, gate.dashboard_port, gate.job_id)
+    # The gate is its container's PID 1, which ignores SIGTERM without a handler: the head pod
+    # would wait out its grace period on every clean-up.
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     async with server:
-        await server.serve_forever()
+        await stopped.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

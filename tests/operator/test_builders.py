@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +39,7 @@ from clipforge_operator.status import (
     worker_pods_selector,
 )
 from clipforge_operator.update_rules import UPDATE_RULES, SpecChange, classify_spec_change, field_values, merge_allowed
+from support.pid1 import sigterm_as_pid1
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 UID = "0b8f9a52-1111-2222-3333-444455556666"
@@ -194,6 +199,39 @@ def test_head_mounts_the_job_and_runs_no_stage_work():
                                                     {"name": "tmp", "mountPath": "/tmp"},
                                                     {"name": "home", "mountPath": "/home/ray"}]
     assert pod["containers"][0]["image"] == job().spec.cluster.image == DEFAULT_IMAGE
+
+
+def ray_containers(rj: dict) -> list[tuple[dict, dict]]:
+    """(pod template, Ray container) of the head and every worker group."""
+    cluster = rj["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    return [(t, t["spec"]["containers"][0]) for t in templates]
+
+
+@pytest.mark.ray
+def test_ray_is_its_containers_pid_1_and_stops_at_sigterm(tmp_path, request):
+    # KubeRay's own `ulimit ...; ray start --block` line keeps bash as PID 1, deaf to SIGTERM: every
+    # Ray pod took its 30 s grace period to stop. KubeRay keeps a command the annotation marks ours.
+    rj = b.build_rayjob(gpu_job(), "videos", UID, TOKEN_SECRET)
+    for template, ray in ray_containers(rj):
+        assert template["metadata"]["annotations"] == {"ray.io/overwrite-container-cmd": "true"}
+        assert ray["command"] == ["/bin/bash", "-lc", "--"] and ray["args"] == [b.RAY_START_ARGS]
+    # The line with a `ray start` as KubeRay generates it for a worker group (quoted JSON resources).
+    log = tmp_path / "ray.log"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    short_tmp = tempfile.mkdtemp(prefix="cf-ray-")  # Ray's socket paths must fit in 107 bytes
+    request.addfinalizer(lambda: shutil.rmtree(short_tmp, ignore_errors=True))
+    generated = (f"ray start --head --block --port={port} --include-dashboard=false --num-cpus=1"
+                 f" --resources='{{\"transcode\":1000}}' --temp-dir={short_tmp}")
+    status = sigterm_as_pid1(["/bin/bash", "-lc", "--", b.RAY_START_ARGS],
+                             lambda: "block forever" in log.read_text(errors="replace"),
+                             {**os.environ, "KUBERAY_GEN_RAY_START_CMD": generated, "RAY_AUTH_MODE": "disabled"},
+                             log=log)
+    # Ray's own SIGTERM handler drained the node, stopped its processes and exited 1. (`ray start`
+    # refuses resources it cannot parse before it blocks: the quoting held.)
+    assert status == 1 and "received SIGTERM" in log.read_text(), log.read_text()
 
 
 def test_every_ray_process_runs_with_token_auth_and_gets_the_token_by_reference_only():
