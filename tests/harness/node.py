@@ -15,7 +15,8 @@ are Debian's), run inside namespaces of its own so the host is left as it was:
 - a mount namespace: work-directory folders over /var/lib, /var/log and /run (so
   /var/lib/kubelet, /var/lib/containerd, /var/log/pods, /var/log/containers, /var/lib/cni,
   /run/containerd, /run/netns are the node's own; containerd runs with its default paths and
-  `ctr` works from inside), and files over the /proc/sys entries the kubelet rewrites
+  `ctr` works from inside), its /var/lib/containerd being the slot's image store (below), and files
+  over the /proc/sys entries the kubelet rewrites
   (vm.overcommit_memory, vm.panic_on_oom, kernel.panic, kernel.panic_on_oops,
   kernel.keys.root_maxkeys, kernel.keys.root_maxbytes).
 - cgroups under /clipforge-node-<slot> (the kubelet's cgroupRoot; the daemons in `system`
@@ -24,6 +25,12 @@ are Debian's), run inside namespaces of its own so the host is left as it was:
 A node's slot is a machine-wide flock on its address (the lock netns.py takes for pod addresses),
 so concurrent test sessions never share one, and a slot whose owner died is swept when claimed:
 everything in its cgroups is killed, the cgroups removed, its host veth deleted.
+
+A slot's containerd root outlives its node (IMAGE_STORES): importing the pipeline image's 6.7 GB
+took each node 90-105 s, while its layers rarely change between sessions (a code change rebuilds
+the top one). A node starts with only images in it: before its containerd serves the kubelet, one
+without the CRI removes every container, sandbox, task and lease a previous node left (a killed
+harness leaves them too); a node stopping removes the images it did not import.
 
 Settings this machine needs (../shared/notes/real-node-facts.md): root lacks CAP_SYS_RESOURCE, so
 containerd runs with restrict_oom_score_adj and the kubelet with oomScoreAdj 0; cgroup v1 needs
@@ -60,6 +67,8 @@ KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "k
                    "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 START_TIMEOUT_S = 120.0
+IMAGE_STORES = Path.home() / ".cache" / "clipforge" / "node-containerd"  # slot-<n>: a containerd root
+CRI_PLUGINS = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images")
 
 
 class NodeError(RuntimeError):
@@ -216,6 +225,8 @@ class Node:
         self.logs_dir = workdir / "logs"
         # containerd's own defaults, inside the node's mount namespace (under its /var/lib and /run)
         self.containerd_socket = Path("/run/containerd/containerd.sock")
+        self.image_store = IMAGE_STORES / f"slot-{slot}"
+        self.imported: set[str] = set()  # the images this node was given, which its store keeps
         self._holder: subprocess.Popen | None = None
         self._procs: dict[str, subprocess.Popen] = {}
 
@@ -226,8 +237,10 @@ class Node:
         for sub in ("logs", "containerd", "cni", "sysctl", "var-lib", "var-log", "run"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         _make_cgroup(f"{self.cgroup_root}/system")
+        self.image_store.mkdir(parents=True, exist_ok=True)
         binds = [f'mount --bind "{self.workdir}/{sub}" {target}'
                  for sub, target in (("var-lib", "/var/lib"), ("var-log", "/var/log"), ("run", "/run"))]
+        binds += ["mkdir -p /var/lib/containerd", f'mount --bind "{self.image_store}" /var/lib/containerd']
         for entry in KUBELET_SYSCTLS:
             copy = self.workdir / "sysctl" / entry.replace("/", ".")
             copy.write_text(Path("/proc/sys", entry).read_text())
@@ -261,10 +274,34 @@ class Node:
         subprocess.run([*inside, "nft", "-f", "-"], input=ruleset, text=True, check=True, capture_output=True)
 
     def start_containerd(self) -> None:
+        self._clear_image_store()
         config = self.workdir / "containerd" / "config.toml"
         config.write_text(self._containerd_config())
         self._spawn("containerd", [str(self.bin_dir / "containerd"), "--config", str(config)])
         self._wait("containerd", "its socket", lambda: self.ctr("version", check=False).returncode == 0)
+
+    def _clear_image_store(self) -> None:
+        """Everything but images out of the slot's containerd root, by a containerd without the CRI
+        (the CRI would load what it finds and hand it to the kubelet)."""
+        if not any(self.image_store.iterdir()):
+            return
+        config = self.workdir / "containerd" / "clear.toml"
+        config.write_text(f"version = 3\ndisabled_plugins = {json.dumps(list(CRI_PLUGINS))}\n")
+        self._spawn("containerd-clear", [str(self.bin_dir / "containerd"), "--config", str(config)])
+        self._wait("containerd-clear", "its socket", lambda: self.ctr("version", check=False).returncode == 0)
+        for namespace in self.ctr("namespaces", "ls", "-q").stdout.split():
+            def listed(kind: str) -> list[str]:  # the ids, from the first column under the header
+                lines = self.ctr(kind, "ls", namespace=namespace).stdout.splitlines()[1:]
+                return [line.split()[0] for line in lines if line.strip()]
+            for task in listed("tasks"):
+                self.ctr("tasks", "rm", "-f", task, namespace=namespace, check=False)
+            for kind, force in (("containers", ()), ("sandboxes", ("-f",)), ("leases", ())):
+                if ids := listed(kind):
+                    self.ctr(kind, "rm", *force, *ids, namespace=namespace)
+        proc = self._procs.pop("containerd-clear")
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(self.image_store / "io.containerd.grpc.v1.cri", ignore_errors=True)
 
     def import_image(self, archive: Path, name: str) -> None:
         """Imports an OCI archive into the node's containerd (namespace k8s.io) as `name`."""
@@ -274,6 +311,7 @@ class Node:
         listed = self.ctr("images", "ls", "-q").stdout.split()
         if full not in listed:
             raise NodeError(f"importing {archive} into node {self.spec.name} gave {listed}, not {full}")
+        self.imported.add(full)
 
     def start_kubelet(self) -> None:
         cp = self.control_plane
@@ -348,23 +386,32 @@ class Node:
                 kubelet.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+        self._forget_other_images()
         _kill_cgroups(self.slot)  # daemons, shims, containers: the namespaces die with the last of them
         for proc in [*self._procs.values(), *([self._holder] if self._holder else [])]:
             proc.wait()
         self._procs.clear()
         self._holder = None
-        # containerd's images and snapshots: gigabytes per node with ClipForge's images; the logs stay.
-        shutil.rmtree(self.workdir / "var-lib" / "containerd", ignore_errors=True)
         subprocess.run(["ip", "link", "del", host_veth(self.slot)], capture_output=True)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
+    def _forget_other_images(self) -> None:
+        """Removes from the image store what this node was not given (an older build's images), so
+        that the store holds one generation of images."""
+        if "containerd" not in self._procs or self._procs["containerd"].poll() is not None or not self.imported:
+            return
+        stale = set(self.ctr("images", "ls", "-q", check=False).stdout.split()) - self.imported
+        if stale:
+            self.ctr("images", "rm", "--sync", *sorted(stale), check=False, timeout=300)
+
     # -- helpers -----------------------------------------------------------------------------
 
-    def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def ctr(self, *args: str, check: bool = True, timeout: float = 60,
+            namespace: str = "k8s.io") -> subprocess.CompletedProcess:
         """containerd's ctr on this node (namespace k8s.io, the CRI's); host paths outside /var/lib and /run work."""
-        argv = [str(self.bin_dir / "ctr"), "--namespace", "k8s.io", *args]
+        argv = [str(self.bin_dir / "ctr"), "--namespace", namespace, *args]
         done = self.run_inside(argv, check=False, timeout=timeout)
         if check and done.returncode != 0:
             raise NodeError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")

@@ -249,7 +249,7 @@ class Nodes:
                 done.result()
 
     def import_clipforge_images(self) -> None:
-        """ClipForge's images, from the archives scripts/build-images.sh made (about 11 GB of disk per node)."""
+        """ClipForge's images, from the archives scripts/build-images.sh made (about 11 GB in each node's image store)."""
         for name, archive in image_archives().items():
             if not archive.is_file():
                 raise NodeError(f"{archive} ({name}) is missing: run scripts/build-images.sh")
