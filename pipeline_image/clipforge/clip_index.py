@@ -281,6 +281,17 @@ def write_output_index(storage: Storage, root: str) -> IndexResult:
     return result
 
 
+def is_current(storage: Storage, root: str) -> bool:
+    """Whether root has a clip index this version wrote (CLIP_SCHEMA). An older ClipForge's has
+    maps where this one has entries, and locations under the path its run was given."""
+    shards = parts(storage, root, layout.CLIP_INDEX)
+    if not shards:
+        return False
+    fs, path = storage.resolve(shards[0])
+    schema = storage.retry(lambda: pq.read_schema(path, filesystem=fs), f"cannot read {shards[0]}")
+    return schema.equals(CLIP_SCHEMA, check_metadata=False)
+
+
 def parts(storage: Storage, root: str, table: str) -> list[str]:
     """URIs of the shards of an index table under root, in order (none before the first index)."""
     return [listed.uri for listed in storage.list_files(layout.join(root, table), ["part-*.parquet"], missing_ok=True)]

@@ -91,10 +91,11 @@ def parse_size(text: str) -> int:
 
 
 def passed_samples(storage: Storage, root: str) -> list[Sample]:
-    """The index's passed clips, sorted by id (the index is built first if the output has none).
-    Raises clip_index.NotAnOutputError, having written nothing, when root holds no records."""
+    """The index's passed clips, sorted by id (the index is built first if the output has none,
+    or one an older version wrote). Raises clip_index.NotAnOutputError, having written nothing,
+    when root holds no records."""
     columns = ["span_uuid", "status", "clip_location", "num_bytes", "windows", "embedding"]
-    if not clip_index.parts(storage, root, layout.CLIP_INDEX):
+    if not clip_index.is_current(storage, root):
         clip_index.write_output_index(storage, root)
     table = clip_index.read_table(storage, root, layout.CLIP_INDEX, columns)
     table = table.filter(pc.field("status") == "passed").sort_by("span_uuid")

@@ -10,9 +10,13 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+from clipforge import clip_index
 from clipforge.cli import main
+from clipforge.clip_index import CLIP_SCHEMA
 from clipforge.samples import write_samples
+from clipforge.storage import Storage
 from support.jobs import FIVE_SECOND_CLIPS, decode_clip, load_json, manifest, small_samples, write_manifest
 
 
@@ -111,22 +115,46 @@ def rewrite_as_older(out: Path, written_for: Path, root: str) -> None:
         path.write_text(json.dumps(older, indent=2, sort_keys=True) + "\n")
 
 
-def test_an_older_output_with_run_relative_locations_is_indexed_and_exported_by_the_layout(
+def write_older_index(out: Path) -> None:
+    """index/clips as an older ClipForge wrote it: the records as they are, dicts as parquet maps."""
+    schema = CLIP_SCHEMA
+    for name in ("scores", "errors"):
+        value = schema.field(name).type.value_type.field("value").type
+        schema = schema.set(schema.get_field_index(name), pa.field(name, pa.map_(pa.string(), value)))
+    text_match = pa.struct([("best", pa.string()), ("scores", pa.map_(pa.string(), pa.float64()))])
+    schema = schema.set(schema.get_field_index("text_match"), pa.field("text_match", text_match))
+    rows = []
+    for path in sorted((out / "metas" / "v0").glob("*.json")):
+        meta = load_json(path)
+        rows.append({**meta, "status": clip_index.clip_status(meta),
+                     "duration_s": meta["duration_span"][1] - meta["duration_span"][0]})
+    for part in (out / "index" / "clips").glob("*.parquet"):
+        part.unlink()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "index" / "clips" / "part-00000.parquet")
+
+
+def test_an_older_output_with_run_relative_locations_is_exported_and_indexed_by_the_layout(
         curated, curated_copy, tmp_path):
     # As the quick start's job (output.uri ./out) wrote them, read now from another folder.
     rewrite_as_older(curated_copy, curated, "./out")
+    write_older_index(curated_copy)
     metas_before = {p: p.read_bytes() for p in (curated_copy / "metas" / "v0").glob("*.json")}
+
+    # Export first: the older index is rebuilt before it is read.
+    assert main(["export", str(curated_copy), str(tmp_path / "shards")]) == 0
+    assert clip_index.is_current(Storage(), str(curated_copy))
+    records = shard_records(tmp_path / "shards")
+    assert len(records) == 3
+    for clip_id, record in records.items():
+        assert record["clip_location"] == f"clips/{clip_id}.mp4"
+        assert record["preview_location"] == f"previews/{clip_id}.webp"
+        assert record["embedding"]["location"] == f"efficientnet-lite0_embd/{clip_id}.pickle"
+
     assert main(["report", str(curated_copy)]) == 0
     assert assert_locations_resolve_under(curated_copy) == 11
     rows = {r["span_uuid"]: r for r in pq.read_table(curated_copy / "index" / "clips").to_pylist()}
     filtered = [r for r in rows.values() if r["status"] == "filtered"]
     assert [r["clip_location"] for r in filtered] == [f"filtered_clips/{filtered[0]['span_uuid']}.mp4"]
-
-    assert main(["export", str(curated_copy), str(tmp_path / "shards")]) == 0
-    for clip_id, record in shard_records(tmp_path / "shards").items():
-        assert record["clip_location"] == rows[clip_id]["clip_location"] == f"clips/{clip_id}.mp4"
-        assert record["preview_location"] == f"previews/{clip_id}.webp"
-        assert record["embedding"]["location"] == f"efficientnet-lite0_embd/{clip_id}.pickle"
     # The records themselves are the run's: left as written.
     assert {p: p.read_bytes() for p in metas_before} == metas_before
 
