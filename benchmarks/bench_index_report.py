@@ -33,7 +33,7 @@ from clipforge.storage import Storage
 from clipforge.tasks import clip_uuid
 
 
-def synthetic_meta(root: str, video: str, index: int, rng: random.Random) -> dict:
+def synthetic_meta(video: str, index: int, rng: random.Random) -> dict:
     start = index * 5
     clip_id = clip_uuid(video, start * 30, (start + 5) * 30)
     failed = rng.random() < 0.01
@@ -45,8 +45,8 @@ def synthetic_meta(root: str, video: str, index: int, rng: random.Random) -> dic
         "width": None if failed else 1280, "height": None if failed else 720, "framerate": None if failed else 30.0,
         "num_frames": None if failed else 150, "video_codec": None if failed else "h264",
         "num_bytes": 0 if failed else rng.randrange(200_000, 4_000_000),
-        "clip_location": None if failed else layout.clip_file(root, clip_id, filtered),
-        "preview_location": None if failed else layout.preview_file(root, clip_id),
+        "clip_location": None if failed else layout.clip_file("", clip_id, filtered, "mp4"),
+        "preview_location": None if failed else layout.preview_file("", clip_id),
         "motion_score": {"global_mean": rng.random() * 0.01, "per_patch_min_256": rng.random() * 0.001},
         "filtered_by": "motion" if filtered else None,
         "aesthetic_score": rng.uniform(2, 7),
@@ -56,7 +56,7 @@ def synthetic_meta(root: str, video: str, index: int, rng: random.Random) -> dic
         ],
         "embedding": None if failed or filtered else {
             "algorithm": "efficientnet-lite0", "dim": 1280,
-            "location": layout.embedding_file(root, "efficientnet-lite0", clip_id),
+            "location": layout.embedding_file("", "efficientnet-lite0", clip_id),
         },
         "text_match": None, "valid": not failed, "missing_outputs": [],
         "errors": {"transcode": "EncodeError: broken frame"} if failed else {},
@@ -70,7 +70,7 @@ def synthetic_output(root: Path, clips: int, videos: int) -> None:
     for v in range(videos):
         relative = f"batch-{v % 10}/video-{v:05d}.mp4"
         video = f"s3://raw/{relative}"
-        metas = [synthetic_meta(str(root), video, i, rng) for i in range(min(per_video, clips - v * per_video))]
+        metas = [synthetic_meta(video, i, rng) for i in range(min(per_video, clips - v * per_video))]
         record = {
             "video": video, "relative_path": relative, "split_algorithm": "transnetv2", "num_chunks": 1,
             "metadata": {"container": "mov,mp4,m4a,3gp,3g2,mj2", "size_bytes": 10**8, "duration_s": 5.0 * len(metas),
@@ -82,6 +82,11 @@ def synthetic_output(root: Path, clips: int, videos: int) -> None:
             "clip_chunks": [f"processed_clip_chunks/{relative}_0.json"], "errors": {}, "processed_at": "2026-01-01T00:00:00Z",
         }
         jobs += [(layout.clip_meta(str(root), m["span_uuid"]), m) for m in metas]
+        # The chunk record names the video's clips: the index lists the clips chunk records name.
+        chunk = {"clips": [m["span_uuid"] for m in metas if m["clip_location"] and m["filtered_by"] is None],
+                 "filtered_clips": [m["span_uuid"] for m in metas if m["filtered_by"] is not None],
+                 "failed_clips": {m["span_uuid"]: m["errors"] for m in metas if m["clip_location"] is None}}
+        jobs.append((layout.chunk_record(str(root), relative, 0), chunk))
         jobs.append((layout.video_record(str(root), relative), record))
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda job: storage.write_json(*job), jobs))
@@ -92,7 +97,7 @@ def read_records(storage: Storage, root: str) -> int:
     with ThreadPoolExecutor(max_workers=clip_index.READ_THREADS) as pool:
         for directory in (layout.METAS, layout.PROCESSED_VIDEOS):
             listing = storage.list_files(layout.join(root, directory), ["*.json"], missing_ok=True)
-            for raw in pool.map(storage.read_bytes, [uri for uri, _rel, _size in listing]):
+            for raw in pool.map(storage.read_bytes, [listed.uri for listed in listing]):
                 json.loads(raw)
                 parsed += 1
     return parsed

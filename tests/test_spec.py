@@ -117,3 +117,63 @@ def test_hdr_decides_the_clips():
 
     mapped, kept = (clip_settings(parse_job(job(transcoding={"hdr": hdr})).spec) for hdr in ("toneMap", "keep"))
     assert mapped["transcoding"]["hdr"] == "toneMap" and kept["transcoding"]["hdr"] == "keep"
+
+
+# Settings the pipeline cannot honour together: each is refused before a run, naming its fields.
+INCONSISTENT = {
+    "transnetv2 min over max": (
+        {"splitting": {"algorithm": "transnetv2", "transnetv2": {"minLengthS": 10, "maxLengthS": 2}}},
+        "spec.splitting.transnetv2: Value error, minLengthS (10) is more than maxLengthS (2): every clip would be"
+        " dropped"),
+    "scenedetect crop leaves less than min": (
+        {"splitting": {"scenedetect": {"minLengthS": 2, "maxLengthS": 3, "cropS": 1}}},
+        "spec.splitting.scenedetect: Value error, maxLengthS (3) less cropS (1) at both ends leaves 1 s, less than"
+        " minLengthS (2): every clip would be dropped"),
+    "crop leaves nothing": (
+        {"splitting": {"transnetv2": {"minLengthS": 0, "maxLengthS": 2, "cropS": 1}}},
+        "spec.splitting.transnetv2: Value error, maxLengthS (2) less cropS (1) at both ends leaves nothing"),
+    "fixed stride min over clip length": (
+        {"splitting": {"fixedStride": {"clipLengthS": 4, "minClipLengthS": 5}}},
+        "spec.splitting.fixedStride: Value error, minClipLengthS (5) is more than clipLengthS (4)"),
+    "crf over the encoder's scale": (
+        {"transcoding": {"encoder": "libx264", "crf": 60}},
+        "spec.transcoding: Value error, crf (60) is more than encoder libx264 takes (51)"),
+    "texts without a text tower": (
+        {"embeddings": {"algorithm": "efficientnet-lite0", "textsToVerify": ["a cat"]}},
+        "spec.embeddings: Value error, textsToVerify needs an embedder with a text tower; algorithm"
+        " efficientnet-lite0 has none"),
+    "dedup without embeddings": (
+        {"dedup": {"enabled": True}, "embeddings": {"enabled": False}},
+        "spec: Value error, dedup.enabled needs embeddings.enabled"),
+    "backoff initial over max": (
+        {"retryBackoff": {"initialSeconds": 700, "maxSeconds": 600}},
+        "spec.retryBackoff: Value error, initialSeconds (700) is more than maxSeconds (600)"),
+}
+
+
+@pytest.mark.parametrize("name", INCONSISTENT)
+def test_validate_refuses_settings_that_contradict_each_other(name, tmp_path, capsys):
+    import yaml
+
+    from clipforge.cli import EXIT_INVALID, main
+
+    spec, expected = INCONSISTENT[name]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job(**spec)))
+    assert main(["validate", str(path)]) == EXIT_INVALID
+    captured = capsys.readouterr()
+    assert expected in captured.err and "valid VideoCurationJob" not in captured.out
+
+
+def test_consistent_edges_of_those_rules_are_accepted():
+    """The bounds themselves hold: a clip can still be made, so the settings stand."""
+    for spec in ({"splitting": {"transnetv2": {"minLengthS": 2, "maxLengthS": 3, "cropS": 0.5}}},
+                 {"splitting": {"scenedetect": {"minLengthS": 0, "maxLengthS": 2, "cropS": 0.9}}},
+                 {"splitting": {"fixedStride": {"clipLengthS": 4, "minClipLengthS": 4}}},
+                 {"transcoding": {"encoder": "libvpx-vp9", "crf": 63}},
+                 {"transcoding": {"encoder": "libx264", "crf": 60, "bitrate": "4M"}},  # crf unused
+                 {"transcoding": {"encoder": "libx264", "crf": 60, "mode": "copy"}},
+                 {"embeddings": {"algorithm": "clip", "textsToVerify": ["a cat"]}},
+                 {"dedup": {"enabled": True, "inputUri": "/other"}, "embeddings": {"enabled": False}},
+                 {"retryBackoff": {"initialSeconds": 600, "maxSeconds": 600}}):
+        parse_job(job(**spec))

@@ -155,13 +155,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     storage = _output_storage(args)
     try:
-        index = clip_index.write_index(storage, args.output)
-        if not index.clips and not index.videos:
-            print(f"error: {args.output} holds no {layout.METAS}/ or {layout.PROCESSED_VIDEOS}/ records:"
-                  " not a ClipForge output", file=sys.stderr)
-            return EXIT_INVALID
+        index = clip_index.write_output_index(storage, args.output)
         page = write_report(storage, args.output)
-    except StorageError as exc:
+    except (clip_index.NotAnOutputError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     print(f"index: {index.clips} clips, {index.videos} videos in {layout.join(args.output, layout.INDEX)}")
@@ -170,12 +166,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from clipforge.clip_index import NotAnOutputError
     from clipforge.export import ExportError, export_webdataset
     from clipforge.storage import StorageError
 
     try:
         result = export_webdataset(_output_storage(args), args.output, args.dest, args.shard_size, args.seed)
-    except (ExportError, StorageError) as exc:
+    except (ExportError, NotAnOutputError, StorageError) as exc:
         print(f"error: export: {exc}", file=sys.stderr)
         return EXIT_INVALID
     print(f"exported {result.clips} clips in {len(result.shards)} shards to {args.dest}"

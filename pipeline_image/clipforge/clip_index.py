@@ -2,9 +2,12 @@
 
     index/clips/part-NNNNN.parquet    one row per clip a chunk record names (passed, filtered,
                                       failed): every field of its metas/v0 JSON under the same
-                                      name (objects as structs,
-                                      stage -> message dicts as maps), plus `status` and `duration_s`
+                                      name (objects as structs, dicts such as stage -> message as
+                                      their entries), plus `status` and `duration_s`
     index/videos/part-NNNNN.parquet   one row per processed_videos/ record
+
+Locations are relative to the output root (layout.py), older records' too (clip_outputs.current_locations),
+so the index of a copied or moved output resolves under the copy.
 
 The index is built from those records, not from the run's memory, so it covers whatever the
 output now holds, earlier runs included, and a rebuild over unchanged records writes the same
@@ -28,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge import layout
-from clipforge.clip_outputs import recorded_clip_ids
+from clipforge.clip_outputs import current_locations, recorded_clip_ids
 from clipforge.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,17 @@ log = logging.getLogger(__name__)
 ROWS_PER_FILE = 100_000
 READ_THREADS = 32
 
-_ERRORS = pa.map_(pa.string(), pa.string())
+
+
+def entries_type(value: pa.DataType) -> pa.DataType:
+    """A dict column (stage -> score, stage -> message) as its entries, sorted by key: Hugging Face
+    datasets has no map type, and every reader (pandas, DuckDB, polars, Ray Data) takes a list of
+    structs; DuckDB's map_from_entries and a pyarrow cast to map_ turn it back into a map."""
+    return pa.list_(pa.struct([("key", pa.string()), ("value", value)]))
+
+
+_ERRORS = entries_type(pa.string())
+_SCORES = entries_type(pa.float64())
 
 CLIP_SCHEMA = pa.schema([
     ("span_uuid", pa.string()),
@@ -63,7 +76,7 @@ CLIP_SCHEMA = pa.schema([
     ("motion_score", pa.struct([("global_mean", pa.float64()), ("per_patch_min_256", pa.float64())])),
     ("filtered_by", pa.string()),
     ("aesthetic_score", pa.float64()),
-    ("scores", pa.map_(pa.string(), pa.float64())),
+    ("scores", _SCORES),
     ("windows", pa.list_(pa.struct([
         ("start_frame", pa.int64()),
         ("end_frame", pa.int64()),
@@ -74,7 +87,7 @@ CLIP_SCHEMA = pa.schema([
         ("preview_location", pa.string()),
     ]))),
     ("embedding", pa.struct([("algorithm", pa.string()), ("dim", pa.int64()), ("location", pa.string())])),
-    ("text_match", pa.struct([("best", pa.string()), ("scores", pa.map_(pa.string(), pa.float64()))])),
+    ("text_match", pa.struct([("best", pa.string()), ("scores", _SCORES)])),
     ("valid", pa.bool_()),
     ("missing_outputs", pa.list_(pa.string())),
     ("errors", _ERRORS),
@@ -127,9 +140,23 @@ def clip_status(meta: dict) -> str:
     return "passed" if meta.get("filtered_by") is None else "filtered"
 
 
+def entries(mapping: dict | None) -> list[dict] | None:
+    """A record's dict as the index stores it (entries_type)."""
+    return None if mapping is None else [{"key": k, "value": v} for k, v in sorted(mapping.items())]
+
+
+def as_dict(stored: list[dict] | None) -> dict:
+    """An index dict column's value (entries_type) as the record's dict."""
+    return {entry["key"]: entry["value"] for entry in stored or []}
+
+
 def clip_row(meta: dict) -> dict:
     start, end = meta["duration_span"]
-    return {**meta, "status": clip_status(meta), "duration_s": end - start}
+    row = {**current_locations(meta), "status": clip_status(meta), "duration_s": end - start,
+           "scores": entries(meta.get("scores")), "errors": entries(meta.get("errors"))}
+    if meta.get("text_match") is not None:
+        row["text_match"] = {**meta["text_match"], "scores": entries(meta["text_match"].get("scores"))}
+    return row
 
 
 def caption_text(windows: list[dict] | None) -> str | None:
@@ -141,6 +168,7 @@ def caption_text(windows: list[dict] | None) -> str | None:
 def video_row(record: dict) -> dict:
     settings, models = record.get("settings"), record.get("models")
     return {**record, "processed_at": datetime.fromisoformat(record["processed_at"]),
+            "errors": entries(record.get("errors")),
             "settings": None if settings is None else json.dumps(settings, sort_keys=True),
             "models": None if models is None else json.dumps(models, sort_keys=True)}
 
@@ -237,6 +265,31 @@ def write_index(storage: Storage, root: str) -> IndexResult:
     videos = _write_table(storage, root, layout.VIDEO_INDEX, VIDEO_SCHEMA,
                           _unknown_fields(records, set(VIDEO_SCHEMA.names)))
     return IndexResult(clips=clips, videos=videos, unreadable=unreadable)
+
+
+class NotAnOutputError(RuntimeError):
+    """A folder or prefix given as an output that holds no ClipForge records; the message names it."""
+
+
+def write_output_index(storage: Storage, root: str) -> IndexResult:
+    """write_index for an output a user names (`clipforge report`, `export`): raises
+    NotAnOutputError, having written nothing, when root holds no chunk or video record."""
+    result = write_index(storage, root)
+    if not result.clips and not result.videos:
+        raise NotAnOutputError(f"{root} holds no {layout.PROCESSED_CHUNKS}/ or {layout.PROCESSED_VIDEOS}/ records:"
+                               " not a ClipForge output")
+    return result
+
+
+def is_current(storage: Storage, root: str) -> bool:
+    """Whether root has a clip index this version wrote (CLIP_SCHEMA). An older ClipForge's has
+    maps where this one has entries, and locations under the path its run was given."""
+    shards = parts(storage, root, layout.CLIP_INDEX)
+    if not shards:
+        return False
+    fs, path = storage.resolve(shards[0])
+    schema = storage.retry(lambda: pq.read_schema(path, filesystem=fs), f"cannot read {shards[0]}")
+    return schema.equals(CLIP_SCHEMA, check_metadata=False)
 
 
 def parts(storage: Storage, root: str, table: str) -> list[str]:

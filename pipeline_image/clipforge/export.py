@@ -1,7 +1,9 @@
 """`clipforge export`: an output's passed clips as WebDataset tar shards, for training loaders.
 
     DEST/shard-NNNNNN.tar   one sample per passed clip, its files named by the clip's id:
-                            <id>.mp4 or <id>.mkv (the clip, as written), <id>.json (its metas/v0 record, as written),
+                            <id>.mp4 or <id>.mkv (the clip, as written), <id>.json (its metas/v0 record:
+                            as written, locations relative to the output root; an older record's
+                            locations made so by clip_outputs.current_locations),
                             <id>.txt (its captions, when captioned: clip_index.caption_text),
                             <id>.npy (its embedding as stored, a float16 (1, dim) array, when embedded)
     DEST/export.json        what DEST holds: source, seed, shard size, the plan's digest, the shards
@@ -30,7 +32,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from clipforge import clip_index, layout
-from clipforge.storage import Storage, StorageError, join
+from clipforge.clip_outputs import current_locations
+from clipforge.storage import Storage, StorageError, join, json_bytes
 
 MANIFEST = "export.json"
 READ_THREADS = 16
@@ -46,11 +49,15 @@ class ExportError(RuntimeError):
 @dataclass(frozen=True)
 class Sample:
     clip_id: str
-    container: str  # the clip file's (layout.CLIP_CONTAINERS)
+    clip_location: str  # relative to the output root, as the index gives it
     num_bytes: int
     caption: str | None
-    embedding_algorithm: str | None
+    embedding_location: str | None
     embedding_dim: int | None
+
+    @property
+    def clip_member(self) -> str:
+        return f"{self.clip_id}.{layout.clip_container(self.clip_location)}"
 
     def planned_bytes(self) -> int:
         members = [self.num_bytes, JSON_ALLOWANCE]
@@ -84,18 +91,19 @@ def parse_size(text: str) -> int:
 
 
 def passed_samples(storage: Storage, root: str) -> list[Sample]:
-    """The index's passed clips, sorted by id (the index is built first if the output has none)."""
+    """The index's passed clips, sorted by id (the index is built first if the output has none,
+    or one an older version wrote). Raises clip_index.NotAnOutputError, having written nothing,
+    when root holds no records."""
     columns = ["span_uuid", "status", "clip_location", "num_bytes", "windows", "embedding"]
-    if not clip_index.parts(storage, root, layout.CLIP_INDEX):
-        clip_index.write_index(storage, root)
+    if not clip_index.is_current(storage, root):
+        clip_index.write_output_index(storage, root)
     table = clip_index.read_table(storage, root, layout.CLIP_INDEX, columns)
     table = table.filter(pc.field("status") == "passed").sort_by("span_uuid")
     samples = []
     for row in table.to_pylist():
         embedding = row["embedding"] or {}
-        samples.append(Sample(row["span_uuid"], layout.clip_container(row["clip_location"]), row["num_bytes"],
-                              clip_index.caption_text(row["windows"]),
-                              embedding.get("algorithm"), embedding.get("dim")))
+        samples.append(Sample(row["span_uuid"], row["clip_location"], row["num_bytes"],
+                              clip_index.caption_text(row["windows"]), embedding.get("location"), embedding.get("dim")))
     return samples
 
 
@@ -130,16 +138,23 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _record(storage: Storage, root: str, clip_id: str) -> bytes:
+    """The clip's metas/v0 record as written, or, when it is an older one, with current locations."""
+    written = storage.read_bytes(layout.clip_meta(root, clip_id))
+    meta = json.loads(written)
+    current = current_locations(meta)
+    return written if current == meta else json_bytes(current)
+
+
 def _sample_files(storage: Storage, root: str, sample: Sample) -> list[tuple[str, bytes]]:
     clip_id = sample.clip_id
     try:
-        files = [(f"{clip_id}.{sample.container}",
-                  storage.read_bytes(layout.clip_file(root, clip_id, False, sample.container))),
-                 (f"{clip_id}.json", storage.read_bytes(layout.clip_meta(root, clip_id)))]
+        files = [(sample.clip_member, storage.read_bytes(layout.location(root, sample.clip_location))),
+                 (f"{clip_id}.json", _record(storage, root, clip_id))]
         if sample.caption:
             files.append((f"{clip_id}.txt", sample.caption.encode()))
-        if sample.embedding_algorithm:
-            array = pickle.loads(storage.read_bytes(layout.embedding_file(root, sample.embedding_algorithm, clip_id)))
+        if sample.embedding_location:
+            array = pickle.loads(storage.read_bytes(layout.location(root, sample.embedding_location)))
             npy = io.BytesIO()
             np.save(npy, array, allow_pickle=False)
             files.append((f"{clip_id}.npy", npy.getvalue()))

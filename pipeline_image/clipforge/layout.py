@@ -1,4 +1,10 @@
-"""The output dataset's layout: every path the pipeline writes is named here."""
+"""The output dataset's layout: every path the pipeline writes is named here.
+
+Each function takes the output root and gives the URI under it; given the root "" it gives the
+path relative to the root, "/"-separated, which is how records (metas/v0, processed_videos) and
+the clip index name locations: they resolve under wherever the output is now (`location`), so a
+copied or moved output, or one read from another machine, still finds its files.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,11 @@ REPORT = REPORT_DIR
 
 # A clip's file is MP4, or Matroska where stream copy keeps a codec MP4 cannot carry (VP8).
 CLIP_CONTAINERS = ("mp4", "mkv")
+
+
+def location(root: str, relative: str | None) -> str | None:
+    """A location a record or the index gives (relative to the output root) as a URI under root."""
+    return None if relative is None else join(root, relative)
 
 
 def clip_file(root: str, clip_id: str, filtered: bool, container: str) -> str:

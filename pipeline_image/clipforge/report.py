@@ -118,14 +118,8 @@ def _charts(clips: pa.Table) -> str:
 # ------------------------------------------------------------------------------------ tables
 
 
-def _errors_text(errors: list[tuple[str, str]] | None) -> str:
-    return "; ".join(f"{stage}: {message}" for stage, message in errors or [])
-
-
-def _entries(maps: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A map column as the list of (key, value) structs it is stored as (list kernels take those)."""
-    key, value = maps.type.key_type, maps.type.item_type
-    return maps.cast(pa.list_(pa.struct([("key", key), ("value", value)])))
+def _errors_text(errors: list[dict] | None) -> str:
+    return "; ".join(f"{stage}: {message}" for stage, message in clip_index.as_dict(errors).items())
 
 
 def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
@@ -159,9 +153,9 @@ def _filter_reasons(clips: pa.Table) -> str:
 
 def _failures(clips: pa.Table, videos: pa.Table) -> str:
     failed_videos = [v for v in videos.select(["relative_path", "errors"]).to_pylist() if v["errors"]]
-    clip_errors = clips.filter(pc.greater(pc.fill_null(pc.list_value_length(_entries(clips.column("errors"))), 0), 0))
-    stages = Counter(stage.split("[")[0] for v in failed_videos for stage, _ in v["errors"])
-    stages.update(stage for errors in clip_errors.column("errors").to_pylist() for stage, _ in errors)
+    clip_errors = clips.filter(pc.greater(pc.fill_null(pc.list_value_length(clips.column("errors")), 0), 0))
+    stages = Counter(stage.split("[")[0] for v in failed_videos for stage in clip_index.as_dict(v["errors"]))
+    stages.update(stage for errors in clip_errors.column("errors").to_pylist() for stage in clip_index.as_dict(errors))
     if not stages:
         return "<p>no failures</p>"
     parts = ["<h3>By stage</h3>", _table(["stage", "failures (videos and clips)"], sorted(stages.items()), {1})]
@@ -170,7 +164,7 @@ def _failures(clips: pa.Table, videos: pa.Table) -> str:
         parts += [f"<h3>Failed videos ({len(failed_videos)})</h3>",
                   _table(["video", "errors"], [[v["relative_path"], _errors_text(v["errors"])] for v in shown]),
                   _more(len(failed_videos), len(shown), "SELECT relative_path, errors FROM 'index/videos/*.parquet'"
-                        " WHERE cardinality(errors) > 0")]
+                        " WHERE len(errors) > 0")]
     if clip_errors.num_rows:
         shown = clip_errors.slice(0, LISTED_FAILURES).select(["span_uuid", "status", "source_video", "errors"])
         parts += [f"<h3>Clips with errors ({clip_errors.num_rows})</h3>",
@@ -178,7 +172,7 @@ def _failures(clips: pa.Table, videos: pa.Table) -> str:
                          [[c["span_uuid"], c["status"], c["source_video"], _errors_text(c["errors"])]
                           for c in shown.to_pylist()]),
                   _more(clip_errors.num_rows, shown.num_rows, "SELECT span_uuid, errors FROM 'index/clips/*.parquet'"
-                        " WHERE cardinality(errors) > 0")]
+                        " WHERE len(errors) > 0")]
     return "".join(parts)
 
 
@@ -236,9 +230,9 @@ def _clip_row(clip: dict, videos: dict[str, str]) -> dict:
     return {
         "id": clip["span_uuid"], "status": clip["status"],
         "video": videos.get(clip["source_video"], clip["source_video"]), "start": start, "end": end,
-        "clip": layout.clip_file("..", clip["span_uuid"], clip["status"] == "filtered",
-                                 layout.clip_container(clip["clip_location"])),
-        "preview": layout.preview_file("..", clip["span_uuid"]) if clip["preview_location"] else None,
+        # The index's locations are relative to the output root, the page's parent folder.
+        "clip": layout.location("..", clip["clip_location"]),
+        "preview": layout.location("..", clip["preview_location"]),
         "motion": (clip["motion_score"] or {}).get("global_mean"), "aesthetic": clip["aesthetic_score"],
         "filtered_by": clip["filtered_by"], "valid": clip["valid"], "missing": ", ".join(clip["missing_outputs"] or []),
         "caption": clip_index.caption_text(clip["windows"]),

@@ -71,6 +71,11 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def json_bytes(document: dict) -> bytes:
+    """The project's JSON records: indented, keys sorted, so reruns write identical bytes."""
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
 @functools.lru_cache(maxsize=16)
 def _s3_client(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     """One S3 client per process and endpoint: every Storage of a worker shares it (and its
@@ -231,8 +236,7 @@ class Storage:
                 os.unlink(tmp)
 
     def write_json(self, uri: str, document: dict) -> None:
-        """The project's JSON records: indented, keys sorted, so reruns write identical bytes."""
-        self.write_bytes(uri, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+        self.write_bytes(uri, json_bytes(document))
 
     def delete(self, uri: str) -> None:
         fs, path = self.resolve(uri)

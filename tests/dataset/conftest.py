@@ -47,7 +47,7 @@ def curated(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def curated_copy(curated, tmp_path) -> Path:
-    """A copy of the curated output somewhere else (its records still name the original paths)."""
+    """A copy of the curated output somewhere else (its locations are relative: they resolve in the copy)."""
     copy = tmp_path / "copy"
     shutil.copytree(curated, copy)
     return copy

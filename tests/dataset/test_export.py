@@ -49,11 +49,11 @@ def test_webdataset_reads_every_passed_clip_exactly_once(curated, tmp_path):
     for sample in samples:
         meta = metas[sample["__key__"]]
         assert set(sample) - {"__key__", "__url__", "__local_path__"} == {"mp4", "json", "txt", "npy"}
-        assert sample["mp4"] == Path(meta["clip_location"]).read_bytes()
+        assert sample["mp4"] == (curated / meta["clip_location"]).read_bytes()
         assert json.loads(sample["json"]) == meta
         assert sample["txt"].decode() == clip_index.caption_text(meta["windows"])
         embedding = np.load(io.BytesIO(sample["npy"]))
-        stored = pickle.loads(Path(meta["embedding"]["location"]).read_bytes())
+        stored = pickle.loads((curated / meta["embedding"]["location"]).read_bytes())
         assert embedding.dtype == np.float16 and np.array_equal(embedding, stored)
     manifest = load_json(dest / MANIFEST)
     assert manifest["complete"] and manifest["clips"] == 3 and manifest["seed"] == 7
@@ -127,6 +127,18 @@ def test_a_missing_clip_file_is_named(curated_copy, tmp_path, capsys):
         export_webdataset(Storage(), str(curated_copy), str(tmp_path / "again"), 1 << 30, 0)
 
 
+def test_a_folder_that_is_no_output_is_refused_and_nothing_is_written(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"not an output")
+    for folder in (videos, tmp_path / "missing"):
+        assert export(folder, tmp_path / "shards") == 2
+        assert f"error: export: {folder} holds no processed_clip_chunks/ or processed_videos/ records: not a" \
+               " ClipForge output" in capsys.readouterr().err
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "missing").exists()
+    assert [p.name for p in videos.rglob("*")] == ["a.mp4"]
+
+
 def test_an_output_without_an_index_gets_one(curated_copy, tmp_path):
     for part in (curated_copy / "index").rglob("*.parquet"):
         part.unlink()
@@ -148,6 +160,6 @@ def test_export_to_s3_read_back_by_webdataset(curated, s3_server, s3_bucket, s3_
             for s in manifest["shards"]]
     samples = read_shards(urls)
     assert sorted(s["__key__"] for s in samples) == sorted(passed_metas(curated))
-    assert all(s["mp4"] == Path(passed_metas(curated)[s["__key__"]]["clip_location"]).read_bytes() for s in samples)
+    assert all(s["mp4"] == (curated / passed_metas(curated)[s["__key__"]]["clip_location"]).read_bytes() for s in samples)
     head = client.head_object(Bucket=s3_bucket, Key="shards/shard-000000.tar")
     assert head["ContentType"] == "application/x-tar"

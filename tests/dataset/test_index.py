@@ -1,5 +1,6 @@
 """The clip index: rows agree with metas/v0 and processed_videos, and the tools people use read it
-as it is (pandas, pyarrow.dataset, DuckDB, polars, Ray Data), from a folder and from real S3."""
+as it is (pandas, pyarrow.dataset, DuckDB, polars, Ray Data, Hugging Face datasets), from a folder
+and from real S3."""
 
 from __future__ import annotations
 
@@ -26,19 +27,19 @@ DERIVED_CLIP_COLUMNS = ("status", "duration_s")
 
 
 def as_meta(row: dict) -> dict:
-    """An index row written back as its metas/v0 JSON: without the derived columns, maps as dicts,
-    and without the caption-window fields a window does not have (a struct has every field)."""
+    """An index row written back as its metas/v0 JSON: without the derived columns, dicts from their
+    entries, and without the caption-window fields a window does not have (a struct has every field)."""
     meta = {k: v for k, v in row.items() if k not in DERIVED_CLIP_COLUMNS}
-    meta["errors"] = dict(meta["errors"])
-    meta["scores"] = dict(meta["scores"])
+    meta["errors"] = clip_index.as_dict(meta["errors"])
+    meta["scores"] = clip_index.as_dict(meta["scores"])
     if meta["text_match"] is not None:
-        meta["text_match"] = {**meta["text_match"], "scores": dict(meta["text_match"]["scores"])}
+        meta["text_match"] = {**meta["text_match"], "scores": clip_index.as_dict(meta["text_match"]["scores"])}
     meta["windows"] = [{k: v for k, v in w.items() if v is not None} for w in meta["windows"]]
     return meta
 
 
 def as_record(row: dict) -> dict:
-    record = {**row, "errors": dict(row["errors"]), "settings": json.loads(row["settings"]),
+    record = {**row, "errors": clip_index.as_dict(row["errors"]), "settings": json.loads(row["settings"]),
               "models": json.loads(row["models"])}
     record["processed_at"] = row["processed_at"].isoformat().replace("+00:00", "Z")
     return record
@@ -114,7 +115,8 @@ def test_pandas_duckdb_polars_read_the_local_index(curated):
     ).fetchall()
     assert joined == [("moving_then_static.mp4", 2), ("sub/three_scenes.mp4", 2)]
     failed = duckdb.sql(
-        f"SELECT relative_path, errors FROM read_parquet('{videos_dir}/*.parquet') WHERE cardinality(errors) > 0"
+        f"SELECT relative_path, map_from_entries(errors) FROM read_parquet('{videos_dir}/*.parquet')"
+        " WHERE len(errors) > 0"
     ).fetchall()
     assert [(path, set(errors)) for path, errors in failed] == [("broken.mp4", {"probe"})]
 
@@ -124,6 +126,27 @@ def test_pandas_duckdb_polars_read_the_local_index(curated):
     assert passed.height == summary["clips"]["passed"]
     assert passed.select(pl.col("embedding").struct.field("dim")).to_series().to_list() == [1280] * 3
     assert set(pl.read_parquet(videos_dir / "*.parquet")["relative_path"]) == set(records_of(curated))
+
+
+def hf_tables(data_files: dict[str, str], cache_dir: Path, **storage: object) -> tuple[list[dict], list[dict]]:
+    """(clips, videos) rows as Hugging Face datasets loads them, with the features it inferred checked."""
+    from datasets import List, Value, load_dataset
+
+    # One dataset a table: a dataset's splits share one schema.
+    loaded = {table: load_dataset("parquet", data_files=files, split="train", cache_dir=str(cache_dir), **storage)
+              for table, files in data_files.items()}
+    entries = List({"key": Value("string"), "value": Value("string")})
+    assert loaded["clips"].features["errors"] == loaded["videos"].features["errors"] == entries
+    assert loaded["clips"].features["scores"] == List({"key": Value("string"), "value": Value("float64")})
+    assert loaded["videos"].features["processed_at"] == Value("timestamp[ms, tz=UTC]")
+    return list(loaded["clips"]), list(loaded["videos"])
+
+
+def test_hugging_face_datasets_loads_the_local_index(curated, tmp_path):
+    clips, videos = hf_tables({table: str(curated / "index" / table / "*.parquet") for table in ("clips", "videos")},
+                              tmp_path / "hf-cache")
+    assert {row["span_uuid"]: as_meta(row) for row in clips} == metas_of(curated)
+    assert {row["relative_path"]: as_record(row) for row in videos} == records_of(curated)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +231,8 @@ def test_a_rerun_indexes_earlier_and_new_videos(tmp_path):
 
 
 @pytest.mark.ray
-def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_env, local_ray, upload):
+def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_env, local_ray, upload, tmp_path,
+                                             monkeypatch):
     import duckdb
     from duckdb_extension_httpfs import __file__ as httpfs_package
 
@@ -251,6 +275,19 @@ def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_
     dataset = local_ray.data.read_parquet(clips_uri, filesystem=s3)
     assert {r["span_uuid"] for r in dataset.take_all()} == set(metas)
     assert isinstance(videos["processed_at"][0], datetime)
+
+    # Hugging Face datasets reads s3:// through s3fs, which takes the endpoint in client_kwargs. Importing
+    # clipforge put this process in Hugging Face's offline mode (its models never come from the hub),
+    # in which datasets refuses every remote path; a reader's own process is online.
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    s3fs_options = {"key": s3_server.access_key, "secret": s3_server.secret_key,
+                    "client_kwargs": {"endpoint_url": s3_server.endpoint, "region_name": s3_server.region}}
+    hf_clips, hf_videos = hf_tables({table: f"{output}/index/{table}/*.parquet" for table in ("clips", "videos")},
+                                    tmp_path / "hf-cache", storage_options=s3fs_options)
+    assert {row["span_uuid"]: as_meta(row) for row in hf_clips} == metas
+    assert {row["relative_path"] for row in hf_videos} == set(records_of(curated))
 
 
 

@@ -192,12 +192,12 @@ def test_windows_prompts_and_metas(models_root, stage_clips, make_spec, monkeypa
     from clipforge.stages.write import clip_metadata, missing_outputs
 
     stages = pipeline_stages(spec)
-    meta = clip_metadata("/out", task, task.clips[0], missing_outputs(stages, spec, task.clips[0]))
+    meta = clip_metadata(task, task.clips[0], missing_outputs(stages, spec, task.clips[0]))
     assert meta["valid"] is True and missing_outputs(stages, spec, task.clips[0]) == []
-    assert meta["windows"][1]["preview_location"] == "/out/previews/%s/16_32.webp" % task.clips[0].uuid
+    assert meta["windows"][1]["preview_location"] == "previews/%s/16_32.webp" % task.clips[0].uuid
     task.clips[0].windows[1]["caption"] = ""
     assert missing_outputs(stages, spec, task.clips[0]) == ["windows[1].caption"]
-    assert clip_metadata("/out", task, task.clips[0], missing_outputs(stages, spec, task.clips[0]))["valid"] is False
+    assert clip_metadata(task, task.clips[0], missing_outputs(stages, spec, task.clips[0]))["valid"] is False
 
 
 def test_prompt_text_refine_and_enhance(models_root, stage_clips, make_spec, monkeypatch, transcoded):
@@ -291,5 +291,5 @@ def test_job_writes_captions_into_metas(tmp_path, models_root):
         # 120 frames: two windows of 48, the remainder of 24 >= 20 is a window of its own.
         assert [(w["start_frame"], w["end_frame"]) for w in meta["windows"]] == [(0, 48), (48, 96), (96, 120)]
         assert all(w["caption"] for w in meta["windows"])
-        assert all(Path(w["preview_location"]).exists() for w in meta["windows"])
+        assert all((out / w["preview_location"]).exists() for w in meta["windows"])
         assert meta["valid"] is True and meta["missing_outputs"] == []

@@ -93,7 +93,7 @@ def test_a_video_that_kills_its_worker_and_one_that_hangs_fail_alone(tmp_path, s
     assert sorted(Path(m["source_video"]).name for m in metas.values()) == ["crash.mp4", "good_1.mp4", "good_1.mp4",
                                                                              "good_2.mp4", "good_2.mp4"]
     for meta in metas.values():
-        frames, codec, _, _ = decode_clip(Path(meta["clip_location"]))
+        frames, codec, _, _ = decode_clip(out / meta["clip_location"])
         assert frames == meta["num_frames"] == 120 and codec == "h264"
     chunks = sorted(p.name for p in (out / "processed_clip_chunks").glob("*.json"))
     assert chunks == ["crash.mp4_0.json", "good_1.mp4_0.json", "good_1.mp4_1.json", "good_2.mp4_0.json",

@@ -48,7 +48,9 @@ def test_local_job_writes_the_dataset_layout(tmp_path, samples_dir):
         assert meta["span_frames"] == [start, end]
         assert meta["num_frames"] == end - start
         assert meta["valid"] is True and meta["errors"] == {}
-        clip_path = Path(meta["clip_location"])
+        folder = "filtered_clips" if clip_id == static_clip else "clips"
+        assert meta["clip_location"] == f"{folder}/{clip_id}.mp4"  # relative to the output root
+        clip_path = out / meta["clip_location"]
         assert clip_path.exists() and clip_path.stat().st_size == meta["num_bytes"]
         frames, codec, width, height = decode_clip(clip_path)
         assert (frames, codec, width, height) == (end - start, "h264", 320, 180)
@@ -258,7 +260,8 @@ def test_local_job_writes_clip_embeddings_and_per_video_parquet(tmp_path, sample
             embedding = pickle.load(f)
         assert isinstance(embedding, np.ndarray) and embedding.dtype == np.float16 and embedding.shape == (1, 1280)
         meta = load_json(out / "metas" / "v0" / f"{clip_id}.json")
-        assert meta["embedding"] == {"algorithm": "efficientnet-lite0", "dim": 1280, "location": str(path)}
+        location = str(path.relative_to(out))  # relative to the output root
+        assert meta["embedding"] == {"algorithm": "efficientnet-lite0", "dim": 1280, "location": location}
 
     parquet_root = out / "efficientnet-lite0_embd_parquet"
     for rel in ("moving_then_static.mp4", "sub/three_scenes.mp4"):
@@ -302,9 +305,9 @@ def test_stream_copied_vp8_clips_are_matroska_named_mkv_everywhere(tmp_path):
     assert len(clips) == 2 and all(p.suffix == ".mkv" for p in clips)
     for clip in clips:
         assert decode_clip(clip.read_bytes())[1] == "vp8"
-        assert load_json(out / "metas" / "v0" / f"{clip.stem}.json")["clip_location"] == str(clip)
+        assert load_json(out / "metas" / "v0" / f"{clip.stem}.json")["clip_location"] == f"clips/{clip.name}"
     index = pq.read_table(out / "index" / "clips").to_pylist()
-    assert sorted(row["clip_location"] for row in index) == [str(p) for p in clips]
+    assert sorted(row["clip_location"] for row in index) == [f"clips/{p.name}" for p in clips]
     report_rows = "".join(p.read_text() for p in (out / "report").rglob("*.js*"))
     assert all(f"../clips/{p.name}" in report_rows for p in clips) and ".mp4" not in report_rows
     assert main(["export", str(out), str(tmp_path / "shards"), "--format", "webdataset"]) == 0

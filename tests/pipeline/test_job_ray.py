@@ -43,7 +43,7 @@ def assert_complete(out: Path, expected_clips: int) -> None:
     assert not passed & filtered
     assert passed | filtered == {m["span_uuid"] for m in metas}
     for meta in metas:
-        frames, codec, _, _ = decode_clip(Path(meta["clip_location"]))
+        frames, codec, _, _ = decode_clip(out / meta["clip_location"])
         assert frames == meta["num_frames"] and codec == "h264"
 
 

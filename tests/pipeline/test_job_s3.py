@@ -77,8 +77,9 @@ def test_s3_job_reads_and_writes_buckets_with_the_local_layout(tmp_path, s3_serv
 
     for clip_id, meta in s3_metas.items():
         assert meta["source_video"].startswith(f"s3://{s3_bucket}/raw/")
-        assert meta["clip_location"].startswith(f"s3://{s3_bucket}/curated/")
-        body = client.get_object(Bucket=s3_bucket, Key=meta["clip_location"].split("/", 3)[3])["Body"].read()
+        folder = "clips" if meta["filtered_by"] is None else "filtered_clips"
+        assert meta["clip_location"] == f"{folder}/{clip_id}.mp4"  # relative to the output root, on S3 too
+        body = client.get_object(Bucket=s3_bucket, Key=f"curated/{meta['clip_location']}")["Body"].read()
         assert len(body) == meta["num_bytes"]
         frames, codec, _, _ = decode_clip(body)
         assert frames == meta["num_frames"] and codec == "h264"

@@ -269,8 +269,16 @@ class ClusterSpec(SpecModel):
 
 
 class RetryBackoffSpec(SpecModel):
-    initial_seconds: int = _f(30, "Wait before the first retry; each later retry waits twice as long.", ge=0)
+    initial_seconds: int = _f(
+        30, "Wait before the first retry; each later retry waits twice as long. At most maxSeconds.", ge=0
+    )
     max_seconds: int = _f(600, "Longest wait between retries.", ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RetryBackoffSpec:
+        if self.initial_seconds > self.max_seconds:
+            raise ValueError(f"initialSeconds ({self.initial_seconds}) is more than maxSeconds ({self.max_seconds})")
+        return self
 
     def delay(self, retry: int) -> int:
         """Seconds to wait before retry number `retry` (1-based)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clipforge.spec.base import SpecModel, _f
 from clipforge.spec.cluster import DNS_SUBDOMAIN, ClusterSpec, RetryBackoffSpec
@@ -59,6 +59,14 @@ class VideoCurationJobSpec(SpecModel):
         300, "Seconds the finished Ray cluster is kept (for its logs) before KubeRay deletes it.", ge=0
     )
 
+    @model_validator(mode="after")
+    def _dedup_has_embeddings(self) -> VideoCurationJobSpec:
+        # A run without embeddings deletes its output's embedding parquets (embedding_files.py):
+        # dedup of that output would find none, after the whole run.
+        if self.dedup.enabled and not self.dedup.input_uri and not self.embeddings.enabled:
+            raise ValueError("dedup.enabled needs embeddings.enabled (or dedup.inputUri, an output that has"
+                             " embeddings)")
+        return self
 
 
 class ObjectMeta(BaseModel):

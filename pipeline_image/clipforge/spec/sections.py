@@ -77,17 +77,43 @@ class MaxLengthMode(str, Enum):
 class FixedStrideSpec(SpecModel):
     clip_length_s: PositiveSeconds = _f(10.0, "Length of each clip in seconds.")
     stride_s: PositiveSeconds = _f(10.0, "Seconds between the starts of consecutive clips.")
-    min_clip_length_s: float = _f(2.0, "A trailing clip shorter than this is dropped.", ge=0)
+    min_clip_length_s: float = _f(2.0, "A trailing clip shorter than this is dropped; at most clipLengthS.", ge=0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> FixedStrideSpec:
+        # Every clip is at most clipLengthS long: a longer minimum drops them all.
+        if self.min_clip_length_s > self.clip_length_s:
+            raise ValueError(f"minClipLengthS ({self.min_clip_length_s:g}) is more than clipLengthS"
+                             f" ({self.clip_length_s:g}): every clip would be dropped")
+        return self
 
 
 class SceneLengthSpec(SpecModel):
     min_length_s: float = _f(2.0, "Scenes shorter than this (after cropping) are dropped.", ge=0)
-    max_length_s: PositiveSeconds = _f(10.0, "Scenes longer than this are cut according to maxLengthMode.")
+    max_length_s: PositiveSeconds = _f(
+        10.0,
+        "Scenes longer than this are cut according to maxLengthMode. Less cropS at both ends, it must leave"
+        " at least minLengthS (and more than nothing).",
+    )
     max_length_mode: MaxLengthMode = _f(
         MaxLengthMode.stride,
         "stride: cut a long scene into consecutive clips of maxLengthS; truncate: keep only its first maxLengthS.",
     )
     crop_s: float = _f(0.5, "Seconds cropped from both ends of each scene, away from the transition.", ge=0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SceneLengthSpec:
+        # Every clip is a piece of at most maxLengthS with cropS cut from both ends (scenes.py):
+        # when that leaves less than minLengthS, or nothing, every clip is dropped.
+        if self.min_length_s > self.max_length_s:
+            raise ValueError(f"minLengthS ({self.min_length_s:g}) is more than maxLengthS ({self.max_length_s:g}):"
+                             " every clip would be dropped")
+        longest = self.max_length_s - 2 * self.crop_s
+        if longest <= 0 or longest < self.min_length_s:
+            left = f"{longest:g} s, less than minLengthS ({self.min_length_s:g})" if longest > 0 else "nothing"
+            raise ValueError(f"maxLengthS ({self.max_length_s:g}) less cropS ({self.crop_s:g}) at both ends leaves"
+                             f" {left}: every clip would be dropped")
+        return self
 
 
 class TransNetV2Spec(SceneLengthSpec):
@@ -132,6 +158,9 @@ class HdrMode(str, Enum):
     keep = "keep"
 
 
+# The highest crf each encoder takes (x264's scale and NVENC's cq end at 51; libvpx's and SVT-AV1's at 63).
+MAX_CRF = {Encoder.libx264.value: 51, Encoder.h264_nvenc.value: 51, Encoder.libvpx_vp9.value: 63,
+           Encoder.libsvtav1.value: 63}
 # The encoders that write 10-bit 4:2:0 in PyAV 18's FFmpeg (measured 2026-12-07): libx264 (as
 # H.264 High 10) and libsvtav1. Its libvpx is built 8-bit only; h264_nvenc refuses yuv420p10le.
 TEN_BIT_ENCODERS = (Encoder.libx264.value, Encoder.libsvtav1.value)
@@ -143,7 +172,12 @@ class TranscodingSpec(SpecModel):
         "encode: frame-accurate re-encode; copy: stream copy, spans snapped to keyframes (recorded in the metadata).",
     )
     encoder: Encoder = _f(Encoder.libx264, "Video encoder; h264_nvenc needs an NVIDIA GPU with NVENC.")
-    crf: int | None = _f(23, "Constant quality (lower is better). Ignored when bitrate is set.", ge=0, le=63)
+    crf: int | None = _f(
+        23,
+        "Constant quality (lower is better): 0-51 for libx264 and h264_nvenc, 0-63 for libvpx-vp9 and libsvtav1."
+        " Ignored when bitrate is set.",
+        ge=0, le=63,
+    )
     bitrate: str | None = _f(None, "Target bitrate such as 4M; overrides crf.", pattern=r"^[0-9]+[kKmM]?$")
     preset: str | None = _f(None, "Encoder preset (libx264: ultrafast..veryslow; nvenc: p1..p7). Unset: encoder default.")
     max_height: int | None = _f(
@@ -160,6 +194,13 @@ class TranscodingSpec(SpecModel):
         f" stay HDR (BT.2020, PQ or HLG), with an encoder that writes 10-bit ({', '.join(TEN_BIT_ENCODERS)})."
         " The models get tone-mapped SDR frames in every case. Mode copy keeps the source as it is.",
     )
+
+    @model_validator(mode="after")
+    def _crf_range(self) -> TranscodingSpec:
+        if self.mode == TranscodeMode.encode.value and not self.bitrate and self.crf is not None \
+                and self.crf > MAX_CRF[self.encoder]:
+            raise ValueError(f"crf ({self.crf}) is more than encoder {self.encoder} takes ({MAX_CRF[self.encoder]})")
+        return self
 
     @model_validator(mode="after")
     def _hdr_encoder(self) -> TranscodingSpec:
@@ -227,6 +268,10 @@ class EmbeddingAlgorithm(str, Enum):
     cosmos_embed1_448p = "cosmos-embed1-448p"
 
 
+# Embedders without a text tower: they cannot score embeddings.textsToVerify.
+IMAGE_ONLY_EMBEDDERS = (EmbeddingAlgorithm.efficientnet_lite0.value,)
+
+
 class EmbeddingsSpec(SpecModel):
     enabled: bool = _f(True, "Compute a clip embedding for search and deduplication.")
     algorithm: EmbeddingAlgorithm = _f(
@@ -236,8 +281,17 @@ class EmbeddingsSpec(SpecModel):
     )
     model: str | None = _f(None, "Subdirectory of models.uri holding the model; unset: the algorithm's name.")
     texts_to_verify: list[str] = _f(
-        [], "Texts to match against each clip (embedders with a text tower): best match and scores go to the metadata."
+        [],
+        "Texts to match against each clip (embedders with a text tower: every algorithm but"
+        f" {', '.join(IMAGE_ONLY_EMBEDDERS)}): best match and scores go to the metadata.",
     )
+
+    @model_validator(mode="after")
+    def _text_tower(self) -> EmbeddingsSpec:
+        if self.texts_to_verify and self.algorithm in IMAGE_ONLY_EMBEDDERS:
+            raise ValueError(f"textsToVerify needs an embedder with a text tower; algorithm {self.algorithm} has none"
+                             " (clip, siglip and cosmos-embed1-* have one)")
+        return self
 
 
 class Reduction(str, Enum):

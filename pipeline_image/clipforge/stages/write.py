@@ -31,20 +31,22 @@ def missing_outputs(stages: Sequence[type[Stage]], spec: VideoCurationJobSpec, c
     return [missing for stage in stages for missing in stage.missing_outputs(spec, clip)]
 
 
-def _windows(root: str, clip: Clip) -> list[dict]:
+def _windows(clip: Clip) -> list[dict]:
     out = []
     for i, window in enumerate(clip.windows):
         entry = dict(window)
         if i in clip.window_previews:
             entry["preview_location"] = layout.window_preview_file(
-                root, clip.uuid, window["start_frame"], window["end_frame"]
+                "", clip.uuid, window["start_frame"], window["end_frame"]
             )
         out.append(entry)
     return out
 
 
-def clip_metadata(root: str, task: VideoTask, clip: Clip, missing: list[str]) -> dict:
-    """The clip's metas/v0 record; `missing`: what the stages should have made and did not."""
+def clip_metadata(task: VideoTask, clip: Clip, missing: list[str]) -> dict:
+    """The clip's metas/v0 record; `missing`: what the stages should have made and did not.
+    Its locations are relative to the output root (layout.py), so they resolve wherever the
+    output is copied or moved."""
     meta = task.meta
     has_file = clip.encoded is not None
     return {
@@ -65,9 +67,9 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, missing: list[str]) ->
         "audio_codec": clip.audio_codec,
         "rotation": clip.rotation,
         "num_bytes": len(clip.encoded) if has_file else 0,
-        "clip_location": (layout.clip_file(root, clip.uuid, clip.filtered_by is not None, clip.container)
+        "clip_location": (layout.clip_file("", clip.uuid, clip.filtered_by is not None, clip.container)
                           if has_file else None),
-        "preview_location": layout.preview_file(root, clip.uuid) if clip.preview is not None else None,
+        "preview_location": layout.preview_file("", clip.uuid) if clip.preview is not None else None,
         "motion_score": {
             "global_mean": clip.motion_score_global_mean,
             "per_patch_min_256": clip.motion_score_per_patch_min,
@@ -75,12 +77,12 @@ def clip_metadata(root: str, task: VideoTask, clip: Clip, missing: list[str]) ->
         "filtered_by": clip.filtered_by,
         "aesthetic_score": clip.aesthetic_score,
         "scores": clip.scores,
-        "windows": _windows(root, clip),
+        "windows": _windows(clip),
         "embedding": (
             {
                 "algorithm": clip.embedding_algorithm,
                 "dim": int(clip.embedding.shape[-1]),
-                "location": layout.embedding_file(root, clip.embedding_algorithm, clip.uuid),
+                "location": layout.embedding_file("", clip.embedding_algorithm, clip.uuid),
             }
             if clip.embedding is not None
             else None
@@ -158,7 +160,7 @@ class WriteStage(Stage):
                     embedding_pickle(clip.embedding),
                 )
             self.storage.write_json(layout.clip_meta(self.root, clip.uuid), clip_metadata(
-                self.root, task, clip, missing_outputs(self.pipeline, self.spec, clip)))
+                task, clip, missing_outputs(self.pipeline, self.spec, clip)))
         summary = chunk_summary(task, clip_settings(self.spec))
         if task.clips:
             self.storage.write_json(record_uri, summary)
