@@ -284,3 +284,9 @@ class StatusEdit:
     def changes(self) -> dict:
         """The status fields that differ from what was read: the merge patch to send."""
         return {k: v for k, v in self.new.items() if self.old.get(k) != v}
+
+    def saved(self) -> dict:
+        """The changes, from now on counted as written (the caller patches them)."""
+        changes = self.changes()
+        self.old.update(changes)
+        return changes

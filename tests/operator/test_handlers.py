@@ -22,9 +22,11 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from clipforge_operator import builders as b
+from clipforge_operator.admission import spec_from_configmap
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
 from clipforge_operator.kube import AlreadyExists
+from clipforge_operator.pipeline_pods import with_pipeline_image
 from clipforge_operator.policy import JobPolicy
 from clipforge_operator.status import EventRecord, get_condition, rfc3339
 
@@ -32,6 +34,7 @@ T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 NS = "videos"
 UID = "uid-1234"
 SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+GENERATED_ALPHABET = "bcdfghjklm"  # ten of the API server's generateName characters, one per digit
 
 
 class FakeKube:
@@ -131,8 +134,9 @@ class FakeKube:
 
     def create_secret(self, body: dict) -> dict:
         body = copy.deepcopy(body)
-        if "generateName" in body["metadata"]:  # as the API server does, with a counter for its random suffix
-            body["metadata"]["name"] = f"{body['metadata'].pop('generateName')}{self.count('create_secret'):05d}"
+        if "generateName" in body["metadata"]:  # as the API server does: a counter spelt in its suffix alphabet
+            suffix = "".join(GENERATED_ALPHABET[int(d)] for d in f"{self.count('create_secret'):05d}")
+            body["metadata"]["name"] = f"{body['metadata'].pop('generateName')}{suffix}"
         self.calls.append(("create_secret", body["metadata"]["name"]))
         return self._put("secret", body)
 
@@ -267,6 +271,7 @@ def test_existing_children_of_this_job_are_adopted_not_duplicated(h: Harness):
     from clipforge.spec import parse_job
 
     job = parse_job(h.kube.get_job(NS, "demo"))
+    job = job.model_copy(update={"spec": with_pipeline_image(job.spec, h.ctx.pipeline_image)})  # as the operator makes it
     h.kube._put("configmap", b.build_configmap(job, NS, UID))
     h.kube._put("rayjob", b.build_rayjob(job, NS, UID, "demo-ray-token-abcde"))
     assert h.reconcile() == "Provisioning"
@@ -621,7 +626,7 @@ def test_scaling_change_patches_the_live_cluster(h: Harness):
     assert (cluster["minReplicas"], cluster["maxReplicas"], cluster["replicas"]) == (2, 12, 2)
     rj = h.kube.get_rayjob(NS, "demo")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     assert (rj["minReplicas"], rj["maxReplicas"]) == (2, 12)
-    assert b.spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.cpu_workers.max_replicas == 12
+    assert spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.cpu_workers.max_replicas == 12
     assert h.events[-1].reason == "Rescaled"
     assert h.condition("SpecUpdateRefused") is None and h.status["observedGeneration"] == 2
 
@@ -636,7 +641,7 @@ def test_pipeline_change_on_a_running_job_is_refused(h: Harness):
     assert "splitting.algorithm" in refused["message"] and "cluster.image" in refused["message"]
     assert h.events[-1].type == "Warning" and h.events[-1].reason == "SpecUpdateRefused"
     # The allowed part still applies; the running pipeline's spec does not change.
-    accepted = b.spec_from_configmap(h.kube.get_configmap(NS, "demo-config"))
+    accepted = spec_from_configmap(h.kube.get_configmap(NS, "demo-config"))
     assert accepted.splitting.algorithm == "fixed-stride" and accepted.cluster.cpu_workers.max_replicas == 3
     assert accepted.max_retries == 1
     assert h.kube.get_raycluster(NS, "demo-raycluster-x7k2p")["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 3
@@ -1029,7 +1034,7 @@ def test_a_job_naming_no_image_runs_and_is_judged_with_the_operators_pipeline_im
     rj = h.kube.get_rayjob(NS, "demo")
     assert {c["image"] for c in rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]} \
         == {"registry.example.com/ml/pipeline:1.2"}
-    assert b.spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.image == \
+    assert spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.image == \
         "registry.example.com/ml/pipeline:1.2"  # a retry runs what the job was admitted with
     refused = Harness(tmp_path, name="refused")
     refused.ctx.pipeline_image = "registry.example.com/ml/pipeline:1.2"
