@@ -209,7 +209,8 @@ def test_the_job_policy_reaches_the_operator_as_json():
 
     env = {e["name"]: e["value"] for e in container(render())["env"]}
     assert parse_policy(env["CLIPFORGE_JOB_POLICY"]) == JobPolicy(
-        images=("docker.io/clipforge/pipeline",), service_accounts=(), credentials_secrets=("clipforge-s3",))
+        images=("docker.io/clipforge/pipeline",), service_accounts=(), credentials_secrets=("clipforge-s3",),
+        tolerations=("nvidia.com/gpu",), node_selectors=("*",))  # no toleration of every taint by default
     env = {e["name"]: e["value"] for e in container(render(
         "jobPolicy.allowedImages={registry.example.com/ml/}", "jobPolicy.allowedServiceAccounts={model-reader}"))["env"]}
     policy = parse_policy(env["CLIPFORGE_JOB_POLICY"])
