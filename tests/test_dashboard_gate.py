@@ -55,3 +55,16 @@ def test_the_status_view_keeps_what_kuberay_reads_and_nothing_else():
     assert set(view) == set(STATUS_FIELDS)
     assert view["status"] == "RUNNING" and view["submission_id"] == JOB and view["start_time"] == 1764600000000
     assert not {"entrypoint", "runtime_env", "metadata", "driver_info", "driver_agent_http_address"} & set(view)
+
+
+def test_the_status_view_carries_no_log_text():
+    # Ray 2.60's message for a failed entrypoint: its sentence, then the driver's last 20,000 characters of log.
+    details = {"job_id": "02000000", "submission_id": JOB, "status": "FAILED", "error_type": "JOB_ENTRYPOINT_COMMAND_ERROR",
+               "message": "Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000"
+                          " chars):\nTraceback (most recent call last):\n  File \"run.py\", line 1\nValueError: s3://x?k=v"}
+    view = status_view(details)
+    assert view["message"] == "Job entrypoint command failed with exit code 1"
+    assert view["status"] == "FAILED" and view["error_type"] == "JOB_ENTRYPOINT_COMMAND_ERROR"
+    multi_line = status_view({"message": "Failed to start the supervisor:\nTraceback ...\nRuntimeError: secret"})
+    assert multi_line["message"] == "Failed to start the supervisor:"
+    assert status_view({"message": "x" * 5000})["message"] == "x" * 1000

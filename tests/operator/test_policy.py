@@ -149,8 +149,8 @@ def test_references_are_read_as_the_container_runtime_reads_them(reference: str,
 
 
 @pytest.mark.parametrize("image, allowed, admitted", [
-    ("Evil/x:1", "docker.io/", False),  # pulled from the host Evil, not from Docker Hub
-    ("Evil/x:1", "docker.io/evil/", False),
+    ("Evil/x:1", "docker.io", False),  # pulled from the host Evil, not from Docker Hub
+    ("evil/x:1", "docker.io", True),
     ("Clipforge/pipeline:1", "clipforge/pipeline", False),
     ("index.docker.io/clipforge/pipeline:1", "clipforge/pipeline", True),
     ("docker.io/library/ubuntu:22.04", "ubuntu", True),
