@@ -87,3 +87,24 @@ def spec_hash(configmap: Mapping) -> str:
         "binaryFiles": dict(configmap.get("binaryData") or {}),
     }
     return hashlib.sha256(json.dumps(pinned, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def admitted_configmap(configmap: Mapping | None, pinned: str | None,
+                       fresh: Mapping) -> tuple[VideoCurationJobSpec | None, str | None]:
+    """The spec a job's ConfigMap holds (None: there is none) and its hash, if it is the one the job was
+    admitted with: its hash is `pinned` (status.admittedSpecHash) or, unrecorded (a crash between the
+    ConfigMap's create and the status write), that of `fresh`, the ConfigMap the operator would make now
+    from the job's spec. A ConfigMap that is gone is fine while `fresh` still has the pinned hash.
+    SpecNotAdmitted (or ConfigMapInvalid) otherwise, naming the ConfigMap."""
+    name = fresh["metadata"]["name"]
+    if configmap is None:
+        if pinned and spec_hash(fresh) != pinned:
+            raise SpecNotAdmitted(f"ConfigMap {name}, which held the spec the job was admitted with, is gone, and the"
+                                  " job's spec is no longer that one: nothing is built from it")
+        return None, pinned
+    _, accepted = read_document(configmap)
+    found = spec_hash(configmap)
+    if found != (pinned or spec_hash(fresh)):
+        raise SpecNotAdmitted(f"ConfigMap {name} was changed after the job was admitted: it no longer holds the"
+                              " spec the job started with, and nothing is built from it")
+    return accepted, found

@@ -42,12 +42,7 @@ from clipforge.spec import (
     parse_job,
 )
 from clipforge_operator import builders as b
-from clipforge_operator.admission import (
-    PIN_STATUS_FIELD,
-    SpecNotAdmitted,
-    read_document,
-    spec_hash,
-)
+from clipforge_operator.admission import PIN_STATUS_FIELD, SpecNotAdmitted, admitted_configmap, read_document, spec_hash
 from clipforge_operator.config import KubeRayPods
 from clipforge_operator.kube import AlreadyExists
 from clipforge_operator.pipeline_pods import unmounted_paths, with_pipeline_image
@@ -223,30 +218,15 @@ def _failures_text(outcome: RunReport) -> str:
 
 
 def admitted_spec(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurationJob, uid: str) -> VideoCurationJobSpec:
-    """The spec the job runs with: the ConfigMap's (as admitted) plus later scaling/operator changes, its
-    image filled in; before there is a ConfigMap, the job's own. SpecNotAdmitted when the ConfigMap is not
-    the one the job was admitted with (its hash in status), or is gone and the spec is not that one either."""
-    name = b.configmap_name(job.metadata.name)
-    pinned = st.new.get(PIN_STATUS_FIELD)
+    """The spec the job runs with, its image filled in: its ConfigMap's, as admitted (admission.py), plus
+    later scaling/operator changes; before there is a ConfigMap, the job's own."""
     own = job.model_copy(update={"spec": with_pipeline_image(job.spec, ctx.pipeline_image)})
-    configmap = ctx.kube.get_configmap(namespace, name)
-    if configmap is None:
-        if pinned and spec_hash(b.build_configmap(own, namespace, uid)) != pinned:
-            raise SpecNotAdmitted(f"ConfigMap {name}, which held the spec the job was admitted with, is gone, and the"
-                                  " job's spec is no longer that one: nothing is built from it")
-        return own.spec
-    if not _owned_by(configmap, uid):
-        raise NameConflict(f"ConfigMap {name} exists and is not this job's")
-    _, accepted = read_document(configmap)
-    found = spec_hash(configmap)
-    # Unrecorded (a crash between the ConfigMap's create and the status write): only the ConfigMap
-    # the operator would make now.
-    expected = pinned or spec_hash(b.build_configmap(own, namespace, uid))
-    if found != expected:
-        raise SpecNotAdmitted(f"ConfigMap {name} was changed after the job was admitted: it no longer holds the"
-                              " spec the job started with, and nothing is built from it")
-    st.new[PIN_STATUS_FIELD] = found
-    return merge_allowed(accepted, job.spec)
+    fresh = b.build_configmap(own, namespace, uid)
+    configmap = ctx.kube.get_configmap(namespace, fresh["metadata"]["name"])
+    if configmap is not None and not _owned_by(configmap, uid):
+        raise NameConflict(f"ConfigMap {fresh['metadata']['name']} exists and is not this job's")
+    accepted, st.new[PIN_STATUS_FIELD] = admitted_configmap(configmap, st.new.get(PIN_STATUS_FIELD), fresh)
+    return own.spec if accepted is None else merge_allowed(accepted, job.spec)
 
 
 def _ensure_owned(create: Callable[[dict], Any], read: Callable[[str, str], dict | None], body: dict, uid: str) -> None:
