@@ -149,10 +149,11 @@ def _commit(ctx: Context, namespace: str, name: str, st: StatusEdit) -> str:
     return st.phase
 
 
-def _fail(st: StatusEdit, reason: str, message: str) -> None:
+def _fail(st: StatusEdit, reason: str, message: str, attempt_ended: bool = False) -> None:
+    """The job fails: an attempt's end with no retry to follow, or (not `attempt_ended`) a spec nothing is built from."""
     st.set_phase(JobPhase.failed.value, reason, message)
     if st.has_condition(ConditionType.retrying):
-        st.condition(ConditionType.retrying, False, reason, "no retries left" if reason != "InvalidSpec" else message)
+        st.condition(ConditionType.retrying, False, reason, "no retries left" if attempt_ended else message)
 
 
 def _credentials(ctx: Context, namespace: str, spec: VideoCurationJobSpec) -> Credentials | None:
@@ -462,7 +463,7 @@ def _attempt_ended(ctx: Context, st: StatusEdit, namespace: str, name: str, spec
     # Failed on its inputs: a retry would fail the same way.
     if outcome is not None and outcome.state in (RunState.failed, RunState.no_input) \
             and outcome.reason in FAILED_ON_INPUTS:
-        _fail(st, outcome.reason, outcome.message)
+        _fail(st, outcome.reason, outcome.message, attempt_ended=True)
         return _commit(ctx, namespace, name, st)
 
     # A failed attempt: retry after a backoff while retries are left, else the job fails.
@@ -479,7 +480,7 @@ def _attempt_ended(ctx: Context, st: StatusEdit, namespace: str, name: str, spec
         phase = _commit(ctx, namespace, name, st)  # record the retry before removing the attempt
         ctx.kube.delete_rayjob(namespace, rayjob_name)
         return phase
-    _fail(st, obs.reason, obs.message)
+    _fail(st, obs.reason, obs.message, attempt_ended=True)
     phase = _commit(ctx, namespace, name, st)
     if obs.reason == "PendingDeadlineExceeded":
         ctx.kube.delete_rayjob(namespace, rayjob_name)  # free whatever the stuck cluster holds

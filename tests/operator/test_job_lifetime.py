@@ -63,6 +63,7 @@ def test_a_retry_is_judged_by_the_policy_of_its_moment(h: Harness):
     reason, message = failed(h)
     assert reason == "PolicyViolation" and message.startswith("spec.cluster.image: clipforge/pipeline:"), message
     assert h.rayjobs() == [] and h.kube.count("create_rayjob") == 1  # no retry built
+    assert h.condition("Retrying")["status"] == "False" and h.condition("Retrying")["message"] == message
 
 
 def test_a_preset_start_time_skips_no_check(tmp_path: Path):
