@@ -409,10 +409,12 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         st.new["rayClusterName"] = obs.ray_cluster_name
     if obs.dashboard_url:
         st.new["dashboardURL"] = obs.dashboard_url
-    if not _recorded_token_secret(st, name):  # status lost it: the RayJob still says it
-        recovered = b.token_secret_of(rayjob)
-        if recovered and b.is_ray_token_secret_name(name, recovered):
-            st.new["rayTokenSecret"] = recovered
+    # The token Secret is the one the attempt's RayJob reads: status follows it (lost or preset, it is put right).
+    referenced = b.token_secret_of(rayjob)
+    if referenced and b.is_ray_token_secret_name(name, referenced):
+        st.new["rayTokenSecret"] = referenced
+    else:
+        _recorded_token_secret(st, name)
 
     if not obs.terminal:
         st.set_phase(obs.phase, obs.reason, obs.message)

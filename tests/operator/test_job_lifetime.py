@@ -214,6 +214,8 @@ def test_a_token_name_status_lost_is_recovered_from_the_rayjob(h: Harness):
     ours = h.status["rayTokenSecret"]
     h.kube.objects[("vcj", NS, "demo")]["status"].pop("rayTokenSecret")
     assert h.reconcile() == "Running" and h.status["rayTokenSecret"] == ours
+    preset_status(h, rayTokenSecret="demo-ray-token-zzzzz")  # a name of the right shape, but not the RayJob's
+    assert h.reconcile() == "Running" and h.status["rayTokenSecret"] == ours
     # Lost again between the failed attempt and its retry: the failed RayJob, left behind, still names it.
     h.kube.delete_rayjob = lambda ns, name: False  # type: ignore[method-assign]
     fail(h, "demo", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", message="exit code 1")
