@@ -77,3 +77,16 @@ def test_the_gate_as_its_containers_pid_1_stops_at_sigterm(tmp_path):
          "--dashboard=127.0.0.1:1", f"--job-id={JOB}"],
         listening, {**os.environ, "RAY_AUTH_TOKEN": "x" * 32}, log=tmp_path / "gate.log")
     assert status == 0, (tmp_path / "gate.log").read_text()
+
+
+def test_the_status_view_carries_no_log_text():
+    # Ray 2.60's message for a failed entrypoint: its sentence, then the driver's last 20,000 characters of log.
+    details = {"job_id": "02000000", "submission_id": JOB, "status": "FAILED", "error_type": "JOB_ENTRYPOINT_COMMAND_ERROR",
+               "message": "Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000"
+                          " chars):\nTraceback (most recent call last):\n  File \"run.py\", line 1\nValueError: s3://x?k=v"}
+    view = status_view(details)
+    assert view["message"] == "Job entrypoint command failed with exit code 1"
+    assert view["status"] == "FAILED" and view["error_type"] == "JOB_ENTRYPOINT_COMMAND_ERROR"
+    multi_line = status_view({"message": "Failed to start the supervisor:\nTraceback ...\nRuntimeError: secret"})
+    assert multi_line["message"] == "Failed to start the supervisor:"
+    assert status_view({"message": "x" * 5000})["message"] == "x" * 1000

@@ -138,6 +138,17 @@ def ray_token_secret_prefix(job_name: str) -> str:
     return f"{base_name(job_name)}-ray-token-"
 
 
+# What the API server appends to a generateName: 5 characters of this alphabet
+# (k8s.io/apimachinery/pkg/util/rand), whatever the prefix.
+GENERATED_SUFFIX = "[bcdfghjklmnpqrstvwxz2456789]{5}"
+
+
+def is_ray_token_secret_name(job_name: str, secret_name: str) -> bool:
+    """Whether `secret_name` is a name the API server gives this job's token Secret, and no other job's
+    (a job's prefix ends where its generated suffix starts, so no other job's names match it)."""
+    return re.fullmatch(re.escape(ray_token_secret_prefix(job_name)) + GENERATED_SUFFIX, secret_name) is not None
+
+
 def network_policy_name(job_name: str) -> str:
     return f"{base_name(job_name)}-ray"
 
@@ -209,12 +220,6 @@ def build_configmap(job: VideoCurationJob, namespace: str, uid: str) -> dict:
     }
 
 
-def spec_from_configmap(configmap: Mapping) -> VideoCurationJobSpec:
-    """The spec a ConfigMap built by build_configmap carries (the spec the job was started with)."""
-    document = yaml.safe_load(configmap["data"][JOB_FILE])
-    return VideoCurationJobSpec.model_validate(document["spec"])
-
-
 # ------------------------------------------------------------------------- the cluster's closure
 
 
@@ -239,6 +244,18 @@ def build_ray_token_secret(job_name: str, namespace: str, uid: str, token: str) 
 def ray_token_env(token_secret: str) -> dict:
     """The job's token, by reference to its Secret."""
     return {"name": RAY_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": token_secret, "key": RAY_TOKEN_KEY}}}
+
+
+def token_secret_of(rayjob: Mapping) -> str | None:
+    """The Secret the RayJob's head container reads the job's token from (None: it reads none)."""
+    head = ((((rayjob.get("spec") or {}).get("rayClusterSpec") or {}).get("headGroupSpec") or {})
+            .get("template") or {}).get("spec") or {}
+    for container in head.get("containers") or []:
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
+            if env.get("name") == RAY_TOKEN_KEY and ref.get("name"):
+                return ref["name"]
+    return None
 
 
 def ray_auth_env(token_secret: str) -> list[dict]:

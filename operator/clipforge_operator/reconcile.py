@@ -4,7 +4,13 @@ Every entry point re-reads the job, works out what its children and status shoul
 the missing children, and patches only what differs. Running it twice, concurrently with
 itself (a per-job lock) or after an operator restart neither duplicates nor loses work:
 child names are deterministic, a 409 on create means "read it back", and the attempt number
-lives in the job's status, as does the generated name of the job's Ray token Secret.
+lives in the job's status, as does the generated name of the job's Ray token Secret (written
+the moment the Secret exists).
+
+Every RayJob is built from the spec the job was admitted with (admission.py: the ConfigMap, checked
+against the hash in status) and judged by the policy when it is built, first attempt and retry
+alike. Status alone never grants anything: a RayJob is judged whatever status.startTime says, and
+a token Secret named there is used only if its name is one the API server gave this job's.
 
 The kopf handlers (handlers.py) call these functions; tests call them with a fake `Kube`.
 """
@@ -36,6 +42,7 @@ from clipforge.spec import (
     parse_job,
 )
 from clipforge_operator import builders as b
+from clipforge_operator.admission import PIN_STATUS_FIELD, SpecNotAdmitted, admitted_configmap, read_document, spec_hash
 from clipforge_operator.config import KubeRayPods
 from clipforge_operator.kube import AlreadyExists
 from clipforge_operator.pipeline_pods import unmounted_paths, with_pipeline_image
@@ -50,6 +57,7 @@ from clipforge_operator.progress import (
 from clipforge_operator.status import (
     ConditionType,
     EventRecord,
+    Observation,
     StatusEdit,
     observe_rayjob,
     parse_time,
@@ -103,6 +111,19 @@ class KubeRayMissing(Exception):
     """The API has no ray.io/v1 RayJob resource: KubeRay is not installed (yet)."""
 
 
+class Refused(Exception):
+    """The spec an attempt's RayJob would be built from is not admitted (reason: SystemNamespace,
+    PolicyViolation or LocalPathNotMounted); the message names each problem's field."""
+
+    def __init__(self, reason: str, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.reason = reason
+
+
+class AttemptLost(Exception):
+    """The attempt's RayJob, which the job's status records, is gone (deleted by someone, or by KubeRay's TTL)."""
+
+
 def _owned_by(obj: Mapping, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
@@ -114,19 +135,25 @@ def _meta(body: Mapping) -> Mapping:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _commit(ctx: Context, namespace: str, name: str, st: StatusEdit) -> str:
-    changes = st.changes()
+def _save(ctx: Context, namespace: str, name: str, st: StatusEdit) -> None:
+    """Writes the status edited so far: what names a child just made is on record before anything can fail."""
+    changes = st.saved()
     if changes:
         ctx.kube.patch_job_status(namespace, name, changes)
+
+
+def _commit(ctx: Context, namespace: str, name: str, st: StatusEdit) -> str:
+    _save(ctx, namespace, name, st)
     for event in st.events:
         ctx.emit(st.body, event)
     return st.phase
 
 
-def _fail(st: StatusEdit, reason: str, message: str) -> None:
+def _fail(st: StatusEdit, reason: str, message: str, attempt_ended: bool = False) -> None:
+    """The job fails: an attempt's end with no retry to follow, or (not `attempt_ended`) a spec nothing is built from."""
     st.set_phase(JobPhase.failed.value, reason, message)
     if st.has_condition(ConditionType.retrying):
-        st.condition(ConditionType.retrying, False, reason, "no retries left" if reason != "InvalidSpec" else message)
+        st.condition(ConditionType.retrying, False, reason, "no retries left" if attempt_ended else message)
 
 
 def _credentials(ctx: Context, namespace: str, spec: VideoCurationJobSpec) -> Credentials | None:
@@ -191,14 +218,16 @@ def _failures_text(outcome: RunReport) -> str:
             " (summary.json in the output names each with its reason)")
 
 
-def accepted_spec(ctx: Context, namespace: str, job: VideoCurationJob, uid: str) -> VideoCurationJobSpec:
-    """The spec the job runs with: the ConfigMap's (as started) plus later scaling/operator changes."""
-    configmap = ctx.kube.get_configmap(namespace, b.configmap_name(job.metadata.name))
-    if configmap is None:
-        return job.spec
-    if not _owned_by(configmap, uid):
-        raise NameConflict(f"ConfigMap {b.configmap_name(job.metadata.name)} exists and is not this job's")
-    return merge_allowed(b.spec_from_configmap(configmap), job.spec)
+def admitted_spec(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurationJob, uid: str) -> VideoCurationJobSpec:
+    """The spec the job runs with, its image filled in: its ConfigMap's, as admitted (admission.py), plus
+    later scaling/operator changes; before there is a ConfigMap, the job's own."""
+    own = job.model_copy(update={"spec": with_pipeline_image(job.spec, ctx.pipeline_image)})
+    fresh = b.build_configmap(own, namespace, uid)
+    configmap = ctx.kube.get_configmap(namespace, fresh["metadata"]["name"])
+    if configmap is not None and not _owned_by(configmap, uid):
+        raise NameConflict(f"ConfigMap {fresh['metadata']['name']} exists and is not this job's")
+    accepted, st.new[PIN_STATUS_FIELD] = admitted_configmap(configmap, st.new.get(PIN_STATUS_FIELD), fresh)
+    return own.spec if accepted is None else merge_allowed(accepted, job.spec)
 
 
 def _ensure_owned(create: Callable[[dict], Any], read: Callable[[str, str], dict | None], body: dict, uid: str) -> None:
@@ -212,30 +241,65 @@ def _ensure_owned(create: Callable[[dict], Any], read: Callable[[str, str], dict
             raise NameConflict(f"{body['kind']} {meta['name']} exists and is not this job's") from None
 
 
-def _ensure_ray_token(ctx: Context, st: StatusEdit, namespace: str, name: str, uid: str) -> str:
-    """The Secret with the job's Ray token, made once for all its attempts and named in its status.
+def _recorded_token_secret(st: StatusEdit, name: str) -> str | None:
+    """status.rayTokenSecret if it is a name the API server gave this job's token Secret. Any other (a
+    status writer's, say another job's token) is dropped with a Warning: the job makes its own instead."""
+    recorded = st.new.get("rayTokenSecret")
+    if not recorded or b.is_ray_token_secret_name(name, recorded):
+        return recorded or None
+    st.events.append(EventRecord("Warning", "RayTokenSecretRefused",
+                                 f"status.rayTokenSecret named {recorded}, which is not a token Secret of this job;"
+                                 " the job's RayJobs use a token of its own"))
+    st.new["rayTokenSecret"] = None
+    return None
 
-    A crash between the create and the status write leaves one more Secret, which the job owns
-    (the garbage collector takes it with the job); the next attempt makes and records another.
-    """
-    if st.new.get("rayTokenSecret"):
-        return st.new["rayTokenSecret"]
-    body = b.build_ray_token_secret(name, namespace, uid, secrets.token_hex(32))  # 256 bits, as Ray's own
-    st.new["rayTokenSecret"] = ctx.kube.create_secret(body)["metadata"]["name"]  # the answer's data unread
-    return st.new["rayTokenSecret"]
+
+def _ensure_ray_token(ctx: Context, st: StatusEdit, namespace: str, name: str, uid: str) -> str:
+    """The Secret with the job's Ray token, made once for all its attempts and named in its status the
+    moment it exists (a RayJob create that fails next leaves nothing unrecorded to make again); if
+    status lost the name, the job's RayJobs still give it."""
+    recorded = _recorded_token_secret(st, name)
+    if recorded is None:
+        referenced = (b.token_secret_of(rayjob) for rayjob in ctx.kube.list_rayjobs(namespace, uid)
+                      if _owned_by(rayjob, uid))
+        recorded = next((s for s in referenced if s and b.is_ray_token_secret_name(name, s)), None)
+    if recorded is None:
+        body = b.build_ray_token_secret(name, namespace, uid, secrets.token_hex(32))  # 256 bits, as Ray's own
+        recorded = ctx.kube.create_secret(body)["metadata"]["name"]  # the answer's data unread
+    st.new["rayTokenSecret"] = recorded
+    _save(ctx, namespace, name, st)
+    return recorded
+
+
+def _refusal(ctx: Context, namespace: str, spec: VideoCurationJobSpec) -> Refused | None:
+    """Why no RayJob may be built from `spec` now, if anything: judged at each build, never from status."""
+    for reason, refused in (("SystemNamespace", namespace_refused(namespace)),
+                            ("PolicyViolation", violations(spec, ctx.policy)),
+                            ("LocalPathNotMounted", unmounted_paths(spec))):
+        if refused:
+            return Refused(reason, refused)
+    return None
 
 
 def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurationJob, uid: str,
                    attempt: int) -> tuple[dict, bool]:
-    """The attempt's RayJob, creating it (and the ConfigMap, token Secret and NetworkPolicy) if missing.
-    True if created now."""
+    """The attempt's RayJob, creating it (and the ConfigMap, token Secret and NetworkPolicy) if missing and
+    the policy admits the spec now. True if created now."""
     name = b.rayjob_name(job.metadata.name, attempt)
     existing = ctx.kube.get_rayjob(namespace, name)
     if existing is not None:
         if not _owned_by(existing, uid):
             raise NameConflict(f"RayJob {name} exists and is not this job's")
         return existing, False
-    _ensure_owned(ctx.kube.create_configmap, ctx.kube.get_configmap, b.build_configmap(job, namespace, uid), uid)
+    if st.new.get("rayJobName") == name:
+        raise AttemptLost(f"RayJob {name} of attempt {attempt + 1} is gone (last seen: {st.phase},"
+                          f" {st.new.get('reason') or 'no reason'}); it counts as a failed attempt")
+    refused = _refusal(ctx, namespace, job.spec)
+    if refused is not None:
+        raise refused
+    configmap = b.build_configmap(job, namespace, uid)
+    _ensure_owned(ctx.kube.create_configmap, ctx.kube.get_configmap, configmap, uid)
+    st.new[PIN_STATUS_FIELD] = spec_hash(configmap)
     token_secret = _ensure_ray_token(ctx, st, namespace, job.metadata.name, uid)
     _ensure_owned(ctx.kube.create_network_policy, ctx.kube.get_network_policy,
                   b.build_network_policy(job.metadata.name, namespace, uid, ctx.kuberay), uid)
@@ -275,11 +339,11 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     uid = _meta(body).get("uid", "")
     st.new["observedGeneration"] = st.generation
 
+    attempt = int(st.new.get("retries") or 0)
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body},
                         f"{namespace}/{name}")
-        job = job.model_copy(update={"spec": with_pipeline_image(accepted_spec(ctx, namespace, job, uid),
-                                                                 ctx.pipeline_image)})
+        job = job.model_copy(update={"spec": admitted_spec(ctx, st, namespace, job, uid)})
         # A spec that cannot become a cluster fails here, before any child (the Secret's name is not needed).
         b.build_rayjob(job, namespace, uid, token_secret="")
     except InvalidJobError as exc:
@@ -291,26 +355,27 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     except NameConflict as exc:
         _fail(st, "NameConflict", str(exc))
         return _commit(ctx, namespace, name, st)
-    # Judged before anything is made for the job, never retried; a started job keeps what it was admitted with.
-    if not st.new.get("startTime"):
-        for reason, refused in (("SystemNamespace", namespace_refused(namespace)),
-                                ("PolicyViolation", violations(job.spec, ctx.policy)),
-                                ("LocalPathNotMounted", unmounted_paths(job.spec))):
-            if refused:
-                _fail(st, reason, "; ".join(refused))
-                return _commit(ctx, namespace, name, st)
+    except SpecNotAdmitted as exc:
+        # Whatever the attempt runs was started from a spec nobody can vouch for any more: stop it too.
+        _fail(st, exc.reason, str(exc))
+        phase = _commit(ctx, namespace, name, st)
+        _delete_own_rayjob(ctx, namespace, b.rayjob_name(name, attempt), uid)
+        return phase
 
     spec = job.spec
-    attempt = int(st.new.get("retries") or 0)
     next_retry = parse_time(st.new.get("nextRetryTime"))
     if next_retry is not None and now < next_retry:
         return _commit(ctx, namespace, name, st)  # waiting out the backoff
 
+    rayjob_name = b.rayjob_name(name, attempt)
     try:
         rayjob, created = _ensure_rayjob(ctx, st, namespace, job, uid, attempt)
-    except NameConflict as exc:
-        _fail(st, "NameConflict", str(exc))
+    except (NameConflict, Refused) as exc:
+        _fail(st, getattr(exc, "reason", "NameConflict"), str(exc))
         return _commit(ctx, namespace, name, st)
+    except AttemptLost as exc:
+        return _attempt_ended(ctx, st, namespace, name, spec, attempt, {},
+                              Observation(JobPhase.failed.value, "RayJobLost", str(exc), True))
     except KubeRayMissing as exc:  # not fatal: the timer tries again once KubeRay is there
         if not st.has_condition(ConditionType.submitted):
             st.events.append(EventRecord("Warning", "KubeRayNotInstalled", str(exc)))
@@ -318,7 +383,6 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         st.new["message"] = str(exc)
         return _commit(ctx, namespace, name, st)
 
-    rayjob_name = b.rayjob_name(name, attempt)
     if st.new.get("rayJobName") != rayjob_name:
         st.new.update(rayJobName=rayjob_name, rayClusterName=None, dashboardURL=None)
     if not st.new.get("startTime"):
@@ -345,6 +409,12 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         st.new["rayClusterName"] = obs.ray_cluster_name
     if obs.dashboard_url:
         st.new["dashboardURL"] = obs.dashboard_url
+    # The token Secret is the one the attempt's RayJob reads: status follows it (lost or preset, it is put right).
+    referenced = b.token_secret_of(rayjob)
+    if referenced and b.is_ray_token_secret_name(name, referenced):
+        st.new["rayTokenSecret"] = referenced
+    else:
+        _recorded_token_secret(st, name)
 
     if not obs.terminal:
         st.set_phase(obs.phase, obs.reason, obs.message)
@@ -354,7 +424,19 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
             if progress is not None:
                 st.new["progress"] = progress
         return _commit(ctx, namespace, name, st)
+    return _attempt_ended(ctx, st, namespace, name, spec, attempt, rayjob, obs)
 
+
+def _delete_own_rayjob(ctx: Context, namespace: str, name: str, uid: str) -> None:
+    existing = ctx.kube.get_rayjob(namespace, name)
+    if existing is not None and _owned_by(existing, uid):
+        ctx.kube.delete_rayjob(namespace, name)
+
+
+def _attempt_ended(ctx: Context, st: StatusEdit, namespace: str, name: str, spec: VideoCurationJobSpec,
+                   attempt: int, rayjob: Mapping, obs: Observation) -> str:
+    """The job after an attempt's end (`obs`, terminal): succeeded, cancelled, failed, or a retry scheduled."""
+    rayjob_name = b.rayjob_name(name, attempt)
     st.new["workerGroups"] = None  # the attempt's cluster is going
     final = _read_progress(ctx, namespace, spec, final=True)
     if final is not None:
@@ -383,14 +465,14 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     # Failed on its inputs: a retry would fail the same way.
     if outcome is not None and outcome.state in (RunState.failed, RunState.no_input) \
             and outcome.reason in FAILED_ON_INPUTS:
-        _fail(st, outcome.reason, outcome.message)
+        _fail(st, outcome.reason, outcome.message, attempt_ended=True)
         return _commit(ctx, namespace, name, st)
 
     # A failed attempt: retry after a backoff while retries are left, else the job fails.
     if attempt < spec.max_retries and obs.retryable:
         retry = attempt + 1
         delay = spec.retry_backoff.delay(retry)
-        when = now + timedelta(seconds=delay)
+        when = st.now + timedelta(seconds=delay)
         text = (f"attempt {attempt + 1} ({rayjob_name}) failed: {obs.reason}: {obs.message};"
                 f" retry {retry} of {spec.max_retries} at {rfc3339(when)}")
         st.events.append(EventRecord("Warning", "AttemptFailed", text))
@@ -400,7 +482,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         phase = _commit(ctx, namespace, name, st)  # record the retry before removing the attempt
         ctx.kube.delete_rayjob(namespace, rayjob_name)
         return phase
-    _fail(st, obs.reason, obs.message)
+    _fail(st, obs.reason, obs.message, attempt_ended=True)
     phase = _commit(ctx, namespace, name, st)
     if obs.reason == "PendingDeadlineExceeded":
         ctx.kube.delete_rayjob(namespace, rayjob_name)  # free whatever the stuck cluster holds
@@ -428,7 +510,12 @@ def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:
     configmap = ctx.kube.get_configmap(namespace, b.configmap_name(name))
     if configmap is None or not _owned_by(configmap, uid):
         return
-    accepted = b.spec_from_configmap(configmap)
+    try:
+        _, accepted = read_document(configmap)
+        if spec_hash(configmap) != st.new.get(PIN_STATUS_FIELD):
+            raise SpecNotAdmitted("not the admitted ConfigMap")
+    except SpecNotAdmitted:
+        return  # the reconcile that follows every update fails the job, saying why
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
         requested = with_pipeline_image(job.spec, accepted.cluster.image)  # unset: the image it was admitted with

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 
+from clipforge.dashboard_gate import message_without_logs
 from clipforge.spec import TERMINAL_PHASES, JobPhase
 
 
@@ -134,7 +135,8 @@ def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int
     status = rayjob.get("status") or {}
     deployment = status.get("jobDeploymentStatus") or ""
     job_status = status.get("jobStatus") or ""
-    reason, message = status.get("reason") or "", status.get("message") or ""
+    # Whoever answered KubeRay's status poll, no driver log text reaches the job's status and Events.
+    reason, message = status.get("reason") or "", message_without_logs(status.get("message") or "")
     common = {
         "ray_cluster_name": status.get("rayClusterName") or None,
         "dashboard_url": status.get("dashboardURL") or None,
@@ -284,3 +286,9 @@ class StatusEdit:
     def changes(self) -> dict:
         """The status fields that differ from what was read: the merge patch to send."""
         return {k: v for k, v in self.new.items() if self.old.get(k) != v}
+
+    def saved(self) -> dict:
+        """The changes, from now on counted as written (the caller patches them)."""
+        changes = self.changes()
+        self.old.update(changes)
+        return changes

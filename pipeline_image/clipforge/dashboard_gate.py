@@ -9,7 +9,8 @@ pod's loopback only, and this gate listens on the dashboard's port in its place:
 - a request that carries no credentials and is exactly `GET /api/jobs/<this RayJob's job id>`
   without a body is answered by the gate itself: it asks the dashboard with the token and returns
   only the fields KubeRay reads (status, message, times, ids), never the entrypoint, runtime
-  environment or driver details; and it closes the connection, so nothing else rides on it;
+  environment or driver details, and the message without the driver's log text that Ray appends
+  to it; and it closes the connection, so nothing else rides on it;
 - every other connection is relayed byte for byte, untouched: the dashboard checks the token of
   each request on it (job submission, logs, the state API) as it would without the gate.
 
@@ -36,6 +37,10 @@ STATUS_FIELDS = ("job_id", "submission_id", "status", "message", "error_type", "
 # Headers that make a request more than a bare status poll: credentials of its own (Ray checks
 # those), or a body that a relay would have to forward.
 NOT_A_POLL = (b"authorization", b"x-ray-authorization", b"cookie", b"content-length", b"transfer-encoding")
+# Ray's message for a failed entrypoint carries the last 20,000 characters of the driver's log:
+# "Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n...".
+LOG_TAIL_MARKER = ", last available logs"
+MAX_MESSAGE = 1000
 MAX_HEAD = 64 * 1024
 HEAD_TIMEOUT_S = 30.0
 DASHBOARD_TIMEOUT_S = 10.0
@@ -56,9 +61,19 @@ def is_status_poll(head: bytes, job_id: str) -> bool:
     return not names & set(NOT_A_POLL)
 
 
+def message_without_logs(message: str) -> str:
+    """A Ray job's status message without log text: Ray's own sentence, its first line, at most MAX_MESSAGE
+    characters. (KubeRay copies the message into the RayJob's status, the operator into the job's.)"""
+    lines = message.split(LOG_TAIL_MARKER, 1)[0].strip().splitlines()
+    return lines[0][:MAX_MESSAGE] if lines else ""
+
+
 def status_view(details: dict) -> dict:
-    """The fields of a job's details that the gate gives out without a token."""
-    return {key: details[key] for key in STATUS_FIELDS if key in details}
+    """The fields of a job's details that the gate gives out without a token; the message without log text."""
+    view = {key: details[key] for key in STATUS_FIELDS if key in details}
+    if isinstance(view.get("message"), str):
+        view["message"] = message_without_logs(view["message"])
+    return view
 
 
 def _response(status: int, reason: str, body: bytes, content_type: str) -> bytes:

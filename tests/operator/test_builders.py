@@ -21,6 +21,7 @@ from clipforge.spec import (
     DEFAULT_IMAGE, STAGES, InvalidJobError, RunReport, VideoCurationJob, parse_job, stage_resource_name,
 )
 from clipforge_operator import builders as b
+from clipforge_operator.admission import spec_from_configmap
 from clipforge_operator.pipeline_pods import scratch_mounts, scratch_volumes, with_pipeline_image
 from clipforge_operator.progress import (
     Credentials,
@@ -131,7 +132,7 @@ def test_configmap_carries_the_job_with_every_stage_pinned():
     assert inner.metadata.name == "demo"
     assert all(getattr(inner.spec.execution.stages, s).pinned for s in STAGES)
     assert inner.spec.execution.stages.transcode.gpus == 0.5  # nothing else changed
-    assert b.spec_from_configmap(cm) == b.pinned_spec(j.spec)
+    assert spec_from_configmap(cm) == b.pinned_spec(j.spec)
     assert inner.spec.storage.credentials_secret == "s3-creds"  # a name, never a value
 
 

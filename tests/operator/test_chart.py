@@ -209,7 +209,8 @@ def test_the_job_policy_reaches_the_operator_as_json():
 
     env = {e["name"]: e["value"] for e in container(render())["env"]}
     assert parse_policy(env["CLIPFORGE_JOB_POLICY"]) == JobPolicy(
-        images=("docker.io/clipforge/pipeline",), service_accounts=(), credentials_secrets=("clipforge-s3",))
+        images=("docker.io/clipforge/pipeline",), service_accounts=(), credentials_secrets=("clipforge-s3",),
+        tolerations=("nvidia.com/gpu",), node_selectors=("*",))  # no toleration of every taint by default
     env = {e["name"]: e["value"] for e in container(render(
         "jobPolicy.allowedImages={registry.example.com/ml/}", "jobPolicy.allowedServiceAccounts={model-reader}"))["env"]}
     policy = parse_policy(env["CLIPFORGE_JOB_POLICY"])
@@ -254,6 +255,21 @@ def test_a_stock_install_admits_a_stock_job_and_the_images_its_values_name():
     (refused,) = violations(with_pipeline_image(stock_job(image="clipforge/pipeline:1"), config.pipeline_image),
                             config.policy)
     assert refused.startswith("spec.cluster.image: clipforge/pipeline:1 is not an allowed image")
+
+
+def test_a_stock_install_admits_the_gpu_toleration_and_no_toleration_of_every_taint():
+    from clipforge_operator.pipeline_pods import with_pipeline_image
+    from clipforge_operator.policy import violations
+
+    config = operator_config()
+    gpu = {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+           "nodeSelector": {"nvidia.com/gpu.present": "true"}}
+    blanket = {"tolerations": [{"operator": "Exists"}]}
+    assert violations(with_pipeline_image(stock_job(cpuWorkers=gpu), config.pipeline_image), config.policy) == []
+    (refused,) = violations(with_pipeline_image(stock_job(cpuWorkers=blanket), config.pipeline_image), config.policy)
+    assert refused.startswith("spec.cluster.cpuWorkers.tolerations[0]: a toleration without a key tolerates every taint")
+    config = operator_config("jobPolicy.allowedTolerations={*}")  # the administrator's explicit choice
+    assert violations(with_pipeline_image(stock_job(cpuWorkers=blanket), config.pipeline_image), config.policy) == []
 
 
 def test_where_kuberay_runs_reaches_the_operator_as_json():

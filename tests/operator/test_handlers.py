@@ -1,9 +1,8 @@
-"""The operator's reconciliation against an in-memory API with a controllable clock.
-
-`FakeKube` stands in for clipforge_operator.kube.Kube: same methods, objects as dicts, 409 on
-duplicate creates, JSON patches applied with `jsonpatch` (a failed `test` op fails the patch).
-The RayJob statuses driven here follow KubeRay's real sequences (see test_builders.py); the
-operator against the real API server and the real KubeRay is tests/operator/test_operator_kube.py.
+"""The operator's reconciliation against an in-memory API with a controllable clock
+(tests/support/operator_fakes.py). The RayJob statuses driven here follow KubeRay's real sequences
+(see test_builders.py); the operator against the real API server and the real KubeRay is
+tests/operator/test_operator_kube.py. How a job's spec, policy and token hold for its whole life
+is test_job_lifetime.py.
 """
 
 from __future__ import annotations
@@ -13,223 +12,21 @@ import copy
 import json
 import logging
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from clipforge_operator import builders as b
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
-from clipforge_operator.kube import AlreadyExists
+from clipforge_operator.admission import spec_from_configmap
+from clipforge_operator.pipeline_pods import with_pipeline_image
 from clipforge_operator.policy import JobPolicy
-from clipforge_operator.status import EventRecord, get_condition, rfc3339
-
-T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
-NS = "videos"
-UID = "uid-1234"
-SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict] = {}
-        self.calls: list[tuple[str, ...]] = []
-        self.status_patches: list[dict] = []
-
-    def _put(self, kind: str, body: dict) -> dict:
-        key = (kind, body["metadata"]["namespace"], body["metadata"]["name"])
-        if key in self.objects:
-            raise AlreadyExists(key[2])
-        body = copy.deepcopy(body)
-        body["metadata"].setdefault("creationTimestamp", rfc3339(self.clock()))
-        body["metadata"].setdefault("uid", f"uid-{kind}-{key[2]}")
-        self.objects[key] = body
-        return copy.deepcopy(body)
-
-    def _get(self, kind: str, ns: str, name: str) -> dict | None:
-        obj = self.objects.get((kind, ns, name))
-        return copy.deepcopy(obj) if obj is not None else None
-
-    def clock(self) -> datetime:
-        return T0
-
-    # VideoCurationJob
-    def get_job(self, ns: str, name: str) -> dict | None:
-        return self._get("vcj", ns, name)
-
-    def patch_job_status(self, ns: str, name: str, status: dict) -> dict:
-        self.calls.append(("patch_status", name))
-        self.status_patches.append(copy.deepcopy(status))
-        obj = self.objects[("vcj", ns, name)]
-        current = obj.setdefault("status", {})
-        for key, value in status.items():
-            if value is None:
-                current.pop(key, None)
-            else:
-                current[key] = copy.deepcopy(value)
-        return copy.deepcopy(obj)
-
-    # RayJob / RayCluster
-    def get_rayjob(self, ns: str, name: str) -> dict | None:
-        return self._get("rayjob", ns, name)
-
-    def create_rayjob(self, body: dict) -> dict:
-        self.calls.append(("create_rayjob", body["metadata"]["name"]))
-        return self._put("rayjob", body)
-
-    def delete_rayjob(self, ns: str, name: str) -> bool:
-        self.calls.append(("delete_rayjob", name))
-        return self.objects.pop(("rayjob", ns, name), None) is not None
-
-    def list_rayjobs(self, ns: str, uid: str) -> list[dict]:
-        return [copy.deepcopy(o) for (k, n, _), o in self.objects.items()
-                if k == "rayjob" and n == ns and o["metadata"]["labels"].get(b.LABEL_JOB_UID) == uid]
-
-    def json_patch_rayjob(self, ns: str, name: str, ops: list[dict]) -> dict:
-        self.calls.append(("patch_rayjob", name))
-        self.objects[("rayjob", ns, name)] = jsonpatch.apply_patch(self.objects[("rayjob", ns, name)], ops)
-        return self.objects[("rayjob", ns, name)]
-
-    def get_raycluster(self, ns: str, name: str) -> dict | None:
-        return self._get("raycluster", ns, name)
-
-    def json_patch_raycluster(self, ns: str, name: str, ops: list[dict]) -> dict:
-        self.calls.append(("patch_raycluster", name))
-        self.objects[("raycluster", ns, name)] = jsonpatch.apply_patch(self.objects[("raycluster", ns, name)], ops)
-        return self.objects[("raycluster", ns, name)]
-
-    def list_pods(self, ns: str, selector: str) -> list[dict]:
-        self.calls.append(("list_pods", selector))
-        wanted = dict(term.split("=", 1) for term in selector.split(","))
-        return [copy.deepcopy(o) for (k, n, _), o in self.objects.items()
-                if k == "pod" and n == ns and wanted.items() <= o["metadata"]["labels"].items()]
-
-    # ConfigMap / Secret
-    def get_configmap(self, ns: str, name: str) -> dict | None:
-        return self._get("configmap", ns, name)
-
-    def create_configmap(self, body: dict) -> dict:
-        self.calls.append(("create_configmap", body["metadata"]["name"]))
-        return self._put("configmap", body)
-
-    def patch_configmap_data(self, ns: str, name: str, data: dict) -> dict:
-        self.calls.append(("patch_configmap", name))
-        self.objects[("configmap", ns, name)]["data"].update(data)
-        return self.objects[("configmap", ns, name)]
-
-    def delete_configmap(self, ns: str, name: str) -> bool:
-        self.calls.append(("delete_configmap", name))
-        return self.objects.pop(("configmap", ns, name), None) is not None
-
-    def get_secret(self, ns: str, name: str) -> dict | None:
-        self.calls.append(("get_secret", name))
-        return self._get("secret", ns, name)
-
-    def create_secret(self, body: dict) -> dict:
-        body = copy.deepcopy(body)
-        if "generateName" in body["metadata"]:  # as the API server does, with a counter for its random suffix
-            body["metadata"]["name"] = f"{body['metadata'].pop('generateName')}{self.count('create_secret'):05d}"
-        self.calls.append(("create_secret", body["metadata"]["name"]))
-        return self._put("secret", body)
-
-    # NetworkPolicy
-    def get_network_policy(self, ns: str, name: str) -> dict | None:
-        return self._get("networkpolicy", ns, name)
-
-    def create_network_policy(self, body: dict) -> dict:
-        self.calls.append(("create_network_policy", body["metadata"]["name"]))
-        return self._put("networkpolicy", body)
-
-    # test helpers
-    def count(self, call: str) -> int:
-        return sum(1 for c in self.calls if c[0] == call)
-
-    def set_rayjob_status(self, name: str, **status: Any) -> None:
-        obj = self.objects[("rayjob", NS, name)]
-        obj["status"] = {k: v for k, v in status.items() if v is not None}
-
-
-class Harness:
-    """One job, a fake API, a controllable clock, and the events the operator posts."""
-
-    def __init__(self, tmp_path: Path, name: str = "demo", namespace: str = NS, **spec: Any):
-        self.kube = FakeKube()
-        self.now = T0
-        self.kube.clock = lambda: self.now
-        self.events: list[EventRecord] = []
-        self.name, self.namespace = name, namespace
-        self.output = tmp_path / "out"
-        self.output.mkdir(exist_ok=True)
-        # The local input and output on a claim the Ray pods mount there, as the operator requires.
-        data = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
-                "volumeMounts": [{"name": "data", "mountPath": str(tmp_path)}]}
-        body = {
-            "apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
-            "metadata": {"name": name, "namespace": namespace, "uid": UID, "generation": 1},
-            "spec": {"input": {"uri": str(tmp_path / "in")}, "output": {"uri": str(self.output)},
-                     "retryBackoff": {"initialSeconds": 30, "maxSeconds": 600}, **spec,
-                     "cluster": {**data, **spec.get("cluster", {})}},
-        }
-        self.kube.objects[("vcj", namespace, name)] = body
-        self.ctx = self.new_context()
-
-    def new_context(self) -> r.Context:
-        return r.Context(kube=self.kube, emit=lambda body, ev: self.events.append(ev), now=lambda: self.now)
-
-    def reconcile(self, **kw: Any) -> str | None:
-        return r.reconcile(self.ctx, self.namespace, self.name, **kw)
-
-    @property
-    def status(self) -> dict:
-        return self.kube.objects[("vcj", self.namespace, self.name)].get("status", {})
-
-    def condition(self, type_: str) -> dict | None:
-        return get_condition(self.status.get("conditions") or [], type_)
-
-    def rayjobs(self) -> list[str]:
-        return sorted(n for (k, _, n) in self.kube.objects if k == "rayjob")
-
-    def reasons(self) -> list[str]:
-        return [e.reason for e in self.events]
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-    def report(self, file: str = "progress.json", done: int = 3, total: int = 10, **extra: Any) -> None:
-        body = {"state": "running", "updatedAt": rfc3339(self.now), "elapsedSeconds": 5.0,
-                "videos": {"total": total, "done": done, "failed": 0, "skipped": 0},
-                "clips": {"passed": 7 * done, "filtered": done}, "videoSecondsProcessed": 30.0 * done,
-                "throughputVideoSecondsPerSecond": 6.0, "clipsPerSecond": 1.0, **extra}
-        (self.output / file).write_text(json.dumps(body))
-
-    def edit_spec(self, **changes: Any) -> None:
-        body = self.kube.objects[("vcj", self.namespace, self.name)]
-        for path, value in changes.items():
-            node = body["spec"]
-            *parents, leaf = path.split("__")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        body["metadata"]["generation"] += 1
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Harness:
-    return Harness(tmp_path)
-
-
-def drive_to_running(h: Harness, name: str = "demo") -> None:
-    h.reconcile()
-    h.kube.set_rayjob_status(name, jobDeploymentStatus="Initializing", startTime=rfc3339(h.now))
-    h.reconcile()
-    h.advance(60)
-    h.kube.set_rayjob_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=rfc3339(h.now),
-                             rayClusterName=f"{name}-raycluster-x7k2p", dashboardURL=f"{name}-head-svc.videos.svc:8265")
-    h.reconcile()
+from clipforge_operator.status import rfc3339
+from support.operator_fakes import NS, SECRET_VALUE, T0, UID, FakeKube, Harness, drive_to_running, fail, token_refs
 
 
 # --------------------------------------------------------------------------------- creation
@@ -267,17 +64,11 @@ def test_existing_children_of_this_job_are_adopted_not_duplicated(h: Harness):
     from clipforge.spec import parse_job
 
     job = parse_job(h.kube.get_job(NS, "demo"))
+    job = job.model_copy(update={"spec": with_pipeline_image(job.spec, h.ctx.pipeline_image)})  # as the operator makes it
     h.kube._put("configmap", b.build_configmap(job, NS, UID))
     h.kube._put("rayjob", b.build_rayjob(job, NS, UID, "demo-ray-token-abcde"))
     assert h.reconcile() == "Provisioning"
     assert h.rayjobs() == ["demo"] and h.status["rayJobName"] == "demo"
-
-
-def token_refs(rayjob: dict) -> set[str]:
-    """The Secrets every RAY_AUTH_TOKEN of the RayJob's containers (autoscaler included) refers to."""
-    found = re.findall(r'"name": "RAY_AUTH_TOKEN", "valueFrom": \{"secretKeyRef": \{"name": "([^"]+)"', json.dumps(rayjob))
-    assert len(found) >= 4, found  # head, dashboard gate, autoscaler, submitter at least
-    return set(found)
 
 
 def test_the_job_gets_one_ray_token_and_one_network_policy_for_all_its_attempts(h: Harness):
@@ -435,12 +226,6 @@ def test_a_finished_job_points_at_its_summary_index_and_report(h: Harness):
 
 
 # ------------------------------------------------------------------------------------ failure
-
-
-def fail(h: Harness, name: str, **status: Any) -> None:
-    h.kube.set_rayjob_status(name, **status)
-    h.advance(5)
-    h.reconcile()
 
 
 def test_app_failure_retries_with_backoff_then_fails(h: Harness):
@@ -621,7 +406,7 @@ def test_scaling_change_patches_the_live_cluster(h: Harness):
     assert (cluster["minReplicas"], cluster["maxReplicas"], cluster["replicas"]) == (2, 12, 2)
     rj = h.kube.get_rayjob(NS, "demo")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     assert (rj["minReplicas"], rj["maxReplicas"]) == (2, 12)
-    assert b.spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.cpu_workers.max_replicas == 12
+    assert spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.cpu_workers.max_replicas == 12
     assert h.events[-1].reason == "Rescaled"
     assert h.condition("SpecUpdateRefused") is None and h.status["observedGeneration"] == 2
 
@@ -636,7 +421,7 @@ def test_pipeline_change_on_a_running_job_is_refused(h: Harness):
     assert "splitting.algorithm" in refused["message"] and "cluster.image" in refused["message"]
     assert h.events[-1].type == "Warning" and h.events[-1].reason == "SpecUpdateRefused"
     # The allowed part still applies; the running pipeline's spec does not change.
-    accepted = b.spec_from_configmap(h.kube.get_configmap(NS, "demo-config"))
+    accepted = spec_from_configmap(h.kube.get_configmap(NS, "demo-config"))
     assert accepted.splitting.algorithm == "fixed-stride" and accepted.cluster.cpu_workers.max_replicas == 3
     assert accepted.max_retries == 1
     assert h.kube.get_raycluster(NS, "demo-raycluster-x7k2p")["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 3
@@ -1029,7 +814,7 @@ def test_a_job_naming_no_image_runs_and_is_judged_with_the_operators_pipeline_im
     rj = h.kube.get_rayjob(NS, "demo")
     assert {c["image"] for c in rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]} \
         == {"registry.example.com/ml/pipeline:1.2"}
-    assert b.spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.image == \
+    assert spec_from_configmap(h.kube.get_configmap(NS, "demo-config")).cluster.image == \
         "registry.example.com/ml/pipeline:1.2"  # a retry runs what the job was admitted with
     refused = Harness(tmp_path, name="refused")
     refused.ctx.pipeline_image = "registry.example.com/ml/pipeline:1.2"

@@ -133,3 +133,99 @@ def test_jobs_naming_no_image_run_the_operators_pipeline_image():
     assert unset.cluster.image is None  # the CRD has no default: the operator tells "unset" apart
     assert with_pipeline_image(unset, "registry.example.com/ml/pipeline:2").cluster.image == \
         "registry.example.com/ml/pipeline:2"
+
+
+# ---------------------------------------------------------------- image references, as the runtime reads them
+
+
+@pytest.mark.parametrize("reference, full", [
+    ("Evil/x", "Evil/x"),  # an uppercase first component is a host, not a Docker Hub namespace
+    ("Evil/x:1", "Evil/x:1"),
+    ("index.docker.io/clipforge/pipeline:1", "docker.io/clipforge/pipeline:1"),  # the legacy name of Docker Hub
+    ("index.docker.io/ubuntu", "docker.io/library/ubuntu"),
+])
+def test_references_are_read_as_the_container_runtime_reads_them(reference: str, full: str):
+    assert normalize_image(reference) == full
+
+
+@pytest.mark.parametrize("image, allowed, admitted", [
+    ("Evil/x:1", "docker.io", False),  # pulled from the host Evil, not from Docker Hub
+    ("evil/x:1", "docker.io", True),
+    ("Clipforge/pipeline:1", "clipforge/pipeline", False),
+    ("index.docker.io/clipforge/pipeline:1", "clipforge/pipeline", True),
+    ("docker.io/library/ubuntu:22.04", "ubuntu", True),
+    ("registry.example.com/ml/../evil:1", "registry.example.com/ml/", False),  # not a reference at all
+    ("registry.example.com/ml/Pipe:1", "registry.example.com/ml/", False),  # uppercase path: not a reference
+    ("registry.example.com/ml/pipe:1 ", "registry.example.com/ml/", False),
+])
+def test_images_are_judged_as_the_runtime_would_pull_them(image: str, allowed: str, admitted: bool):
+    assert image_allowed(image, (allowed,)) is admitted
+
+
+def test_an_image_the_runtime_cannot_read_is_refused_as_such():
+    (problem,) = violations(spec(image="registry.example.com/ml/../evil:1"), JobPolicy())
+    assert problem.startswith("spec.cluster.image: registry.example.com/ml/../evil:1 is not an image reference")
+
+
+# ------------------------------------------------------------------------- tolerations and nodeSelectors
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+PLACED = JobPolicy(tolerations=("nvidia.com/gpu",), node_selectors=("pool", "nvidia.com/gpu.present=true"))
+
+
+def test_tolerations_of_allowed_taint_keys_are_admitted_and_others_named():
+    assert violations(spec(cpuWorkers={"tolerations": [GPU_TOLERATION]}), PLACED) == []
+    problems = violations(spec(head={"tolerations": [{"key": "node-role.kubernetes.io/control-plane",
+                                                      "operator": "Exists"}]},
+                               gpuWorkers={"split": {"tolerations": [GPU_TOLERATION, {"key": "spot", "value": "1"}]}}),
+                          PLACED)
+    assert problems == [
+        "spec.cluster.head.tolerations[0]: the taint key node-role.kubernetes.io/control-plane is not one jobs may"
+        " tolerate (allowed: nvidia.com/gpu)",
+        "spec.cluster.gpuWorkers.split.tolerations[1]: the taint key spot is not one jobs may tolerate"
+        " (allowed: nvidia.com/gpu)",
+    ]
+
+
+def test_a_toleration_of_every_taint_needs_the_policy_to_say_so():
+    blanket = {"tolerations": [{"operator": "Exists"}]}
+    (problem,) = violations(spec(cpuWorkers=blanket), PLACED)
+    assert problem.startswith("spec.cluster.cpuWorkers.tolerations[0]: a toleration without a key tolerates every"
+                              " taint"), problem
+    assert violations(spec(cpuWorkers=blanket), JobPolicy(tolerations=("*",))) == []
+
+
+def test_node_selectors_are_admitted_by_label_key_or_pair():
+    assert violations(spec(head={"nodeSelector": {"pool": "anything"}},
+                           cpuWorkers={"nodeSelector": {"nvidia.com/gpu.present": "true"}}), PLACED) == []
+    problems = violations(spec(cpuWorkers={"nodeSelector": {"nvidia.com/gpu.present": "false",
+                                                            "kubernetes.io/hostname": "control-1"}}), PLACED)
+    assert problems == [
+        "spec.cluster.cpuWorkers.nodeSelector: kubernetes.io/hostname=control-1 is not a node label jobs may select"
+        " (allowed: pool, nvidia.com/gpu.present=true)",
+        "spec.cluster.cpuWorkers.nodeSelector: nvidia.com/gpu.present=false is not a node label jobs may select"
+        " (allowed: pool, nvidia.com/gpu.present=true)",
+    ]
+
+
+def test_the_placement_policy_is_read_from_json():
+    policy = parse_policy('{"allowedTolerations": ["nvidia.com/gpu"], "allowedNodeSelectors": ["pool=gpu"]}')
+    assert policy.tolerations == ("nvidia.com/gpu",) and policy.node_selectors == ("pool=gpu",)
+    assert parse_policy("{}").tolerations == ("*",) == parse_policy("{}").node_selectors  # not given: open
+
+
+# ---------------------------------------------------------------------------------------------- env
+
+
+@pytest.mark.parametrize("name", ["PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH",
+                                  "BASH_ENV", "RAY_DEDUP_LOGS", "RAY_ADDRESS", "KUBERAY_GEN_RAY_START_CMD"])
+def test_env_that_changes_how_processes_start_is_refused_whatever_the_policy(name: str):
+    (problem,) = violations(spec(env=[{"name": name, "value": "/tmp/x"}, {"name": "HTTPS_PROXY", "value": "p"}]),
+                            JobPolicy())
+    assert problem.startswith(f"spec.cluster.env: {name} may not be set"), problem
+
+
+def test_other_env_is_admitted():
+    assert violations(spec(env=[{"name": "HTTPS_PROXY", "value": "p"}, {"name": "HF_HUB_OFFLINE", "value": "1"},
+                                {"name": "MY_PYTHON_FLAG", "value": "1"}]), JobPolicy()) == []

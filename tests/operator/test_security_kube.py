@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from support.cluster_jobs import SECRET
 
@@ -96,6 +97,33 @@ def test_a_job_within_the_policy_is_provisioned(stack):
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert head["serviceAccountName"] == RUNNER
     stack.kubectl("delete", "vcj", "modest", "--timeout=60s")
+
+
+def test_a_configmap_edit_after_admission_fails_the_job_and_nothing_is_built_from_it(stack):
+    """Who may edit ConfigMaps in the namespace cannot change what a started job runs: the operator pinned
+    the ConfigMap's content (status.admittedSpecHash) when it made it, and a job whose ConfigMap no longer
+    has it fails, its attempt stopped, with no RayJob built from the edit."""
+    stack.cp.apply(job("pinned", cluster={"head": {"nodeSelector": NOWHERE}, "cpuWorkers": {"nodeSelector": NOWHERE}}))
+    status = stack.wait(lambda: (s := stack.status("pinned")).get("phase") == "Provisioning" and s, 60,
+                        "job pinned provisioning", "pinned")
+    assert len(status["admittedSpecHash"]) == 64, status  # the CRD's status schema keeps it
+    assert stack.get("rayjob", "pinned") is not None
+    document = yaml.safe_load(stack.get("configmap", "pinned-config")["data"]["job.yaml"])
+    document["spec"]["cluster"]["image"] = "evil.example.com/miner:1"
+    document["spec"]["cluster"]["serviceAccountName"] = "default-admin"
+    stack.kubectl("patch", "configmap", "pinned-config", "--type=merge",
+                  "-p", json.dumps({"data": {"job.yaml": yaml.safe_dump(document)}}))
+    status = stack.wait(lambda: (s := stack.status("pinned")).get("phase") == "Failed" and s, 60,
+                        "job pinned to fail", "pinned")
+    failed = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert failed["reason"] == "AdmittedSpecChanged", failed
+    assert failed["message"].startswith("ConfigMap pinned-config was changed after the job was admitted"), failed
+    stack.wait_gone("rayjobs", "clipforge.dev/job=pinned", 60, "pinned")  # the attempt is stopped
+    stack.wait_gone("rayclusters", "clipforge.dev/job=pinned", 60, "pinned")
+    (event,) = [e for e in stack.wait(lambda: job_events(stack, "pinned"), 30, "the job's events", "pinned")
+                if e["reason"] == "Failed"]
+    assert event["type"] == "Warning" and event["message"].startswith("AdmittedSpecChanged: "), event
+    stack.kubectl("delete", "vcj", "pinned", "--timeout=60s")
 
 
 # ----------------------------------------------------------------------- restricted pods

@@ -101,6 +101,10 @@ class VideoCurationJobStatus(SpecModel):
         None, "Secret (key RAY_AUTH_TOKEN) with the Ray token of the job's clusters: their dashboard and GCS"
         " refuse every request without it. The job owns it; it goes with the job.",
     )
+    admitted_spec_hash: str | None = _f(
+        None, "SHA-256 of the spec the job was admitted with, as its <job>-config ConfigMap holds it (the fields"
+        " a started job may change left out). A ConfigMap that no longer has it fails the job: AdmittedSpecChanged.",
+    )
     start_time: datetime | None = _f(None, "When the operator started the job's first attempt (RFC 3339).")
     completion_time: datetime | None = _f(None, "When the job reached a terminal phase (RFC 3339).")
     retries: int = _f(0, "Attempts made after the first one failed.", ge=0)
