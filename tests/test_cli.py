@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import re
+import sys
 from importlib import metadata
 
 import pytest
 import yaml
+from tqdm import tqdm
 
 from clipforge import logs
-from clipforge.cli import build_parser, main
+from clipforge.cli import build_parser, lines_above_the_bar, main
 
 MANIFEST = {"apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob", "metadata": {"name": "j"},
             "spec": {"input": {"uri": "in"}, "output": {"uri": "out"}}}
@@ -71,3 +75,26 @@ def test_a_broken_manifest_is_reported_with_its_file_line_and_closest_field(tmp_
     job.write_text(yaml.safe_dump({**MANIFEST, "spec": {**MANIFEST["spec"], "previewz": {}}}))
     assert main(["validate", str(job)]) == 2
     assert "  - spec.previewz: unknown field; did you mean previews?" in capsys.readouterr().err
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_lines_written_while_the_bar_is_drawn_go_above_it(monkeypatch):
+    # Ray prints its workers' lines to sys.stderr as they come, and log records go to stderr: both
+    # landed inside the bar's line ("demo:  50%|#####     | 1/2 (pid=42) probe: ...").
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    logging.getLogger().handlers = [logging.StreamHandler(terminal)]
+    with lines_above_the_bar() as err:
+        bar = tqdm(total=2, desc="demo", file=err)
+        bar.update(1)
+        print("(pid=42) probe: a worker's line", file=sys.stderr)
+        logging.getLogger("clipforge.test").error("a log record")
+        bar.update(1)
+        bar.close()
+    lines = re.split("[\r\n]", terminal.getvalue())
+    assert "(pid=42) probe: a worker's line" in lines and "a log record" in lines, lines
+    assert sys.stderr is terminal

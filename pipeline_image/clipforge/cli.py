@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import TextIO
 
 from clipforge import logs
 from clipforge.spec import InvalidJobError, RunReport, RunState, load_job
@@ -62,6 +65,23 @@ def _format_dedup(dedup: dict) -> str:
     )
 
 
+@contextlib.contextmanager
+def lines_above_the_bar() -> Iterator[TextIO]:
+    """While a progress bar is drawn, what is written to sys.stdout and sys.stderr (Ray's
+    forwarded worker lines) and log records go above it instead of into its line; yields the
+    stderr the bar draws on."""
+    from tqdm.contrib import DummyTqdmFile
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = DummyTqdmFile(out), DummyTqdmFile(err)
+    try:
+        with logging_redirect_tqdm():
+            yield err
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)  # InvalidJobError before any work
     from tqdm import tqdm
@@ -76,13 +96,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=stats.total - stats.skipped, unit="video", disable=args.no_progress or args.quiet or None,
-                       desc=job.metadata.name)
+                       desc=job.metadata.name, file=terminal)
         bar.update(stats.done + stats.failed - bar.n)
         bar.set_postfix(clips=stats.clips_passed, filtered=stats.clips_filtered, failed=stats.failed)
 
     try:
-        summary = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite,
-                          on_video=on_video, retry_failed=args.retry_failed, force_unlock=args.force_unlock)
+        with lines_above_the_bar() as terminal:
+            summary = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite,
+                              on_video=on_video, retry_failed=args.retry_failed, force_unlock=args.force_unlock)
     except RunNotStarted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
