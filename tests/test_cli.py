@@ -87,7 +87,9 @@ def test_lines_written_while_the_bar_is_drawn_go_above_it(monkeypatch):
     # landed inside the bar's line ("demo:  50%|#####     | 1/2 (pid=42) probe: ...").
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    logging.getLogger().handlers = [logging.StreamHandler(terminal)]
+    console = logging.StreamHandler(terminal)
+    console.setFormatter(logging.Formatter(logs.FORMAT))
+    monkeypatch.setattr(logging.getLogger(), "handlers", [console])
     with lines_above_the_bar() as err:
         bar = tqdm(total=2, desc="demo", file=err)
         bar.update(1)
@@ -96,5 +98,6 @@ def test_lines_written_while_the_bar_is_drawn_go_above_it(monkeypatch):
         bar.update(1)
         bar.close()
     lines = re.split("[\r\n]", terminal.getvalue())
-    assert "(pid=42) probe: a worker's line" in lines and "a log record" in lines, lines
+    assert "(pid=42) probe: a worker's line" in lines, lines
+    assert [line for line in lines if "a log record" in line] == ["ERROR clipforge.test: a log record"], lines
     assert sys.stderr is terminal

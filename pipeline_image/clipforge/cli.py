@@ -74,12 +74,13 @@ def lines_above_the_bar() -> Iterator[TextIO]:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = DummyTqdmFile(out), DummyTqdmFile(err)
-    try:
-        with logging_redirect_tqdm():
+    # The logging redirect first: it finds the console handler by its stream being sys.stderr.
+    with logging_redirect_tqdm():
+        sys.stdout, sys.stderr = DummyTqdmFile(out), DummyTqdmFile(err)
+        try:
             yield err
-    finally:
-        sys.stdout, sys.stderr = out, err
+        finally:
+            sys.stdout, sys.stderr = out, err
 
 
 def cmd_run(args: argparse.Namespace) -> int:
