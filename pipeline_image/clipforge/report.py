@@ -1,12 +1,18 @@
-"""report/index.html: what an output holds, to look at in a browser.
+"""report/index.html: what happened in an output, to look at in a browser.
 
-    report/index.html            counts, why clips were filtered, distributions (inline SVG),
-                                 failures with their reasons (the first LISTED_FAILURES of each kind)
+    report/index.html            how the last run ended (summary.json: state, reason, times), the
+                                 settings and thresholds that decided the clips, counts, why clips
+                                 were filtered, distributions (inline SVG, threshold lines),
+                                 failures in plain words with the raw message folded (the first
+                                 LISTED_FAILURES of each kind)
     report/report.js, .css       the page's script and style (clipforge/report_assets)
     report/data/<table>-<n>.js   the rows of the paged tables (videos, passed and filtered clips),
                                  ROWS_PER_FILE a file: the page loads one file at a time and shows
-                                 PAGE_SIZE rows of it, so neither the page nor the browser's work
-                                 grows with the output; only the shown page's previews are loaded
+                                 PAGE_SIZE rows of it; only the shown page's previews are loaded.
+                                 Filtering or sorting the gallery loads all of a status's files, so
+                                 each holds at most GALLERY_LIMIT clips (the page says when it cuts)
+    report/data/map-00000.js     the embedding map's points, duplicates-00000.js the duplicate
+                                 pairs (report_data.py bounds both)
 
 Static files with relative links only, so the report works from a local folder, from a bucket
 served as a website, and from a copy; no network access from the page. It is built from the
@@ -363,9 +369,7 @@ def _settings(config: dict | None, distinct: int) -> str:
     """The settings that decided pass or fail, as the latest recorded video was curated."""
     if config is None:
         return ""
-    splitting = config.get("splitting", {})
-    algorithm = splitting.get("algorithm", "")
-    lengths = splitting.get("fixedStride" if algorithm == "fixed-stride" else algorithm, {}) or {}
+    algorithm, lengths = report_data.split_lengths(config)
     motion, aesthetic = config.get("motionFilter", {}), config.get("aestheticFilter", {})
     sharpness, captions, embeddings = (config.get(k, {}) for k in ("sharpnessFilter", "captions", "embeddings"))
 
@@ -412,7 +416,7 @@ def _page(root: str, clips: pa.Table, videos: pa.Table, config: dict, outcome: d
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ClipForge report: {html.escape(name)}</title>
+<title>ClipForge report</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="report.css">
 </head>

@@ -102,14 +102,19 @@ def settings(videos: pa.Table) -> tuple[dict | None, int]:
     return json.loads(latest), len(pc.unique(recorded.column("settings")))
 
 
+def split_lengths(config: dict) -> tuple[str, dict]:
+    """(splitting algorithm, its settings: the clip lengths it cuts)."""
+    splitting = config.get("splitting", {})
+    algorithm = splitting.get("algorithm", "")
+    return algorithm, splitting.get("fixedStride" if algorithm == "fixed-stride" else algorithm, {}) or {}
+
+
 def thresholds(config: dict | None) -> dict[str, float]:
     """The thresholds that decide a clip's fate, by the chart they belong on."""
     if not config:
         return {}
     found: dict[str, float] = {}
-    splitting = config.get("splitting", {})
-    algorithm = splitting.get("algorithm", "")
-    lengths = splitting.get("fixedStride" if algorithm == "fixed-stride" else algorithm, {}) or {}
+    _, lengths = split_lengths(config)
     if lengths.get("minClipLengthS", lengths.get("minLengthS")) is not None:
         found["length_min"] = lengths.get("minClipLengthS", lengths.get("minLengthS"))
     if lengths.get("maxLengthS") is not None:
@@ -133,7 +138,7 @@ def clip_row(clip: dict, videos: dict[str, str]) -> dict:
     embedding = clip.get("embedding") or {}
     return {
         "id": clip["span_uuid"], "status": clip["status"],
-        "video": videos.get(clip["source_video"], clip["source_video"]), "source": clip["source_video"],
+        "video": videos.get(clip["source_video"], clip["source_video"]),
         "start": start, "end": end, "length": end - start,
         # The index's locations are relative to the output root, the page's parent folder.
         "clip": layout.location("..", clip["clip_location"]),
