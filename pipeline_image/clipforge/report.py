@@ -345,8 +345,8 @@ STATES = {
     "completed-with-failures": ("warn", "every video was processed; some failed, within execution.failures' limits"),
     "failed": ("bad", "the run failed"),
     "no-input": ("bad", "the input matched no file: nothing was curated"),
-    "running": ("info", "no summary.json: the run is still going, or was stopped before its end"),
-    "starting": ("info", "no summary.json: the run is starting, or was stopped before its end"),
+    "running": ("info", "the run is still going, or was stopped before writing its summary"),
+    "starting": ("info", "the run is starting, or was stopped before writing its summary"),
 }
 
 

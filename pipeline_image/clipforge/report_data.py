@@ -75,12 +75,14 @@ def _read_json(storage: Storage, uri: str) -> dict | None:
 
 
 def run_outcome(storage: Storage, root: str) -> dict:
-    """The last run's end as the header shows it: summary.json's fields, else progress.json's (a
-    run that is still going or was stopped), with `source` naming the file, and start/end."""
-    for name in (layout.SUMMARY, layout.PROGRESS):
-        document = _read_json(storage, layout.join(root, name))
-        if document is not None:
-            break
+    """The last run as the header shows it, with `source` naming the file and start/end:
+    summary.json's fields, or progress.json's when it is a later run's (one still going, or
+    stopped before its summary) or there is no summary."""
+    summary, progress = (_read_json(storage, layout.join(root, name)) for name in (layout.SUMMARY, layout.PROGRESS))
+    if summary is not None and (progress is None or progress.get("runId") == summary.get("runId")):
+        document, name = summary, layout.SUMMARY
+    elif progress is not None:
+        document, name = progress, layout.PROGRESS
     else:
         return {"source": None}
     outcome = {**document, "source": name}

@@ -238,6 +238,18 @@ def test_a_succeeded_run_shows_its_state_and_the_settings_that_decided_its_clips
         assert browser.errors() == []
 
 
+def test_a_later_run_without_a_summary_shows_as_running_not_as_the_earlier_end(curated_copy):
+    """A run killed part way leaves progress.json at `running` and the earlier run's summary.json:
+    the header shows the later run, from progress.json."""
+    progress = load_json(curated_copy / "progress.json")
+    progress.update(runId="a-later-run", state="running")
+    (curated_copy / "progress.json").write_text(json.dumps(progress))
+    report.write_report(Storage(), str(curated_copy))
+    page = (curated_copy / "report" / "index.html").read_text()
+    assert '<strong id="run-state">running</strong>' in page and "<dd>a-later-run</dd>" in page
+    assert "<dd>progress.json</dd>" in page and "stopped before writing its summary" in page
+
+
 CHARTS = ("Object.fromEntries([...document.querySelectorAll('.charts figure')].map(f => [f.querySelector('figcaption')"
           ".textContent, {ticks: [...f.querySelectorAll('text.x-tick')].map(t => [t.textContent, +t.getAttribute('x')]),"
           " lines: [...f.querySelectorAll('line.threshold')].map(l => [l.querySelector('title').textContent,"
