@@ -69,9 +69,11 @@ def _nice_ticks(low: float, high: float, wanted: int = 6) -> list[float]:
 
 
 def _log_ticks(low: float, high: float) -> list[tuple[float, str]]:
-    """(log10 value, label) at powers of ten, with 2 and 5 between them when fewer than four."""
+    """(log10 value, label) at powers of ten (every second or third over a wide range), with 2 and
+    5 between them when fewer than four."""
     decades = range(math.floor(low), math.ceil(high) + 1)
-    ticks = [(float(d), f"1e{d}") for d in decades if low - 1e-9 <= d <= high + 1e-9]
+    every = math.ceil(len(decades) / 8)  # labels a chart's width holds
+    ticks = [(float(d), f"1e{d}") for d in decades if low - 1e-9 <= d <= high + 1e-9 and d % every == 0]
     if len(ticks) < 4:
         ticks = sorted(ticks + [(d + math.log10(m), f"{m}e{d}") for d in decades for m in (2, 5)
                                 if low - 1e-9 <= d + math.log10(m) <= high + 1e-9])

@@ -6,7 +6,9 @@ whatever the output's (the map is a sample, the duplicates a list of the closest
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import pickle
 import re
 from collections import Counter
@@ -21,6 +23,8 @@ import pyarrow.parquet as pq
 from clipforge import clip_index, layout
 from clipforge.dedup import DEDUP_DIR, DUPLICATES_FILE
 from clipforge.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
 
 MAP_POINTS = 2000  # clips sampled for the embedding map
 LISTED_DUPLICATES = 200  # duplicate pairs listed, the most similar first
@@ -161,6 +165,20 @@ def _spread(count: int, limit: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, num=min(count, limit)).astype(np.int64)) if count else np.zeros(0, int)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Loads the numpy array an embedding pickle holds (embedding_files.py) and nothing else: the
+    report may be written for an output someone else made, and a pickle can name any callable."""
+
+    ALLOWED = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - whatever the allowed global is
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a numpy array")
+        return super().find_class(module, name)
+
+
 def embedding_map(storage: Storage, root: str, clips: pa.Table, videos: dict[str, str]) -> dict | None:
     """Up to MAP_POINTS clips with an embedding (spread evenly over the index's order), projected
     onto their first two principal components: {algorithm, total, points: [{x, y, clip row}]}."""
@@ -174,13 +192,17 @@ def embedding_map(storage: Storage, root: str, clips: pa.Table, videos: dict[str
     sample = embedded.take(pa.array(_spread(embedded.num_rows, MAP_POINTS))).to_pylist()
 
     def vector(clip: dict) -> np.ndarray | None:
-        try:  # the embedding pickles hold plain numpy arrays (embedding_files.py), written by this output's run
-            return np.asarray(pickle.loads(storage.read_bytes(layout.location(root, clip["embedding"]["location"]))),
-                              dtype=np.float64).ravel()
+        try:
+            data = storage.read_bytes(layout.location(root, clip["embedding"]["location"]))
         except StorageError as exc:
             if exc.missing:
                 return None
             raise
+        try:
+            return np.asarray(_ArrayUnpickler(io.BytesIO(data)).load(), dtype=np.float64).ravel()
+        except (pickle.UnpicklingError, ValueError, TypeError, EOFError) as exc:
+            log.warning("embedding map: %s left out: %s", clip["embedding"]["location"], exc)
+            return None
 
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         vectors = list(pool.map(vector, sample))

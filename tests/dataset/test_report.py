@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -365,6 +366,30 @@ def test_the_embedding_map_has_a_point_per_embedded_clip_and_a_click_opens_it(cu
         browser.evaluate("document.getElementById('clip-panel').close()")
         keep(browser.screenshot(tmp_path / "report-embedding-map.png", "#embeddings"))
         assert browser.errors() == []
+
+
+class _Touch:
+    """Unpickles by creating a file: what a hostile embedding pickle could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.path,))
+
+
+def test_the_map_loads_only_numpy_arrays_from_embedding_pickles(curated_copy, tmp_path, caplog):
+    """An output may be someone else's: an embedding pickle that names anything but a numpy array
+    is left out of the map, never run."""
+    embedded = [m for m in map(load_json, sorted((curated_copy / "metas" / "v0").glob("*.json"))) if m.get("embedding")]
+    marker = tmp_path / "ran"
+    hostile = embedded[0]["embedding"]["location"]
+    (curated_copy / hostile).write_bytes(pickle.dumps(_Touch(marker)))
+    report.write_report(Storage(), str(curated_copy))
+    assert not marker.exists()
+    points = json.loads((curated_copy / "report" / "data" / "map-00000.js").read_text().split(",", 2)[2].rsplit(")", 1)[0])
+    assert {p["id"] for p in points} == {m["span_uuid"] for m in embedded[1:]}
+    assert f"{hostile} left out" in caplog.text
 
 
 def test_duplicates_are_listed_when_dedup_ran(curated_copy, tmp_path):
