@@ -56,6 +56,7 @@ CLIP_COLUMNS = ["span_uuid", "status", "source_video", "duration_span", "motion_
 # ------------------------------------------------------------------------------------ charts
 
 CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM, CHART_TOP = 420, 190, 44, 36, 16
+CHART_RIGHT = 14  # room for the last tick's label
 
 
 def _nice_ticks(low: float, high: float, wanted: int = 6) -> list[float]:
@@ -99,7 +100,8 @@ def histogram_svg(by_status: dict[str, np.ndarray], log_scale: bool = False, bin
         low, high = low - 0.5, high + 0.5
     zero_bar = any(zeros.values())
     slots = bins + (2 if zero_bar else 0)  # the zeros' bar and a gap before the range
-    bar = (width - left) / slots
+    right = width - CHART_RIGHT
+    bar = (right - left) / slots
     x0 = left + (2 * bar if zero_bar else 0)
     edges = np.linspace(low, high, bins + 1)
     counts = {status: np.histogram(values, bins=edges)[0] for status, values in series.items()}
@@ -108,7 +110,7 @@ def histogram_svg(by_status: dict[str, np.ndarray], log_scale: bool = False, bin
     axis_y = height - bottom
 
     def x_of(value: float) -> float:
-        return x0 + (value - low) / (high - low) * (width - x0)
+        return x0 + (value - low) / (high - low) * (right - x0)
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
     base, zero_base = np.zeros(bins), 0
@@ -125,7 +127,7 @@ def histogram_svg(by_status: dict[str, np.ndarray], log_scale: bool = False, bin
             parts.append(f'<rect class="{status} zero" x="{left + 0.5:.1f}" y="{y:.1f}" width="{bar - 1:.1f}"'
                          f' height="{zeros[status] * scale:.1f}"><title>{status}, exactly 0: {zeros[status]}</title></rect>')
         base, zero_base = base + counts[status], zero_base + zeros[status]
-    parts.append(f'<line class="axis" x1="{left}" y1="{axis_y}" x2="{width}" y2="{axis_y}"/>')
+    parts.append(f'<line class="axis" x1="{left}" y1="{axis_y}" x2="{right}" y2="{axis_y}"/>')
     parts.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}"/>')
     for value in {int(v) for v in _nice_ticks(0, peak, 4) if v == int(v) and v <= peak}:
         y = axis_y - value * scale
@@ -145,7 +147,7 @@ def histogram_svg(by_status: dict[str, np.ndarray], log_scale: bool = False, bin
                      f'<title>{html.escape(label)}: {shown}</title></line>')
         parts.append(f'<text class="threshold-label" x="{x + 3:.1f}" y="{top + 6}">{html.escape(label)} {shown}</text>')
     if log_scale:
-        parts.append(f'<text class="x-title" x="{width}" y="{height - 4}" text-anchor="end">log scale</text>')
+        parts.append(f'<text class="x-title" x="{right}" y="{height - 4}" text-anchor="end">log scale</text>')
     parts.append("</svg>")
     return "".join(parts)
 
