@@ -1,11 +1,19 @@
 """The product's import graph, read statically: no module imports in a cycle (imports inside
 functions included; those under `if TYPE_CHECKING:` never run and are left out), and no stage
-imports another stage or the stages package above it."""
+imports another stage or the stages package above it. And what an actor process imports at its
+start, checked in a fresh interpreter: no model runtime in a stage module, no codec or storage in
+the executor's own actors."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+
+from clipforge.spec import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"clipforge": ROOT / "pipeline_image" / "clipforge", "clipforge_operator": ROOT / "operator" / "clipforge_operator"}
@@ -125,3 +133,28 @@ def test_a_stage_imports_no_other_stage_nor_the_stages_package():
 def test_the_stage_contract_imports_no_stage():
     imported = _graph()["clipforge.stages.base"]
     assert not {t for t in imported if t.startswith("clipforge.stages")}
+
+
+# What each Ray actor process imports costs CPU at every start (docs/performance.md, start-up).
+# Checked in a fresh interpreter: in this one, other tests have imported everything already.
+MODEL_RUNTIME = ("torch", "torchvision", "transformers", "pandas")
+
+
+def _imported_by(module: str, candidates: tuple[str, ...]) -> list[str]:
+    code = (f"import sys, {module}\n"
+            f"print(' '.join(m for m in {candidates!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_module_imports_no_model_runtime(stage):
+    # torch and transformers only inside the methods that load and run a model; pandas nowhere.
+    assert _imported_by(f"clipforge.stages.{stage}", MODEL_RUNTIME) == []
+
+
+def test_the_executors_own_actors_import_neither_codec_nor_storage():
+    # The attempts ledger and the throughput meter run clipforge.executors.ray_data and the stage
+    # contract only: PyAV, numpy and pyarrow (through storage) would be paid there for nothing.
+    heavy = ("av", "numpy", "pyarrow", "clipforge.storage", "ray.data", *MODEL_RUNTIME)
+    assert _imported_by("clipforge.executors.ray_data", heavy) == []

@@ -11,8 +11,6 @@ and a task that still fails fails its video as retryable, which every rerun trie
 
 from __future__ import annotations
 
-from clipforge.storage import StorageError
-
 # Waits before the executor's retries of a task that failed for its environment: 1, 2, 4... s.
 RETRY_BACKOFF_S = 1.0
 
@@ -24,7 +22,11 @@ class EnvironmentFailure(RuntimeError):
 def environmental(exc: BaseException) -> bool:
     # A missing object is the input's (a source deleted since it was listed); storage out of
     # reach, or refusing, is the environment's. torch.cuda.OutOfMemoryError and the CUDA errors
-    # torch raises are told by name and text: this module must not import torch.
+    # torch raises are told by name and text: this module must not import torch. Storage (and
+    # pyarrow under it) is imported here, not at the top: the executor's actors that never touch
+    # storage import this module through the stage contract.
+    from clipforge.storage import StorageError
+
     if isinstance(exc, StorageError):
         return not exc.missing
     return (isinstance(exc, (EnvironmentFailure, MemoryError, ConnectionError, TimeoutError))

@@ -15,13 +15,15 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from clipforge.failures import RETRY_BACKOFF_S, environmental
-from clipforge.frames import FrameRequest
-from clipforge.models import ModelRequirement
 from clipforge.spec import StageResources, VideoCurationJobSpec, stage_enabled, stage_resources
 from clipforge.tasks import Clip, VideoTask
+
+if TYPE_CHECKING:  # annotations only: the executor's own actors need neither PyAV nor storage
+    from clipforge.frames import FrameRequest
+    from clipforge.models import ModelRequirement
 
 log = logging.getLogger(__name__)
 
