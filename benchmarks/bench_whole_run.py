@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,18 +45,33 @@ PRESET, CRF = "veryfast", 23
 FLOOR_PARALLEL = 2
 PROFILES = ("split", "default", "copy")
 
-# Runs COMMAND as the child subreaper's child, waits for the whole tree and prints the tree's CPU
-# seconds (user + system) as its last line. Descendants still alive GRACE_S after the command exits
-# (a daemon that outlived its run) are killed, so that a run's CPU is never cut short silently.
+# Runs COMMAND as the child subreaper's child, waits for the whole tree and prints, as its last line,
+# the command's exit status, its wall seconds (to its exit) and the tree's CPU seconds (user +
+# system). Descendants still alive GRACE_S after the command exits (a daemon that outlived its run)
+# are killed and reaped, so that their CPU is counted rather than lost.
 TREE_RUNNER = r"""
 import ctypes, os, resource, signal, subprocess, sys, time
 GRACE_S = 30.0
 PR_SET_CHILD_SUBREAPER = 36
 if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
     sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed: the process tree's CPU cannot be collected")
-command = subprocess.Popen(sys.argv[1:], start_new_session=True)
-status = command.wait()
-deadline = time.monotonic() + GRACE_S
+
+def children():
+    # Orphaned descendants are re-parented to this process: its children are all that is left.
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rpartition(")")[2].split()[1]) == os.getpid():
+                    found.append(int(entry))
+        except (ValueError, OSError):
+            continue
+    return found
+
+started = time.perf_counter()
+status = subprocess.Popen(sys.argv[1:]).wait()
+wall = time.perf_counter() - started
+deadline, killed = time.monotonic() + GRACE_S, False
 while True:
     try:
         pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -65,12 +79,14 @@ while True:
         break
     if pid == 0:
         if time.monotonic() > deadline:
-            os.killpg(command.pid, signal.SIGKILL)
-            print(f"killed descendants alive {GRACE_S:.0f} s after the command ended", file=sys.stderr)
-            deadline = float("inf")
+            for child in children():
+                os.kill(child, signal.SIGKILL)
+            if not killed:
+                print(f"killed descendants alive {GRACE_S:.0f} s after the command ended", file=sys.stderr)
+                killed = True
         time.sleep(0.05)
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{status} {usage.ru_utime + usage.ru_stime:.3f}")
+print(f"{status} {wall:.3f} {usage.ru_utime + usage.ru_stime:.3f}")
 """
 
 
@@ -122,17 +138,15 @@ def job_document(input_dir: Path, output_dir: Path, profile: str) -> dict:
 
 
 def measure(command: list[str]) -> Measurement:
-    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", TREE_RUNNER, *command], stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - started
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{command[:4]} ...: the tree runner failed (exit {done.returncode})")
-    status, cpu = lines[-1].split()
+    status, wall, cpu = lines[-1].split()
     if status != "0":
         print("\n".join(lines[:-1][-40:]), file=sys.stderr)
         raise SystemExit(f"{' '.join(command[:6])} ... exited {status}")
-    return Measurement(wall, float(cpu))
+    return Measurement(float(wall), float(cpu))
 
 
 def floor_command(paths: list[Path], output_dir: Path) -> list[str]:
