@@ -168,6 +168,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds (floor and every profile once each)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each generated video")
     args = parser.parse_args()
+    if args.runs < 1 or args.seconds <= 0:
+        parser.error(f"--runs must be at least 1 and --seconds more than 0 (got {args.runs} and {args.seconds})")
     if shutil.which("ffmpeg") is None:
         print("ffmpeg (the floor) is not installed: apt-get install ffmpeg", file=sys.stderr)
         return 1
@@ -199,12 +201,14 @@ def main() -> int:
         print(f"{name:8s} median wall {statistics.median(r.wall_s for r in runs):7.2f} s"
               f"  cpu {statistics.median(r.cpu_s for r in runs):7.2f} s"
               f"  cores busy {statistics.median(r.cores_busy for r in runs):.2f}")
+    ratios = {}  # profile: (wall, cpu), each the median over rounds of profile / the same round's floor
     for name in PROFILES:
         pairs = list(zip(results[name], results["floor"]))
-        print(f"ratio {name} wall/floor: {statistics.median(p.wall_s / f.wall_s for p, f in pairs):.2f}")
-        print(f"ratio {name} cpu/floor: {statistics.median(p.cpu_s / f.cpu_s for p, f in pairs):.2f}")
-    split_wall = statistics.median(p.wall_s / f.wall_s for p, f in zip(results["split"], results["floor"]))
-    print(f"ratio split wall/floor: {split_wall:.2f}")
+        ratios[name] = (statistics.median(p.wall_s / f.wall_s for p, f in pairs),
+                        statistics.median(p.cpu_s / f.cpu_s for p, f in pairs))
+        print(f"ratio {name} wall/floor: {ratios[name][0]:.2f}")
+        print(f"ratio {name} cpu/floor: {ratios[name][1]:.2f}")
+    print(f"ratio split wall/floor: {ratios['split'][0]:.2f}")
     return 0
 
 
