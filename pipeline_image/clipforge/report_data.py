@@ -42,6 +42,8 @@ PLAIN_REASONS = [
     (r"no decodable|has no frames|no frames", "no frame of the video could be decoded"),
     (r"fewer than \d+ frames|no frame pair", "the clip is too short to score"),
     (r"smaller than one", "the frames are too small to score"),
+    # before "out of memory": a dead worker's message names it among the possible causes
+    (r"worker process died", "the process working on it died (a crash, memory running out, or a kill)"),
     (r"OutOfMemory|out of memory", "memory ran out while processing it"),
     (r"CUDA error", "the GPU failed while processing it"),
     (r"Connection|Timeout|timed out", "storage or the network could not be reached"),

@@ -282,6 +282,9 @@ def test_plain_reasons_for_raw_failure_messages():
     raw = "ProbeError: not a readable video: [Errno 1094995529] Invalid data found when processing input: '<none>'"
     assert report_data.plain_reason(raw) == "the file is not a video FFmpeg can read"
     assert report_data.plain_reason("ProbeError: no video stream") == "the file has no video stream"
+    # A dead worker may have crashed or been killed: the words do not claim memory ran out.
+    died = "gave up after 2 attempts: its worker process died (crash, out of memory or killed)"
+    assert report_data.plain_reason(died) == "the process working on it died (a crash, memory running out, or a kill)"
     assert report_data.plain_reason("ValueError: [Errno 5] something new") == "something new"
     assert report_data.failures([{"key": "probe", "value": raw}]) == [
         {"stage": "probe", "reason": "the file is not a video FFmpeg can read", "raw": raw}]

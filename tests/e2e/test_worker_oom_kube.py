@@ -25,6 +25,7 @@ video as failed (WORKER_DIED); the samples' clips are written and the run ends S
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -183,7 +184,10 @@ def test_the_video_is_recorded_as_failed_because_its_worker_died(stack, run):
     assert record["errors"] == errors and record["num_clips"] == 1 and record["retryable"] is True
     assert (record["metadata"]["width"], record["metadata"]["height"]) == (WIDTH, HEIGHT)
     report = stack.s3_client.get_object(Bucket=run.bucket, Key="out/report/index.html")["Body"].read().decode()
-    assert "Failed videos (1)" in report and f"{STAGE}: {errors[STAGE]}" in report
+    assert "Failed videos (1)" in report
+    # The reason in plain words, the raw message in its detail view.
+    assert f"{STAGE}: the process working on it died (a crash, memory running out, or a kill)" in report
+    assert f"<code>{html.escape(errors[STAGE])}</code>" in report
 
 
 def test_the_small_videos_clips_are_in_the_bucket(stack, run):
