@@ -49,8 +49,8 @@ def _batches(reader: pa.NativeFile, uri: str) -> Iterator[pa.RecordBatch]:
         yield from pyarrow.json.open_json(reader)
 
 
-def manifest_entries(storage: Storage, uri: str) -> Iterator[ManifestEntry]:
-    """The manifest's videos in its order, each once, read a batch at a time. Raises
+def manifest_pages(storage: Storage, uri: str) -> Iterator[list[ManifestEntry]]:
+    """The manifest's videos in its order, each once, a batch of rows at a time. Raises
     ManifestError naming the manifest (and the row) when it cannot be used."""
     if not uri.endswith(FORMATS):
         raise ManifestError(f"input.manifest {uri}: the name must end in one of {', '.join(FORMATS)}")
@@ -68,6 +68,7 @@ def manifest_entries(storage: Storage, uri: str) -> Iterator[ManifestEntry]:
             if "uri" not in batch.schema.names:
                 raise ManifestError(f"input.manifest {uri} has no column `uri` (columns: {', '.join(batch.schema.names)})")
             versioned = all(c in batch.schema.names for c in VERSION_COLUMNS)
+            page = []
             for row in batch.to_pylist():
                 number += 1
                 source = row.pop("uri")
@@ -78,5 +79,6 @@ def manifest_entries(storage: Storage, uri: str) -> Iterator[ManifestEntry]:
                     continue
                 seen.add(relative)
                 version = {"size": row["size"], "mtime": str(row["mtime"])} if versioned else None
-                yield ManifestEntry(source, relative, version,
-                                    json.dumps(row, sort_keys=True, default=str) if row else None)
+                page.append(ManifestEntry(source, relative, version,
+                                          json.dumps(row, sort_keys=True, default=str) if row else None))
+            yield page

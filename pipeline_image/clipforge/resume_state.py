@@ -117,7 +117,7 @@ def _latest(tables: list[pa.Table]) -> pa.Table:
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     table = table.append_column("_order", pa.array(np.arange(len(table), dtype=np.int64)))
     latest = table.group_by("relative_path").aggregate([("_order", "max")])["_order_max"]
-    return table.take(pc.sort_indices(latest)).drop_columns(["_order"])
+    return table.take(latest.take(pc.sort_indices(latest))).drop_columns(["_order"])
 
 
 class ResumeState:

@@ -25,7 +25,7 @@ from typing import Any
 
 from clipforge import layout, preflight
 from clipforge.embedding_files import write_video_parquet
-from clipforge.input_manifest import BATCH_ROWS, ManifestEntry, ManifestError, manifest_entries
+from clipforge.input_manifest import ManifestEntry, ManifestError, manifest_pages
 from clipforge.lease import RENEW_S, OutputLease, OutputLocked
 from clipforge.provenance import Provenance, new_run_id
 from clipforge.report import publish
@@ -167,8 +167,8 @@ def input_pages(spec: VideoCurationJobSpec, storage: Storage) -> Iterator[tuple[
     matched: its input.manifest's rows, or the listing of input.uri (whose first call retries
     only START_RETRY_S)."""
     if spec.input.manifest:
-        for entries in itertools.batched(manifest_entries(storage, spec.input.manifest), BATCH_ROWS):
-            yield list(entries), 0
+        for entries in manifest_pages(storage, spec.input.manifest):
+            yield entries, 0
         return
     for page in storage.list_pages(spec.input.uri, spec.input.patterns, first_retry_seconds=START_RETRY_S):
         yield [ManifestEntry(f.uri, f.relative, source_version(f), None) for f in page.files], page.unmatched
