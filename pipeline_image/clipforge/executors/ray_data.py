@@ -298,6 +298,10 @@ class _Feed(Datasource):
     def __init__(self, queue: Queue):
         self.queue = queue
 
+    @property
+    def supports_distributed_reads(self) -> bool:
+        return False  # its read task runs on the driver's node, with the queue
+
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
@@ -357,7 +361,7 @@ def run_ray(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stages: list
     queue = Queue(maxsize=FEED_AHEAD, actor_options={"num_cpus": 0, "scheduling_strategy": _driver_node()})
     feeder = _Feeder(tasks, queue)
     # No CPU for the read task: it only waits on the queue, for as long as the listing lasts.
-    ds = ray.data.read_datasource(_Feed(queue), ray_remote_args={"num_cpus": 0})
+    ds = ray.data.read_datasource(_Feed(queue), num_cpus=0)
     for stage_cls in stages:
         ds = _stage_operator(ds, stage_cls, tuple(stages), spec, attempts, meter)
     allocation = throughput_allocation(_autoscaler_args(spec, stages, meter)) if meter else contextlib.nullcontext()
