@@ -163,7 +163,7 @@ class ResumeState:
             for uris in _batches((f.uri for page in self.storage.list_pages(records_root, ["*.json"], missing_ok=True)
                                   for f in page.files), REBUILD_ROWS):
                 tables.append(pa.Table.from_pylist(list(pool.map(row, uris)), schema=SCHEMA))
-                self._write_next(tables[-1])
+                self.write_segment(tables[-1])
         return _latest(tables)
 
     def add(self, record: dict) -> None:
@@ -175,11 +175,12 @@ class ResumeState:
 
     def flush(self) -> None:
         if self._rows:
-            self._write_next(pa.Table.from_pylist(self._rows, schema=SCHEMA))
+            self.write_segment(pa.Table.from_pylist(self._rows, schema=SCHEMA))
             self._rows = []
         self._flushed = time.monotonic()
 
-    def _write_next(self, table: pa.Table) -> None:
+    def write_segment(self, table: pa.Table) -> None:
+        """`table` (SCHEMA) as the next segment."""
         number = self.next_number
         segment = Segment(segment_uri(self.root, number, number, self.run_id), number, number)
         self._write(segment.uri, table)
