@@ -97,6 +97,8 @@ def make_local(root: Path, videos: int, sample: Path) -> tuple[Path, str]:
 def make_rgw(root: Path, videos: int, sample: Path, server) -> tuple[Path, str]:  # noqa: ANN001
     from clipforge.storage import Storage
 
+    os.environ.update(server.env())  # for the done state this process writes there
+    root.mkdir(parents=True)
     bucket = server.create_bucket("scale")
     client = server.client()
 
@@ -155,12 +157,12 @@ def main() -> None:
     if args.child:
         return child(args.child)
     sys.path.insert(0, str(HERE.parent / "tests"))
-    from clipforge.samples import ensure_samples
+    from clipforge.samples import SampleVideo, Segment, write_video
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="clipforge-bench-scale-"))
     results: list[tuple[str, float, float, bool]] = []
     try:
-        sample = ensure_samples(root / "samples")["moving_then_static.mp4"]
+        sample = write_video(SampleVideo("new", 160, 90, 24, (Segment(2, True, 1),)), root / "new.mp4")
         began = time.monotonic()
         job, _ = make_local(root / "local", args.videos, sample)
         print(f"generated {args.videos:,} local done videos in {time.monotonic() - began:.0f} s")

@@ -61,6 +61,10 @@ SCHEMA = pa.schema([
     ("num_clips_failed", pa.int64()),
 ])
 _JSON_KEYS = ("source", "settings", "models")
+# Read as dictionaries: a run's settings and models are one long text shared by all its rows.
+_SHARED = ("settings", "models")
+READ_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in _SHARED else f
+                         for f in SCHEMA])
 _SEGMENT = re.compile(r"segment-(\d{10})-(\d{10})-([0-9a-f]+)\.parquet")
 
 
@@ -104,7 +108,8 @@ def live_segments(storage: Storage, root: str) -> list[Segment]:
 
 def _read_segment(storage: Storage, segment: Segment) -> pa.Table:
     try:
-        return pq.read_table(pa.BufferReader(storage.read_bytes(segment.uri))).select(SCHEMA.names).cast(SCHEMA)
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(segment.uri)), read_dictionary=list(_SHARED))
+        return table.select(READ_SCHEMA.names).cast(READ_SCHEMA)
     except (StorageError, pa.ArrowException, OSError, KeyError) as exc:
         raise ResumeStateError(
             f"the resume state segment {segment.uri} cannot be read ({exc}): it says which videos are done."
@@ -114,10 +119,11 @@ def _read_segment(storage: Storage, segment: Segment) -> pa.Table:
 
 def _latest(tables: list[pa.Table]) -> pa.Table:
     """The rows of `tables` (oldest first), the latest of each video only."""
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    table = pa.concat_tables([t.cast(READ_SCHEMA) for t in tables]) if tables else READ_SCHEMA.empty_table()
     table = table.append_column("_order", pa.array(np.arange(len(table), dtype=np.int64)))
     latest = table.group_by("relative_path").aggregate([("_order", "max")])["_order_max"]
-    return table.take(latest.take(pc.sort_indices(latest))).drop_columns(["_order"])
+    return table.take(latest.take(pc.sort_indices(latest))).drop_columns(["_order"]).unify_dictionaries() \
+        .combine_chunks()
 
 
 class ResumeState:
@@ -208,9 +214,9 @@ def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
 class DoneVideo:
     """An input an earlier run finished as this run would have."""
 
-    video: str
     errors: dict  # {} when done
-    clips: tuple[int, int, int]  # passed, filtered, failed
+    clips: list[int]  # passed, filtered, failed
+    video: str | None  # its URI when it failed (the run report lists it), else None
 
 
 class DoneVideos:
@@ -218,11 +224,10 @@ class DoneVideos:
     listed. Settings and models are matched once per distinct value, the source per input."""
 
     def __init__(self, table: pa.Table, settings: dict, provenance: Provenance | None, retry_failed: bool):
-        table = table.filter(self._final(table, retry_failed))
-        table = table.filter(self._made_alike(table, settings, provenance))
+        table = table.filter(pc.and_(self._final(table, retry_failed), self._made_alike(table, settings, provenance)))
         self._index = dict(zip(table["relative_path"].to_pylist(), range(len(table))))
-        self._sources = table["source"].to_pylist()
-        self._videos, self._errors = table["video"], table["errors"]
+        # Arrow arrays, not Python lists: read only for the inputs listed, one row at a time.
+        self._sources, self._videos, self._errors = table["source"], table["video"], table["errors"]
         self._clips = np.stack([table[f"num_clips_{k}"].to_numpy() for k in ("passed", "filtered", "failed")], axis=1) \
             if len(table) else np.zeros((0, 3), dtype=np.int64)
 
@@ -235,27 +240,35 @@ class DoneVideos:
         return pc.invert(pc.and_(failed, table["retryable"]))
 
     @staticmethod
-    def _made_alike(table: pa.Table, settings: dict, provenance: Provenance | None) -> pa.ChunkedArray:
-        """Rows whose settings and models match this run's (provenance.matches), each distinct value once."""
-        keys = pc.binary_join_element_wise(pc.fill_null(table["settings"], "\0"), pc.fill_null(table["models"], "\0"),
-                                           "\1")
+    def _made_alike(table: pa.Table, settings: dict, provenance: Provenance | None) -> pa.Array:
+        """Rows whose settings and models match this run's (provenance.matches), each distinct pair once."""
+        if not len(table):
+            return pa.array([], pa.bool_())
+        table = table.unify_dictionaries().combine_chunks()
+        columns = [table[name].chunk(0) for name in _SHARED]
+        values = [column.dictionary.to_pylist() for column in columns]
+        codes = [column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) for column in columns]
+        pairs = codes[0] * (len(values[1]) + 1) + codes[1] + 1
         alike = []
-        for key in pc.unique(keys).to_pylist():
-            recorded = {name: json.loads(value) for name, value in zip(("settings", "models"), key.split("\1"))
-                        if value != "\0"}
+        for pair in np.unique(pairs).tolist():
+            recorded = {name: json.loads(value[code]) for name, value, code in
+                        zip(_SHARED, values, (pair // (len(values[1]) + 1), pair % (len(values[1]) + 1) - 1))
+                        if code >= 0}
             if matches(recorded, settings, provenance, None):
-                alike.append(key)
-        return pc.is_in(keys, value_set=pa.array(alike, pa.string()))
+                alike.append(pair)
+        return pa.array(np.isin(pairs, alike))
 
     def get(self, relative: str, version: dict | None) -> DoneVideo | None:
         row = self._index.get(relative)
         if row is None:
             return None
-        recorded = self._sources[row]
-        if version is not None and recorded is not None and recorded != json.dumps(version, sort_keys=True):
+        recorded = self._sources[row].as_py()
+        if version is not None and recorded is not None and json.loads(recorded) != version:
             return None  # a new version of the source is a new input
-        passed, filtered, failed = (int(n) for n in self._clips[row])
-        return DoneVideo(self._videos[row].as_py(), json.loads(self._errors[row].as_py()), (passed, filtered, failed))
+        errors = self._errors[row].as_py()
+        if errors == "{}":
+            return DoneVideo({}, self._clips[row].tolist(), None)
+        return DoneVideo(json.loads(errors), self._clips[row].tolist(), self._videos[row].as_py())
 
     def __len__(self) -> int:
         return len(self._index)
