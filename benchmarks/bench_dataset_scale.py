@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -115,6 +114,15 @@ def make_rgw(root: Path, videos: int, sample: Path, server) -> tuple[Path, str]:
     return job, f"s3://{bucket}/out"
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh with the program (getrusage's ru_maxrss
+    keeps the parent's peak from before the fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(job: str) -> None:
     """`clipforge run job`, stopped when the first video reaches the executor: prints the seconds
     since this process started and its peak RSS then."""
@@ -126,7 +134,7 @@ def child(job: str) -> None:
 
     def first_dispatch(spec, tasks, stages):  # noqa: ANN001, ANN202
         for task in tasks:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            peak = peak_rss_mib()
             print(json.dumps({"seconds": time.monotonic() - STARTED, "rss_mib": peak, "video": task.relative_path}))
             sys.stdout.flush()
             os._exit(0)
@@ -171,7 +179,7 @@ def main() -> None:
         if not args.no_rgw:
             from support.s3_server import CephS3Gateway
 
-            with CephS3Gateway(memstore_bytes=2 << 30) as server:
+            with CephS3Gateway(memstore_bytes=1 << 30) as server:
                 began = time.monotonic()
                 job, _ = make_rgw(root / "rgw", args.rgw_videos, sample, server)
                 print(f"generated {args.rgw_videos:,} done videos on RGW in {time.monotonic() - began:.0f} s")
