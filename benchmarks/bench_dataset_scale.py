@@ -66,7 +66,7 @@ def write_done_state(job_path: Path, listed: list, output: str) -> None:
         part = listed[start:start + SEGMENT_VIDEOS]
         n = len(part)
         table = pa.table({
-            "relative_path": [f.relative for f in part], "video": [f.uri for f in part],
+            "relative_path": [f.relative for f in part], "video": [None] * n,  # named for failures only
             "source": [json.dumps(source_version(f), sort_keys=True) for f in part],
             "settings": [settings] * n,
             "models": [models] * n, "errors": ["{}"] * n, "retryable": [False] * n,

@@ -49,7 +49,7 @@ REBUILD_ROWS = 100_000
 
 SCHEMA = pa.schema([
     ("relative_path", pa.string()),
-    ("video", pa.string()),
+    ("video", pa.string()),  # a failed video's URI (the run report names it); null for one done
     # JSON text; null where the record has no such key (recorded before the key was): it matches anything.
     ("source", pa.string()),
     ("settings", pa.string()),
@@ -75,7 +75,7 @@ class ResumeStateError(RuntimeError):
 def segment_row(record: dict) -> dict:
     """A processed_videos/ record's row (runner.video_record)."""
     row = {key: json.dumps(record[key], sort_keys=True) if key in record else None for key in _JSON_KEYS}
-    return {**row, "relative_path": record["relative_path"], "video": record["video"],
+    return {**row, "relative_path": record["relative_path"], "video": record["video"] if record.get("errors") else None,
             "errors": json.dumps(record.get("errors") or {}, sort_keys=True),
             "retryable": bool(record.get("retryable", True)),
             **{f"num_clips_{kind}": int(record.get(f"num_clips_{kind}", 0)) for kind in ("passed", "filtered", "failed")}}
@@ -117,13 +117,16 @@ def _read_segment(storage: Storage, segment: Segment) -> pa.Table:
             " (one read per video)") from None
 
 
-def _latest(tables: list[pa.Table]) -> pa.Table:
-    """The rows of `tables` (oldest first), the latest of each video only."""
-    table = pa.concat_tables([t.cast(READ_SCHEMA) for t in tables]) if tables else READ_SCHEMA.empty_table()
-    table = table.append_column("_order", pa.array(np.arange(len(table), dtype=np.int64)))
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """`tables` (oldest first) as one, without copying: a video's later row supersedes its earlier."""
+    return pa.concat_tables([t.cast(READ_SCHEMA) for t in tables]) if tables else READ_SCHEMA.empty_table()
+
+
+def _latest(table: pa.Table) -> pa.Table:
+    """The rows of `table` (oldest first), the latest of each video only."""
+    table = table.unify_dictionaries().append_column("_order", pa.array(np.arange(len(table), dtype=np.int64)))
     latest = table.group_by("relative_path").aggregate([("_order", "max")])["_order_max"]
-    return table.take(latest.take(pc.sort_indices(latest))).drop_columns(["_order"]).unify_dictionaries() \
-        .combine_chunks()
+    return table.take(latest.take(pc.sort_indices(latest))).drop_columns(["_order"])
 
 
 class ResumeState:
@@ -137,19 +140,20 @@ class ResumeState:
         self._flushed = time.monotonic()
 
     def read(self) -> pa.Table:
-        """Every video earlier runs finished, its latest row each; compacts what it read when it
-        found more than COMPACT_AT segments, and rebuilds an older output's from its records."""
+        """The rows of every video earlier runs finished, oldest first (a video's later row
+        supersedes its earlier ones); compacts what it read when it found more than COMPACT_AT
+        segments, and rebuilds an older output's from its records."""
         if not self.segments:
             return self._rebuild()
         with ThreadPoolExecutor(max_workers=READERS) as pool:
-            table = _latest(list(pool.map(lambda s: _read_segment(self.storage, s), self.segments)))
+            table = _concat(list(pool.map(lambda s: _read_segment(self.storage, s), self.segments)))
         if len(self.segments) > COMPACT_AT:
-            self.compact(table)
+            self.compact(_latest(table))
         return table
 
     def compact(self, table: pa.Table) -> None:
-        """Replaces the live segments by one holding `table` (what they hold, read): written first,
-        so a crash before the deletes leaves the same state to read."""
+        """Replaces the live segments by one holding `table` (their latest rows, read): written
+        first, so a crash before the deletes leaves the same state to read."""
         covered = self.segments
         first, last = min(s.first for s in covered), max(s.last for s in covered)
         merged = Segment(segment_uri(self.root, first, last, self.run_id), first, last)
@@ -170,7 +174,7 @@ class ResumeState:
                                   for f in page.files), REBUILD_ROWS):
                 tables.append(pa.Table.from_pylist(list(pool.map(row, uris)), schema=SCHEMA))
                 self.write_segment(tables[-1])
-        return _latest(tables)
+        return _concat(tables)
 
     def add(self, record: dict) -> None:
         """A video this run finished (its record written): in the next segment, written when
@@ -221,46 +225,54 @@ class DoneVideo:
 
 class DoneVideos:
     """The rows of a resume state this run takes as done, looked up by relative path as inputs are
-    listed. Settings and models are matched once per distinct value, the source per input."""
+    listed. Settings and models are matched once per distinct value, the source per input. Rows
+    stay in Arrow as read (no copy); a dictionary gives each video's latest row."""
 
     def __init__(self, table: pa.Table, settings: dict, provenance: Provenance | None, retry_failed: bool):
-        table = table.filter(pc.and_(self._final(table, retry_failed), self._made_alike(table, settings, provenance)))
-        self._index = dict(zip(table["relative_path"].to_pylist(), range(len(table))))
-        # Arrow arrays, not Python lists: read only for the inputs listed, one row at a time.
+        self._index = dict(zip(table["relative_path"].to_pylist(), range(len(table))))  # the later row wins
+        self._done = self._final(table, retry_failed) & self._made_alike(table, settings, provenance)
         self._sources, self._videos, self._errors = table["source"], table["video"], table["errors"]
         self._clips = np.stack([table[f"num_clips_{k}"].to_numpy() for k in ("passed", "filtered", "failed")], axis=1) \
             if len(table) else np.zeros((0, 3), dtype=np.int64)
 
     @staticmethod
-    def _final(table: pa.Table, retry_failed: bool) -> pa.ChunkedArray:
+    def _final(table: pa.Table, retry_failed: bool) -> np.ndarray:
         """Done, or failed for good (the input's fault); under `retry_failed`, done with no clip failed."""
         failed = pc.not_equal(table["errors"], "{}")
         if retry_failed:  # failed clips are the input's failures too: split redoes their chunks
-            return pc.invert(pc.or_(failed, pc.greater(table["num_clips_failed"], 0)))
-        return pc.invert(pc.and_(failed, table["retryable"]))
+            final = pc.invert(pc.or_(failed, pc.greater(table["num_clips_failed"], 0)))
+        else:
+            final = pc.invert(pc.and_(failed, table["retryable"]))
+        return final.to_numpy(zero_copy_only=False).astype(bool) if len(table) else np.zeros(0, bool)
 
     @staticmethod
-    def _made_alike(table: pa.Table, settings: dict, provenance: Provenance | None) -> pa.Array:
-        """Rows whose settings and models match this run's (provenance.matches), each distinct pair once."""
-        if not len(table):
-            return pa.array([], pa.bool_())
-        table = table.unify_dictionaries().combine_chunks()
-        columns = [table[name].chunk(0) for name in _SHARED]
-        values = [column.dictionary.to_pylist() for column in columns]
-        codes = [column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) for column in columns]
-        pairs = codes[0] * (len(values[1]) + 1) + codes[1] + 1
-        alike = []
-        for pair in np.unique(pairs).tolist():
-            recorded = {name: json.loads(value[code]) for name, value, code in
-                        zip(_SHARED, values, (pair // (len(values[1]) + 1), pair % (len(values[1]) + 1) - 1))
-                        if code >= 0}
-            if matches(recorded, settings, provenance, None):
-                alike.append(pair)
-        return pa.array(np.isin(pairs, alike))
+    def _made_alike(table: pa.Table, settings: dict, provenance: Provenance | None) -> np.ndarray:
+        """Rows whose settings and models match this run's (provenance.matches), each distinct pair
+        of a segment's dictionaries once."""
+        masks, verdicts = [np.zeros(0, bool)], {}
+        for batch in table.to_batches():
+            columns = [batch.column(name) for name in _SHARED]
+            values = [column.dictionary.to_pylist() for column in columns]
+            codes = [column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+                     for column in columns]
+            width = len(values[1]) + 1
+            pairs = codes[0] * width + codes[1] + 1
+            alike = []
+            for pair in np.unique(pairs).tolist():
+                settings_code, models_code = divmod(pair, width)  # -1 and 0: null (a key the record lacked)
+                texts = (values[0][settings_code] if settings_code >= 0 else None,
+                         values[1][models_code - 1] if models_code else None)
+                if texts not in verdicts:
+                    recorded = {name: json.loads(text) for name, text in zip(_SHARED, texts) if text is not None}
+                    verdicts[texts] = matches(recorded, settings, provenance, None)
+                if verdicts[texts]:
+                    alike.append(pair)
+            masks.append(np.isin(pairs, alike))
+        return np.concatenate(masks)
 
     def get(self, relative: str, version: dict | None) -> DoneVideo | None:
         row = self._index.get(relative)
-        if row is None:
+        if row is None or not self._done[row]:
             return None
         recorded = self._sources[row].as_py()
         if version is not None and recorded is not None and json.loads(recorded) != version:
@@ -269,6 +281,3 @@ class DoneVideos:
         if errors == "{}":
             return DoneVideo({}, self._clips[row].tolist(), None)
         return DoneVideo(json.loads(errors), self._clips[row].tolist(), self._videos[row].as_py())
-
-    def __len__(self) -> int:
-        return len(self._index)
