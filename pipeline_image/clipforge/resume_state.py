@@ -166,7 +166,12 @@ class ResumeState:
         records_root = layout.join(self.root, layout.PROCESSED_VIDEOS)
 
         def row(uri: str) -> dict:
-            return segment_row(json.loads(self.storage.read_bytes(uri)))
+            try:
+                return segment_row(json.loads(self.storage.read_bytes(uri)))
+            except (StorageError, ValueError, KeyError) as exc:
+                raise ResumeStateError(f"the resume state is rebuilt from {layout.PROCESSED_VIDEOS}/, and {uri}"
+                                       f" cannot be read ({exc}): make it readable, or delete it to redo its video")\
+                    from None
 
         tables = []
         with ThreadPoolExecutor(max_workers=READERS) as pool:
