@@ -75,6 +75,17 @@ def test_list_files(storage: Storage, s3_server, s3_bucket: str):
         storage.list_files(f"s3://{s3_bucket}/nothing-here", ["*.bin"])
 
 
+def test_list_pages_hands_out_a_large_prefix_a_page_of_1000_keys_at_a_time(storage: Storage, s3_server, s3_bucket: str):
+    client = s3_server.client()
+    for n in range(1050):
+        client.put_object(Bucket=s3_bucket, Key=f"big/k{n:04d}.bin", Body=b"x")
+    client.put_object(Bucket=s3_bucket, Key="big/notes.txt", Body=b"no")
+    pages = list(storage.list_pages(f"s3://{s3_bucket}/big", ["*.BIN"]))
+    assert [(len(page.files), page.unmatched) for page in pages] == [(1000, 0), (50, 1)]
+    relatives = [f.relative for page in pages for f in page.files]
+    assert relatives == [f"k{n:04d}.bin" for n in range(1050)]
+
+
 def test_write_errors_name_the_object_and_are_not_retried(storage: Storage, s3_bucket: str, monkeypatch, caplog):
     missing = f"s3://no-such-bucket-{s3_bucket}/out/progress.json"
     with pytest.raises(StorageError) as info:

@@ -98,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if bar is None:
             bar = tqdm(total=stats.total - stats.skipped, unit="video", disable=args.no_progress or args.quiet or None,
                        desc=job.metadata.name, file=terminal)
+        bar.total = stats.total - stats.skipped  # it grows as the inputs are listed
         bar.update(stats.done + stats.failed - bar.n)
         bar.set_postfix(clips=stats.clips_passed, filtered=stats.clips_filtered, failed=stats.failed)
 

@@ -6,12 +6,14 @@ carries as `input_columns` (JSON text: the dataset's own labels, ids, licences t
 clips). A video's records are named after its URI without the scheme (`s3://b/a.mp4` ->
 `b/a.mp4`). Nothing is listed or looked up per video: its version is the row's `size` and
 `mtime` columns when the manifest has them; without them a video is taken as unchanged while
-its URI is.
+its URI is. It is read a batch of rows at a time, as the run goes: a manifest of millions of
+videos is never held whole.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -22,6 +24,7 @@ import pyarrow.parquet as pq
 from clipforge.storage import Storage
 
 FORMATS = (".parquet", ".csv", ".jsonl")
+BATCH_ROWS = 10_000
 VERSION_COLUMNS = ("size", "mtime")
 
 
@@ -37,36 +40,45 @@ class ManifestEntry:
     columns: str | None  # the row's other columns, as JSON text
 
 
-def _table(data: bytes, uri: str) -> pa.Table:
-    buffer = pa.BufferReader(data)
+def _batches(reader: pa.NativeFile, uri: str) -> Iterator[pa.RecordBatch]:
     if uri.endswith(".parquet"):
-        return pq.read_table(buffer)
-    if uri.endswith(".csv"):
-        return pyarrow.csv.read_csv(buffer)
-    return pyarrow.json.read_json(buffer)
+        yield from pq.ParquetFile(reader).iter_batches(batch_size=BATCH_ROWS)
+    elif uri.endswith(".csv"):
+        yield from pyarrow.csv.open_csv(reader)
+    else:
+        yield from pyarrow.json.open_json(reader)
 
 
-def read_manifest(storage: Storage, uri: str) -> list[ManifestEntry]:
+def manifest_pages(storage: Storage, uri: str) -> Iterator[list[ManifestEntry]]:
+    """The manifest's videos in its order, each once, a batch of rows at a time. Raises
+    ManifestError naming the manifest (and the row) when it cannot be used."""
     if not uri.endswith(FORMATS):
         raise ManifestError(f"input.manifest {uri}: the name must end in one of {', '.join(FORMATS)}")
-    data = storage.read_bytes(uri)
-    try:
-        table = _table(data, uri)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ManifestError(f"input.manifest {uri} cannot be read: {exc}") from None
-    if "uri" not in table.column_names:
-        raise ManifestError(f"input.manifest {uri} has no column `uri` (columns: {', '.join(table.column_names)})")
-    versioned = all(c in table.column_names for c in VERSION_COLUMNS)
-    entries, seen = [], set()
-    for number, row in enumerate(table.to_pylist(), start=1):
-        source = row.pop("uri")
-        if not source:
-            raise ManifestError(f"input.manifest {uri}, row {number}: empty uri")
-        relative = source.split("://", 1)[-1].lstrip("/")
-        if relative in seen:  # one video, one set of records
-            continue
-        seen.add(relative)
-        version = {"size": row["size"], "mtime": str(row["mtime"])} if versioned else None
-        entries.append(ManifestEntry(source, relative, version,
-                                     json.dumps(row, sort_keys=True, default=str) if row else None))
-    return entries
+    seen: set[str] = set()  # one video, one set of records
+    number = 0
+    with storage.open_read(uri) as reader:
+        batches = _batches(pa.PythonFile(reader, mode="r"), uri)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ManifestError(f"input.manifest {uri} cannot be read: {exc}") from None
+            if batch is None:
+                return
+            if "uri" not in batch.schema.names:
+                raise ManifestError(f"input.manifest {uri} has no column `uri` (columns: {', '.join(batch.schema.names)})")
+            versioned = all(c in batch.schema.names for c in VERSION_COLUMNS)
+            page = []
+            for row in batch.to_pylist():
+                number += 1
+                source = row.pop("uri")
+                if not source:
+                    raise ManifestError(f"input.manifest {uri}, row {number}: empty uri")
+                relative = source.split("://", 1)[-1].lstrip("/")
+                if relative in seen:
+                    continue
+                seen.add(relative)
+                version = {"size": row["size"], "mtime": str(row["mtime"])} if versioned else None
+                page.append(ManifestEntry(source, relative, version,
+                                          json.dumps(row, sort_keys=True, default=str) if row else None))
+            yield page

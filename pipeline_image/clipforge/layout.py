@@ -17,6 +17,9 @@ PREVIEWS = "previews"
 METAS = "metas/v0"
 PROCESSED_VIDEOS = "processed_videos"
 PROCESSED_CHUNKS = "processed_clip_chunks"
+# Which videos are done, read by a restart in a few large reads (resume_state.py); rebuildable from
+# processed_videos/.
+RESUME = "resume"
 # What a chunk is about to write, written before its first object and deleted after its record:
 # one left behind names the objects of a chunk that never finished (clip_outputs.py removes them).
 PENDING_CHUNKS = "pending_clip_chunks"

@@ -1,8 +1,11 @@
-"""Runs one VideoCurationJob: discover, skip what is done, execute, record, dedup, summarise.
+"""Runs one VideoCurationJob: list, skip what is done, execute, record, dedup, summarise.
 
 `run_job` owns a run from its start to its end state: the executor, the Ray it runs on, dedup
-and how failed videos weigh. The driver sees only small per-chunk records. It writes a
-video's processed_videos/ record once all its chunks are in, and the run report
+and how failed videos weigh. Inputs are listed (or read from input.manifest) a page at a time
+and fed to the executor as they come, checked against what earlier runs finished
+(resume_state.py, read in a few large reads before the first page); the counts grow as the
+listing goes on. The driver sees only small per-chunk records. It writes a
+video's processed_videos/ record once all its chunks are in, then its row of the resume state, and the run report
 (clipforge.spec.RunReport: progress.json, then summary.json) at the output root, which is
 what the operator reads.
 """
@@ -10,22 +13,23 @@ what the operator reads.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from clipforge import layout, preflight
 from clipforge.embedding_files import write_video_parquet
-from clipforge.input_manifest import ManifestEntry, ManifestError, read_manifest
+from clipforge.input_manifest import ManifestEntry, ManifestError, manifest_pages
 from clipforge.lease import RENEW_S, OutputLease, OutputLocked
-from clipforge.provenance import Provenance, matches, new_run_id
+from clipforge.provenance import Provenance, new_run_id
 from clipforge.report import publish
+from clipforge.resume_state import DoneVideo, DoneVideos, ResumeState, ResumeStateError
 from clipforge.spec import (
     NO_INPUT_VIDEOS, NOT_STARTED, PROGRESS_INTERVAL_S, TOO_MANY_CLIPS_FAILED, TOO_MANY_VIDEOS_FAILED,
     TOO_MANY_VIDEOS_FAILED_RETRYABLE, ClipCounts, FailuresSpec, RunReport, RunState, VideoCounts, VideoCurationJob,
@@ -66,12 +70,37 @@ class RunStats:
     clips_failed: int = 0
     video_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    failures: list[VideoFailure] = field(default_factory=list)
+    failures: list[VideoFailure] = field(default_factory=list)  # this run's
+    earlier_failures: list[VideoFailure] = field(default_factory=list)  # inputs that failed for good before
     run_id: str | None = None
     earlier_clips: int = 0  # clips passed or filtered by earlier runs, of the videos this one skipped
+    # The listing (on the Ray executor's feeding thread), the results and the progress thread share these counts.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def listed(self, done: DoneVideo | None) -> None:
+        """Counts an input as listed; `done`: what an earlier run made of it, when it is done."""
+        with self.lock:
+            self.total += 1
+            if done is None:
+                return
+            passed, filtered, failed = done.clips
+            self.clips_passed, self.clips_filtered = self.clips_passed + passed, self.clips_filtered + filtered
+            self.clips_failed += failed
+            self.earlier_clips += passed + filtered
+            # Videos (and clips) whose input failed for good stay failed in this run's counts and exit
+            # status: the dataset still lacks them. The clips count every video done, as videos.done does.
+            if done.errors:
+                self.failed += 1
+                self.earlier_failures.append(VideoFailure(video=done.video, errors=done.errors, earlier=True))
+            else:
+                self.skipped += 1
 
     def report(self, state: RunState, **end: Any) -> RunReport:
         """The run report as of now; `end`: summary.json's fields (RunReport's last ones)."""
+        with self.lock:
+            return self._report(state, **end)
+
+    def _report(self, state: RunState, **end: Any) -> RunReport:
         elapsed = time.monotonic() - self.started
         return RunReport(
             state=state,
@@ -119,37 +148,6 @@ class ProgressWriter:
                 log.warning("could not write progress or renew the output's claim: %s", exc)
 
 
-def processed_videos(storage: Storage, root: str, settings: dict, inputs: dict[str, dict | None],
-                     provenance: Provenance | None = None, retry_failed: bool = False) -> dict[str, dict]:
-    """The videos an earlier run finished under root, made as this run would make them
-    (clipforge.provenance: the same clip settings, source and model weights; `inputs`: relative
-    path -> source_version()): relative path -> its record, a success or a final failure (the
-    input's fault). Retryable failures are left out, and under `retry_failed` every failure,
-    of the video or of some of its clips.
-
-    One listing of processed_videos/ and concurrent reads of its records: a rerun over a
-    large output must not cost a round trip per input video in sequence.
-    """
-    records_root = layout.join(root, layout.PROCESSED_VIDEOS)
-    records = storage.list_files(records_root, ["*.json"], missing_ok=True)
-
-    def finished(record: Listed) -> tuple[str, dict] | None:
-        relative = record.relative[: -len(".json")]
-        if relative not in inputs:
-            return None
-        done = json.loads(storage.read_bytes(record.uri))
-        if not matches(done, settings, provenance, inputs[relative]):
-            return None
-        if retry_failed and (done.get("errors") or done.get("num_clips_failed")):
-            return None  # failed clips are the input's failures too: split redoes their chunks
-        if done.get("errors") and done.get("retryable", True):
-            return None
-        return relative, done
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(found for found in pool.map(finished, records) if found is not None)
-
-
 def _over_limits(limits: FailuresSpec, failed: int, total: int, what: str, max_failed: int | None) -> str | None:
     if max_failed is not None and failed > max_failed:
         return f"{failed} {what} failed, more than execution.failures.maxFailedVideos ({max_failed})"
@@ -164,37 +162,16 @@ def source_version(listed: Listed) -> dict:
     return {"size": listed.size, "mtime": listed.mtime}
 
 
-@dataclass
-class Discovered:
-    tasks: list[VideoTask]  # to run
-    total: int  # inputs
-    skipped: int  # inputs an earlier run finished
-    unmatched: int  # files no pattern matched
-    earlier_failures: list[VideoFailure]  # the skipped inputs that failed for good
-    earlier_clips: ClipCounts  # the clips of the skipped inputs
-
-
-def discover(spec: VideoCurationJobSpec, storage: Storage, overwrite: bool, retry_failed: bool,
-             provenance: Provenance | None = None) -> Discovered:
+def input_pages(spec: VideoCurationJobSpec, storage: Storage) -> Iterator[tuple[list[ManifestEntry], int]]:
+    """The job's inputs a page at a time, in order, each page with how many files no pattern
+    matched: its input.manifest's rows, or the listing of input.uri (whose first call retries
+    only START_RETRY_S)."""
     if spec.input.manifest:
-        inputs, unmatched = read_manifest(storage, spec.input.manifest), 0
-    else:
-        listed, unmatched = storage.list_matching(spec.input.uri, spec.input.patterns)
-        inputs = [ManifestEntry(f.uri, f.relative, source_version(f), None) for f in listed]
-    if spec.input.limit:
-        inputs = inputs[: spec.input.limit]
-    versions = {entry.relative: entry.version for entry in inputs}
-    done = {} if overwrite else processed_videos(storage, spec.output.uri, clip_settings(spec), versions, provenance,
-                                                 retry_failed)
-    tasks = [VideoTask(source=entry.uri, relative_path=entry.relative, source_version=entry.version,
-                       input_columns=entry.columns, provenance=provenance, redo=overwrite,
-                       retry_failed=retry_failed)
-             for entry in inputs if entry.relative not in done]
-    failed = [VideoFailure(video=record["video"], errors=record["errors"], earlier=True)
-              for _, record in sorted(done.items()) if record.get("errors")]
-    clips = ClipCounts(**{kind: sum(record.get(f"num_clips_{kind}", 0) for record in done.values())
-                          for kind in ("passed", "filtered", "failed")})
-    return Discovered(tasks, len(inputs), len(inputs) - len(tasks) - len(failed), unmatched, failed, clips)
+        for entries in manifest_pages(storage, spec.input.manifest):
+            yield entries, 0
+        return
+    for page in storage.list_pages(spec.input.uri, spec.input.patterns, first_retry_seconds=START_RETRY_S):
+        yield [ManifestEntry(f.uri, f.relative, source_version(f), None) for f in page.files], page.unmatched
 
 
 def video_record(chunks: list[VideoTask], settings: dict) -> dict:
@@ -234,29 +211,44 @@ class JobRun:
         self.overwrite, self.retry_failed = overwrite, retry_failed
         self.stats = RunStats(run_id=new_run_id())
         self.lease: OutputLease | None = None
+        self.resume: ResumeState | None = None  # read and written from prepare() on
         self.dedup: dict | None = None  # dedup's counts (or its error) once it has run
         self._progress_lock = threading.Lock()
 
-    def prepare(self, force_unlock: bool = False) -> list[VideoTask]:
-        """Claims the output, checks it and lists the inputs: storage problems surface here, before
-        any work, after a short retry (a wrong endpoint must not look like an outage to ride out).
-        Raises OutputLocked when another run holds the output."""
+    def prepare(self, force_unlock: bool = False) -> Iterator[VideoTask]:
+        """Claims the output, checks it, reads what earlier runs finished and lists the inputs' first
+        page: storage problems surface here, before any work, after a short retry (a wrong endpoint
+        must not look like an outage to ride out). Returns the videos to run, found as the listing
+        goes on (and counted in self.stats as they are). Raises OutputLocked when another run holds
+        the output, ResumeStateError when what earlier runs finished cannot be read."""
         storage = self.storage.retrying_for(START_RETRY_S)
         # The claim, the run's first object, doubles as the check that the output is writable;
         # a throwaway probe object would leave a directory marker behind on S3.
         self.lease = OutputLease.acquire(storage, self.job, self.stats.run_id, force=force_unlock)
         self.write_progress(RunState.starting, retry_seconds=START_RETRY_S)
         provenance = Provenance.of_run(self.stats.run_id, storage, preflight.requirements(self.spec))
-        found = discover(self.spec, storage, self.overwrite, self.retry_failed, provenance)
-        self.stats.total, self.stats.skipped, self.stats.unmatched = found.total, found.skipped, found.unmatched
-        # Videos (and clips) whose input failed for good stay failed in this run's counts and exit
-        # status: the dataset still lacks them. The clips count every video done, as videos.done does.
-        self.stats.failed, self.stats.failures = len(found.earlier_failures), found.earlier_failures
-        clips = found.earlier_clips
-        stats = self.stats
-        stats.clips_passed, stats.clips_filtered, stats.clips_failed = clips.passed, clips.filtered, clips.failed
-        stats.earlier_clips = clips.passed + clips.filtered
-        return found.tasks
+        self.resume = ResumeState(self.storage, self.root, self.stats.run_id)
+        done = None if self.overwrite else DoneVideos(self.resume.read(), clip_settings(self.spec), provenance,
+                                                      self.retry_failed)
+        pages = input_pages(self.spec, self.storage)
+        first = next(pages, None)  # an input that cannot be listed or read fails the run here, before any work
+        return self._tasks(itertools.chain([first] if first else [], pages), done, provenance)
+
+    def _tasks(self, pages: Iterator[tuple[list[ManifestEntry], int]], done: DoneVideos | None,
+               provenance: Provenance) -> Iterator[VideoTask]:
+        limit = self.spec.input.limit
+        for entries, unmatched in pages:
+            with self.stats.lock:
+                self.stats.unmatched += unmatched
+            for entry in entries:
+                if limit and self.stats.total >= limit:
+                    return
+                earlier = done.get(entry.relative, entry.version) if done is not None else None
+                self.stats.listed(earlier)
+                if earlier is None:
+                    yield VideoTask(source=entry.uri, relative_path=entry.relative, source_version=entry.version,
+                                    input_columns=entry.columns, provenance=provenance, redo=self.overwrite,
+                                    retry_failed=self.retry_failed)
 
     def no_input(self) -> str | None:
         """Why there is nothing to curate, naming the input and patterns; None when there is."""
@@ -282,11 +274,16 @@ class JobRun:
             if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
                 write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
             self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)
+            self.resume.add(record)
             self._count(record)
             if on_video is not None:
                 on_video(self.stats)
 
     def _count(self, record: dict) -> None:
+        with self.stats.lock:
+            self._count_locked(record)
+
+    def _count_locked(self, record: dict) -> None:
         stats = self.stats
         stats.clips_passed += record["num_clips_passed"]
         stats.clips_filtered += record["num_clips_filtered"]
@@ -336,7 +333,8 @@ class JobRun:
 
     def summary(self, state: RunState, reason: str | None = None, message: str | None = None) -> RunReport:
         """Writes summary.json; a failed run's `reason` (one CamelCase word) and `message` say why."""
-        report = self.stats.report(state, output=self.root, failures=self.stats.failures, reason=reason,
+        failures = self.stats.earlier_failures + self.stats.failures
+        report = self.stats.report(state, output=self.root, failures=failures, reason=reason,
                                    message=(message or "") if reason else None, dedup=self.dedup)
         self.storage.write_json(layout.join(self.root, layout.SUMMARY), report.to_json())
         publish(self.storage, self.root)  # the clip index and the report over what the output now holds
@@ -352,10 +350,11 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     their input are not tried again unless `retry_failed` (clipforge.failures). The Ray
     executor joins `ray_address`, or a Ray this process has joined, or starts a private local
     Ray for the run and stops it at the end; dedup (when enabled) runs after every video, on that
-    Ray. `on_video` is told the counts after the inputs are listed and after each video.
+    Ray. `on_video` is told the counts after the inputs' first page is listed and after each video.
 
     Raises RunNotStarted when the output or the inputs cannot be reached, or another run holds
-    the output (clipforge.lease; `force_unlock` removes every claim first). Anything raised later
+    the output (clipforge.lease; `force_unlock` removes every claim first), or what earlier runs
+    finished cannot be read (clipforge.resume_state). Anything raised later
     ends the run as failed, with its summary written, and propagates; OutputLost when another
     run took the output over, after which this one writes nothing more there. An input that
     matches no file ends the run in state no-input.
@@ -363,7 +362,7 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     run = JobRun(job, overwrite=overwrite, retry_failed=retry_failed)
     try:
         tasks = run.prepare(force_unlock)
-    except (StorageError, OutputLocked, ManifestError) as exc:
+    except (StorageError, OutputLocked, ManifestError, ResumeStateError) as exc:
         if run.lease is not None:  # held: the output is this run's to say why it ends here
             with contextlib.suppress(StorageError):
                 run.write_progress(RunState.failed, retry_seconds=0, reason=NOT_STARTED, message=str(exc))
@@ -374,15 +373,19 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     state, reason, message = RunState.failed, None, None
     with contextlib.ExitStack() as ray:  # Ray, when the run starts its own, stops after the summary
         try:
-            nothing = run.no_input()
-            if nothing:
-                state, reason, message = RunState.no_input, NO_INPUT_VIDEOS, nothing
-            else:
-                with ProgressWriter(run):
-                    state, reason, message = _execute(run, tasks, executor, ray_address, ray, on_video)
+            with ProgressWriter(run):
+                first = next(tasks, None)  # listed until the first video to run, or the listing's end
+                nothing = run.no_input() if first is None else None
+                if nothing:
+                    state, reason, message = RunState.no_input, NO_INPUT_VIDEOS, nothing
+                else:
+                    todo = itertools.chain([first], tasks) if first is not None else None
+                    state, reason, message = _execute(run, todo, executor, ray_address, ray, on_video)
         finally:
             if not run.lease.lost:  # else the output is another run's now
                 try:
+                    with contextlib.suppress(StorageError):  # a run that failed keeps what it finished
+                        run.resume.flush()
                     summary = run.summary(state, reason, message)
                 finally:  # progress.json never stays at `running`, even when summary.json cannot be written
                     try:
@@ -394,23 +397,25 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     return summary
 
 
-def _execute(run: JobRun, tasks: list[VideoTask], executor: str | None, ray_address: str | None,
+def _execute(run: JobRun, tasks: Iterator[VideoTask] | None, executor: str | None, ray_address: str | None,
              ray: contextlib.ExitStack, on_video: Callable[[RunStats], None] | None
              ) -> tuple[RunState, str | None, str | None]:
-    """The pipeline over `tasks`, then dedup: the run's end (state, reason, message)."""
+    """The pipeline over `tasks` (None: every input is done), then dedup: the run's end (state,
+    reason, message)."""
     spec = run.spec
     stages = pipeline_stages(spec)
     if (executor or spec.execution.executor) == "local":
         from clipforge.executors.local import run_local
 
-        results = run_local(spec, tasks, stages)
+        results = run_local(spec, tasks or [], stages)
     else:
         from clipforge.executors.ray_data import ray_session, run_ray
 
         ray.enter_context(ray_session(spec, ray_address))
-        results = run_ray(spec, tasks, stages)
-    if tasks:
+        results = run_ray(spec, tasks or iter(()), stages)
+    if tasks is not None:
         run.consume(results, on_video)
+        run.resume.flush()
     reason, message = run.too_many_failures() or (None, None)
     state = (RunState.failed if reason else RunState.completed_with_failures
              if run.stats.failed or run.stats.clips_failed else RunState.succeeded)

@@ -17,11 +17,12 @@ import logging
 import os
 import posixpath
 import random
+import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -107,6 +108,61 @@ class Listed(NamedTuple):
     mtime: str  # last modified, ISO 8601 UTC: with the size, which version of the file this is
 
 
+class ListedPage(NamedTuple):
+    """One page of Storage.list_pages."""
+
+    files: list[Listed]  # those matching a pattern
+    unmatched: int  # files no pattern matched
+
+
+def _page(root: str, base: str, entries: list[tuple[str, int, datetime | None]], patterns: list[str]) -> ListedPage:
+    """entries (path as the filesystem names it, below `base`, size, mtime) as a page of root's listing."""
+    # Case-insensitive: cameras and phones write IMG_0001.MOV and CLIP.MP4. One expression for
+    # all patterns: a listing of millions of files tests each name once.
+    matching = re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns) or "(?!)")
+    cut = len(base.rstrip("/")) + 1
+    found, unmatched = [], 0
+    for path, size, mtime in entries:
+        if not matching.match(path.rsplit("/", 1)[-1].lower()):
+            unmatched += 1
+            continue
+        uri = f"s3://{path}" if is_s3(root) else path
+        # To the second: S3 lists milliseconds but HEAD (a single object's listing) says seconds.
+        stamp = mtime.astimezone(timezone.utc).replace(microsecond=0).isoformat() if mtime else ""
+        found.append(Listed(uri, path[cut:].replace(os.sep, "/"), size, stamp))
+    return ListedPage(found, unmatched)
+
+
+@functools.lru_cache(maxsize=16)
+def _boto3_client(endpoint: str | None, region: str):  # noqa: ANN202 - botocore's client class is generated
+    """The S3 client that lists inputs a page at a time, configured as _s3_client is (path-style,
+    the SDK's default credential chain, asked again as they change)."""
+    import boto3
+    from botocore.config import Config
+
+    _s3_client(endpoint, region)  # its checksum settings, which botocore reads from the environment too
+    config = Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5})
+    return boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint, config=config)
+
+
+def _boto3_call(call: Callable[..., T], **kwargs: object) -> T:
+    """call(**kwargs), botocore's failures as the OSErrors Storage.retry tells apart."""
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+
+    try:
+        return call(**kwargs)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if error.get("Code") in ("NoSuchBucket", "NoSuchKey"):
+            raise FileNotFoundError(str(exc)) from exc
+        raise OSError(f"HTTP status {status} {error.get('Code')}: {exc}") from exc
+    except HTTPClientError as exc:  # the connection: refused, reset, timed out
+        raise OSError(f"NETWORK_CONNECTION: {exc}") from exc
+    except BotoCoreError as exc:  # no credentials, a bad endpoint: final
+        raise OSError(str(exc)) from exc
+
+
 @dataclass(frozen=True)
 class Storage:
     """Opens URIs of either kind. Picklable: filesystems are made lazily in each process.
@@ -154,41 +210,64 @@ class Storage:
 
         missing_ok: a root that does not exist (nothing written there yet) lists as empty.
         """
-        return self.list_matching(root, patterns, missing_ok)[0]
+        return [listed for page in self.list_pages(root, patterns, missing_ok) for listed in page.files]
 
-    def list_matching(self, root: str, patterns: list[str], missing_ok: bool = False) -> tuple[list[Listed], int]:
-        """list_files(), and how many files under root no pattern matched."""
+    def list_pages(self, root: str, patterns: list[str], missing_ok: bool = False,
+                   first_retry_seconds: float | None = None) -> Iterator[ListedPage]:
+        """list_files() a page at a time, as the storage lists it (on S3 up to 1,000 keys, locally
+        one directory's files), in the order of their relative paths (S3's key order), each page
+        with how many of its files no pattern matched. Nothing but the page at hand is held, so
+        the first files can be worked on while the listing goes on.
+
+        first_retry_seconds: how long the first call retries, instead of retry_seconds (a run's
+        start must not ride out a wrong endpoint as if it were an outage).
+        """
         fs, path = self.resolve(root)
-
-        def listing() -> tuple[list[pafs.FileInfo], str] | None:
-            info = fs.get_file_info(path)
-            if info.type == pafs.FileType.File:
-                return [info], posixpath.dirname(path) if is_s3(root) else os.path.dirname(path)
-            if info.type == pafs.FileType.Directory:
-                return fs.get_file_info(pafs.FileSelector(path, recursive=True)), path
-            return None
-
-        listed = self.retry(listing, f"cannot list input {root}")
-        if listed is None:
-            if missing_ok:
-                return [], 0
+        first = self if first_retry_seconds is None else self.retrying_for(first_retry_seconds)
+        info = first.retry(lambda: fs.get_file_info(path), f"cannot list input {root}")
+        if info.type == pafs.FileType.File:
+            base = posixpath.dirname(path) if is_s3(root) else os.path.dirname(path)
+            yield _page(root, base, [(info.path, info.size, info.mtime)], patterns)
+        elif info.type == pafs.FileType.Directory:
+            walk = self._s3_pages(root, path) if is_s3(root) else self._local_pages(fs, root, path)
+            for entries in walk:
+                yield _page(root, path, entries, patterns)
+        elif not missing_ok:
             raise StorageError(f"input {root} does not exist", missing=True)
-        infos, base = listed
-        # Case-insensitive: cameras and phones write IMG_0001.MOV and CLIP.MP4.
-        lowered = [p.lower() for p in patterns]
-        found, unmatched = [], 0
-        for entry in infos:
-            if entry.type != pafs.FileType.File:
-                continue
-            if not any(fnmatch.fnmatchcase(entry.base_name.lower(), p) for p in lowered):
-                unmatched += 1
-                continue
-            rel = posixpath.relpath(entry.path, base) if is_s3(root) else os.path.relpath(entry.path, base)
-            uri = f"s3://{entry.path}" if is_s3(root) else entry.path
-            # To the second: S3 lists milliseconds but HEAD (a single object's listing) says seconds.
-            mtime = entry.mtime.astimezone(timezone.utc).replace(microsecond=0).isoformat() if entry.mtime else ""
-            found.append(Listed(uri, rel.replace(os.sep, "/"), entry.size, mtime))
-        return sorted(found, key=lambda f: f.relative), unmatched
+
+    def _s3_pages(self, root: str, path: str) -> Iterator[list[tuple[str, int, datetime | None]]]:
+        """ListObjectsV2 pages (pyarrow lists a prefix only as a whole)."""
+        bucket, _, prefix = path.partition("/")
+        prefix = f"{prefix}/" if prefix else ""
+        client = _boto3_client(self.endpoint, self.region)
+        token: str | None = None
+        while True:
+            args = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+            reply = self.retry(lambda: _boto3_call(client.list_objects_v2, **args), f"cannot list input {root}")
+            yield [(f"{bucket}/{item['Key']}", item["Size"], item["LastModified"])
+                   for item in reply.get("Contents", []) if not item["Key"].endswith("/")]
+            token = reply.get("NextContinuationToken")
+            if not reply.get("IsTruncated") or not token:
+                return
+
+    def _local_pages(self, fs: pafs.FileSystem, root: str, directory: str
+                     ) -> Iterator[list[tuple[str, int, datetime | None]]]:
+        """One directory's files at a time, depth first in the order of their relative paths: a
+        directory's entries sort as its name and "/" would, which is where its files sort."""
+        entries = self.retry(lambda: fs.get_file_info(pafs.FileSelector(directory, recursive=False)),
+                             f"cannot list input {root}")
+        entries.sort(key=lambda e: e.base_name + ("/" if e.type == pafs.FileType.Directory else ""))
+        files: list[tuple[str, int, datetime | None]] = []
+        for entry in entries:
+            if entry.type == pafs.FileType.Directory:
+                if files:
+                    yield files
+                    files = []
+                yield from self._local_pages(fs, root, entry.path)
+            elif entry.type == pafs.FileType.File:
+                files.append((entry.path, entry.size, entry.mtime))
+        if files:
+            yield files
 
     def open_read(self, uri: str) -> io.BufferedReader:
         """A seekable, buffered reader; decoders read through it without loading the whole object.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from clipforge.storage import Storage, StorageError
-from support.jobs import FIVE_SECOND_CLIPS, load_json, run_in_process, sample_copies
+from support.jobs import FIVE_SECOND_CLIPS, forget_resume_state, load_json, run_in_process, sample_copies
 
 EXIT_OK, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
 
@@ -60,9 +60,11 @@ def test_a_corrupt_file_fails_for_good_until_it_changes_or_retry_failed(tmp_path
     recorded = record(out, "corrupt.mp4")
     legacy = {k: v for k, v in recorded.items() if k != "source"}
     (out / "processed_videos" / "corrupt.mp4.json").write_text(json.dumps(legacy))
+    forget_resume_state(out)
     assert run(tmp_path, inputs, out) == EXIT_COMPLETED_WITH_FAILURES
     assert load_json(out / "summary.json")["failures"][0]["earlier"] is True
     (out / "processed_videos" / "corrupt.mp4.json").write_text(json.dumps(recorded))
+    forget_resume_state(out)
 
     # A new version of the file (its size and mtime) is a new input: a plain rerun takes it.
     shutil.copy(inputs / "good.mp4", inputs / "corrupt.mp4")

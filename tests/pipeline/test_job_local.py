@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from clipforge.cli import main
 from clipforge.tasks import clip_uuid
-from support.jobs import FIVE_SECOND_CLIPS, decode_clip, load_json, manifest, tree, write_manifest
+from support.jobs import FIVE_SECOND_CLIPS, decode_clip, forget_resume_state, load_json, manifest, tree, write_manifest
 
 
 def expected_spans(samples_dir: Path) -> dict[str, tuple[str, int, int]]:
@@ -283,6 +283,7 @@ def test_local_job_writes_clip_embeddings_and_per_video_parquet(tmp_path, sample
     before = pd.read_parquet(parquet_root / "sub/three_scenes.mp4.parquet")
     (parquet_root / "sub/three_scenes.mp4.parquet").unlink()
     (out / "processed_videos" / "sub" / "three_scenes.mp4.json").unlink()
+    forget_resume_state(out)
     assert run_job(tmp_path, str(samples_dir), out) == 0
     after = pd.read_parquet(parquet_root / "sub/three_scenes.mp4.parquet")
     pd.testing.assert_frame_equal(before, after)

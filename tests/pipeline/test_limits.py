@@ -14,7 +14,7 @@ from clipforge.stages.probe import ProbeStage
 from clipforge.stages.split import SplitStage, chunk_clips
 from clipforge.stages.transcode import TranscodeStage
 from clipforge.tasks import Clip, VideoMeta, VideoTask
-from support.jobs import FIVE_SECOND_CLIPS, load_json, run_in_process, sample_copies
+from support.jobs import FIVE_SECOND_CLIPS, forget_resume_state, load_json, run_in_process, sample_copies
 
 
 def run(tmp_path: Path, inputs: Path, out: Path, **execution) -> int:
@@ -71,6 +71,7 @@ def test_a_rerun_redoes_a_recorded_chunk_whose_clips_moved(tmp_path, one_video):
     assert run(tmp_path, one_video, out, chunkDecodedMegabytes=10) == 0
     assert load_json(out / "processed_videos" / "video.mp4.json")["num_chunks"] == 2
     (out / "processed_videos" / "video.mp4.json").unlink()  # interrupted before the video's record
+    forget_resume_state(out)
     assert run(tmp_path, one_video, out, chunkDecodedMegabytes=20) == 0
     record = load_json(out / "processed_videos" / "video.mp4.json")
     assert record["num_chunks"] == 1 and record["num_clips_passed"] + record["num_clips_filtered"] == 2

