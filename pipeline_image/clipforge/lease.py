@@ -62,7 +62,7 @@ class OutputLease:
             for claim in cls._claims(storage, root):
                 storage.delete(claim.uri)
         meta = job.metadata
-        holder = {"run_id": run_id, "job": f"{meta.namespace or '-'}/{meta.name}", "uid": getattr(meta, "uid", None),
+        holder = {"run_id": run_id, "job": meta.key, "uid": getattr(meta, "uid", None),
                   "host": socket.gethostname(), "pid": os.getpid()}
         lease = cls(storage, root, run_id, holder)
         storage.write_json(lease.uri, holder)

@@ -360,7 +360,7 @@ def _header(root: str, outcome: dict, config: dict | None, distinct_settings: in
         return '<section id="run"><p class="state info">no summary.json or progress.json: no run has ended here</p></section>'
     tone, words = STATES.get(state, ("info", ""))
     why = ": ".join(html.escape(part) for part in (outcome.get("reason"), outcome.get("message")) if part)
-    facts = [("run", outcome.get("runId")), ("started", outcome.get("started")), ("ended", outcome.get("ended")),
+    facts = [("job", outcome.get("job")), ("run", outcome.get("runId")), ("started", outcome.get("started")), ("ended", outcome.get("ended")),
              ("duration", _duration(outcome.get("elapsedSeconds") or 0.0)), ("from", outcome["source"])]
     facts_html = "".join(f"<div><dt>{k}</dt><dd>{html.escape(str(v))}</dd></div>" for k, v in facts if v is not None)
     return (f'<section id="run"><p class="state {tone}"><strong id="run-state">{html.escape(state)}</strong> '
@@ -414,7 +414,7 @@ def _page(root: str, clips: pa.Table, videos: pa.Table, config: dict, outcome: d
               if name in ("passed", "filtered") and c["count"] < c["total"]]
     cap_note = (f'<p class="note" id="gallery-cap">The gallery holds the first {" and ".join(capped)} (by video and'
                 " time); the clip index has them all.</p>" if capped else "")
-    name = root.rstrip("/").rsplit("/", 1)[-1] or root
+    name = outcome.get("job") or root.rstrip("/").rsplit("/", 1)[-1] or root
     return f"""<!doctype html>
 <html lang="en">
 <head>

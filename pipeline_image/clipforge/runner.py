@@ -73,6 +73,7 @@ class RunStats:
     failures: list[VideoFailure] = field(default_factory=list)  # this run's
     earlier_failures: list[VideoFailure] = field(default_factory=list)  # inputs that failed for good before
     run_id: str | None = None
+    job: str | None = None  # the job's namespace/name
     earlier_clips: int = 0  # clips passed or filtered by earlier runs, of the videos this one skipped
     # The listing (on the Ray executor's feeding thread), the results and the progress thread share these counts.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -105,6 +106,7 @@ class RunStats:
         return RunReport(
             state=state,
             run_id=self.run_id,
+            job=self.job,
             updated_at=_now(),
             elapsed_seconds=round(elapsed, 3),
             videos=VideoCounts(total=self.total, done=self.done + self.skipped, failed=self.failed,
@@ -209,7 +211,7 @@ class JobRun:
         self.storage = Storage.from_spec(self.spec.storage)
         self.root = self.spec.output.uri
         self.overwrite, self.retry_failed = overwrite, retry_failed
-        self.stats = RunStats(run_id=new_run_id())
+        self.stats = RunStats(run_id=new_run_id(), job=job.metadata.key)
         self.lease: OutputLease | None = None
         self.resume: ResumeState | None = None  # read and written from prepare() on
         self.dedup: dict | None = None  # dedup's counts (or its error) once it has run

@@ -202,6 +202,8 @@ def test_a_failed_run_shows_its_state_reason_and_plain_failures(tmp_path):
         assert header["reason"] == f"TooManyVideosFailed: {summary['message']}"
         assert "maxFailedVideos" in header["reason"]
         assert header["facts"]["run"] == summary["runId"] and header["facts"]["from"] == "summary.json"
+        assert header["facts"]["job"] == summary["job"] == "-/test-job"  # tests/support/jobs.py's manifest
+        assert browser.evaluate("document.querySelector('h1').textContent") == "ClipForge report: -/test-job"
         assert header["facts"]["ended"] == summary["updatedAt"].replace("T", " ").replace("Z", " UTC")
         assert header["facts"]["started"] < header["facts"]["ended"]
         assert header["facts"]["duration"] == f"{summary['elapsedSeconds']:.1f} s"

@@ -75,6 +75,11 @@ class ObjectMeta(BaseModel):
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     namespace: str | None = None
 
+    @property
+    def key(self) -> str:
+        """namespace/name, as the job is known in reports and leases ('-' for no namespace)."""
+        return f"{self.namespace or '-'}/{self.name}"
+
 
 class VideoCurationJob(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)

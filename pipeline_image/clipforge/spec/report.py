@@ -85,6 +85,7 @@ class VideoFailure(ReportModel):
 class RunReport(ReportModel):
     state: RunState
     run_id: str | None = Field(None, description="This run's id, also in every record it wrote (clipforge.provenance).")
+    job: str | None = Field(None, description="The VideoCurationJob's namespace/name ('-' for no namespace).")
     updated_at: datetime = Field(description="When the runner wrote this report (RFC 3339, UTC).")
     elapsed_seconds: float = Field(0.0, ge=0, description="Wall time since the run started.")
     videos: VideoCounts = Field(default_factory=VideoCounts)
