@@ -87,25 +87,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)  # InvalidJobError before any work
     from tqdm import tqdm
 
-    from clipforge.runner import OutputLost, RunNotStarted, RunStats, run_job
+    from clipforge.runner import CURATING, OutputLost, RunNotStarted, RunStats, run_job
 
     if _model_problems(job.spec):  # missing weights fail here, at submission, not in an actor
         return EXIT_INVALID
     bar = None  # drawn once the inputs are listed: a run that cannot start draws none
 
-    def on_video(stats: RunStats) -> None:
+    def on_progress(stats: RunStats) -> None:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=stats.total - stats.skipped, unit="video", disable=args.no_progress or args.quiet or None,
                        desc=job.metadata.name, file=terminal)
         bar.total = stats.total - stats.skipped  # it grows as the inputs are listed
+        bar.set_description_str(job.metadata.name if stats.phase == CURATING else f"{job.metadata.name} ({stats.phase})",
+                                refresh=False)
         bar.update(stats.done + stats.failed - bar.n)
-        bar.set_postfix(clips=stats.clips_passed, filtered=stats.clips_filtered, failed=stats.failed)
+        bar.set_postfix(clips=stats.clips_passed + stats.clips_passed_unfinished, filtered=stats.clips_filtered,
+                        videos_failed=stats.failed)
 
     try:
         with lines_above_the_bar() as terminal:
             summary = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite,
-                              on_video=on_video, retry_failed=args.retry_failed, force_unlock=args.force_unlock)
+                              on_progress=on_progress, retry_failed=args.retry_failed, force_unlock=args.force_unlock)
     except RunNotStarted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -58,6 +58,10 @@ class OutputLost(Exception):
     """This run's claim on its output was taken over (clipforge.lease): it must not write on."""
 
 
+# RunStats.phase, as `clipforge run`'s progress bar shows it.
+LISTING, STARTING_RAY, CURATING = "listing inputs", "starting Ray", "curating"
+
+
 @dataclass
 class RunStats:
     total: int = 0
@@ -74,6 +78,10 @@ class RunStats:
     earlier_failures: list[VideoFailure] = field(default_factory=list)  # inputs that failed for good before
     run_id: str | None = None
     job: str | None = None  # the job's namespace/name
+    # For `clipforge run`'s progress bar: what the run is doing, and the passed clips of the chunks
+    # done of videos not done yet (a long video's clips count as its chunks end, not at its end).
+    phase: str = LISTING
+    clips_passed_unfinished: int = 0
     earlier_clips: int = 0  # clips passed or filtered by earlier runs, of the videos this one skipped
     # The listing (on the Ray executor's feeding thread), the results and the progress thread share these counts.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -176,6 +184,10 @@ def input_pages(spec: VideoCurationJobSpec, storage: Storage) -> Iterator[tuple[
         yield [ManifestEntry(f.uri, f.relative, source_version(f), None) for f in page.files], page.unmatched
 
 
+def _passed(chunk: VideoTask) -> int:
+    return chunk.chunk_record["num_clips_passed"] if chunk.chunk_record else 0
+
+
 def video_record(chunks: list[VideoTask], settings: dict) -> dict:
     first = chunks[0]
     meta = next((c.meta for c in chunks if c.meta is not None), None)
@@ -262,7 +274,7 @@ class JobRun:
             return f"input.manifest {self.spec.input.manifest} names no video"
         return f"input {self.spec.input.uri} holds {found} input.patterns ({patterns})"
 
-    def consume(self, results: Iterator[VideoTask], on_video: Callable[[RunStats], None] | None = None) -> None:
+    def consume(self, results: Iterator[VideoTask], on_progress: Callable[[RunStats], None] | None = None) -> None:
         pending: dict[str, list[VideoTask]] = {}
         for chunk in results:
             if self.lease.lost:
@@ -270,16 +282,22 @@ class JobRun:
             chunks = pending.setdefault(chunk.relative_path, [])
             chunks.append(chunk)
             if len(chunks) < chunk.num_chunks:
+                with self.stats.lock:
+                    self.stats.clips_passed_unfinished += _passed(chunk)
+                if on_progress is not None:
+                    on_progress(self.stats)
                 continue
             del pending[chunk.relative_path]
+            with self.stats.lock:
+                self.stats.clips_passed_unfinished -= sum(_passed(c) for c in chunks[:-1])
             record = video_record(chunks, clip_settings(self.spec))
             if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
                 write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
             self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)
             self.resume.add(record)
             self._count(record)
-            if on_video is not None:
-                on_video(self.stats)
+            if on_progress is not None:
+                on_progress(self.stats)
 
     def _count(self, record: dict) -> None:
         with self.stats.lock:
@@ -344,7 +362,7 @@ class JobRun:
 
 
 def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str | None = None,
-            overwrite: bool = False, on_video: Callable[[RunStats], None] | None = None,
+            overwrite: bool = False, on_progress: Callable[[RunStats], None] | None = None,
             retry_failed: bool = False, force_unlock: bool = False) -> RunReport:
     """Runs the job to its end state and returns its summary (written as summary.json too).
 
@@ -352,7 +370,8 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     their input are not tried again unless `retry_failed` (clipforge.failures). The Ray
     executor joins `ray_address`, or a Ray this process has joined, or starts a private local
     Ray for the run and stops it at the end; dedup (when enabled) runs after every video, on that
-    Ray. `on_video` is told the counts after the inputs' first page is listed and after each video.
+    Ray. `on_progress` is told the counts (RunStats) after the inputs' first page is listed, when the
+    run's phase changes, and after each chunk.
 
     Raises RunNotStarted when the output or the inputs cannot be reached, or another run holds
     the output (clipforge.lease; `force_unlock` removes every claim first), or what earlier runs
@@ -370,8 +389,8 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
                 run.write_progress(RunState.failed, retry_seconds=0, reason=NOT_STARTED, message=str(exc))
                 run.lease.release()
         raise RunNotStarted(str(exc)) from exc
-    if on_video is not None:
-        on_video(run.stats)
+    if on_progress is not None:
+        on_progress(run.stats)
     state, reason, message = RunState.failed, None, None
     with contextlib.ExitStack() as ray:  # Ray, when the run starts its own, stops after the summary
         try:
@@ -382,7 +401,7 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
                     state, reason, message = RunState.no_input, NO_INPUT_VIDEOS, nothing
                 else:
                     todo = itertools.chain([first], tasks) if first is not None else None
-                    state, reason, message = _execute(run, todo, executor, ray_address, ray, on_video)
+                    state, reason, message = _execute(run, todo, executor, ray_address, ray, on_progress)
         finally:
             if not run.lease.lost:  # else the output is another run's now
                 try:
@@ -399,8 +418,14 @@ def run_job(job: VideoCurationJob, executor: str | None = None, ray_address: str
     return summary
 
 
+def _phase(run: JobRun, phase: str, on_progress: Callable[[RunStats], None] | None) -> None:
+    run.stats.phase = phase
+    if on_progress is not None:
+        on_progress(run.stats)
+
+
 def _execute(run: JobRun, tasks: Iterator[VideoTask] | None, executor: str | None, ray_address: str | None,
-             ray: contextlib.ExitStack, on_video: Callable[[RunStats], None] | None
+             ray: contextlib.ExitStack, on_progress: Callable[[RunStats], None] | None
              ) -> tuple[RunState, str | None, str | None]:
     """The pipeline over `tasks` (None: every input is done), then dedup: the run's end (state,
     reason, message)."""
@@ -413,10 +438,12 @@ def _execute(run: JobRun, tasks: Iterator[VideoTask] | None, executor: str | Non
     else:
         from clipforge.executors.ray_data import ray_session, run_ray
 
+        _phase(run, STARTING_RAY, on_progress)
         ray.enter_context(ray_session(spec, ray_address))
         results = run_ray(spec, tasks or iter(()), stages)
+    _phase(run, CURATING, on_progress)
     if tasks is not None:
-        run.consume(results, on_video)
+        run.consume(results, on_progress)
         run.resume.flush()
     reason, message = run.too_many_failures() or (None, None)
     state = (RunState.failed if reason else RunState.completed_with_failures

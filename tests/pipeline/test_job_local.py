@@ -314,3 +314,21 @@ def test_stream_copied_vp8_clips_are_matroska_named_mkv_everywhere(tmp_path):
     assert main(["export", str(out), str(tmp_path / "shards"), "--format", "webdataset"]) == 0
     with tarfile.open(tmp_path / "shards" / "shard-000000.tar") as tar:
         assert sorted(m.name for m in tar.getmembers() if m.name.endswith((".mp4", ".mkv"))) == [p.name for p in clips]
+
+
+def test_progress_tells_the_phase_and_counts_a_videos_clips_as_its_chunks_end(tmp_path, samples_dir):
+    # The bar sat at 0 while Ray started, and a long video's clips showed only when all of it ended.
+    from clipforge import runner
+    from clipforge.spec import load_job
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "long.mp4").write_bytes((samples_dir / "moving_then_static.mp4").read_bytes())  # two 5 s clips
+    job = load_job(write_manifest(tmp_path / "job.yaml", manifest(
+        str(inputs), str(tmp_path / "out"), splitting=FIVE_SECOND_CLIPS, motionFilter={"mode": "disable"},
+        execution={"executor": "local", "clipsPerChunk": 1})))
+    seen = []
+    runner.run_job(job, on_progress=lambda s: seen.append((s.phase, s.done, s.clips_passed, s.clips_passed_unfinished)))
+    assert [phase for phase, *_ in seen][:2] == [runner.LISTING, runner.CURATING]
+    assert (runner.CURATING, 0, 0, 1) in seen  # the first chunk's clip, its video not done
+    assert seen[-1] == (runner.CURATING, 1, 2, 0)
