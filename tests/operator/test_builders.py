@@ -21,6 +21,8 @@ from clipforge.spec import (
     DEFAULT_IMAGE, STAGES, InvalidJobError, RunReport, VideoCurationJob, parse_job, stage_resource_name,
 )
 from clipforge_operator import builders as b
+from clipforge_operator import cluster_access as access
+from clipforge_operator.config import KubeRayPods
 from clipforge_operator.admission import spec_from_configmap
 from clipforge_operator.pipeline_pods import scratch_mounts, scratch_volumes, with_pipeline_image
 from clipforge_operator.progress import (
@@ -260,7 +262,7 @@ def test_the_heads_dashboard_answers_on_loopback_behind_the_gate():
 
 
 def test_the_token_secret_has_a_generated_name_and_belongs_to_the_job():
-    secret = b.build_ray_token_secret("demo", "videos", UID, "t0ken")
+    secret = access.build_ray_token_secret("demo", "videos", UID, "t0ken")
     assert "name" not in secret["metadata"] and secret["metadata"]["generateName"] == "demo-ray-token-"
     assert secret["stringData"] == {"RAY_AUTH_TOKEN": "t0ken"} and secret["immutable"] is True
     assert secret["metadata"]["labels"][b.LABEL_JOB_UID] == UID
@@ -269,7 +271,7 @@ def test_the_token_secret_has_a_generated_name_and_belongs_to_the_job():
 
 
 def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboard_only():
-    policy = b.build_network_policy("demo", "videos", UID, b.KubeRayPods())
+    policy = access.build_network_policy("demo", "videos", UID, KubeRayPods())
     assert policy["metadata"]["name"] == "demo-ray" and policy["metadata"]["ownerReferences"][0]["uid"] == UID
     spec = policy["spec"]
     job_pods = {"matchLabels": {b.LABEL_JOB_UID: UID}}
@@ -279,8 +281,8 @@ def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboar
     assert kuberay == {"from": [{"namespaceSelector": {},
                                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
                        "ports": [{"protocol": "TCP", "port": 8265}]}
-    pinned = b.KubeRayPods.from_json('{"namespace": "ray-system", "podLabels": {"app": "kuberay", "tier": "op"}}')
-    (peer,) = b.build_network_policy("demo", "videos", UID, pinned)["spec"]["ingress"][1]["from"]
+    pinned = KubeRayPods.from_json('{"namespace": "ray-system", "podLabels": {"app": "kuberay", "tier": "op"}}')
+    (peer,) = access.build_network_policy("demo", "videos", UID, pinned)["spec"]["ingress"][1]["from"]
     assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}},
                     "podSelector": {"matchLabels": {"app": "kuberay", "tier": "op"}}}
     # Every pod of every attempt carries the label the policy selects.
@@ -296,7 +298,7 @@ def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboar
                                   '{"podLabels": {"a": 1}}', "[]", "app=kuberay"])
 def test_kuberay_pod_settings_that_select_nothing_sensible_are_refused(text: str):
     with pytest.raises(ValueError, match="the KubeRay operator's pods"):
-        b.KubeRayPods.from_json(text)
+        KubeRayPods.from_json(text)
 
 
 def test_credentials_come_from_the_secret_by_reference_only():

@@ -273,7 +273,7 @@ def test_a_stock_install_admits_the_gpu_toleration_and_no_toleration_of_every_ta
 
 
 def test_where_kuberay_runs_reaches_the_operator_as_json():
-    from clipforge_operator.builders import KubeRayPods
+    from clipforge_operator.config import KubeRayPods
 
     env = {e["name"]: e["value"] for e in container(render())["env"]}
     assert KubeRayPods.from_json(env["CLIPFORGE_KUBERAY_PODS"]) == KubeRayPods()  # KubeRay's chart's labels

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from clipforge_operator import builders as b
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
+from clipforge_operator import spec_updates
 from clipforge_operator.admission import spec_from_configmap
 from clipforge_operator.pipeline_pods import with_pipeline_image
 from clipforge_operator.policy import JobPolicy
@@ -401,7 +402,7 @@ def with_live_cluster(h: Harness) -> None:
 def test_scaling_change_patches_the_live_cluster(h: Harness):
     with_live_cluster(h)
     h.edit_spec(cluster__cpuWorkers__maxReplicas=12, cluster__cpuWorkers__minReplicas=2)
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     cluster = h.kube.get_raycluster(NS, "demo-raycluster-x7k2p")["spec"]["workerGroupSpecs"][0]
     assert (cluster["minReplicas"], cluster["maxReplicas"], cluster["replicas"]) == (2, 12, 2)
     rj = h.kube.get_rayjob(NS, "demo")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
@@ -415,7 +416,7 @@ def test_pipeline_change_on_a_running_job_is_refused(h: Harness):
     with_live_cluster(h)
     h.edit_spec(splitting__algorithm="transnetv2", cluster__image="clipforge/pipeline:next",
                 cluster__cpuWorkers__maxReplicas=3, maxRetries=1)
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     refused = h.condition("SpecUpdateRefused")
     assert refused["status"] == "True" and refused["reason"] == "ImmutableField"
     assert "splitting.algorithm" in refused["message"] and "cluster.image" in refused["message"]
@@ -437,13 +438,13 @@ def test_pipeline_change_on_a_running_job_is_refused(h: Harness):
     h.edit_spec(splitting__algorithm="fixed-stride")
     body = h.kube.objects[("vcj", NS, "demo")]
     body["spec"]["cluster"].pop("image")
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     assert h.condition("SpecUpdateRefused")["status"] == "False"
 
 
 def test_spec_change_before_anything_started_needs_no_patch(h: Harness):
     h.edit_spec(splitting__algorithm="transnetv2")
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     assert h.kube.calls == []
 
 

@@ -20,7 +20,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from clipforge_operator import builders as b
-from clipforge_operator import reconcile as r
+from clipforge_operator import cluster_access as access
+from clipforge_operator import spec_updates
 from clipforge_operator.policy import JobPolicy
 from clipforge_operator.status import rfc3339
 from support.operator_fakes import NS, Harness, drive_to_running, fail, token_refs
@@ -132,7 +133,7 @@ def test_the_operators_own_scaling_patch_keeps_the_pin(h: Harness):
     drive_to_running(h)
     pin = h.status["admittedSpecHash"]
     h.edit_spec(cluster__cpuWorkers__maxReplicas=12)
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     assert h.kube.count("patch_configmap") == 1
     assert h.reconcile() == "Running" and h.status["admittedSpecHash"] == pin
 
@@ -165,7 +166,7 @@ def test_an_unrecorded_pin_adopts_only_the_configmap_the_operator_would_make(tmp
 def test_a_broken_configmap_fails_the_job_with_a_clear_condition(h: Harness, data: dict, words: str):
     drive_to_running(h)
     configmap(h)["data"] = data
-    r.update_spec(h.ctx, NS, "demo")  # no exception for kopf to retry forever
+    spec_updates.update_spec(h.ctx, NS, "demo")  # no exception for kopf to retry forever
     assert h.reconcile() == "Failed"
     reason, message = failed(h)
     assert reason == "InvalidConfigMap" and message.startswith(words), message
@@ -186,7 +187,7 @@ def test_a_status_writer_cannot_point_the_job_at_another_token(tmp_path: Path, p
     preset_status(h, rayTokenSecret=preset)
     assert h.reconcile() == "Provisioning"
     ours = h.status["rayTokenSecret"]
-    assert ours != preset and b.is_ray_token_secret_name("demo", ours)
+    assert ours != preset and access.is_ray_token_secret_name("demo", ours)
     assert token_refs(h.kube.get_rayjob(NS, "demo")) == {ours}
     assert "RayTokenSecretRefused" in h.reasons()
 
