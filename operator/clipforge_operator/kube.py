@@ -128,9 +128,6 @@ class Kube:
         path = _custom(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTER_PLURAL, name)
         return self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
 
-    def list_pods(self, namespace: str, selector: str) -> list[dict]:
-        return self.request("GET", _core(namespace, "pods"), query={"labelSelector": selector}).get("items") or []
-
     # -- ConfigMap / Secret
 
     def get_configmap(self, namespace: str, name: str) -> dict | None:

@@ -63,8 +63,8 @@ from clipforge_operator.status import (
     observe_rayjob,
     parse_time,
     rfc3339,
+    ready_workers,
     worker_group_sizes,
-    worker_pods_selector,
 )
 from clipforge_operator.update_rules import merge_allowed
 
@@ -190,21 +190,6 @@ def _attempt_outcome(ctx: Context, namespace: str, spec: VideoCurationJobSpec, r
     if started is None or outcome.updated_at < started:
         return None
     return outcome
-
-
-def _observe_worker_groups(ctx: Context, st: StatusEdit, namespace: str, raycluster: Mapping | None) -> None:
-    """status.workerGroups from the live RayCluster and its worker pods (none without a cluster).
-    Best effort, as progress is: a failed pod list keeps the last sizes and never holds up the job."""
-    if raycluster is None:
-        st.new["workerGroups"] = None
-        return
-    cluster = meta_of(raycluster).get("name", "")
-    try:
-        pods = ctx.kube.list_pods(namespace, worker_pods_selector(cluster))
-    except ApiException as exc:
-        log.warning("could not list the pods of RayCluster %s/%s: %s %s", namespace, cluster, exc.status, exc.reason)
-        return
-    st.new["workerGroups"] = worker_group_sizes(raycluster, pods)
 
 
 def _failures_text(outcome: RunReport) -> str:
@@ -419,7 +404,8 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
 
     if not obs.terminal:
         st.set_phase(obs.phase, obs.reason, obs.message)
-        _observe_worker_groups(ctx, st, namespace, raycluster)
+        st.new["workerGroups"] = worker_group_sizes(raycluster) if raycluster is not None else None
+        st.new["readyWorkers"] = ready_workers(raycluster) if raycluster is not None else None
         if poll_progress and obs.phase == JobPhase.running.value:
             progress = _read_progress(ctx, namespace, spec, final=False)
             if progress is not None:
@@ -438,7 +424,7 @@ def _attempt_ended(ctx: Context, st: StatusEdit, namespace: str, name: str, spec
                    attempt: int, rayjob: Mapping, obs: Observation) -> str:
     """The job after an attempt's end (`obs`, terminal): succeeded, cancelled, failed, or a retry scheduled."""
     rayjob_name = b.rayjob_name(name, attempt)
-    st.new["workerGroups"] = None  # the attempt's cluster is going
+    st.new.update(workerGroups=None, readyWorkers=None)  # the attempt's cluster is going
     final = _read_progress(ctx, namespace, spec, final=True)
     if final is not None:
         st.new["progress"] = final

@@ -36,10 +36,10 @@ from clipforge_operator.status import (
     Observation,
     observe_rayjob,
     phase_conditions,
+    ready_workers,
     rfc3339,
     set_condition,
     worker_group_sizes,
-    worker_pods_selector,
 )
 from clipforge_operator.update_rules import UPDATE_RULES, SpecChange, classify_spec_change, field_values, merge_allowed
 from support.pid1 import sigterm_as_pid1
@@ -588,27 +588,24 @@ def test_the_autoscalers_idle_timeout_comes_from_the_spec():
         job(cluster={"workerIdleTimeoutSeconds": 0})
 
 
-def _pod(group: str, ready: bool, deleting: bool = False) -> dict:
-    meta: dict[str, Any] = {"labels": {"ray.io/group": group, "ray.io/node-type": "worker"}}
-    if deleting:
-        meta["deletionTimestamp"] = "2025-06-01T12:00:00Z"
-    return {"metadata": meta, "status": {"phase": "Running", "conditions": [
-        {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True" if ready else "False"}]}}
-
-
-def test_group_sizes_are_the_autoscalers_replicas_and_the_ready_pods():
+def test_group_sizes_are_the_autoscalers_replicas_and_kuberays_ready_count():
     live = _live_cluster(job(execution={"stages": {"motion": {"gpus": 1, "maxWorkers": 3}}}))
     groups = live["spec"]["workerGroupSpecs"]
     assert [g["groupName"] for g in groups] == ["cpu", "gpu-motion"]
     groups[1]["replicas"] = 3  # the autoscaler wants two more pods of the motion group
     del groups[0]["replicas"]  # unset: KubeRay keeps minReplicas
-    pods = [_pod("cpu", True), _pod("gpu-motion", True), _pod("gpu-motion", False),  # one still starting
-            _pod("gpu-motion", True, deleting=True)]  # one the autoscaler removed earlier, on its way out
-    assert worker_group_sizes(live, pods) == [
+    live["status"] = {"readyWorkerReplicas": 2}
+    # Two groups: KubeRay's count is the cluster's, no group's own.
+    assert worker_group_sizes(live) == [
         {"name": "cpu", "minReplicas": groups[0]["minReplicas"], "maxReplicas": groups[0]["maxReplicas"],
-         "desiredReplicas": groups[0]["minReplicas"], "readyReplicas": 1},
-        {"name": "gpu-motion", "minReplicas": 1, "maxReplicas": 3, "desiredReplicas": 3, "readyReplicas": 1}]
-    assert worker_pods_selector("demo-x7k2p") == "ray.io/cluster=demo-x7k2p,ray.io/node-type=worker"
+         "desiredReplicas": groups[0]["minReplicas"]},
+        {"name": "gpu-motion", "minReplicas": 1, "maxReplicas": 3, "desiredReplicas": 3}]
+    assert ready_workers(live) == 2
+    del groups[0]  # one group: the cluster's count is the group's
+    assert worker_group_sizes(live) == [
+        {"name": "gpu-motion", "minReplicas": 1, "maxReplicas": 3, "desiredReplicas": 3, "readyReplicas": 2}]
+    del live["status"]  # KubeRay has not counted yet
+    assert ready_workers(live) == 0 and worker_group_sizes(live)[0]["readyReplicas"] == 0
 
 
 # ----------------------------------------------------------------------------- spec changes

@@ -96,12 +96,6 @@ class FakeKube:
         self.objects[("raycluster", ns, name)] = jsonpatch.apply_patch(self.objects[("raycluster", ns, name)], ops)
         return self.objects[("raycluster", ns, name)]
 
-    def list_pods(self, ns: str, selector: str) -> list[dict]:
-        self.calls.append(("list_pods", selector))
-        wanted = dict(term.split("=", 1) for term in selector.split(","))
-        return [copy.deepcopy(o) for (k, n, _), o in self.objects.items()
-                if k == "pod" and n == ns and wanted.items() <= o["metadata"]["labels"].items()]
-
     # ConfigMap / Secret
     def get_configmap(self, ns: str, name: str) -> dict | None:
         return self._get("configmap", ns, name)
