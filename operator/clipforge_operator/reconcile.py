@@ -158,10 +158,19 @@ def _fail(st: StatusEdit, reason: str, message: str, attempt_ended: bool = False
 
 
 def _credentials(ctx: Context, namespace: str, spec: VideoCurationJobSpec) -> Credentials | None:
-    if not (ctx.read_secrets and spec.storage.credentials_secret and spec.output.uri.startswith("s3://")):
+    """The job's own S3 credentials for reading its reports (None: a local output needs none). A tenant's
+    bucket is never read with the operator's own identity (a confused deputy: the job picks the URI), so
+    an S3 output without usable credentials from storage.credentialsSecret is not read at all."""
+    if not spec.output.uri.startswith("s3://"):
         return None
-    secret = ctx.kube.get_secret(namespace, spec.storage.credentials_secret)
-    return credentials_from_secret(secret) if secret else None
+    name = spec.storage.credentials_secret
+    secret = ctx.kube.get_secret(namespace, name) if ctx.read_secrets and name else None
+    credentials = credentials_from_secret(secret) if secret else None
+    if credentials is None:
+        raise ProgressUnavailable(f"{spec.output.uri}: read with the job's storage.credentialsSecret only, and"
+                                  + (f" Secret {name} has no usable keys" if ctx.read_secrets and name else
+                                     " the operator reads none" if name else " the job names none"))
+    return credentials
 
 
 def _read_progress(ctx: Context, namespace: str, spec: VideoCurationJobSpec, final: bool) -> dict | None:

@@ -468,6 +468,27 @@ def test_secrets_never_reach_status_events_or_logs(tmp_path: Path, caplog: pytes
     assert token not in everything and base64.b64encode(token.encode()).decode() not in everything
 
 
+@pytest.mark.parametrize("storage", [{}, {"credentialsSecret": "missing"}, {"credentialsSecret": "no-keys"}, "unread"],
+                         ids=["no-secret", "secret-missing", "secret-without-keys", "secrets-not-read"])
+def test_a_tenants_bucket_is_never_read_with_the_operators_own_identity(tmp_path: Path, storage: Any):
+    """The job chooses the URI: without its own credentials the operator reads nothing there (its own
+    identity, env or IRSA, would make it a confused deputy), and the job goes on without progress."""
+    h = Harness(tmp_path, output={"uri": "s3://tenant-bucket/out/"},
+                storage=storage if isinstance(storage, dict) else {"credentialsSecret": "s3-creds"})
+    h.kube._put("secret", {"metadata": {"name": "no-keys", "namespace": NS}, "data": {}})
+    h.kube._put("secret", {"metadata": {"name": "s3-creds", "namespace": NS},
+                           "stringData": {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "v"}})
+    if storage == "unread":
+        h.ctx.read_secrets = False
+    reads: list[Any] = []
+    h.ctx.progress = lambda *args, **kwargs: reads.append(args) or pytest.fail("read without the job's credentials")
+    h.ctx.outcome = lambda *args, **kwargs: reads.append(args) or pytest.fail("read without the job's credentials")
+    drive_to_running(h)
+    assert h.reconcile(poll_progress=True) == "Running" and "progress" not in h.status
+    fail(h, "demo", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed")
+    assert reads == [] and h.status["phase"] in ("Pending", "Failed")
+
+
 def test_progress_errors_never_fail_the_job(h: Harness):
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("storage down")

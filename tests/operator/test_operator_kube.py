@@ -51,8 +51,8 @@ def test_the_operator_runs_as_the_charts_service_account_and_nothing_more(stack)
         f"system:serviceaccount:{stack.operator.namespace}:{stack.operator.service_account}"
     questions = {"create rayjobs.ray.io": "yes", "patch videocurationjobs.clipforge.dev --subresource=status": "yes",
                  "get secrets/clipforge-s3": "yes", "get secrets": "no", "list secrets": "no", "create pods": "no", "delete rayclusters.ray.io": "no",
-                 # A job's Ray worker pods are counted for its status.workerGroups: listed, never read one by one or changed.
-                 "list pods": "yes", "get pods": "no", "patch pods": "no",
+                 # No pod is read: the RayCluster's status says how many workers are Ready.
+                 "list pods": "no", "get pods": "no", "patch pods": "no",
                  "update videocurationjobs.clipforge.dev": "no",
                  # The jobs' Ray tokens and NetworkPolicies: made, never changed; the GC deletes them with the job.
                  "create secrets": "yes", "update secrets": "no", "delete secrets": "no",
