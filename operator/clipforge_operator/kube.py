@@ -91,9 +91,13 @@ class Kube:
     def get_job(self, namespace: str, name: str) -> dict | None:
         return self._get(_custom(API_GROUP, API_VERSION, namespace, PLURAL, name))
 
-    def patch_job_status(self, namespace: str, name: str, status: dict) -> dict:
+    def patch_job_status(self, namespace: str, name: str, status: dict, resource_version: str | None) -> dict:
+        """Merges `status` in, if the job is still at `resource_version` (the API server answers 409 if not)."""
         path = _custom(API_GROUP, API_VERSION, namespace, PLURAL, name) + "/status"
-        return self.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+        body: dict = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
 
     # -- RayJob / RayCluster
 

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 EmitFn = Callable[[Mapping, EventRecord], None]
 ProgressFn = Callable[..., JobProgress]
 OutcomeFn = Callable[..., RunReport]
+T = TypeVar("T")
 
 
 def _utcnow() -> datetime:
@@ -137,10 +138,13 @@ def meta_of(body: Mapping) -> Mapping:
 
 
 def _save(ctx: Context, namespace: str, name: str, st: StatusEdit) -> None:
-    """Writes the status edited so far: what names a child just made is on record before anything can fail."""
+    """Writes the status edited so far: what names a child just made is on record before anything can fail.
+    Only onto the job as it was read: a write in between (a status writer, a second operator) makes the
+    API server answer 409, and the reconcile runs again from what is there now (kopf retries it)."""
     changes = st.saved()
     if changes:
-        ctx.kube.patch_job_status(namespace, name, changes)
+        written = ctx.kube.patch_job_status(namespace, name, changes, st.resource_version)
+        st.resource_version = meta_of(written).get("resourceVersion")
 
 
 def commit(ctx: Context, namespace: str, name: str, st: StatusEdit) -> str:
@@ -317,13 +321,29 @@ def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurat
 # ---------------------------------------------------------------------------------- reconcile
 
 
+STALE_READ_RETRIES = 3  # reads of a job whose status someone else writes as fast as the operator reads it
+
+
+def on_fresh_read(ctx: Context, namespace: str, name: str, act: Callable[[dict], T]) -> T | None:
+    """`act` on the job as read now, under its lock (None if it is gone or going); again from a new read
+    when its status write found the job changed since (409: see _save), and its children made so far
+    are found again by name."""
+    with ctx.lock(namespace, name):
+        for attempt in range(STALE_READ_RETRIES):
+            body = ctx.kube.get_job(namespace, name)
+            if body is None or meta_of(body).get("deletionTimestamp"):
+                return None
+            try:
+                return act(body)
+            except ApiException as exc:
+                if exc.status != 409 or attempt == STALE_READ_RETRIES - 1:
+                    raise
+    return None
+
+
 def reconcile(ctx: Context, namespace: str, name: str, *, poll_progress: bool = False) -> str | None:
     """Bring one job's children and status up to date; returns its phase (None if it is gone)."""
-    with ctx.lock(namespace, name):
-        body = ctx.kube.get_job(namespace, name)
-        if body is None or meta_of(body).get("deletionTimestamp"):
-            return None
-        return _reconcile(ctx, namespace, name, body, poll_progress)
+    return on_fresh_read(ctx, namespace, name, lambda body: _reconcile(ctx, namespace, name, body, poll_progress))
 
 
 def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progress: bool) -> str:

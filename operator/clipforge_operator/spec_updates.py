@@ -12,7 +12,7 @@ from clipforge.spec import TERMINAL_PHASES, InvalidJobError, VideoCurationJobSpe
 from clipforge_operator import builders as b
 from clipforge_operator.admission import PIN_STATUS_FIELD, SpecNotAdmitted, read_document, spec_hash
 from clipforge_operator.pipeline_pods import with_pipeline_image
-from clipforge_operator.reconcile import Context, commit, meta_of, owned_by
+from clipforge_operator.reconcile import Context, commit, meta_of, on_fresh_read, owned_by
 from clipforge_operator.status import ConditionType, EventRecord, StatusEdit
 from clipforge_operator.update_rules import classify_spec_change, merge_allowed
 
@@ -22,11 +22,7 @@ def update_spec(ctx: Context, namespace: str, name: str) -> None:
 
     A job that has no children yet needs nothing here: the next reconcile builds from the new spec.
     """
-    with ctx.lock(namespace, name):
-        body = ctx.kube.get_job(namespace, name)
-        if body is None or meta_of(body).get("deletionTimestamp"):
-            return
-        _update_spec(ctx, namespace, name, body)
+    on_fresh_read(ctx, namespace, name, lambda body: _update_spec(ctx, namespace, name, body))
 
 
 def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:

@@ -249,6 +249,7 @@ class StatusEdit:
         self.new.setdefault("retries", 0)
         self.now = now
         self.generation = (body.get("metadata") or {}).get("generation")
+        self.resource_version: str | None = (body.get("metadata") or {}).get("resourceVersion")  # of what was read
         self.events: list[EventRecord] = []
 
     @property

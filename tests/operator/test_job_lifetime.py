@@ -264,3 +264,36 @@ def test_no_driver_log_text_reaches_the_jobs_status_or_events(tmp_path: Path):
     assert h.status["phase"] == "Failed"
     assert h.status["message"] == failed(h)[1] == "Job entrypoint command failed with exit code 1"
     assert not any("Traceback" in e.message or "KeyError" in e.message for e in h.events)
+
+
+# ------------------------------------------------------------------------ status writes conditional
+
+
+def test_a_status_written_in_between_is_never_overwritten_from_a_stale_read(h: Harness):
+    """The operator reads the job, decides and patches its status: only onto the version it read. A write in
+    between (a status writer, a second operator) is a 409, and the operator decides again from a new read."""
+    drive_to_running(h)
+    h.report(done=2)
+    read, writes = h.kube.get_job, []
+
+    def read_then_someone_writes(ns: str, name: str) -> dict | None:
+        body = read(ns, name)
+        if len(writes) < writes_wanted:
+            writes.append(1)
+            obj = h.kube.objects[("vcj", ns, name)]
+            obj["status"]["message"] = "written in between"
+            obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return body
+
+    h.kube.get_job = read_then_someone_writes
+    writes_wanted = 99  # a writer faster than every read: the operator gives up (kopf retries later), overwriting nothing
+    h.advance(5)
+    with pytest.raises(ApiException) as refused:
+        h.reconcile(poll_progress=True)
+    assert refused.value.status == 409
+    assert h.status["message"] == "written in between" and "progress" not in h.status
+    writes.clear()
+    writes_wanted = 1  # one write in between: the operator's status is decided again from the job as it is now
+    patches = len(h.kube.status_patches)
+    assert h.reconcile(poll_progress=True) == "Running" and h.status["progress"]["videosDone"] == 2
+    assert len(writes) == 1 and len(h.kube.status_patches) == patches + 1  # the refused patch was never applied
