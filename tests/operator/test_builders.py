@@ -803,6 +803,49 @@ def test_read_progress_from_a_local_output(tmp_path):
         read_progress(str(tmp_path), storage)
 
 
+def test_an_endpoint_that_does_not_answer_is_not_asked_again_for_a_while(monkeypatch: pytest.MonkeyPatch):
+    """A storage endpoint that cuts every connection (a real socket): a few short failed reads, then none
+    at all until the breaker's time is up, so it holds no handler thread; a client per endpoint, kept."""
+    import socket
+    import threading
+
+    from clipforge_operator import progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress, "BREAKER", progress.EndpointBreaker(clock=lambda: now[0]))
+    accepted: list[int] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def cut_every_connection() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=cut_every_connection, daemon=True).start()
+    storage = job(storage={"endpoint": f"http://127.0.0.1:{server.getsockname()[1]}"}).spec.storage
+    creds = Credentials("AKIDEXAMPLE", "TOPSECRETVALUE")
+    try:
+        assert progress._client(storage, creds) is progress._client(storage, creds)
+        for _ in range(progress.BREAKER_FAILURES):
+            with pytest.raises(ProgressUnavailable):
+                read_progress("s3://sets/out/", storage, creds)
+        asked = len(accepted)
+        assert 0 < asked <= progress.BREAKER_FAILURES  # one connection a read: no retries within it
+        with pytest.raises(ProgressUnavailable, match="not asked again"):
+            read_progress("s3://sets/out/", storage, creds)
+        assert len(accepted) == asked  # refused without a connection
+        now[0] += progress.BREAKER_OPEN_S
+        with pytest.raises(ProgressUnavailable, match="ConnectionClosedError|EndpointConnectionError"):
+            read_progress("s3://sets/out/", storage, creds)
+        assert len(accepted) == asked + 1  # asked again once the time is up
+    finally:
+        server.close()
+
+
 def test_credentials_never_print_their_values():
     import base64
 
