@@ -6,13 +6,17 @@ token refused) is tests/operator/test_operator_kube.py and tests/e2e/test_operat
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 
-from clipforge.dashboard_gate import STATUS_FIELDS, is_status_poll, status_view
+from clipforge.dashboard_gate import MAX_HEAD, STATUS_FIELDS, Gate, is_status_poll, status_view
 from support.pid1 import sigterm_as_pid1
 
 JOB = "curate-retry-1"
@@ -90,3 +94,94 @@ def test_the_status_view_carries_no_log_text():
     multi_line = status_view({"message": "Failed to start the supervisor:\nTraceback ...\nRuntimeError: secret"})
     assert multi_line["message"] == "Failed to start the supervisor:"
     assert status_view({"message": "x" * 5000})["message"] == "x" * 1000
+
+
+# ------------------------------------------------------------------------------ holding the gate
+
+IDLE_S = 0.5
+RELAYED = b"GET /api/jobs/ HTTP/1.1\r\n\r\n"  # not the status poll: relayed to the dashboard
+
+
+@pytest.fixture
+def gate_port() -> Iterator[int]:
+    """A gate (idle timeout IDLE_S, at most two connections) on a real port, in front of a stand-in dashboard
+    on another that echoes every byte back."""
+    loop = asyncio.new_event_loop()
+    ports: list[int] = []
+    servers: list[asyncio.Server] = []
+    started = threading.Event()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def start() -> None:
+        dashboard = await asyncio.start_server(echo, "127.0.0.1", 0)
+        dashboard_port = dashboard.sockets[0].getsockname()[1]
+        gate = Gate("127.0.0.1", dashboard_port, JOB, "t" * 32, idle_timeout=IDLE_S, max_connections=2)
+        server = await asyncio.start_server(gate.handle, "127.0.0.1", 0, limit=MAX_HEAD)
+        ports.append(server.sockets[0].getsockname()[1])
+        servers.extend((dashboard, server))
+        started.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield ports[0]
+
+    async def shutdown() -> None:  # the servers and their connection handlers end before the loop does
+        for server in servers:
+            server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def relayed_connection(port: int) -> socket.socket:
+    """A connection the gate relays, its first bytes echoed back by the dashboard."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall(RELAYED)
+    assert client.recv(1024) == RELAYED
+    return client
+
+
+def test_a_connection_quiet_both_ways_is_closed_and_a_busy_one_is_not(gate_port: int):
+    busy, quiet = relayed_connection(gate_port), relayed_connection(gate_port)
+    started = time.monotonic()
+    for _ in range(6):  # 1.2 s of traffic, beyond the idle timeout
+        time.sleep(IDLE_S * 0.4)
+        busy.sendall(b"x")
+        assert busy.recv(1024) == b"x"
+    assert quiet.recv(1024) == b""  # the gate closed it ...
+    assert time.monotonic() - started < IDLE_S * 4  # ... once it was idle, not at the end of the test
+    busy.sendall(b"still")
+    assert busy.recv(1024) == b"still"
+    busy.close()
+    quiet.close()
+
+
+def test_past_the_cap_a_connection_is_refused_until_one_closes(gate_port: int):
+    first, second = relayed_connection(gate_port), relayed_connection(gate_port)
+    with socket.create_connection(("127.0.0.1", gate_port), timeout=5) as third:
+        answer = b""
+        while chunk := third.recv(1024):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and answer.endswith(b"too many connections to the Ray dashboard")
+    first.close()
+    deadline = time.monotonic() + 5
+    while True:  # the gate notices the close at once; give its loop a moment
+        with socket.create_connection(("127.0.0.1", gate_port), timeout=5) as again:
+            again.sendall(RELAYED)
+            if again.recv(1024) == RELAYED:
+                break
+        assert time.monotonic() < deadline, "a freed slot was never given to a new connection"
+        time.sleep(0.05)
+    second.close()

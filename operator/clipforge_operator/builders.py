@@ -4,7 +4,8 @@ Nothing here talks to Kubernetes: the handlers read, call these, compare and pat
 
 - names: deterministic, DNS-1035, short enough for KubeRay (a RayJob name is at most 47 characters);
 - the ConfigMap with the job manifest the pipeline runs (every stage pinned to its worker group);
-- the job's Ray token Secret and the NetworkPolicy that closes its Ray cluster to other pods;
+- the environment that gives every Ray container the job's token (the Secret itself and the
+  NetworkPolicy around the job's pods are cluster_access.py);
 - the RayJob (KubeRay ray.io/v1) with a head group, one CPU worker group for the CPU stages and
   one GPU worker group per GPU stage, each advertising the custom Ray resources of its stages;
 - the JSON patch that rescales a live RayCluster.
@@ -40,7 +41,6 @@ from clipforge.spec import (
     WorkerGroupSpec,
     stage_resource_name,
 )
-from clipforge_operator.config import KubeRayPods
 from clipforge_operator.pipeline_pods import (
     api_access_mount, api_access_volume, container_security, is_under, pod_security, scratch_mounts,
     scratch_volumes,
@@ -64,7 +64,7 @@ ENTRYPOINT = f"clipforge run {JOB_PATH}"
 # Every Ray container runs with Ray's token authentication: without the job's token nobody submits
 # to its dashboard or talks to its GCS, raylets or workers, whatever the network lets through (a
 # ClusterIP Service is reachable from every pod of the cluster). The token is the job's own, made by
-# the operator into a Secret the job owns (build_ray_token_secret), and reaches every container by
+# the operator into a Secret the job owns (cluster_access.py), and reaches every container by
 # secretKeyRef only. KubeRay 1.5.0 knows nothing of Ray's token: its operator polls the dashboard for
 # the job's status without one. So the head's dashboard listens on the pod's loopback, behind
 # clipforge.dashboard_gate on the dashboard's usual port, which answers that one poll itself and
@@ -133,26 +133,6 @@ def configmap_name(job_name: str) -> str:
     return f"{base_name(job_name)}-config"
 
 
-def ray_token_secret_prefix(job_name: str) -> str:
-    """The token Secret's generateName: the API server appends a suffix nobody can claim beforehand."""
-    return f"{base_name(job_name)}-ray-token-"
-
-
-# What the API server appends to a generateName: 5 characters of this alphabet
-# (k8s.io/apimachinery/pkg/util/rand), whatever the prefix.
-GENERATED_SUFFIX = "[bcdfghjklmnpqrstvwxz2456789]{5}"
-
-
-def is_ray_token_secret_name(job_name: str, secret_name: str) -> bool:
-    """Whether `secret_name` is a name the API server gives this job's token Secret, and no other job's
-    (a job's prefix ends where its generated suffix starts, so no other job's names match it)."""
-    return re.fullmatch(re.escape(ray_token_secret_prefix(job_name)) + GENERATED_SUFFIX, secret_name) is not None
-
-
-def network_policy_name(job_name: str) -> str:
-    return f"{base_name(job_name)}-ray"
-
-
 def labels(job_name: str, job_uid: str, attempt: int | None = None) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "clipforge",
@@ -177,7 +157,7 @@ def owner_reference(name: str, uid: str) -> dict:
     }
 
 
-def _meta(name: str, namespace: str, job_name: str, job_uid: str, attempt: int | None = None) -> dict:
+def child_meta(name: str, namespace: str, job_name: str, job_uid: str, attempt: int | None = None) -> dict:
     return {
         "name": name,
         "namespace": namespace,
@@ -215,30 +195,12 @@ def build_configmap(job: VideoCurationJob, namespace: str, uid: str) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(configmap_name(job.metadata.name), namespace, job.metadata.name, uid),
+        "metadata": child_meta(configmap_name(job.metadata.name), namespace, job.metadata.name, uid),
         "data": {JOB_FILE: text},
     }
 
 
-# ------------------------------------------------------------------------- the cluster's closure
-
-
-def build_ray_token_secret(job_name: str, namespace: str, uid: str, token: str) -> dict:
-    """The job's Ray token (made once, by the caller, with `secrets`); immutable, owned by the job.
-
-    Its name is generated: no Secret someone made beforehand can pass for it, and the operator,
-    which learns the name from the create, never needs to read a Secret back to check whose it is.
-    """
-    metadata = _meta("", namespace, job_name, uid)
-    del metadata["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"generateName": ray_token_secret_prefix(job_name), **metadata},
-        "type": "Opaque",
-        "immutable": True,
-        "stringData": {RAY_TOKEN_KEY: token},
-    }
+# ---------------------------------------------------------------------------------- Ray's token
 
 
 def ray_token_env(token_secret: str) -> dict:
@@ -246,44 +208,9 @@ def ray_token_env(token_secret: str) -> dict:
     return {"name": RAY_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": token_secret, "key": RAY_TOKEN_KEY}}}
 
 
-def token_secret_of(rayjob: Mapping) -> str | None:
-    """The Secret the RayJob's head container reads the job's token from (None: it reads none)."""
-    head = ((((rayjob.get("spec") or {}).get("rayClusterSpec") or {}).get("headGroupSpec") or {})
-            .get("template") or {}).get("spec") or {}
-    for container in head.get("containers") or []:
-        for env in container.get("env") or []:
-            ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
-            if env.get("name") == RAY_TOKEN_KEY and ref.get("name"):
-                return ref["name"]
-    return None
-
-
 def ray_auth_env(token_secret: str) -> list[dict]:
     """RAY_AUTH_MODE and the job's token: what every Ray process of the job needs."""
     return [{"name": "RAY_AUTH_MODE", "value": RAY_AUTH_MODE}, ray_token_env(token_secret)]
-
-
-def build_network_policy(job_name: str, namespace: str, uid: str, kuberay: KubeRayPods) -> dict:
-    """Ingress to the job's pods (every attempt's) from its own pods only, and to the dashboard port
-    from KubeRay's operator. The ClipForge operator never connects to a Ray cluster: no rule for it."""
-    job_pods = {"matchLabels": {LABEL_JOB_UID: uid}}
-    operator_namespace = ({"matchLabels": {"kubernetes.io/metadata.name": kuberay.namespace}}
-                          if kuberay.namespace else {})
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _meta(network_policy_name(job_name), namespace, job_name, uid),
-        "spec": {
-            "podSelector": job_pods,
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {"from": [{"podSelector": job_pods}]},
-                {"from": [{"namespaceSelector": operator_namespace,
-                           "podSelector": {"matchLabels": dict(kuberay.labels)}}],
-                 "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
-            ],
-        },
-    }
 
 
 # ---------------------------------------------------------------------------------- worker groups
@@ -569,7 +496,7 @@ def build_rayjob(job: VideoCurationJob, namespace: str, uid: str, token_secret: 
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",
-        "metadata": _meta(rayjob_name(name, attempt), namespace, name, uid, attempt),
+        "metadata": child_meta(rayjob_name(name, attempt), namespace, name, uid, attempt),
         "spec": {
             # The manifest is mounted from the ConfigMap into the head pod, where the driver runs.
             "entrypoint": ENTRYPOINT,

@@ -61,7 +61,7 @@ class OperatorConfig:
     metrics_port: int = 9090  # 0: no metrics endpoint
     json_logs: bool = True
     verbose: bool = False
-    read_secrets: bool = True  # read storage.credentialsSecret to fetch a job's S3 progress
+    read_secrets: bool = True  # read storage.credentialsSecret to fetch a job's S3 progress (false: none fetched)
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     policy: JobPolicy = JobPolicy()  # the images, service accounts and Secrets jobs may use
     kuberay: KubeRayPods = KubeRayPods()  # admitted to the jobs' dashboards by their NetworkPolicy
@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--no-read-secrets", action="store_true",
-                        help="never read storage.credentialsSecret; fetch S3 progress with the operator's own credentials")
+                        help="never read storage.credentialsSecret, and so no job's reports from S3 (the operator's own"
+                             " identity never reads a tenant's bucket)")
     return parser
 
 

@@ -27,6 +27,7 @@ from clipforge.spec import API_GROUP, API_VERSION, PLURAL, TERMINAL_PHASES
 from clipforge_operator import builders as b
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
+from clipforge_operator import spec_updates
 from clipforge_operator.config import OperatorConfig
 from clipforge_operator.kube import Kube, load_config
 from clipforge_operator.status import EventRecord
@@ -132,7 +133,7 @@ def job_created(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 def job_spec_updated(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _run("update", memo, r.update_spec, namespace, name)
+    _run("update", memo, spec_updates.update_spec, namespace, name)
     _run("update", memo, r.reconcile, namespace, name)
 
 

@@ -91,9 +91,13 @@ class Kube:
     def get_job(self, namespace: str, name: str) -> dict | None:
         return self._get(_custom(API_GROUP, API_VERSION, namespace, PLURAL, name))
 
-    def patch_job_status(self, namespace: str, name: str, status: dict) -> dict:
+    def patch_job_status(self, namespace: str, name: str, status: dict, resource_version: str | None) -> dict:
+        """Merges `status` in, if the job is still at `resource_version` (the API server answers 409 if not)."""
         path = _custom(API_GROUP, API_VERSION, namespace, PLURAL, name) + "/status"
-        return self.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+        body: dict = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
 
     # -- RayJob / RayCluster
 
@@ -127,9 +131,6 @@ class Kube:
     def json_patch_raycluster(self, namespace: str, name: str, ops: list[dict]) -> dict:
         path = _custom(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTER_PLURAL, name)
         return self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
-
-    def list_pods(self, namespace: str, selector: str) -> list[dict]:
-        return self.request("GET", _core(namespace, "pods"), query={"labelSelector": selector}).get("items") or []
 
     # -- ConfigMap / Secret
 

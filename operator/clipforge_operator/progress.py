@@ -6,14 +6,22 @@ model the pipeline writes them from. Local paths are read as files (useful in te
 single-node clusters with shared volumes); s3:// URIs through boto3. No pyarrow here: the
 operator image does not have it.
 
-Credentials, when given, are used for the one client and never logged or stored.
+Credentials, when given, are used for the job's client and never logged. The reads run under a
+job's lock on the handlers' shared threads, so one storage endpoint that does not answer must not
+hold them: short timeouts and no retry within a read (the next timer tick is the retry), one client
+per endpoint and credentials kept for the next read, and a breaker per endpoint that, after
+BREAKER_FAILURES reads in a row it did not answer, refuses every read there for BREAKER_OPEN_S.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,34 +46,96 @@ class Credentials:
         return "Credentials(<redacted>)"
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    return bucket, key.strip("/")
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 2, 5
+BREAKER_FAILURES = 3
+BREAKER_OPEN_S = 60.0
+MAX_CLIENTS = 64  # one per endpoint and credentials in use; the oldest go first
 
 
-def _read_s3(uri: str, storage: StorageSpec, credentials: Credentials | None) -> bytes:
-    import boto3  # only when a job writes to S3
+class EndpointBreaker:
+    """Per storage endpoint: open (refusing reads) for BREAKER_OPEN_S after BREAKER_FAILURES unanswered reads in a row."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+        self._guard = threading.Lock()
+
+    def check(self, endpoint: str) -> None:
+        with self._guard:
+            until = self._open_until.get(endpoint, 0.0)
+        if self.clock() < until:
+            raise ProgressUnavailable(f"storage endpoint {endpoint} did not answer {BREAKER_FAILURES} reads in a row;"
+                                      f" not asked again for {until - self.clock():.0f} s")
+
+    def answered(self, endpoint: str) -> None:
+        with self._guard:
+            self._failures.pop(endpoint, None)
+
+    def unanswered(self, endpoint: str) -> None:
+        with self._guard:
+            self._failures[endpoint] = failures = self._failures.get(endpoint, 0) + 1
+            if failures >= BREAKER_FAILURES:
+                self._open_until[endpoint] = self.clock() + BREAKER_OPEN_S
+                self._failures[endpoint] = 0
+
+
+BREAKER = EndpointBreaker()
+_CLIENTS: OrderedDict[tuple, Any] = OrderedDict()
+_CLIENTS_GUARD = threading.Lock()
+
+
+def _client(storage: StorageSpec, credentials: Credentials | None) -> Any:
+    """The S3 client for this endpoint, region and credentials, made once (clients are thread-safe)."""
+    import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
 
+    secret = None if credentials is None else hashlib.sha256(repr(
+        (credentials.access_key_id, credentials.secret_access_key, credentials.session_token)).encode()).hexdigest()
+    key = (storage.endpoint, storage.region, secret)
+    with _CLIENTS_GUARD:
+        if key in _CLIENTS:
+            _CLIENTS.move_to_end(key)
+            return _CLIENTS[key]
     kwargs: dict[str, Any] = {"region_name": storage.region,
-                              "config": Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2},
-                                               connect_timeout=5, read_timeout=10)}
+                              "config": Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
+                                               connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)}
     if storage.endpoint:
         kwargs["endpoint_url"] = storage.endpoint
     if credentials is not None:
         kwargs.update(aws_access_key_id=credentials.access_key_id,
                       aws_secret_access_key=credentials.secret_access_key,
                       aws_session_token=credentials.session_token)
+    client = boto3.client("s3", **kwargs)
+    with _CLIENTS_GUARD:
+        _CLIENTS[key] = client
+        while len(_CLIENTS) > MAX_CLIENTS:
+            _CLIENTS.popitem(last=False)
+    return client
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key.strip("/")
+
+
+def _read_s3(uri: str, storage: StorageSpec, credentials: Credentials | None) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError  # only when a job writes to S3
+
+    endpoint = storage.endpoint or f"aws:{storage.region}"
+    BREAKER.check(endpoint)
     bucket, key = _split_s3(uri)
     try:
-        client = boto3.client("s3", **kwargs)
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
+        body = _client(storage, credentials).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:  # an answer, if not the one wanted (no such key yet, access denied)
+        BREAKER.answered(endpoint)
         code = exc.response.get("Error", {}).get("Code", "error")
         raise ProgressUnavailable(f"{uri}: {code}") from None
-    except BotoCoreError as exc:
+    except BotoCoreError as exc:  # no answer: refused, timed out, cut off
+        BREAKER.unanswered(endpoint)
         raise ProgressUnavailable(f"{uri}: {type(exc).__name__}") from None
+    BREAKER.answered(endpoint)
+    return body
 
 
 def _join(base: str, name: str) -> str:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
@@ -42,7 +42,8 @@ from clipforge.spec import (
     parse_job,
 )
 from clipforge_operator import builders as b
-from clipforge_operator.admission import PIN_STATUS_FIELD, SpecNotAdmitted, admitted_configmap, read_document, spec_hash
+from clipforge_operator import cluster_access as access
+from clipforge_operator.admission import PIN_STATUS_FIELD, SpecNotAdmitted, admitted_configmap, spec_hash
 from clipforge_operator.config import KubeRayPods
 from clipforge_operator.kube import AlreadyExists
 from clipforge_operator.pipeline_pods import unmounted_paths, with_pipeline_image
@@ -62,16 +63,17 @@ from clipforge_operator.status import (
     observe_rayjob,
     parse_time,
     rfc3339,
+    ready_workers,
     worker_group_sizes,
-    worker_pods_selector,
 )
-from clipforge_operator.update_rules import classify_spec_change, merge_allowed
+from clipforge_operator.update_rules import merge_allowed
 
 log = logging.getLogger(__name__)
 
 EmitFn = Callable[[Mapping, EventRecord], None]
 ProgressFn = Callable[..., JobProgress]
 OutcomeFn = Callable[..., RunReport]
+T = TypeVar("T")
 
 
 def _utcnow() -> datetime:
@@ -124,11 +126,11 @@ class AttemptLost(Exception):
     """The attempt's RayJob, which the job's status records, is gone (deleted by someone, or by KubeRay's TTL)."""
 
 
-def _owned_by(obj: Mapping, uid: str) -> bool:
+def owned_by(obj: Mapping, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
-def _meta(body: Mapping) -> Mapping:
+def meta_of(body: Mapping) -> Mapping:
     return body.get("metadata") or {}
 
 
@@ -136,13 +138,16 @@ def _meta(body: Mapping) -> Mapping:
 
 
 def _save(ctx: Context, namespace: str, name: str, st: StatusEdit) -> None:
-    """Writes the status edited so far: what names a child just made is on record before anything can fail."""
+    """Writes the status edited so far: what names a child just made is on record before anything can fail.
+    Only onto the job as it was read: a write in between (a status writer, a second operator) makes the
+    API server answer 409, and the reconcile runs again from what is there now (kopf retries it)."""
     changes = st.saved()
     if changes:
-        ctx.kube.patch_job_status(namespace, name, changes)
+        written = ctx.kube.patch_job_status(namespace, name, changes, st.resource_version)
+        st.resource_version = meta_of(written).get("resourceVersion")
 
 
-def _commit(ctx: Context, namespace: str, name: str, st: StatusEdit) -> str:
+def commit(ctx: Context, namespace: str, name: str, st: StatusEdit) -> str:
     _save(ctx, namespace, name, st)
     for event in st.events:
         ctx.emit(st.body, event)
@@ -157,10 +162,19 @@ def _fail(st: StatusEdit, reason: str, message: str, attempt_ended: bool = False
 
 
 def _credentials(ctx: Context, namespace: str, spec: VideoCurationJobSpec) -> Credentials | None:
-    if not (ctx.read_secrets and spec.storage.credentials_secret and spec.output.uri.startswith("s3://")):
+    """The job's own S3 credentials for reading its reports (None: a local output needs none). A tenant's
+    bucket is never read with the operator's own identity (a confused deputy: the job picks the URI), so
+    an S3 output without usable credentials from storage.credentialsSecret is not read at all."""
+    if not spec.output.uri.startswith("s3://"):
         return None
-    secret = ctx.kube.get_secret(namespace, spec.storage.credentials_secret)
-    return credentials_from_secret(secret) if secret else None
+    name = spec.storage.credentials_secret
+    secret = ctx.kube.get_secret(namespace, name) if ctx.read_secrets and name else None
+    credentials = credentials_from_secret(secret) if secret else None
+    if credentials is None:
+        raise ProgressUnavailable(f"{spec.output.uri}: read with the job's storage.credentialsSecret only, and"
+                                  + (f" Secret {name} has no usable keys" if ctx.read_secrets and name else
+                                     " the operator reads none" if name else " the job names none"))
+    return credentials
 
 
 def _read_progress(ctx: Context, namespace: str, spec: VideoCurationJobSpec, final: bool) -> dict | None:
@@ -185,25 +199,10 @@ def _attempt_outcome(ctx: Context, namespace: str, spec: VideoCurationJobSpec, r
     except Exception as exc:  # noqa: BLE001 - without it the failure counts as the infrastructure's
         log.warning("could not read the summary of %s: %s", spec.output.uri, type(exc).__name__)
         return None
-    started = parse_time((rayjob.get("status") or {}).get("startTime")) or parse_time(_meta(rayjob).get("creationTimestamp"))
+    started = parse_time((rayjob.get("status") or {}).get("startTime")) or parse_time(meta_of(rayjob).get("creationTimestamp"))
     if started is None or outcome.updated_at < started:
         return None
     return outcome
-
-
-def _observe_worker_groups(ctx: Context, st: StatusEdit, namespace: str, raycluster: Mapping | None) -> None:
-    """status.workerGroups from the live RayCluster and its worker pods (none without a cluster).
-    Best effort, as progress is: a failed pod list keeps the last sizes and never holds up the job."""
-    if raycluster is None:
-        st.new["workerGroups"] = None
-        return
-    cluster = _meta(raycluster).get("name", "")
-    try:
-        pods = ctx.kube.list_pods(namespace, worker_pods_selector(cluster))
-    except ApiException as exc:
-        log.warning("could not list the pods of RayCluster %s/%s: %s %s", namespace, cluster, exc.status, exc.reason)
-        return
-    st.new["workerGroups"] = worker_group_sizes(raycluster, pods)
 
 
 def _failures_text(outcome: RunReport) -> str:
@@ -224,7 +223,7 @@ def admitted_spec(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurati
     own = job.model_copy(update={"spec": with_pipeline_image(job.spec, ctx.pipeline_image)})
     fresh = b.build_configmap(own, namespace, uid)
     configmap = ctx.kube.get_configmap(namespace, fresh["metadata"]["name"])
-    if configmap is not None and not _owned_by(configmap, uid):
+    if configmap is not None and not owned_by(configmap, uid):
         raise NameConflict(f"ConfigMap {fresh['metadata']['name']} exists and is not this job's")
     accepted, st.new[PIN_STATUS_FIELD] = admitted_configmap(configmap, st.new.get(PIN_STATUS_FIELD), fresh)
     return own.spec if accepted is None else merge_allowed(accepted, job.spec)
@@ -237,7 +236,7 @@ def _ensure_owned(create: Callable[[dict], Any], read: Callable[[str, str], dict
         create(body)
     except AlreadyExists:
         existing = read(meta["namespace"], meta["name"])
-        if existing is not None and not _owned_by(existing, uid):
+        if existing is not None and not owned_by(existing, uid):
             raise NameConflict(f"{body['kind']} {meta['name']} exists and is not this job's") from None
 
 
@@ -245,7 +244,7 @@ def _recorded_token_secret(st: StatusEdit, name: str) -> str | None:
     """status.rayTokenSecret if it is a name the API server gave this job's token Secret. Any other (a
     status writer's, say another job's token) is dropped with a Warning: the job makes its own instead."""
     recorded = st.new.get("rayTokenSecret")
-    if not recorded or b.is_ray_token_secret_name(name, recorded):
+    if not recorded or access.is_ray_token_secret_name(name, recorded):
         return recorded or None
     st.events.append(EventRecord("Warning", "RayTokenSecretRefused",
                                  f"status.rayTokenSecret named {recorded}, which is not a token Secret of this job;"
@@ -260,11 +259,11 @@ def _ensure_ray_token(ctx: Context, st: StatusEdit, namespace: str, name: str, u
     status lost the name, the job's RayJobs still give it."""
     recorded = _recorded_token_secret(st, name)
     if recorded is None:
-        referenced = (b.token_secret_of(rayjob) for rayjob in ctx.kube.list_rayjobs(namespace, uid)
-                      if _owned_by(rayjob, uid))
-        recorded = next((s for s in referenced if s and b.is_ray_token_secret_name(name, s)), None)
+        referenced = (access.token_secret_of(rayjob) for rayjob in ctx.kube.list_rayjobs(namespace, uid)
+                      if owned_by(rayjob, uid))
+        recorded = next((s for s in referenced if s and access.is_ray_token_secret_name(name, s)), None)
     if recorded is None:
-        body = b.build_ray_token_secret(name, namespace, uid, secrets.token_hex(32))  # 256 bits, as Ray's own
+        body = access.build_ray_token_secret(name, namespace, uid, secrets.token_hex(32))  # 256 bits, as Ray's own
         recorded = ctx.kube.create_secret(body)["metadata"]["name"]  # the answer's data unread
     st.new["rayTokenSecret"] = recorded
     _save(ctx, namespace, name, st)
@@ -288,7 +287,7 @@ def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurat
     name = b.rayjob_name(job.metadata.name, attempt)
     existing = ctx.kube.get_rayjob(namespace, name)
     if existing is not None:
-        if not _owned_by(existing, uid):
+        if not owned_by(existing, uid):
             raise NameConflict(f"RayJob {name} exists and is not this job's")
         return existing, False
     if st.new.get("rayJobName") == name:
@@ -302,7 +301,7 @@ def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurat
     st.new[PIN_STATUS_FIELD] = spec_hash(configmap)
     token_secret = _ensure_ray_token(ctx, st, namespace, job.metadata.name, uid)
     _ensure_owned(ctx.kube.create_network_policy, ctx.kube.get_network_policy,
-                  b.build_network_policy(job.metadata.name, namespace, uid, ctx.kuberay), uid)
+                  access.build_network_policy(job.metadata.name, namespace, uid, ctx.kuberay), uid)
     if attempt > 0:  # the failed attempt's RayJob, if a crash left it behind
         ctx.kube.delete_rayjob(namespace, b.rayjob_name(job.metadata.name, attempt - 1))
     try:
@@ -314,7 +313,7 @@ def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurat
         raise
     except AlreadyExists:
         existing = ctx.kube.get_rayjob(namespace, name)
-        if existing is None or not _owned_by(existing, uid):
+        if existing is None or not owned_by(existing, uid):
             raise NameConflict(f"RayJob {name} exists and is not this job's") from None
         return existing, False
 
@@ -322,13 +321,29 @@ def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurat
 # ---------------------------------------------------------------------------------- reconcile
 
 
+STALE_READ_RETRIES = 3  # reads of a job whose status someone else writes as fast as the operator reads it
+
+
+def on_fresh_read(ctx: Context, namespace: str, name: str, act: Callable[[dict], T]) -> T | None:
+    """`act` on the job as read now, under its lock (None if it is gone or going); again from a new read
+    when its status write found the job changed since (409: see _save), and its children made so far
+    are found again by name."""
+    with ctx.lock(namespace, name):
+        for attempt in range(STALE_READ_RETRIES):
+            body = ctx.kube.get_job(namespace, name)
+            if body is None or meta_of(body).get("deletionTimestamp"):
+                return None
+            try:
+                return act(body)
+            except ApiException as exc:
+                if exc.status != 409 or attempt == STALE_READ_RETRIES - 1:
+                    raise
+    return None
+
+
 def reconcile(ctx: Context, namespace: str, name: str, *, poll_progress: bool = False) -> str | None:
     """Bring one job's children and status up to date; returns its phase (None if it is gone)."""
-    with ctx.lock(namespace, name):
-        body = ctx.kube.get_job(namespace, name)
-        if body is None or _meta(body).get("deletionTimestamp"):
-            return None
-        return _reconcile(ctx, namespace, name, body, poll_progress)
+    return on_fresh_read(ctx, namespace, name, lambda body: _reconcile(ctx, namespace, name, body, poll_progress))
 
 
 def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progress: bool) -> str:
@@ -336,7 +351,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     st = StatusEdit(body, now)
     if st.phase in TERMINAL_PHASES:
         return st.phase
-    uid = _meta(body).get("uid", "")
+    uid = meta_of(body).get("uid", "")
     st.new["observedGeneration"] = st.generation
 
     attempt = int(st.new.get("retries") or 0)
@@ -348,31 +363,31 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
         b.build_rayjob(job, namespace, uid, token_secret="")
     except InvalidJobError as exc:
         _fail(st, "InvalidSpec", "; ".join(exc.problems))
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
     except b.BuildError as exc:
         _fail(st, "InvalidSpec", str(exc))
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
     except NameConflict as exc:
         _fail(st, "NameConflict", str(exc))
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
     except SpecNotAdmitted as exc:
         # Whatever the attempt runs was started from a spec nobody can vouch for any more: stop it too.
         _fail(st, exc.reason, str(exc))
-        phase = _commit(ctx, namespace, name, st)
+        phase = commit(ctx, namespace, name, st)
         _delete_own_rayjob(ctx, namespace, b.rayjob_name(name, attempt), uid)
         return phase
 
     spec = job.spec
     next_retry = parse_time(st.new.get("nextRetryTime"))
     if next_retry is not None and now < next_retry:
-        return _commit(ctx, namespace, name, st)  # waiting out the backoff
+        return commit(ctx, namespace, name, st)  # waiting out the backoff
 
     rayjob_name = b.rayjob_name(name, attempt)
     try:
         rayjob, created = _ensure_rayjob(ctx, st, namespace, job, uid, attempt)
     except (NameConflict, Refused) as exc:
         _fail(st, getattr(exc, "reason", "NameConflict"), str(exc))
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
     except AttemptLost as exc:
         return _attempt_ended(ctx, st, namespace, name, spec, attempt, {},
                               Observation(JobPhase.failed.value, "RayJobLost", str(exc), True))
@@ -381,7 +396,7 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
             st.events.append(EventRecord("Warning", "KubeRayNotInstalled", str(exc)))
         st.condition(ConditionType.submitted, False, "KubeRayNotInstalled", str(exc))
         st.new["message"] = str(exc)
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
 
     if st.new.get("rayJobName") != rayjob_name:
         st.new.update(rayJobName=rayjob_name, rayClusterName=None, dashboardURL=None)
@@ -410,26 +425,27 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     if obs.dashboard_url:
         st.new["dashboardURL"] = obs.dashboard_url
     # The token Secret is the one the attempt's RayJob reads: status follows it (lost or preset, it is put right).
-    referenced = b.token_secret_of(rayjob)
-    if referenced and b.is_ray_token_secret_name(name, referenced):
+    referenced = access.token_secret_of(rayjob)
+    if referenced and access.is_ray_token_secret_name(name, referenced):
         st.new["rayTokenSecret"] = referenced
     else:
         _recorded_token_secret(st, name)
 
     if not obs.terminal:
         st.set_phase(obs.phase, obs.reason, obs.message)
-        _observe_worker_groups(ctx, st, namespace, raycluster)
+        st.new["workerGroups"] = worker_group_sizes(raycluster) if raycluster is not None else None
+        st.new["readyWorkers"] = ready_workers(raycluster) if raycluster is not None else None
         if poll_progress and obs.phase == JobPhase.running.value:
             progress = _read_progress(ctx, namespace, spec, final=False)
             if progress is not None:
                 st.new["progress"] = progress
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
     return _attempt_ended(ctx, st, namespace, name, spec, attempt, rayjob, obs)
 
 
 def _delete_own_rayjob(ctx: Context, namespace: str, name: str, uid: str) -> None:
     existing = ctx.kube.get_rayjob(namespace, name)
-    if existing is not None and _owned_by(existing, uid):
+    if existing is not None and owned_by(existing, uid):
         ctx.kube.delete_rayjob(namespace, name)
 
 
@@ -437,7 +453,7 @@ def _attempt_ended(ctx: Context, st: StatusEdit, namespace: str, name: str, spec
                    attempt: int, rayjob: Mapping, obs: Observation) -> str:
     """The job after an attempt's end (`obs`, terminal): succeeded, cancelled, failed, or a retry scheduled."""
     rayjob_name = b.rayjob_name(name, attempt)
-    st.new["workerGroups"] = None  # the attempt's cluster is going
+    st.new.update(workerGroups=None, readyWorkers=None)  # the attempt's cluster is going
     final = _read_progress(ctx, namespace, spec, final=True)
     if final is not None:
         st.new["progress"] = final
@@ -457,16 +473,16 @@ def _attempt_ended(ctx: Context, st: StatusEdit, namespace: str, name: str, spec
             st.set_phase(obs.phase, obs.reason, obs.message)
         if st.has_condition(ConditionType.retrying):
             st.condition(ConditionType.retrying, False, "Succeeded", "the job succeeded")
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
     if obs.phase == JobPhase.cancelled.value:
         st.set_phase(obs.phase, obs.reason, obs.message)
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
 
     # Failed on its inputs: a retry would fail the same way.
     if outcome is not None and outcome.state in (RunState.failed, RunState.no_input) \
             and outcome.reason in FAILED_ON_INPUTS:
         _fail(st, outcome.reason, outcome.message, attempt_ended=True)
-        return _commit(ctx, namespace, name, st)
+        return commit(ctx, namespace, name, st)
 
     # A failed attempt: retry after a backoff while retries are left, else the job fails.
     if attempt < spec.max_retries and obs.retryable:
@@ -479,99 +495,14 @@ def _attempt_ended(ctx: Context, st: StatusEdit, namespace: str, name: str, spec
         st.set_phase(JobPhase.pending.value, "BackoffBeforeRetry", text, event=False)
         st.condition(ConditionType.retrying, True, obs.reason, text)
         st.new.update(retries=retry, nextRetryTime=rfc3339(when), rayClusterName=None, dashboardURL=None)
-        phase = _commit(ctx, namespace, name, st)  # record the retry before removing the attempt
+        phase = commit(ctx, namespace, name, st)  # record the retry before removing the attempt
         ctx.kube.delete_rayjob(namespace, rayjob_name)
         return phase
     _fail(st, obs.reason, obs.message, attempt_ended=True)
-    phase = _commit(ctx, namespace, name, st)
+    phase = commit(ctx, namespace, name, st)
     if obs.reason == "PendingDeadlineExceeded":
         ctx.kube.delete_rayjob(namespace, rayjob_name)  # free whatever the stuck cluster holds
     return phase
-
-
-# ------------------------------------------------------------------------------- spec updates
-
-
-def update_spec(ctx: Context, namespace: str, name: str) -> None:
-    """Apply a spec change to a started job: rescale the live cluster, refuse pipeline changes.
-
-    A job that has no children yet needs nothing here: the next reconcile builds from the new spec.
-    """
-    with ctx.lock(namespace, name):
-        body = ctx.kube.get_job(namespace, name)
-        if body is None or _meta(body).get("deletionTimestamp"):
-            return
-        _update_spec(ctx, namespace, name, body)
-
-
-def _update_spec(ctx: Context, namespace: str, name: str, body: dict) -> None:
-    st = StatusEdit(body, ctx.now())
-    uid = _meta(body).get("uid", "")
-    configmap = ctx.kube.get_configmap(namespace, b.configmap_name(name))
-    if configmap is None or not _owned_by(configmap, uid):
-        return
-    try:
-        _, accepted = read_document(configmap)
-        if spec_hash(configmap) != st.new.get(PIN_STATUS_FIELD):
-            raise SpecNotAdmitted("not the admitted ConfigMap")
-    except SpecNotAdmitted:
-        return  # the reconcile that follows every update fails the job, saying why
-    try:
-        job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
-        requested = with_pipeline_image(job.spec, accepted.cluster.image)  # unset: the image it was admitted with
-        b.worker_groups(merge_allowed(accepted, requested))
-    except (InvalidJobError, b.BuildError) as exc:
-        problems = "; ".join(exc.problems) if isinstance(exc, InvalidJobError) else str(exc)
-        st.condition(ConditionType.spec_update_refused, True, "InvalidSpec",
-                     f"the updated spec is not valid: {problems}")
-        st.events.append(EventRecord("Warning", "SpecUpdateRefused", f"invalid spec: {problems}"))
-        _commit(ctx, namespace, name, st)
-        return
-
-    change = classify_spec_change(accepted, requested)
-    st.new["observedGeneration"] = st.generation
-    if change.scaling or change.operator:
-        merged = merge_allowed(accepted, requested)
-        merged_job = job.model_copy(update={"spec": merged})
-        document = b.build_configmap(merged_job, namespace, uid)["data"]
-        ctx.kube.patch_configmap_data(namespace, b.configmap_name(name), document)
-        if change.scaling and st.phase not in TERMINAL_PHASES:
-            rescaled = _rescale(ctx, namespace, st, merged)
-            if rescaled:
-                bounds = ", ".join(f"{g.name} {g.min_replicas}-{g.max_replicas}" for g in b.worker_groups(merged))
-                st.events.append(EventRecord("Normal", "Rescaled", f"worker groups now {bounds} ({rescaled})"))
-    if change.refused:
-        message = change.refusal()
-        st.condition(ConditionType.spec_update_refused, True, "ImmutableField", message)
-        st.events.append(EventRecord("Warning", "SpecUpdateRefused", message))
-    elif st.has_condition(ConditionType.spec_update_refused):
-        st.condition(ConditionType.spec_update_refused, False, "SpecApplied", "the current spec is applied")
-    _commit(ctx, namespace, name, st)
-
-
-def _rescale(ctx: Context, namespace: str, st: StatusEdit, spec: VideoCurationJobSpec) -> str:
-    """JSON-patch the worker-group bounds of the current RayJob and then of its live RayCluster;
-    says which of them changed."""
-    rayjob_name = st.new.get("rayJobName")
-    rayjob, patched_rayjob = _patch_bounds(ctx, namespace, "RayJob", rayjob_name, spec)
-    cluster_name = st.new.get("rayClusterName") or ((rayjob or {}).get("status") or {}).get("rayClusterName")
-    _, patched_cluster = _patch_bounds(ctx, namespace, "RayCluster", cluster_name, spec)
-    return ", ".join(p for p in (patched_rayjob, patched_cluster) if p)
-
-
-def _patch_bounds(ctx: Context, namespace: str, kind: str, name: str | None,
-                  spec: VideoCurationJobSpec) -> tuple[dict | None, str]:
-    """One live object's worker-group bounds moved to the spec's: the object as read (None if there is
-    none) and "<kind> <name>" if it was patched."""
-    get, patch, prefix = {
-        "RayJob": (ctx.kube.get_rayjob, ctx.kube.json_patch_rayjob, "/spec/rayClusterSpec"),
-        "RayCluster": (ctx.kube.get_raycluster, ctx.kube.json_patch_raycluster, "/spec"),
-    }[kind]
-    live = get(namespace, name) if name else None
-    ops = b.scaling_patch(live, spec, prefix) if live is not None else []
-    if ops:
-        patch(namespace, name, ops)
-    return live, f"{kind} {name}" if ops else ""
 
 
 # ----------------------------------------------------------------------------------- deletion
@@ -586,11 +517,11 @@ def delete_children(ctx: Context, namespace: str, name: str, uid: str) -> list[s
     with ctx.lock(namespace, name):
         deleted = []
         for rayjob in ctx.kube.list_rayjobs(namespace, uid):
-            rj_name = _meta(rayjob).get("name")
-            if rj_name and _owned_by(rayjob, uid) and ctx.kube.delete_rayjob(namespace, rj_name):
+            rj_name = meta_of(rayjob).get("name")
+            if rj_name and owned_by(rayjob, uid) and ctx.kube.delete_rayjob(namespace, rj_name):
                 deleted.append(f"RayJob {rj_name}")
         configmap = ctx.kube.get_configmap(namespace, b.configmap_name(name))
-        if configmap is not None and _owned_by(configmap, uid):
+        if configmap is not None and owned_by(configmap, uid):
             ctx.kube.delete_configmap(namespace, b.configmap_name(name))
             deleted.append(f"ConfigMap {b.configmap_name(name)}")
     ctx.forget(namespace, name)
@@ -599,8 +530,8 @@ def delete_children(ctx: Context, namespace: str, name: str, uid: str) -> list[s
 
 def owner_of(rayjob: Mapping) -> tuple[str, str] | None:
     """(namespace, name) of the VideoCurationJob that owns a RayJob, if any."""
-    for ref in _meta(rayjob).get("ownerReferences") or []:
+    for ref in meta_of(rayjob).get("ownerReferences") or []:
         if ref.get("kind") == "VideoCurationJob" and ref.get("apiVersion", "").startswith(f"{b.API_GROUP}/"):
-            return _meta(rayjob).get("namespace", ""), ref.get("name", "")
+            return meta_of(rayjob).get("namespace", ""), ref.get("name", "")
     return None
 

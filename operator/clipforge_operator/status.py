@@ -1,7 +1,7 @@
 """The VideoCurationJob's status: what KubeRay's objects say about a job, and its conditions.
 
-Nothing here talks to Kubernetes: reconcile.py reads the RayJob, its RayCluster and the worker
-pods, and these functions say what they mean for the job (its phase, why it waits, each worker
+Nothing here talks to Kubernetes: reconcile.py reads the RayJob and its RayCluster (never their
+pods), and these functions say what they mean for the job (its phase, why it waits, each worker
 group's size); the job's status is edited through `StatusEdit`, which keeps Kubernetes-style
 conditions consistent with the phase and collects the Events the change should post.
 """
@@ -88,35 +88,29 @@ def cluster_problem(raycluster: Mapping | None) -> str:
 
 
 # KubeRay's labels on the pods of a RayCluster.
-KUBERAY_CLUSTER_LABEL, KUBERAY_GROUP_LABEL, KUBERAY_NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
+def worker_group_sizes(raycluster: Mapping) -> list[dict]:
+    """status.workerGroups: each worker group's bounds, the pods wanted now and, where KubeRay says it, the
+    pods Ready; all from the live RayCluster, so the operator reads no pod (it may not list them).
 
-
-def worker_pods_selector(raycluster_name: str) -> str:
-    """The label selector of a RayCluster's worker pods."""
-    return f"{KUBERAY_CLUSTER_LABEL}={raycluster_name},{KUBERAY_NODE_TYPE_LABEL}=worker"
-
-
-def worker_group_sizes(raycluster: Mapping, pods: Iterable[Mapping]) -> list[dict]:
-    """status.workerGroups: each worker group's bounds, the pods wanted now and the pods Ready.
-
-    Wanted is the live RayCluster's `replicas`, which the Ray autoscaler moves between the bounds
-    (KubeRay's status counts workers for the whole cluster only); Ready counts the group's pods,
-    those being deleted aside.
+    Wanted is the RayCluster's `replicas`, which the Ray autoscaler moves between the bounds. KubeRay's
+    status counts Ready workers for the whole cluster only (readyWorkerReplicas): a group's own count is
+    that for a cluster of one worker group, and unknown with several (ready_workers has the total).
     """
-    ready: dict[str, int] = {}
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        conditions = (pod.get("status") or {}).get("conditions") or []
-        if not meta.get("deletionTimestamp") and any(
-                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            group = (meta.get("labels") or {}).get(KUBERAY_GROUP_LABEL, "")
-            ready[group] = ready.get(group, 0) + 1
+    groups = (raycluster.get("spec") or {}).get("workerGroupSpecs") or []
     sizes = []
-    for group in ((raycluster.get("spec") or {}).get("workerGroupSpecs") or []):
+    for group in groups:
         low = group.get("minReplicas") or 0
-        sizes.append({"name": group.get("groupName", ""), "minReplicas": low, "maxReplicas": group.get("maxReplicas", low),
-                      "desiredReplicas": group.get("replicas", low), "readyReplicas": ready.get(group.get("groupName"), 0)})
+        size = {"name": group.get("groupName", ""), "minReplicas": low, "maxReplicas": group.get("maxReplicas", low),
+                "desiredReplicas": group.get("replicas", low)}
+        if len(groups) == 1:
+            size["readyReplicas"] = ready_workers(raycluster)
+        sizes.append(size)
     return sizes
+
+
+def ready_workers(raycluster: Mapping) -> int:
+    """status.readyWorkers: the RayCluster's Ready worker pods, every group's together (KubeRay's count)."""
+    return int((raycluster.get("status") or {}).get("readyWorkerReplicas") or 0)
 
 
 def observe_rayjob(rayjob: Mapping, now: datetime, pending_deadline_seconds: int,
@@ -255,6 +249,7 @@ class StatusEdit:
         self.new.setdefault("retries", 0)
         self.now = now
         self.generation = (body.get("metadata") or {}).get("generation")
+        self.resource_version: str | None = (body.get("metadata") or {}).get("resourceVersion")  # of what was read
         self.events: list[EventRecord] = []
 
     @property

@@ -14,6 +14,10 @@ pod's loopback only, and this gate listens on the dashboard's port in its place:
 - every other connection is relayed byte for byte, untouched: the dashboard checks the token of
   each request on it (job submission, logs, the state API) as it would without the gate.
 
+Whoever reaches the port (the job's own pods and KubeRay, as its NetworkPolicy admits) cannot hold
+the gate: a connection quiet both ways for IDLE_TIMEOUT_S is closed, and past MAX_CONNECTIONS open
+at once a new one is answered 503 and closed, so connections left open never pile up.
+
     python -m clipforge.dashboard_gate --listen 0.0.0.0:8265 --dashboard 127.0.0.1:8266 --job-id JOB
 
 The token comes from $RAY_AUTH_TOKEN (a reference to the job's token Secret, never a literal).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
@@ -43,6 +48,10 @@ LOG_TAIL_MARKER = ", last available logs"
 MAX_MESSAGE = 1000
 MAX_HEAD = 64 * 1024
 HEAD_TIMEOUT_S = 30.0
+# A relayed connection with no byte either way for this long is closed (a `ray job logs --follow`
+# of a driver silent for longer ends; the CLI says so and it can be run again).
+IDLE_TIMEOUT_S = 300.0
+MAX_CONNECTIONS = 64  # open at once; KubeRay polls with one, a user's CLI with a few
 DASHBOARD_TIMEOUT_S = 10.0
 CHUNK = 64 * 1024
 
@@ -83,9 +92,12 @@ def _response(status: int, reason: str, body: bytes, content_type: str) -> bytes
 
 
 class Gate:
-    def __init__(self, dashboard_host: str, dashboard_port: int, job_id: str, token: str):
+    def __init__(self, dashboard_host: str, dashboard_port: int, job_id: str, token: str,
+                 idle_timeout: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS):
         self.dashboard_host, self.dashboard_port = dashboard_host, dashboard_port
         self.job_id, self.token = job_id, token
+        self.idle_timeout, self.max_connections = idle_timeout, max_connections
+        self.open_connections = 0
 
     def _ask_dashboard(self) -> bytes:
         """The dashboard's answer about the job, as a response to send back (runs in a thread)."""
@@ -107,6 +119,13 @@ class Gate:
         return _response(200, "OK", json.dumps(view).encode(), "application/json")
 
     async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= self.max_connections:
+            log.warning("%d connections open: one more refused", self.open_connections)
+            client_writer.write(_response(503, "Service Unavailable", b"too many connections to the Ray dashboard",
+                                          "text/plain"))
+            client_writer.close()  # the 503 is flushed before the close, without waiting on the client
+            return
+        self.open_connections += 1
         try:
             try:
                 head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
@@ -124,22 +143,39 @@ class Gate:
         except (OSError, asyncio.TimeoutError) as exc:
             log.debug("connection ended: %s", exc)
         finally:
+            self.open_connections -= 1
             client_writer.close()
 
     async def _relay(self, head: bytes, client_reader: asyncio.StreamReader,
                      client_writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.dashboard_host, self.dashboard_port)
+        """Relays both ways until both end, or until neither side has sent a byte for idle_timeout."""
+        up_reader, up_writer = await asyncio.wait_for(
+            asyncio.open_connection(self.dashboard_host, self.dashboard_port), DASHBOARD_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        last_byte = [loop.time()]
+        pipes = asyncio.gather(_pipe(client_reader, up_writer, last_byte), _pipe(up_reader, client_writer, last_byte))
         try:
             up_writer.write(head)
-            await asyncio.gather(_pipe(client_reader, up_writer), _pipe(up_reader, client_writer))
+            while not pipes.done():
+                quiet_left = last_byte[0] + self.idle_timeout - loop.time()
+                if quiet_left <= 0:
+                    log.info("a connection idle for %.0f s closed", self.idle_timeout)
+                    break
+                await asyncio.wait({pipes}, timeout=quiet_left)
         finally:
+            pipes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pipes
             up_writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copies until EOF, then half-closes the other side (a client may wait for the rest of a reply)."""
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last_byte: list[float]) -> None:
+    """Copies until EOF, then half-closes the other side (a client may wait for the rest of a reply);
+    `last_byte` gets the loop's time of each chunk."""
+    loop = asyncio.get_running_loop()
     try:
         while chunk := await reader.read(CHUNK):
+            last_byte[0] = loop.time()
             writer.write(chunk)
             await writer.drain()
         if writer.can_write_eof():

@@ -21,6 +21,8 @@ from clipforge.spec import (
     DEFAULT_IMAGE, STAGES, InvalidJobError, RunReport, VideoCurationJob, parse_job, stage_resource_name,
 )
 from clipforge_operator import builders as b
+from clipforge_operator import cluster_access as access
+from clipforge_operator.config import KubeRayPods
 from clipforge_operator.admission import spec_from_configmap
 from clipforge_operator.pipeline_pods import scratch_mounts, scratch_volumes, with_pipeline_image
 from clipforge_operator.progress import (
@@ -34,10 +36,10 @@ from clipforge_operator.status import (
     Observation,
     observe_rayjob,
     phase_conditions,
+    ready_workers,
     rfc3339,
     set_condition,
     worker_group_sizes,
-    worker_pods_selector,
 )
 from clipforge_operator.update_rules import UPDATE_RULES, SpecChange, classify_spec_change, field_values, merge_allowed
 from support.pid1 import sigterm_as_pid1
@@ -260,7 +262,7 @@ def test_the_heads_dashboard_answers_on_loopback_behind_the_gate():
 
 
 def test_the_token_secret_has_a_generated_name_and_belongs_to_the_job():
-    secret = b.build_ray_token_secret("demo", "videos", UID, "t0ken")
+    secret = access.build_ray_token_secret("demo", "videos", UID, "t0ken")
     assert "name" not in secret["metadata"] and secret["metadata"]["generateName"] == "demo-ray-token-"
     assert secret["stringData"] == {"RAY_AUTH_TOKEN": "t0ken"} and secret["immutable"] is True
     assert secret["metadata"]["labels"][b.LABEL_JOB_UID] == UID
@@ -269,7 +271,7 @@ def test_the_token_secret_has_a_generated_name_and_belongs_to_the_job():
 
 
 def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboard_only():
-    policy = b.build_network_policy("demo", "videos", UID, b.KubeRayPods())
+    policy = access.build_network_policy("demo", "videos", UID, KubeRayPods())
     assert policy["metadata"]["name"] == "demo-ray" and policy["metadata"]["ownerReferences"][0]["uid"] == UID
     spec = policy["spec"]
     job_pods = {"matchLabels": {b.LABEL_JOB_UID: UID}}
@@ -279,8 +281,8 @@ def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboar
     assert kuberay == {"from": [{"namespaceSelector": {},
                                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
                        "ports": [{"protocol": "TCP", "port": 8265}]}
-    pinned = b.KubeRayPods.from_json('{"namespace": "ray-system", "podLabels": {"app": "kuberay", "tier": "op"}}')
-    (peer,) = b.build_network_policy("demo", "videos", UID, pinned)["spec"]["ingress"][1]["from"]
+    pinned = KubeRayPods.from_json('{"namespace": "ray-system", "podLabels": {"app": "kuberay", "tier": "op"}}')
+    (peer,) = access.build_network_policy("demo", "videos", UID, pinned)["spec"]["ingress"][1]["from"]
     assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}},
                     "podSelector": {"matchLabels": {"app": "kuberay", "tier": "op"}}}
     # Every pod of every attempt carries the label the policy selects.
@@ -296,7 +298,7 @@ def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboar
                                   '{"podLabels": {"a": 1}}', "[]", "app=kuberay"])
 def test_kuberay_pod_settings_that_select_nothing_sensible_are_refused(text: str):
     with pytest.raises(ValueError, match="the KubeRay operator's pods"):
-        b.KubeRayPods.from_json(text)
+        KubeRayPods.from_json(text)
 
 
 def test_credentials_come_from_the_secret_by_reference_only():
@@ -586,27 +588,24 @@ def test_the_autoscalers_idle_timeout_comes_from_the_spec():
         job(cluster={"workerIdleTimeoutSeconds": 0})
 
 
-def _pod(group: str, ready: bool, deleting: bool = False) -> dict:
-    meta: dict[str, Any] = {"labels": {"ray.io/group": group, "ray.io/node-type": "worker"}}
-    if deleting:
-        meta["deletionTimestamp"] = "2025-06-01T12:00:00Z"
-    return {"metadata": meta, "status": {"phase": "Running", "conditions": [
-        {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True" if ready else "False"}]}}
-
-
-def test_group_sizes_are_the_autoscalers_replicas_and_the_ready_pods():
+def test_group_sizes_are_the_autoscalers_replicas_and_kuberays_ready_count():
     live = _live_cluster(job(execution={"stages": {"motion": {"gpus": 1, "maxWorkers": 3}}}))
     groups = live["spec"]["workerGroupSpecs"]
     assert [g["groupName"] for g in groups] == ["cpu", "gpu-motion"]
     groups[1]["replicas"] = 3  # the autoscaler wants two more pods of the motion group
     del groups[0]["replicas"]  # unset: KubeRay keeps minReplicas
-    pods = [_pod("cpu", True), _pod("gpu-motion", True), _pod("gpu-motion", False),  # one still starting
-            _pod("gpu-motion", True, deleting=True)]  # one the autoscaler removed earlier, on its way out
-    assert worker_group_sizes(live, pods) == [
+    live["status"] = {"readyWorkerReplicas": 2}
+    # Two groups: KubeRay's count is the cluster's, no group's own.
+    assert worker_group_sizes(live) == [
         {"name": "cpu", "minReplicas": groups[0]["minReplicas"], "maxReplicas": groups[0]["maxReplicas"],
-         "desiredReplicas": groups[0]["minReplicas"], "readyReplicas": 1},
-        {"name": "gpu-motion", "minReplicas": 1, "maxReplicas": 3, "desiredReplicas": 3, "readyReplicas": 1}]
-    assert worker_pods_selector("demo-x7k2p") == "ray.io/cluster=demo-x7k2p,ray.io/node-type=worker"
+         "desiredReplicas": groups[0]["minReplicas"]},
+        {"name": "gpu-motion", "minReplicas": 1, "maxReplicas": 3, "desiredReplicas": 3}]
+    assert ready_workers(live) == 2
+    del groups[0]  # one group: the cluster's count is the group's
+    assert worker_group_sizes(live) == [
+        {"name": "gpu-motion", "minReplicas": 1, "maxReplicas": 3, "desiredReplicas": 3, "readyReplicas": 2}]
+    del live["status"]  # KubeRay has not counted yet
+    assert ready_workers(live) == 0 and worker_group_sizes(live)[0]["readyReplicas"] == 0
 
 
 # ----------------------------------------------------------------------------- spec changes
@@ -802,6 +801,49 @@ def test_read_progress_from_a_local_output(tmp_path):
     (tmp_path / "progress.json").write_text("{not json")
     with pytest.raises(ProgressUnavailable):
         read_progress(str(tmp_path), storage)
+
+
+def test_an_endpoint_that_does_not_answer_is_not_asked_again_for_a_while(monkeypatch: pytest.MonkeyPatch):
+    """A storage endpoint that cuts every connection (a real socket): a few short failed reads, then none
+    at all until the breaker's time is up, so it holds no handler thread; a client per endpoint, kept."""
+    import socket
+    import threading
+
+    from clipforge_operator import progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress, "BREAKER", progress.EndpointBreaker(clock=lambda: now[0]))
+    accepted: list[int] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def cut_every_connection() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=cut_every_connection, daemon=True).start()
+    storage = job(storage={"endpoint": f"http://127.0.0.1:{server.getsockname()[1]}"}).spec.storage
+    creds = Credentials("AKIDEXAMPLE", "TOPSECRETVALUE")
+    try:
+        assert progress._client(storage, creds) is progress._client(storage, creds)
+        for _ in range(progress.BREAKER_FAILURES):
+            with pytest.raises(ProgressUnavailable):
+                read_progress("s3://sets/out/", storage, creds)
+        asked = len(accepted)
+        assert 0 < asked <= progress.BREAKER_FAILURES  # one connection a read: no retries within it
+        with pytest.raises(ProgressUnavailable, match="not asked again"):
+            read_progress("s3://sets/out/", storage, creds)
+        assert len(accepted) == asked  # refused without a connection
+        now[0] += progress.BREAKER_OPEN_S
+        with pytest.raises(ProgressUnavailable, match="ConnectionClosedError|EndpointConnectionError"):
+            read_progress("s3://sets/out/", storage, creds)
+        assert len(accepted) == asked + 1  # asked again once the time is up
+    finally:
+        server.close()
 
 
 def test_credentials_never_print_their_values():

@@ -22,8 +22,7 @@ EXPECTED_RULES = {
     ("clipforge.dev", "videocurationjobs/status"): {"get", "patch"},
     ("clipforge.dev", "videocurationjobs/finalizers"): {"update"},
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("ray.io", "rayclusters"): {"get", "patch"},
-    ("", "pods"): {"list"},  # a job's Ray worker pods, counted per group for its status
+    ("ray.io", "rayclusters"): {"get", "patch"},  # its status counts the Ready workers: no rule on pods
     ("", "configmaps"): {"get", "create", "patch", "delete"},
     # get: only the names in jobPolicy.allowedCredentialsSecrets (resourceNames); create: each job's Ray token
     ("", "secrets"): {"get", "create"},
@@ -79,8 +78,9 @@ def container(objects: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("sets", [[], ["scope=namespace"], ["scope=namespace", "watchNamespace=videos",
-                                                            "rbac.readJobSecrets=false", "metrics.enabled=false"]],
-                         ids=["cluster", "namespace", "namespace-other"])
+                                                            "rbac.readJobSecrets=false", "metrics.enabled=false"],
+                                  ["watchNamespaces={videos,team-b}"]],
+                         ids=["cluster", "namespace", "namespace-other", "cluster-watched"])
 def test_helm_lint(sets: list[str]):
     args = ["lint", "--strict", str(CHART)]
     for s in sets:
@@ -92,7 +92,8 @@ def test_values_schema_rejects_bad_values():
     for bad in ("scope=everywhere", "logFormat=xml", "progressIntervalSeconds=120", "image.pullPolicy=Sometimes",
                 "unknownKey=1", "jobPolicy.allowedCredentialsSecrets={Not_A_Name}", "jobPolicy.allowedImages={,}",
                 "jobPolicy.allowedServiceAccounts={a/b}", "jobPolicy.other=1", "pipelineImage.repository=",
-                "pipelineImage.other=1"):
+                "pipelineImage.other=1", "watchNamespaces={kube-system}", "watchNamespaces={videos,videos}",
+                "watchNamespaces={Not_A_Name}"):
         proc = helm("template", "cf", str(CHART), "--set", bad, check=False)
         assert proc.returncode != 0, bad
     json.loads((CHART / "values.schema.json").read_text())  # plain JSON
@@ -159,6 +160,31 @@ def test_namespace_scope_can_serve_another_namespace():
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "videos"
     assert binding["subjects"][0]["namespace"] == "clipforge-system"  # the operator's own namespace
     assert "--namespace=videos" in container(objects)["args"]
+
+
+def test_cluster_scope_can_serve_a_list_of_namespaces_with_a_role_binding_in_each():
+    objects = render("watchNamespaces={videos,team-b}")
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRole"}
+    assert set(roles) == {"cf-clipforge-operator", "cf-clipforge-operator-crds"}
+    assert rules(roles["cf-clipforge-operator"]) == EXPECTED_RULES  # bound per namespace: no CRD rule needed there
+    assert rules(roles["cf-clipforge-operator-crds"]) == CLUSTER_ONLY_RULES
+    # Cluster-wide, the operator's account is bound to the CRD rule alone.
+    (cluster_binding,) = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
+    assert cluster_binding["roleRef"]["name"] == "cf-clipforge-operator-crds"
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert set(bindings) == {"videos", "team-b"}
+    for binding in bindings.values():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                      "name": "cf-clipforge-operator"}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cf-clipforge-operator",
+                                        "namespace": "clipforge-system"}]
+    args = container(objects)["args"]
+    assert [a for a in args if a.startswith("--namespace") or a == "--all-namespaces"] == [
+        "--namespace=videos", "--namespace=team-b"]
+    # One namespace list per scope: namespace scope serves watchNamespace, and says so.
+    refused = helm("template", "cf", str(CHART), "--set", "scope=namespace", "--set", "watchNamespaces={videos}",
+                   check=False)
+    assert refused.returncode != 0 and "watchNamespaces is for scope=cluster" in refused.stderr, refused.stderr
 
 
 def secret_rules(role: dict) -> list[dict]:
@@ -273,7 +299,7 @@ def test_a_stock_install_admits_the_gpu_toleration_and_no_toleration_of_every_ta
 
 
 def test_where_kuberay_runs_reaches_the_operator_as_json():
-    from clipforge_operator.builders import KubeRayPods
+    from clipforge_operator.config import KubeRayPods
 
     env = {e["name"]: e["value"] for e in container(render())["env"]}
     assert KubeRayPods.from_json(env["CLIPFORGE_KUBERAY_PODS"]) == KubeRayPods()  # KubeRay's chart's labels

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from clipforge_operator import builders as b
 from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
+from clipforge_operator import spec_updates
 from clipforge_operator.admission import spec_from_configmap
 from clipforge_operator.pipeline_pods import with_pipeline_image
 from clipforge_operator.policy import JobPolicy
@@ -164,54 +164,40 @@ def test_the_status_follows_each_worker_groups_pods_as_the_autoscaler_moves_them
     cluster = "demo-raycluster-x7k2p"
     assert "workerGroups" not in h.status  # no RayCluster (yet): nothing to say
     spec = copy.deepcopy(h.kube.get_rayjob(NS, "demo")["spec"]["rayClusterSpec"])
-    h.kube._put("raycluster", {"metadata": {"name": cluster, "namespace": NS}, "spec": spec})
+    h.kube._put("raycluster", {"metadata": {"name": cluster, "namespace": NS}, "spec": spec,
+                               "status": {"readyWorkerReplicas": 1}})
     cpu = spec["workerGroupSpecs"][0]
     assert cpu["groupName"] == "cpu" and cpu["maxReplicas"] > cpu["minReplicas"]
-
-    def pod(name: str, ready: bool, cluster_name: str = cluster, node_type: str = "worker") -> None:
-        h.kube.objects[("pod", NS, name)] = {
-            "metadata": {"name": name, "namespace": NS,
-                         "labels": {"ray.io/cluster": cluster_name, "ray.io/group": "cpu", "ray.io/node-type": node_type}},
-            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    assert len(spec["workerGroupSpecs"]) == 1  # KubeRay counts Ready workers per cluster: one group, its own count
 
     def sizes() -> dict:
         (group,) = [g for g in h.status["workerGroups"] if g["name"] == "cpu"]
         return {k: group[k] for k in ("minReplicas", "maxReplicas", "desiredReplicas", "readyReplicas")}
 
-    pod("cpu-a", True)
-    pod("head", True, node_type="head")
-    pod("other-cpu", True, cluster_name="other-raycluster")  # another job's cluster in the namespace
     h.advance(1)
     assert h.reconcile(poll_progress=True) == "Running"
     low, high = cpu["minReplicas"], cpu["maxReplicas"]
     assert sizes() == {"minReplicas": low, "maxReplicas": high, "desiredReplicas": low, "readyReplicas": 1}
-    assert ("list_pods", f"ray.io/cluster={cluster},ray.io/node-type=worker") in h.kube.calls
+    assert h.status["readyWorkers"] == 1
+    assert not any(call[0] == "list_pods" for call in h.kube.calls)  # no pod is read: the RayCluster says it
 
     # The Ray autoscaler asks for another pod (it patches the live RayCluster), KubeRay makes it.
-    h.kube.objects[("raycluster", NS, cluster)]["spec"]["workerGroupSpecs"][0]["replicas"] = low + 1
-    pod("cpu-b", False)
+    live = h.kube.objects[("raycluster", NS, cluster)]
+    live["spec"]["workerGroupSpecs"][0]["replicas"] = low + 1
     h.advance(1)
     h.reconcile(poll_progress=True)
     assert sizes()["desiredReplicas"] == low + 1 and sizes()["readyReplicas"] == 1
-    h.kube.objects[("pod", NS, "cpu-b")]["status"]["conditions"][0]["status"] = "True"
-    h.advance(1)
-    h.reconcile(poll_progress=True)
-    assert sizes()["readyReplicas"] == 2
-
-    # A pod list the API refuses keeps the last sizes and holds up nothing.
-    def refused(ns: str, selector: str) -> list[dict]:
-        raise ApiException(status=403, reason="Forbidden")
-
-    h.kube.list_pods = refused
+    live["status"]["readyWorkerReplicas"] = 2  # KubeRay saw the new pod Ready
     h.report(done=5)
     h.advance(1)
     assert h.reconcile(poll_progress=True) == "Running"
-    assert sizes()["readyReplicas"] == 2 and h.status["progress"]["videosDone"] == 5
+    assert sizes()["readyReplicas"] == 2 and h.status["readyWorkers"] == 2
+    assert h.status["progress"]["videosDone"] == 5
 
     # The job ends: its cluster goes, and so do the sizes.
     h.kube.set_rayjob_status("demo", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", rayClusterName=cluster)
     h.advance(1)
-    assert h.reconcile() == "Succeeded" and "workerGroups" not in h.status
+    assert h.reconcile() == "Succeeded" and "workerGroups" not in h.status and "readyWorkers" not in h.status
 
 
 def test_a_finished_job_points_at_its_summary_index_and_report(h: Harness):
@@ -401,7 +387,7 @@ def with_live_cluster(h: Harness) -> None:
 def test_scaling_change_patches_the_live_cluster(h: Harness):
     with_live_cluster(h)
     h.edit_spec(cluster__cpuWorkers__maxReplicas=12, cluster__cpuWorkers__minReplicas=2)
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     cluster = h.kube.get_raycluster(NS, "demo-raycluster-x7k2p")["spec"]["workerGroupSpecs"][0]
     assert (cluster["minReplicas"], cluster["maxReplicas"], cluster["replicas"]) == (2, 12, 2)
     rj = h.kube.get_rayjob(NS, "demo")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
@@ -415,7 +401,7 @@ def test_pipeline_change_on_a_running_job_is_refused(h: Harness):
     with_live_cluster(h)
     h.edit_spec(splitting__algorithm="transnetv2", cluster__image="clipforge/pipeline:next",
                 cluster__cpuWorkers__maxReplicas=3, maxRetries=1)
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     refused = h.condition("SpecUpdateRefused")
     assert refused["status"] == "True" and refused["reason"] == "ImmutableField"
     assert "splitting.algorithm" in refused["message"] and "cluster.image" in refused["message"]
@@ -437,13 +423,13 @@ def test_pipeline_change_on_a_running_job_is_refused(h: Harness):
     h.edit_spec(splitting__algorithm="fixed-stride")
     body = h.kube.objects[("vcj", NS, "demo")]
     body["spec"]["cluster"].pop("image")
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     assert h.condition("SpecUpdateRefused")["status"] == "False"
 
 
 def test_spec_change_before_anything_started_needs_no_patch(h: Harness):
     h.edit_spec(splitting__algorithm="transnetv2")
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     assert h.kube.calls == []
 
 
@@ -480,6 +466,27 @@ def test_secrets_never_reach_status_events_or_logs(tmp_path: Path, caplog: pytes
     # Nor the job's Ray token, which only its own Secret holds.
     token = h.kube.objects[("secret", NS, h.status["rayTokenSecret"])]["stringData"]["RAY_AUTH_TOKEN"]
     assert token not in everything and base64.b64encode(token.encode()).decode() not in everything
+
+
+@pytest.mark.parametrize("storage", [{}, {"credentialsSecret": "missing"}, {"credentialsSecret": "no-keys"}, "unread"],
+                         ids=["no-secret", "secret-missing", "secret-without-keys", "secrets-not-read"])
+def test_a_tenants_bucket_is_never_read_with_the_operators_own_identity(tmp_path: Path, storage: Any):
+    """The job chooses the URI: without its own credentials the operator reads nothing there (its own
+    identity, env or IRSA, would make it a confused deputy), and the job goes on without progress."""
+    h = Harness(tmp_path, output={"uri": "s3://tenant-bucket/out/"},
+                storage=storage if isinstance(storage, dict) else {"credentialsSecret": "s3-creds"})
+    h.kube._put("secret", {"metadata": {"name": "no-keys", "namespace": NS}, "data": {}})
+    h.kube._put("secret", {"metadata": {"name": "s3-creds", "namespace": NS},
+                           "stringData": {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "v"}})
+    if storage == "unread":
+        h.ctx.read_secrets = False
+    reads: list[Any] = []
+    h.ctx.progress = lambda *args, **kwargs: reads.append(args) or pytest.fail("read without the job's credentials")
+    h.ctx.outcome = lambda *args, **kwargs: reads.append(args) or pytest.fail("read without the job's credentials")
+    drive_to_running(h)
+    assert h.reconcile(poll_progress=True) == "Running" and "progress" not in h.status
+    fail(h, "demo", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed")
+    assert reads == [] and h.status["phase"] in ("Pending", "Failed")
 
 
 def test_progress_errors_never_fail_the_job(h: Harness):

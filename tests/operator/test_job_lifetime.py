@@ -20,7 +20,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from clipforge_operator import builders as b
-from clipforge_operator import reconcile as r
+from clipforge_operator import cluster_access as access
+from clipforge_operator import spec_updates
 from clipforge_operator.policy import JobPolicy
 from clipforge_operator.status import rfc3339
 from support.operator_fakes import NS, Harness, drive_to_running, fail, token_refs
@@ -132,7 +133,7 @@ def test_the_operators_own_scaling_patch_keeps_the_pin(h: Harness):
     drive_to_running(h)
     pin = h.status["admittedSpecHash"]
     h.edit_spec(cluster__cpuWorkers__maxReplicas=12)
-    r.update_spec(h.ctx, NS, "demo")
+    spec_updates.update_spec(h.ctx, NS, "demo")
     assert h.kube.count("patch_configmap") == 1
     assert h.reconcile() == "Running" and h.status["admittedSpecHash"] == pin
 
@@ -165,7 +166,7 @@ def test_an_unrecorded_pin_adopts_only_the_configmap_the_operator_would_make(tmp
 def test_a_broken_configmap_fails_the_job_with_a_clear_condition(h: Harness, data: dict, words: str):
     drive_to_running(h)
     configmap(h)["data"] = data
-    r.update_spec(h.ctx, NS, "demo")  # no exception for kopf to retry forever
+    spec_updates.update_spec(h.ctx, NS, "demo")  # no exception for kopf to retry forever
     assert h.reconcile() == "Failed"
     reason, message = failed(h)
     assert reason == "InvalidConfigMap" and message.startswith(words), message
@@ -186,7 +187,7 @@ def test_a_status_writer_cannot_point_the_job_at_another_token(tmp_path: Path, p
     preset_status(h, rayTokenSecret=preset)
     assert h.reconcile() == "Provisioning"
     ours = h.status["rayTokenSecret"]
-    assert ours != preset and b.is_ray_token_secret_name("demo", ours)
+    assert ours != preset and access.is_ray_token_secret_name("demo", ours)
     assert token_refs(h.kube.get_rayjob(NS, "demo")) == {ours}
     assert "RayTokenSecretRefused" in h.reasons()
 
@@ -263,3 +264,36 @@ def test_no_driver_log_text_reaches_the_jobs_status_or_events(tmp_path: Path):
     assert h.status["phase"] == "Failed"
     assert h.status["message"] == failed(h)[1] == "Job entrypoint command failed with exit code 1"
     assert not any("Traceback" in e.message or "KeyError" in e.message for e in h.events)
+
+
+# ------------------------------------------------------------------------ status writes conditional
+
+
+def test_a_status_written_in_between_is_never_overwritten_from_a_stale_read(h: Harness):
+    """The operator reads the job, decides and patches its status: only onto the version it read. A write in
+    between (a status writer, a second operator) is a 409, and the operator decides again from a new read."""
+    drive_to_running(h)
+    h.report(done=2)
+    read, writes = h.kube.get_job, []
+
+    def read_then_someone_writes(ns: str, name: str) -> dict | None:
+        body = read(ns, name)
+        if len(writes) < writes_wanted:
+            writes.append(1)
+            obj = h.kube.objects[("vcj", ns, name)]
+            obj["status"]["message"] = "written in between"
+            obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return body
+
+    h.kube.get_job = read_then_someone_writes
+    writes_wanted = 99  # a writer faster than every read: the operator gives up (kopf retries later), overwriting nothing
+    h.advance(5)
+    with pytest.raises(ApiException) as refused:
+        h.reconcile(poll_progress=True)
+    assert refused.value.status == 409
+    assert h.status["message"] == "written in between" and "progress" not in h.status
+    writes.clear()
+    writes_wanted = 1  # one write in between: the operator's status is decided again from the job as it is now
+    patches = len(h.kube.status_patches)
+    assert h.reconcile(poll_progress=True) == "Running" and h.status["progress"]["videosDone"] == 2
+    assert len(writes) == 1 and len(h.kube.status_patches) == patches + 1  # the refused patch was never applied

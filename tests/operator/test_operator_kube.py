@@ -51,8 +51,8 @@ def test_the_operator_runs_as_the_charts_service_account_and_nothing_more(stack)
         f"system:serviceaccount:{stack.operator.namespace}:{stack.operator.service_account}"
     questions = {"create rayjobs.ray.io": "yes", "patch videocurationjobs.clipforge.dev --subresource=status": "yes",
                  "get secrets/clipforge-s3": "yes", "get secrets": "no", "list secrets": "no", "create pods": "no", "delete rayclusters.ray.io": "no",
-                 # A job's Ray worker pods are counted for its status.workerGroups: listed, never read one by one or changed.
-                 "list pods": "yes", "get pods": "no", "patch pods": "no",
+                 # No pod is read: the RayCluster's status says how many workers are Ready.
+                 "list pods": "no", "get pods": "no", "patch pods": "no",
                  "update videocurationjobs.clipforge.dev": "no",
                  # The jobs' Ray tokens and NetworkPolicies: made, never changed; the GC deletes them with the job.
                  "create secrets": "yes", "update secrets": "no", "delete secrets": "no",
@@ -97,6 +97,43 @@ def test_the_namespace_scoped_chart_serves_its_namespace_with_a_role(stack, tmp_
         scoped.stop()
         stack.operator.start()
         stack.cp.kubectl("delete", "namespace", watched, "--wait=false")
+
+
+def test_the_cluster_scoped_chart_with_watched_namespaces_serves_those_only(stack, tmp_path):
+    """scope=cluster with watchNamespaces: the ClusterRole bound by a RoleBinding in the watched namespace
+    only, the operator started with --namespace: a job there is served, one elsewhere is not touched."""
+    watched, unwatched = "operator-kube-watched", "operator-kube-unwatched"
+    for namespace in (watched, unwatched):
+        stack.cp.create_namespace(namespace)
+    scoped = ChartOperator(stack.cp, tmp_path, namespace="clipforge-watched",
+                           sets=("progressIntervalSeconds=1", "fullnameOverride=cf-watched",
+                                 f"watchNamespaces={{{watched}}}"))
+    assert [o["metadata"]["namespace"] for o in scoped.objects if o["kind"] == "RoleBinding"] == [watched]
+    assert f"--namespace={watched}" in scoped.container["args"] and "--all-namespaces" not in scoped.container["args"]
+    stack.operator.stop()  # one operator per job: the stack's cluster-wide one would take these jobs too
+    try:
+        scoped.start()
+        for namespace in (watched, unwatched):  # pods that never schedule: this test is about the API calls
+            stack.cp.apply({"apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
+                            "metadata": {"name": "scoped", "namespace": namespace},
+                            "spec": {"input": {"uri": "s3://in/"}, "output": {"uri": "s3://out/"},
+                                     "cluster": {"head": {"nodeSelector": {"no-such-label": "x"}}}}})
+        kubectl = lambda ns, *a: stack.cp.kubectl("-n", ns, *a, check=False)  # noqa: E731
+        stack.wait(lambda: json.loads(kubectl(watched, "get", "vcj", "scoped", "-o", "json").stdout)
+                   .get("status", {}).get("phase") == "Provisioning", 60, "phase Provisioning", operator=scoped)
+        assert kubectl(watched, "get", "rayjob", "scoped").returncode == 0
+        # The other namespace's job: no status, no children (the operator neither watches nor may act there).
+        assert "status" not in json.loads(kubectl(unwatched, "get", "vcj", "scoped", "-o", "json").stdout)
+        assert kubectl(unwatched, "get", "rayjob,configmap/scoped-config", "-o", "name").stdout.strip() == ""
+        assert kubectl(watched, "delete", "vcj", "scoped", "--timeout=60s").returncode == 0
+        refused = refused_calls(scoped.log_text())
+        assert not refused, "the operator of watched namespaces was refused:\n" + "\n".join(refused[:10])
+    finally:
+        scoped.stop()
+        # Gone before the stack's operator, which serves every namespace, could take it up.
+        stack.cp.kubectl("-n", unwatched, "delete", "vcj", "scoped", "--ignore-not-found", "--timeout=60s", check=False)
+        stack.operator.start()
+        stack.cp.kubectl("delete", "namespace", watched, unwatched, "--wait=false")
 
 
 # --------------------------------------------------------------------- the closed Ray cluster

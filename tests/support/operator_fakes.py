@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
+from kubernetes.client.exceptions import ApiException
 
 from clipforge_operator import builders as b
 from clipforge_operator import reconcile as r
@@ -55,10 +56,13 @@ class FakeKube:
     def get_job(self, ns: str, name: str) -> dict | None:
         return self._get("vcj", ns, name)
 
-    def patch_job_status(self, ns: str, name: str, status: dict) -> dict:
+    def patch_job_status(self, ns: str, name: str, status: dict, resource_version: str | None) -> dict:
         self.calls.append(("patch_status", name))
-        self.status_patches.append(copy.deepcopy(status))
         obj = self.objects[("vcj", ns, name)]
+        if resource_version is not None and resource_version != obj["metadata"].get("resourceVersion"):
+            raise ApiException(status=409, reason="Conflict")  # as the API server: the object changed since
+        self.status_patches.append(copy.deepcopy(status))
+        bump_resource_version(obj)
         current = obj.setdefault("status", {})
         for key, value in status.items():
             if value is None:
@@ -95,12 +99,6 @@ class FakeKube:
         self.calls.append(("patch_raycluster", name))
         self.objects[("raycluster", ns, name)] = jsonpatch.apply_patch(self.objects[("raycluster", ns, name)], ops)
         return self.objects[("raycluster", ns, name)]
-
-    def list_pods(self, ns: str, selector: str) -> list[dict]:
-        self.calls.append(("list_pods", selector))
-        wanted = dict(term.split("=", 1) for term in selector.split(","))
-        return [copy.deepcopy(o) for (k, n, _), o in self.objects.items()
-                if k == "pod" and n == ns and wanted.items() <= o["metadata"]["labels"].items()]
 
     # ConfigMap / Secret
     def get_configmap(self, ns: str, name: str) -> dict | None:
@@ -148,6 +146,11 @@ class FakeKube:
         obj["status"] = {k: v for k, v in status.items() if v is not None}
 
 
+def bump_resource_version(obj: dict) -> None:
+    """What every write does to an object on the API server."""
+    obj["metadata"]["resourceVersion"] = str(int(obj["metadata"].get("resourceVersion") or 0) + 1)
+
+
 class Harness:
     """One job, a fake API, a controllable clock, and the events the operator posts."""
 
@@ -164,7 +167,7 @@ class Harness:
                 "volumeMounts": [{"name": "data", "mountPath": str(tmp_path)}]}
         body = {
             "apiVersion": "clipforge.dev/v1alpha1", "kind": "VideoCurationJob",
-            "metadata": {"name": name, "namespace": namespace, "uid": UID, "generation": 1},
+            "metadata": {"name": name, "namespace": namespace, "uid": UID, "generation": 1, "resourceVersion": "1"},
             "spec": {"input": {"uri": str(tmp_path / "in")}, "output": {"uri": str(self.output)},
                      "retryBackoff": {"initialSeconds": 30, "maxSeconds": 600}, **spec,
                      "cluster": {**data, **spec.get("cluster", {})}},
@@ -210,6 +213,7 @@ class Harness:
                 node = node.setdefault(part, {})
             node[leaf] = value
         body["metadata"]["generation"] += 1
+        bump_resource_version(body)
 
 
 def drive_to_running(h: Harness, name: str = "demo") -> None:

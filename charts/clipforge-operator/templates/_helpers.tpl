@@ -71,14 +71,11 @@ Least privilege: no wildcards, no list/watch where a get suffices, no update whe
 - apiGroups: ["ray.io"]
   resources: ["rayjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The live RayCluster of a RayJob: only its worker-group bounds are patched.
+# The live RayCluster of a RayJob: only its worker-group bounds are patched; its status says how many
+# workers are Ready (status.workerGroups), so no rule on pods: no pod spec, literal env included, is readable.
 - apiGroups: ["ray.io"]
   resources: ["rayclusters"]
   verbs: ["get", "patch"]
-# The live RayCluster's worker pods, counted per group for status.workerGroups (read, never changed).
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["list"]
 # The job manifest the pipeline runs, mounted into the Ray head.
 - apiGroups: [""]
   resources: ["configmaps"]
@@ -116,4 +113,11 @@ Least privilege: no wildcards, no list/watch where a get suffices, no update whe
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* Cluster scope only: kopf follows CRDs installed after it starts (such as KubeRay's). */}}
+{{- define "clipforge-operator.crdRule" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}

@@ -83,7 +83,10 @@ class WorkerGroupStatus(SpecModel):
     min_replicas: int = _f(0, "Fewest pods the group keeps.", ge=0)
     max_replicas: int = _f(0, "Most pods the Ray autoscaler may start.", ge=0)
     desired_replicas: int = _f(0, "Pods the Ray autoscaler wants now (the live RayCluster's replicas).", ge=0)
-    ready_replicas: int = _f(0, "Pods of the group that are Ready.", ge=0)
+    ready_replicas: int | None = _f(
+        None, "Pods of the group that are Ready, for a cluster of one worker group: KubeRay counts Ready"
+        " workers for the whole cluster (status.readyWorkers), not per group.", ge=0,
+    )
 
 
 class VideoCurationJobStatus(SpecModel):
@@ -112,5 +115,8 @@ class VideoCurationJobStatus(SpecModel):
     progress: JobProgress | None = _f(None, "The pipeline's latest progress report.")
     worker_groups: list[WorkerGroupStatus] | None = _f(
         None, "The current attempt's worker groups while its Ray cluster runs: how many pods each has and wants."
+    )
+    ready_workers: int | None = _f(
+        None, "Ready worker pods of the current attempt's Ray cluster, every group's together (KubeRay's count).", ge=0,
     )
     outputs: JobOutputs | None = _f(None, "Where a finished run's summary, clip index and report are.")
