@@ -6,6 +6,7 @@ inside them through Ray's object store.
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -132,3 +133,9 @@ class VideoTask:
         if self.clips:
             return sum(clip.duration_s for clip in self.clips)
         return self.meta.duration_s if self.meta else 0.0
+
+
+def task_row(task: VideoTask) -> dict:
+    """The task as a Ray Data row. Tasks travel pickled in a binary column: Arrow cannot type nested
+    dataclasses, and an explicit pickle spares Ray Data a failed conversion attempt on every block."""
+    return {"task": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)}

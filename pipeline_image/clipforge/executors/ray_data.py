@@ -2,9 +2,7 @@
 
 Every row is one task (a video, or after split one chunk of a video) and is its own block,
 so the chunks of one long video are spread over a stage's workers like separate videos are.
-Videos enter as the driver lists them: a thread hands them to a small queue actor, which the
-dataset's one read task (no CPU of its own) drains, so the first video starts while the listing
-goes on and the driver holds no more than the queue's few videos ahead of the pipeline.
+Videos enter as the driver lists them (executors/feed.py).
 
 Actor pools autoscale between the stage's min and max workers. A worker that dies (a decoder
 crash, out of memory, a lost node) is restarted and the task it was running is retried (the
@@ -29,18 +27,13 @@ import pickle
 import secrets
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
-from ray.util.queue import Full, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from clipforge import logs
@@ -48,7 +41,7 @@ from clipforge.executors.allocation import StageDemand, StageMeter, throughput_a
 from clipforge.spec import VideoCurationJobSpec, stage_resource_name
 from clipforge.stages import Stage, pipeline_stages
 from clipforge.stages.base import run_attempts
-from clipforge.tasks import VideoTask
+from clipforge.tasks import VideoTask, task_row
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +54,6 @@ WORKER_DIED = "its worker process died (crash, out of memory or killed)"
 TIME_LIMIT_REASON = "ran past the time limit"
 # How long the ledger waits for a stopped attempt's stack dump to be read on its node.
 DUMP_READ_TIMEOUT_S = 60
-# Videos listed ahead of the pipeline: enough to keep the first stage's workers fed, few enough
-# that the listing waits for the pipeline rather than piling videos up on the driver.
-FEED_AHEAD = 256
 
 
 class WorkerSetupError(RuntimeError):
@@ -187,7 +177,7 @@ class _StageWorker:
         # The rows are built inside the attempt: running out of memory pickling them is its death too.
         # Environment failures are retried inside (run_attempts); deaths and time limits here.
         gave_up = self._attempt(
-            key, lambda: rows.extend(_row(t) for t in run_attempts(self.stage, task, self.failures.task_retries,
+            key, lambda: rows.extend(task_row(t) for t in run_attempts(self.stage, task, self.failures.task_retries,
                                                                    lambda: pickle.loads(row["task"]))),
             _TimeLimit(*self.stage.time_limit(task)),
         )
@@ -197,7 +187,7 @@ class _StageWorker:
             # A worker that died (out of memory, killed) is the environment's; a task that keeps
             # running past its time limit is its input's (a decoder that hangs on it).
             task.retryable = any(not reason.startswith(TIME_LIMIT_REASON) for reason in gave_up)
-            return [_row(task)]
+            return [task_row(task)]
         return rows
 
     def _attempt(self, key: str, work: Callable[[], object], limit: _TimeLimit | None) -> list[str] | None:
@@ -224,12 +214,6 @@ def ray_task_retries(spec: VideoCurationJobSpec) -> int:
     failure); the factor leaves room for queued tasks, and still ends a run that would loop.
     """
     return (spec.execution.failures.task_retries + 1) * QUEUED_RETRY_FACTOR
-
-
-def _row(task: VideoTask) -> dict:
-    # Tasks travel pickled in a binary column: Arrow cannot type nested dataclasses, and an
-    # explicit pickle spares Ray Data a failed conversion attempt on every block.
-    return {"task": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
 def local_cpus_needed(spec: VideoCurationJobSpec) -> int:
@@ -292,60 +276,15 @@ def _token_auth() -> None:
     Config.initialize("")  # Ray read its settings at import; this process must see token mode too
 
 
-class _Feed(Datasource):
-    """The videos the driver puts on `queue`, one row (and block) each, until it puts None."""
-
-    def __init__(self, queue: Queue):
-        self.queue = queue
-
-    @property
-    def supports_distributed_reads(self) -> bool:
-        return False  # its read task runs on the driver's node, with the queue
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: object = None) -> list[ReadTask]:
-        return [ReadTask(self._rows, BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None))]
-
-    def _rows(self) -> Iterator[pa.Table]:
-        while (row := self.queue.get()) is not None:
-            yield pa.table({"task": pa.array([row], pa.binary())})
-
-
-class _Feeder:
-    """Puts `tasks` on a queue from a thread, as they come: listing them may take as long as the run."""
-
-    def __init__(self, tasks: Iterable[VideoTask], queue: Queue):
-        self.tasks, self.queue = tasks, queue
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._feed, name="clipforge-feed", daemon=True)
-
-    def _feed(self) -> None:
-        try:
-            for task in self.tasks:
-                if not self._put(_row(task)["task"]):
-                    return
-        except BaseException as exc:  # the listing's failure (storage, a manifest row) is the run's
-            self.error = exc
-        self._put(None)
-
-    def _put(self, item: bytes | None) -> bool:
-        """Waits while the queue is full (the pipeline is behind); False once the run stopped reading."""
-        while not self.stop.is_set():
-            with contextlib.suppress(Full):
-                self.queue.put(item, timeout=1)
-                return True
-        return False
-
-
 def run_ray(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stages: list[type[Stage]]) -> Iterator[VideoTask]:
     """Streams `tasks` (consumed as they come, from a thread) through the stages (the spec's:
     clipforge.stages.pipeline_stages; stand-ins with the same names and resources in the scaling
     benchmark) on the Ray this process joined. A failure raised by `tasks` is raised here once
     the videos before it are through."""
+    import ray.data  # here: the executor's own actors (the ledger, the meter) never load Ray Data
+
+    from clipforge.executors.feed import FEED_AHEAD, Feed, Feeder
+
     ctx = ray.data.DataContext.get_current()
     # The CLI draws its own progress, per video; Ray Data's own logs stay in its log files.
     ctx.enable_progress_bars = False
@@ -358,10 +297,9 @@ def run_ray(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stages: list
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     attempts = _on_driver_node(TaskAttempts)  # the ledger must outlive any worker node
     meter = _on_driver_node(StageMeter) if spec.execution.allocator == "throughput" else None
-    queue = Queue(maxsize=FEED_AHEAD, actor_options={"num_cpus": 0, "scheduling_strategy": _driver_node()})
-    feeder = _Feeder(tasks, queue)
+    feeder = Feeder(tasks, FEED_AHEAD, _driver_node())
     # No CPU for the read task: it only waits on the queue, for as long as the listing lasts.
-    ds = ray.data.read_datasource(_Feed(queue), num_cpus=0)
+    ds = ray.data.read_datasource(Feed(feeder.queue), num_cpus=0)
     for stage_cls in stages:
         ds = _stage_operator(ds, stage_cls, tuple(stages), spec, attempts, meter)
     allocation = throughput_allocation(_autoscaler_args(spec, stages, meter)) if meter else contextlib.nullcontext()
@@ -375,7 +313,7 @@ def run_ray(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stages: list
     finally:
         feeder.stop.set()
         feeder.thread.join()
-        queue.shutdown()
+        feeder.queue.shutdown()
         ray.kill(attempts)
         if meter:
             ray.kill(meter)
