@@ -313,6 +313,10 @@ class Node:
         slim = self.workdir / "images" / f"import-{archive.name}"
         slim.parent.mkdir(exist_ok=True)
         blobs = self.image_store / "io.containerd.content.v1.content" / "blobs"
+        with tarfile.open(archive) as tar:
+            [entry] = json.load(tar.extractfile("index.json"))["manifests"]
+            layers = {layer["digest"] for layer in json.load(tar.extractfile(_blob(entry["digest"])))["layers"]}
+        self._drop_outgrown(full, layers, blobs)
         with tarfile.open(archive) as tar, tarfile.open(slim, "w") as out:
             for member in tar:  # a file archive: a member's data is skipped by seeking, not read
                 if member.name.startswith("blobs/") and (blobs / member.name.removeprefix("blobs/")).is_file():
@@ -326,6 +330,20 @@ class Node:
         if full not in listed:
             raise NodeError(f"importing {archive} into node {self.spec.name} gave {listed}, not {full}")
         self.imported.add(full)
+
+    def _drop_outgrown(self, full: str, layers: set[str], blobs: Path) -> None:
+        """Removes the store's `full` before its import when the new image does not keep the old
+        one's largest layer (the dependencies changed): side by side, the two generations of the
+        pipeline image took the disk the kubelet needs (it reported DiskPressure). A code change
+        keeps that layer, and the old image stays until the new one shares it."""
+        rows = [line.split() for line in self.ctr("images", "ls").stdout.splitlines()[1:]]
+        old = next((row[2] for row in rows if row and row[0] == full), None)
+        manifest = blobs / old.replace(":", "/", 1) if old else None
+        if manifest is None or not manifest.is_file():
+            return
+        old_layers = json.loads(manifest.read_text()).get("layers") or []
+        if old_layers and max(old_layers, key=lambda layer: layer["size"])["digest"] not in layers:
+            self.ctr("images", "rm", "--sync", full, timeout=300)
 
     def start_kubelet(self) -> None:
         cp = self.control_plane
@@ -504,6 +522,10 @@ class Node:
     def _error(self, name: str, message: str) -> NodeError:
         log = self.logs_dir / f"{name}.log"
         return NodeError(f"node {self.spec.name}: {name} {message}\n--- last lines of {log} ---\n{log_tail(log, 40)}")
+
+
+def _blob(digest: str) -> str:
+    return "blobs/" + digest.replace(":", "/", 1)
 
 
 def _run(*argv: str) -> None:
