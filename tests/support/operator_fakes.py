@@ -88,17 +88,18 @@ class FakeKube:
                 if k == "rayjob" and n == ns and o["metadata"]["labels"].get(b.LABEL_JOB_UID) == uid]
 
     def json_patch_rayjob(self, ns: str, name: str, ops: list[dict]) -> dict:
-        self.calls.append(("patch_rayjob", name))
-        self.objects[("rayjob", ns, name)] = jsonpatch.apply_patch(self.objects[("rayjob", ns, name)], ops)
-        return self.objects[("rayjob", ns, name)]
+        return self._json_patch("rayjob", ns, name, ops)
 
     def get_raycluster(self, ns: str, name: str) -> dict | None:
         return self._get("raycluster", ns, name)
 
     def json_patch_raycluster(self, ns: str, name: str, ops: list[dict]) -> dict:
-        self.calls.append(("patch_raycluster", name))
-        self.objects[("raycluster", ns, name)] = jsonpatch.apply_patch(self.objects[("raycluster", ns, name)], ops)
-        return self.objects[("raycluster", ns, name)]
+        return self._json_patch("raycluster", ns, name, ops)
+
+    def _json_patch(self, kind: str, ns: str, name: str, ops: list[dict]) -> dict:
+        self.calls.append((f"patch_{kind}", name))
+        self.objects[(kind, ns, name)] = jsonpatch.apply_patch(self.objects[(kind, ns, name)], ops)
+        return self.objects[(kind, ns, name)]
 
     # ConfigMap / Secret
     def get_configmap(self, ns: str, name: str) -> dict | None:
