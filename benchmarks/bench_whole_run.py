@@ -14,10 +14,12 @@ inside the timing (embedded Ray included):
 
 Every round runs the floor and each profile once, interleaved, so that a machine whose speed drifts
 over minutes (other tenants) moves them alike; `--runs` rounds (default 3). Wall time is from start
-to the command's exit. CPU seconds are the whole process tree's: each command runs under a small
-parent that makes itself the child subreaper (orphaned descendants, such as Ray's workers, are
-re-parented to it), waits for every descendant to end and reports its RUSAGE_CHILDREN. Cores busy is
-CPU / wall. A ratio is the median over rounds of profile / floor of the same round.
+to the command's exit. CPU seconds are a cpuacct cgroup's (cgroup v1, or cpu.stat on v2) made for
+the run: everything the command starts inherits it, Ray's workers included. Its small parent makes
+itself the child subreaper (orphaned descendants are re-parented to it) and waits for every
+descendant to end before the cgroup is read. (The tree's RUSAGE_CHILDREN missed most of a default
+run's CPU: a process that reaps nothing, or ignores SIGCHLD, drops its children's times.) Cores busy
+is CPU / wall. A ratio is the median over rounds of profile / floor of the same round.
 
     python benchmarks/bench_whole_run.py                               # 3 rounds of 60 s videos
     nice -n 10 python benchmarks/bench_whole_run.py --runs 1 --seconds 5   # smoke run
@@ -28,13 +30,16 @@ ffmpeg comes from Debian (`apt-get install ffmpeg`): PyAV's bundled libraries ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,14 +50,16 @@ PRESET, CRF = "veryfast", 23
 FLOOR_PARALLEL = 2
 PROFILES = ("split", "default", "copy")
 
-# Runs COMMAND as the child subreaper's child, waits for the whole tree and prints, as its last line,
-# the command's exit status, its wall seconds (to its exit) and the tree's CPU seconds (user +
-# system). Descendants still alive GRACE_S after the command exits (a daemon that outlived its run)
-# are killed and reaped, so that their CPU is counted rather than lost.
+# Joins the cgroup in $BENCH_CGROUP, runs COMMAND as the child subreaper's child, waits for the whole
+# tree and prints, as its last line, the command's exit status and its wall seconds (to its exit).
+# Descendants still alive GRACE_S after the command exits (a daemon that outlived its run) are
+# killed, so that the cgroup is read once every process of the run has ended.
 TREE_RUNNER = r"""
-import ctypes, os, resource, signal, subprocess, sys, time
+import ctypes, os, signal, subprocess, sys, time
 GRACE_S = 30.0
 PR_SET_CHILD_SUBREAPER = 36
+with open(os.path.join(os.environ["BENCH_CGROUP"], "cgroup.procs"), "w") as procs:
+    procs.write(str(os.getpid()))
 if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
     sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed: the process tree's CPU cannot be collected")
 
@@ -85,9 +92,33 @@ while True:
                 print(f"killed descendants alive {GRACE_S:.0f} s after the command ended", file=sys.stderr)
                 killed = True
         time.sleep(0.05)
-usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{status} {wall:.3f} {usage.ru_utime + usage.ru_stime:.3f}")
+print(f"{status} {wall:.3f}")
 """
+CGROUP_V1 = Path("/sys/fs/cgroup/cpuacct")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+@contextlib.contextmanager
+def cpu_cgroup() -> Iterator[tuple[Path, Callable[[], float]]]:
+    """A fresh cgroup for one run, and a function that reads the CPU seconds spent in it."""
+    name = f"clipforge-bench-{os.getpid()}"
+    if (CGROUP_V1 / "cpuacct.usage").exists():
+        path = CGROUP_V1 / name
+        def read() -> float:
+            return int((path / "cpuacct.usage").read_text()) / 1e9
+    else:
+        path = CGROUP_V2 / name
+        def read() -> float:
+            stat = dict(line.split() for line in (path / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) / 1e6
+    try:
+        path.mkdir()
+    except OSError as exc:
+        raise SystemExit(f"cannot make the cgroup {path} that counts a run's CPU ({exc}): run as root") from exc
+    try:
+        yield path, read
+    finally:
+        path.rmdir()
 
 
 @dataclass(frozen=True)
@@ -138,11 +169,14 @@ def job_document(input_dir: Path, output_dir: Path, profile: str) -> dict:
 
 
 def measure(command: list[str]) -> Measurement:
-    done = subprocess.run([sys.executable, "-c", TREE_RUNNER, *command], stdout=subprocess.PIPE, text=True)
+    with cpu_cgroup() as (cgroup, cpu_seconds):
+        done = subprocess.run([sys.executable, "-c", TREE_RUNNER, *command], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "BENCH_CGROUP": str(cgroup)})
+        cpu = cpu_seconds()
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{command[:4]} ...: the tree runner failed (exit {done.returncode})")
-    status, wall, cpu = lines[-1].split()
+    status, wall = lines[-1].split()
     if status != "0":
         print("\n".join(lines[:-1][-40:]), file=sys.stderr)
         raise SystemExit(f"{' '.join(command[:6])} ... exited {status}")
