@@ -1,8 +1,11 @@
 """Semantic deduplication of clip embeddings (the SemDeDup scheme NeMo Curator uses), on faiss.
 
-1. Every clip embedding under `<output>/<algo>_embd_parquet/` is read and L2-normalised.
-2. Spherical k-means (faiss) puts similar clips in the same cluster; k is `dedup.nClusters`
-   or about sqrt(number of clips).
+1. The clip embeddings under `<output>/<algo>_embd_parquet/` are read in parts of at most
+   PART_ROWS rows and L2-normalised.
+2. Spherical k-means (faiss) is fitted on a sample of them (SAMPLE_PER_CENTROID clips per
+   centroid, chosen by a hash of the clip id, so the same clips whatever the order or the number
+   of workers); k is `dedup.nClusters` or about sqrt(number of clips). Every clip then goes to its
+   nearest centroid.
 3. Within each cluster, all pairwise cosine similarities are computed in blocks (matrix
    products, memory O(block x cluster size)); a pair is a duplicate when its similarity is
    at least 1 - eps.
@@ -17,18 +20,13 @@ duplicate can be away, 2 sqrt(2 eps)) is also compared with the members of that 
 cluster. That catches nearly all such splits; a duplicate pair split over clusters that are
 not each other's nearest two is still missed.
 
-Choosing eps depends on the embedder. For efficientnet-lite0 (the default), measured on the
-synthetic samples (tests/pipeline/test_dedup.py, 480x272 sources): copies re-encoded at crf 36
-score 0.993-0.995 against their originals, copies resized to 400x226 or 320x180 score
-0.978-0.990, and distinct scenes score up to about 0.95. The spec's default eps 0.01
-(similarity >= 0.99) finds the re-encodes but misses most resized copies; eps 0.03 (>= 0.97)
-finds them all with a margin to distinct content, and is what we recommend for it. Sources
-smaller than the embedder's 224 px input lose more when resized (a 160x96 copy of a 320x192
-video scored only 0.89), so such copies are out of reach for any eps that spares distinct clips.
+Choosing eps for an embedder: docs/dedup.md.
 
-Step 3 runs as Ray tasks (clusters grouped into batches of similar cost, the embeddings
-shared through the object store) when Ray is initialised and the set is large, in-process
-otherwise; both run the same function on the same clusters, so the results are identical.
+On Ray (when it is initialised and the set is large) steps 1-3 are tasks: each part is read
+by a task that samples it, then by one that assigns its clips and deals them out by cluster
+into batches of about equal cost (estimated from the sample); each comparison task then holds
+only its batch's clusters, so no process ever holds every embedding. In-process, the same
+functions run on the same parts in order, so both give identical results.
 
 Outputs under `<output>/dedup/`: duplicates.parquet (id, duplicate_of, cosine_similarity,
 cluster) and kept.parquet (id, source_video, span_start, span_end, cluster, num_duplicates).
@@ -36,10 +34,12 @@ cluster) and kept.parquet (id, source_video, span_start, span_end, cluster, num_
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -63,15 +63,17 @@ RAY_MIN_CLIPS = 20_000
 BLOCK_ROWS = 1024
 KMEANS_ITERATIONS = 20
 KMEANS_SEED = 1234
+# Clips k-means is fitted on, per centroid (faiss asks for 39 at least and uses 256 at most).
+SAMPLE_PER_CENTROID = 128
+# Rows one task reads at once (1 KiB each at dim 256): a task's memory is about PART_ROWS KiB.
+PART_ROWS = 50_000
+# Comparison batches per CPU of the cluster: small enough that one slow batch does not idle the rest.
+BATCHES_PER_CPU = 4
 META_COLUMNS = ("source_video", "span_start", "span_end")
 
 
 class DedupError(RuntimeError):
     """Nothing to deduplicate, or embeddings that cannot be read; the message names the location."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Core: arrays in, duplicate groups out.
 
 
 @dataclass
@@ -102,25 +104,85 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
-def kmeans_clusters(vectors: np.ndarray, k: int, eps: float = 0.0, seed: int = KMEANS_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster of each unit vector under spherical k-means with k centroids, second cluster or -1).
+def default_clusters(n: int) -> int:
+    return max(1, round(math.sqrt(n)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts: where a task's rows come from.
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """Embedding parquet files, read by whichever process runs the task."""
+
+    storage: Storage
+    uris: tuple[str, ...]
+
+    def load(self) -> tuple[pa.Table, np.ndarray]:
+        return embedding_rows(self.storage, self.uris)
+
+
+@dataclass(frozen=True)
+class ArrayPart:
+    """Rows already in memory: ids (and any metadata) with their embeddings."""
+
+    meta: pa.Table
+    vectors: np.ndarray
+
+    def load(self) -> tuple[pa.Table, np.ndarray]:
+        return self.meta, self.vectors
+
+
+Part = FilePart | ArrayPart
+
+
+def id_hashes(ids: pa.Array | np.ndarray | Sequence[str]) -> np.ndarray:
+    """A stable 64-bit hash of each clip id: the sample depends on the ids alone."""
+    values = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+    return np.array([int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
+                     for v in values], dtype=np.uint64)
+
+
+def sample_part(part: Part, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, unit vectors) of the part's clips whose id hash falls in the first `fraction` of the range."""
+    meta, vectors = part.load()
+    ids = meta.column("id").to_numpy(zero_copy_only=False).astype(object)
+    chosen = id_hashes(ids) < np.uint64(min(int(fraction * 2**64), 2**64 - 1)) if fraction < 1 else slice(None)
+    return ids[chosen], normalize(vectors[chosen]) if len(ids) else np.zeros((0, vectors.shape[1]), np.float32)
+
+
+def fit_centroids(ids: np.ndarray, unit: np.ndarray, k: int) -> np.ndarray:
+    """k unit centroids of spherical k-means on the sample, taken in id order (any order of
+    parts gives the same fit)."""
+    if k == 1:
+        centroid = unit.sum(axis=0)
+        return (centroid / (np.linalg.norm(centroid) or 1.0))[None, :].astype(np.float32)
+    import faiss
+
+    order = np.argsort(ids, kind="stable")
+    kmeans = faiss.Kmeans(
+        unit.shape[1], k, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, spherical=True, verbose=False,
+        min_points_per_centroid=1,  # small sets are fine; faiss would only warn
+    )
+    kmeans.train(np.ascontiguousarray(unit[order]))
+    return kmeans.centroids.copy()
+
+
+def assign(unit: np.ndarray, centroids: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid of each unit vector, second-nearest or -1).
 
     The second cluster is the next nearest centroid when the vector lies near the border
     between the two: a duplicate of it (cosine >= 1 - eps, so within sqrt(2 eps)) may then have
     landed there, and the vector is also compared with that cluster's members.
     """
-    n, dim = vectors.shape
-    k = max(1, min(k, n))
-    if k == 1:
-        return np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    if len(centroids) == 1:
+        return np.zeros(len(unit), dtype=np.int64), np.full(len(unit), -1, dtype=np.int64)
     import faiss
 
-    kmeans = faiss.Kmeans(
-        dim, k, niter=KMEANS_ITERATIONS, seed=seed, spherical=True, verbose=False,
-        min_points_per_centroid=1,  # small sets are fine; faiss would only warn
-    )
-    kmeans.train(vectors)
-    squared, nearest = kmeans.index.search(vectors, 2)
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(centroids)
+    squared, nearest = index.search(unit, 2)
     distance = np.sqrt(np.maximum(squared, 0))
     # A duplicate b of a lies within r = sqrt(2 eps) of a, so b can only be nearer to another
     # centroid than to a's own if a is within 2r of that centroid's border.
@@ -129,8 +191,99 @@ def kmeans_clusters(vectors: np.ndarray, k: int, eps: float = 0.0, seed: int = K
     return nearest[:, 0].astype(np.int64), second.astype(np.int64)
 
 
-def default_clusters(n: int) -> int:
-    return max(1, round(math.sqrt(n)))
+@dataclass(frozen=True)
+class Rows:
+    """Clips dealt to one comparison batch: their global row index, unit vector and cluster;
+    `member` False for a border clip visiting from its own cluster."""
+
+    index: np.ndarray
+    unit: np.ndarray
+    cluster: np.ndarray
+    member: np.ndarray
+
+    @staticmethod
+    def concat(parts: Sequence[Rows]) -> Rows:
+        return Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("index", "unit", "cluster", "member")))
+
+
+def assign_part(part: Part, offset: int, centroids: np.ndarray, eps: float,
+                batch_of: np.ndarray) -> tuple[pa.Table, *tuple[Rows, ...]]:
+    """The part's metadata with each clip's cluster, then one Rows per batch (batch_of: cluster -> batch)."""
+    meta, vectors = part.load()
+    unit = normalize(vectors) if len(meta) else np.zeros((0, centroids.shape[1]), np.float32)
+    cluster, second = assign(unit, centroids, eps)
+    rows = offset + np.arange(len(meta))
+    visiting = np.flatnonzero(second >= 0)
+    batches = []
+    for batch in range(int(batch_of.max()) + 1):
+        own = np.flatnonzero(batch_of[cluster] == batch)
+        guests = visiting[batch_of[second[visiting]] == batch]
+        batches.append(Rows(np.concatenate([rows[own], rows[guests]]), np.concatenate([unit[own], unit[guests]]),
+                            np.concatenate([cluster[own], second[guests]]),
+                            np.concatenate([np.ones(len(own), bool), np.zeros(len(guests), bool)])))
+    return (meta.append_column("cluster", pa.array(cluster, pa.int32())), *batches)
+
+
+_NO_EDGES = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+
+
+def cluster_edges(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Duplicate pairs (as positions) among one cluster's members `x`: blocked matrix products,
+    memory O(BLOCK_ROWS x len(x))."""
+    threshold32 = np.float32(threshold)
+    lefts, rights = [], []
+    for start in range(0, len(x), BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, len(x))
+        # Rows [start, stop) against columns [start, m): the upper triangle, blockwise.
+        rows, cols = np.nonzero(x[start:stop] @ x[start:].T >= threshold32)
+        upper = cols > rows
+        lefts.append(rows[upper] + start)
+        rights.append(cols[upper] + start)
+    if not lefts:
+        return _NO_EDGES
+    return np.concatenate(lefts), np.concatenate(rights)
+
+
+def batch_edges(rows: Rows, threshold: float) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """Duplicate pairs (global row indices) within the batch's clusters, with the unit vector of
+    every clip in a pair (for the similarity to the clip its group keeps)."""
+    order = np.lexsort((~rows.member, rows.cluster))  # per cluster: members, then visitors
+    cluster = rows.cluster[order]
+    starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]])
+    lefts, rights = [], []
+    for start, stop in zip(starts, np.r_[starts[1:], len(order)]):
+        taken = order[start:stop]
+        members, visitors = taken[rows.member[taken]], taken[~rows.member[taken]]
+        if len(members) < 2 and not (len(members) and len(visitors)):
+            continue
+        x = rows.unit[members]
+        left, right = cluster_edges(x, threshold)
+        lefts.append(rows.index[members[left]])
+        rights.append(rows.index[members[right]])
+        for block in range(0, len(visitors), BLOCK_ROWS):
+            guests = visitors[block:block + BLOCK_ROWS]
+            g, m = np.nonzero(rows.unit[guests] @ x.T >= np.float32(threshold))
+            lefts.append(rows.index[guests[g]])
+            rights.append(rows.index[members[m]])
+    if not lefts:
+        return *_NO_EDGES, {}
+    left, right = np.concatenate(lefts), np.concatenate(rights)
+    paired = np.unique(np.concatenate([left, right]))
+    position = {int(i): p for p, i in enumerate(rows.index)}
+    return left, right, {int(i): rows.unit[position[int(i)]] for i in paired}
+
+
+def _batch_plan(sample_clusters: np.ndarray, k: int, count: int) -> np.ndarray:
+    """cluster -> batch: clusters dealt into `count` batches of about equal cost (pairs compared),
+    estimated from the sample's cluster sizes."""
+    size = np.bincount(sample_clusters, minlength=k) + 1
+    batch_of = np.zeros(k, dtype=np.int64)
+    load = np.zeros(max(1, min(count, k)), dtype=np.float64)
+    for cluster in np.argsort(-size * size, kind="stable"):
+        target = int(np.argmin(load))
+        batch_of[cluster] = target
+        load[target] += float(size[cluster]) ** 2
+    return batch_of
 
 
 def _components(m: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -150,64 +303,142 @@ def _components(m: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         labels = new
 
 
-_NO_EDGES = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+# ---------------------------------------------------------------------------------------------
+# The run: parts in, duplicate groups out, in this process or as Ray tasks.
 
 
-def cluster_edges(
-    vectors: np.ndarray, members: np.ndarray, queries: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Duplicate pairs (as indices into vectors) among `members`, and between `queries` (border
-    clips of neighbouring clusters) and `members`: blocked matrix products, memory
-    O(BLOCK_ROWS x len(members))."""
-    x = vectors[members]
-    threshold32 = np.float32(threshold)
-    lefts, rights = [], []
-    for start in range(0, len(members), BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, len(members))
-        # Rows [start, stop) against columns [start, m): the upper triangle, blockwise.
-        rows, cols = np.nonzero(x[start:stop] @ x[start:].T >= threshold32)
-        upper = cols > rows
-        lefts.append(members[rows[upper] + start])
-        rights.append(members[cols[upper] + start])
-    for start in range(0, len(queries), BLOCK_ROWS):
-        block = queries[start:start + BLOCK_ROWS]
-        rows, cols = np.nonzero(vectors[block] @ x.T >= threshold32)
-        lefts.append(block[rows])
-        rights.append(members[cols])
-    if not lefts:
-        return _NO_EDGES
-    return np.concatenate(lefts), np.concatenate(rights)
+class _InProcess:
+    cpus = 1
+
+    @staticmethod
+    def map(fn: Callable, calls: list[tuple], num_returns: int = 1) -> list:
+        return [fn(*args) for args in calls]
+
+    @staticmethod
+    def get(value):  # noqa: ANN001, ANN205 - a value in, the same value out
+        return value
 
 
-def _cluster_edges_batch(vectors: np.ndarray, work: list[tuple[np.ndarray, np.ndarray]], threshold: float):
-    parts = [cluster_edges(vectors, members, queries, threshold) for members, queries in work]
-    if not parts:
-        return _NO_EDGES
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+class _OnRay:
+    def __init__(self):
+        import ray
+
+        self.ray = ray
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def map(self, fn: Callable, calls: list[tuple], num_returns: int = 1) -> list:
+        # Every return its own object: a comparison task fetches only its batch of each part.
+        remote = self.ray.remote(num_cpus=1, max_retries=3, num_returns=num_returns)(fn)
+        return [remote.remote(*args) for args in calls]
+
+    def get(self, refs):  # noqa: ANN001, ANN201
+        return self.ray.get(refs)
 
 
-def _batches(work: list[tuple[np.ndarray, np.ndarray]], count: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Clusters dealt into at most `count` batches of about equal cost (pairs compared)."""
-    cost = [len(m) * (len(m) + len(q)) for m, q in work]
-    batches: list[list] = [[] for _ in range(max(1, min(count, len(work))))]
-    load = [0] * len(batches)
-    for i in sorted(range(len(work)), key=lambda i: -cost[i]):
-        target = load.index(min(load))
-        batches[target].append(work[i])
-        load[target] += cost[i]
-    return [b for b in batches if b]
+def part_rows(parts: Sequence[Part]) -> list[int]:
+    return [len(p.meta) if isinstance(p, ArrayPart) else sum(_row_counts(p.storage, p.uris)) for p in parts]
 
 
-def _edges_on_ray(vectors: np.ndarray, work: list, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    import ray
+def deduplicate_parts(parts: Sequence[Part], eps: float, n_clusters: int | None = None,
+                      distributed: bool = False) -> tuple[pa.Table, DedupResult]:
+    """(every clip's metadata with its cluster, the duplicate groups) of the clips in `parts`."""
+    if not 0 < eps < 1:
+        raise DedupError(f"eps must be in (0, 1), got {eps}")
+    run = _OnRay() if distributed else _InProcess()
+    sizes = part_rows(parts)
+    offsets = np.r_[0, np.cumsum(sizes)][:-1].tolist()
+    n = int(sum(sizes))
+    if n == 0:
+        empty = pa.table({"id": pa.array([], pa.string()), "source_video": pa.array([], pa.string()),
+                          "span_start": pa.array([], pa.float64()), "span_end": pa.array([], pa.float64())})
+        return empty, _groups(None, [], eps, 0.0, 0.0, distributed)
+    k = max(1, min(n_clusters or default_clusters(n), n))
 
-    remote = ray.remote(num_cpus=1, max_retries=3)(_cluster_edges_batch)
-    vectors_ref = ray.put(vectors)  # one copy in the object store, read zero-copy by each task
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    parts = ray.get([remote.remote(vectors_ref, batch, threshold) for batch in _batches(work, 4 * cpus)])
-    if not parts:
-        return _NO_EDGES
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    started = time.perf_counter()
+    fraction = min(1.0, SAMPLE_PER_CENTROID * k / n)
+    sampled = run.get(run.map(sample_part, [(part, fraction) for part in parts]))
+    sample_ids = np.concatenate([ids for ids, _ in sampled])
+    if not len(sample_ids):
+        raise DedupError(f"no clip of {n} fell in the k-means sample")
+    sample = np.concatenate([unit for _, unit in sampled])
+    del sampled
+    centroids = fit_centroids(sample_ids, sample, min(k, len(sample_ids)))
+    batch_of = _batch_plan(assign(sample, centroids, 0.0)[0], len(centroids), BATCHES_PER_CPU * run.cpus)
+    del sample
+    assigned = run.map(assign_part, [(part, offset, centroids, eps, batch_of) for part, offset in zip(parts, offsets)],
+                       num_returns=int(batch_of.max()) + 2)
+    kmeans_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    batches = int(batch_of.max()) + 1
+    compare = run.map(_compare_batch, [([a[1 + b] for a in assigned], 1.0 - eps) for b in range(batches)])
+    meta = pa.concat_tables(run.get([a[0] for a in assigned]), promote_options="default")
+    edges = run.get(compare)
+    meta, edges = _first_of_each_id(meta, edges)
+    return meta, _groups(meta, edges, eps, kmeans_s, started, distributed)
+
+
+def _first_of_each_id(meta: pa.Table, edges: list) -> tuple[pa.Table, list]:
+    """The same clip twice (for example a copied parquet file) counts once: its first row."""
+    ids = meta.column("id").to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == len(ids):
+        return meta, edges
+    log.warning("%d clip ids appear more than once; using the first of each", len(ids) - len(first))
+    first.sort()
+    new_index = np.full(len(ids), -1, dtype=np.int64)
+    new_index[first] = np.arange(len(first))
+    kept = []
+    for left, right, vectors in edges:
+        both = (new_index[left] >= 0) & (new_index[right] >= 0)
+        kept.append((new_index[left[both]], new_index[right[both]],
+                     {int(new_index[i]): v for i, v in vectors.items() if new_index[i] >= 0}))
+    return meta.take(pa.array(first)), kept
+
+
+def _compare_batch(rows: list, threshold: float):  # noqa: ANN202 - see batch_edges
+    # On Ray the list holds object refs, which a task gets resolved only at the top level.
+    if rows and not isinstance(rows[0], Rows):
+        import ray
+
+        rows = ray.get(rows)
+    return batch_edges(Rows.concat(rows), threshold)
+
+
+def _groups(meta: pa.Table | None, edges: list, eps: float, kmeans_s: float, started: float,
+            distributed: bool) -> DedupResult:
+    """Connected components over the pairs, by id rank so that a group keeps its smallest id."""
+    if meta is None or len(meta) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return DedupResult(0, 0, eps, empty, empty, empty, np.empty(0, np.float32), distributed=distributed)
+    n = len(meta)
+    ids = meta.column("id").to_numpy(zero_copy_only=False).astype(object)
+    left = np.concatenate([e[0] for e in edges]) if edges else _NO_EDGES[0]
+    right = np.concatenate([e[1] for e in edges]) if edges else _NO_EDGES[1]
+    vectors = {i: v for e in edges for i, v in e[2].items()}
+    by_id = np.argsort(ids, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_id] = np.arange(n)
+    labels = _components(n, rank[left], rank[right]) if len(left) else np.arange(n)
+    duplicate_ranks = np.flatnonzero(labels != np.arange(n))  # ascending rank: sorted by id
+    duplicate, duplicate_of = by_id[duplicate_ranks], by_id[labels[duplicate_ranks]]
+    similarity = np.array([float(vectors[int(d)] @ vectors[int(o)]) for d, o in zip(duplicate, duplicate_of)],
+                          dtype=np.float32)
+    cluster_of = meta.column("cluster").to_numpy(zero_copy_only=False).astype(np.int64)
+    return DedupResult(
+        n=n, clusters=len(np.unique(cluster_of)), eps=eps, cluster_of=cluster_of,
+        duplicate=duplicate, duplicate_of=duplicate_of, similarity=similarity,
+        kmeans_s=kmeans_s, pairwise_s=time.perf_counter() - started, distributed=distributed,
+    )
+
+
+def _use_ray(distributed: bool | None, n: int) -> bool:
+    if distributed is not None:
+        return distributed
+    import sys
+
+    ray = sys.modules.get("ray")  # initialised only if someone imported it
+    return bool(ray is not None and ray.is_initialized() and n >= RAY_MIN_CLIPS)
 
 
 def deduplicate(
@@ -219,74 +450,46 @@ def deduplicate(
 ) -> DedupResult:
     """Duplicate groups among clips `ids` with embeddings `vectors` (n x dim, any scale).
 
-    distributed: True runs the per-cluster work as Ray tasks (Ray must be initialised), False
-    in-process; None picks Ray when it is initialised and there are RAY_MIN_CLIPS clips or more.
+    distributed: True runs the work as Ray tasks (Ray must be initialised), False in-process;
+    None picks Ray when it is initialised and there are RAY_MIN_CLIPS clips or more.
     """
     ids = np.asarray(ids, dtype=object)
     n = len(ids)
     if vectors.ndim != 2 or vectors.shape[0] != n:
         raise DedupError(f"expected {n} embeddings as an (n, dim) array, got shape {vectors.shape}")
-    if not 0 < eps < 1:
-        raise DedupError(f"eps must be in (0, 1), got {eps}")
-    if distributed is None:
-        import sys
-
-        ray = sys.modules.get("ray")  # initialised only if someone imported it
-        distributed = bool(ray is not None and ray.is_initialized() and n >= RAY_MIN_CLIPS)
-    if n == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return DedupResult(0, 0, eps, empty, empty, empty, np.empty(0, dtype=np.float32), distributed=distributed)
-    unit = normalize(vectors)
-    k = max(1, min(n_clusters or default_clusters(n), n))
-
-    started = time.perf_counter()
-    cluster_of, second = kmeans_clusters(unit, k, eps)
-    kmeans_s = time.perf_counter() - started
-
-    # Per cluster: its members, and the border clips of other clusters to compare with them.
-    members = np.split(*_grouped(cluster_of, np.arange(n), k))
-    queries = np.split(*_grouped(second[second >= 0], np.flatnonzero(second >= 0), k))
-    work = [(m, q) for m, q in zip(members, queries) if len(m) > 1 or (len(m) and len(q))]
-
-    started = time.perf_counter()
-    threshold = 1.0 - eps
-    left, right = _edges_on_ray(unit, work, threshold) if distributed else _cluster_edges_batch(unit, work, threshold)
-
-    # Groups: connected components over id ranks, so a group's label is its smallest id.
-    by_id = np.argsort(ids, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_id] = np.arange(n)
-    labels = _components(n, rank[left], rank[right]) if len(left) else np.arange(n)
-    duplicate_ranks = np.flatnonzero(labels != np.arange(n))  # ascending rank: sorted by id
-    duplicate, duplicate_of = by_id[duplicate_ranks], by_id[labels[duplicate_ranks]]
-    similarity = np.einsum("ij,ij->i", unit[duplicate], unit[duplicate_of]).astype(np.float32)
-    pairwise_s = time.perf_counter() - started
-    return DedupResult(
-        n=n, clusters=len(np.unique(cluster_of)), eps=eps, cluster_of=cluster_of,
-        duplicate=duplicate, duplicate_of=duplicate_of, similarity=similarity,
-        kmeans_s=kmeans_s, pairwise_s=pairwise_s, distributed=distributed,
-    )
-
-
-def _grouped(keys: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values ordered by key, split points): np.split of them gives one array per key 0..k-1."""
-    order = np.argsort(keys, kind="stable")
-    return values[order], np.searchsorted(keys[order], np.arange(1, k))
+    meta = pa.table({"id": pa.array(ids.tolist(), pa.string())})
+    parts = [ArrayPart(meta.slice(start, PART_ROWS), vectors[start:start + PART_ROWS])
+             for start in range(0, n, PART_ROWS)]
+    return deduplicate_parts(parts, eps, n_clusters, _use_ray(distributed, n))[1]
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataset: the job's embedding parquet files in, dedup/*.parquet and summary counts out.
 
 
-def _read_table(storage: Storage, uri: str) -> pa.Table:
+def _read_table(storage: Storage, uri: str, columns: list[str] | None = None) -> pa.Table:
     try:
-        return pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+        return pq.read_table(pa.BufferReader(storage.read_bytes(uri)), columns=columns)
     except (OSError, pa.ArrowInvalid) as exc:
         raise DedupError(f"cannot read embeddings {uri}: {exc}") from None
 
 
-def load_embeddings(storage: Storage, root: str, algorithm: str) -> tuple[pa.Table, np.ndarray]:
-    """(id and metadata columns, float32 embeddings) of every clip under root's `<algo>_embd_parquet/`."""
+def _row_count(storage: Storage, uri: str) -> int:
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open_input_file(path) as file:  # the footer only
+            return pq.read_metadata(file).num_rows
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DedupError(f"cannot read embeddings {uri}: {exc}") from None
+
+
+def _row_counts(storage: Storage, uris: Sequence[str]) -> list[int]:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda uri: _row_count(storage, uri), uris))
+
+
+def embedding_files(storage: Storage, root: str, algorithm: str) -> list[str]:
+    """Every `<algo>_embd_parquet/**.parquet` under root, sorted; DedupError naming the place when none."""
     location = join(root, layout.embeddings_parquet_dir(algorithm))
     try:
         files = storage.list_files(location, ["*.parquet"])
@@ -298,15 +501,20 @@ def load_embeddings(storage: Storage, root: str, algorithm: str) -> tuple[pa.Tab
             "; run the job with embeddings enabled first"
         )
         raise DedupError(f"no {algorithm} embeddings to deduplicate: no parquet files under {location}{hint}")
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        tables = list(pool.map(lambda f: _read_table(storage, f[0]), files))
+    return [listed[0] for listed in files]
+
+
+def embedding_rows(storage: Storage, uris: Sequence[str]) -> tuple[pa.Table, np.ndarray]:
+    """(id and metadata columns, float32 embeddings) of the clips in `uris`, in their order."""
     columns = ["id", "embedding", *META_COLUMNS]
-    for (uri, *_), table in zip(files, tables):
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        tables = list(pool.map(lambda uri: _read_table(storage, uri), uris))
+    for uri, table in zip(uris, tables):
         missing = [c for c in ("id", "embedding") if c not in table.column_names]
         if missing:
             raise DedupError(f"embeddings {uri} lack column(s) {', '.join(missing)}")
-    tables = [t.select([c for c in columns if c in t.column_names]) for t in tables]
-    table = pa.concat_tables(tables, promote_options="default")
+    table = pa.concat_tables([t.select([c for c in columns if c in t.column_names]) for t in tables],
+                             promote_options="default")
     table = table.cast(table.schema.set(table.schema.get_field_index("id"), pa.field("id", pa.string())))
     for name in META_COLUMNS:  # older or foreign files: keep the output schema fixed
         if name not in table.column_names:
@@ -317,15 +525,23 @@ def load_embeddings(storage: Storage, root: str, algorithm: str) -> tuple[pa.Tab
         return table, np.zeros((0, 1), dtype=np.float32)
     lengths = pc.list_value_length(embedding).to_numpy(zero_copy_only=False)
     if lengths.min() != lengths.max():
-        raise DedupError(f"embeddings under {location} have different lengths ({lengths.min()}..{lengths.max()})")
+        raise DedupError(f"embeddings in {uris[0]} .. {uris[-1]} have different lengths ({lengths.min()}..{lengths.max()})")
     vectors = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1)
-    ids = table.column("id").to_numpy(zero_copy_only=False)
-    _, first = np.unique(ids, return_index=True)
-    if len(first) != len(ids):  # the same clip twice (for example a copied parquet file): count it once
-        log.warning("%d clip ids appear more than once under %s; using the first of each", len(ids) - len(first), location)
-        first.sort()
-        table, vectors = table.take(pa.array(first)), vectors[first]
     return table, vectors
+
+
+def file_parts(storage: Storage, uris: Sequence[str], counts: Sequence[int]) -> list[FilePart]:
+    """The files in consecutive groups of at most PART_ROWS rows (or one file, if larger)."""
+    parts, group, rows = [], [], 0
+    for uri, count in zip(uris, counts):
+        if group and rows + count > PART_ROWS:
+            parts.append(FilePart(storage, tuple(group)))
+            group, rows = [], 0
+        group.append(uri)
+        rows += count
+    if group:
+        parts.append(FilePart(storage, tuple(group)))
+    return parts
 
 
 def _other_embedding_dirs(storage: Storage, root: str, wanted: str) -> list[str]:
@@ -370,11 +586,15 @@ def dedup_output(spec: VideoCurationJobSpec, storage: Storage, distributed: bool
     """
     source = spec.dedup.input_uri or spec.output.uri
     algorithm = spec.embeddings.algorithm
-    meta, vectors = load_embeddings(storage, source, algorithm)
-    result = deduplicate(
-        meta.column("id").to_numpy(zero_copy_only=False), vectors, spec.dedup.eps,
-        n_clusters=spec.dedup.n_clusters, distributed=distributed,
-    )
+    uris = embedding_files(storage, source, algorithm)
+    counts = _row_counts(storage, uris)
+    if _use_ray(distributed, sum(counts)):
+        meta, result = deduplicate_parts(file_parts(storage, uris, counts), spec.dedup.eps, spec.dedup.n_clusters, True)
+    else:  # one read: every row is in this process anyway
+        meta, vectors = embedding_rows(storage, uris)
+        parts = [ArrayPart(meta.slice(start, PART_ROWS), vectors[start:start + PART_ROWS])
+                 for start in range(0, len(meta), PART_ROWS)]
+        meta, result = deduplicate_parts(parts, spec.dedup.eps, spec.dedup.n_clusters, False)
     duplicates, kept = result_tables(meta, result)
     out = join(spec.output.uri, DEDUP_DIR)
     storage.write_bytes(join(out, DUPLICATES_FILE), _parquet_bytes(duplicates))

@@ -13,7 +13,10 @@ import pytest
 from support.jobs import load_json, manifest, write_manifest
 
 from clipforge.cli import main
+from clipforge import dedup
 from clipforge.dedup import deduplicate, normalize
+from clipforge.spec import VideoCurationJobSpec
+from clipforge.storage import Storage
 
 DIM = 64
 EPS = 0.05  # threshold 0.95
@@ -165,13 +168,54 @@ def test_ray_and_in_process_agree(ray_cluster):
     for name in ("cluster_of", "duplicate", "duplicate_of", "similarity"):
         np.testing.assert_array_equal(getattr(local, name), getattr(distributed, name))
     # Ray initialised and a large set: the default picks Ray.
-    from clipforge import dedup
-
     threshold, dedup.RAY_MIN_CLIPS = dedup.RAY_MIN_CLIPS, 1000
     try:
         assert deduplicate(ids, vectors, EPS).distributed
     finally:
         dedup.RAY_MIN_CLIPS = threshold
+
+
+def test_each_comparison_batch_holds_its_clusters_members_and_their_border_visitors_only():
+    """What lets no process hold every embedding: a part's clips are dealt out by cluster, each
+    clip a member of exactly one batch and a visitor only in the batch of its second cluster."""
+    ids, vectors, _ = synthetic(seed=5, distinct=2000)
+    unit = normalize(vectors)
+    k = 30
+    centroids = dedup.fit_centroids(ids, unit, k)
+    cluster, second = dedup.assign(unit, centroids, EPS)
+    batch_of = np.arange(k) % 4
+    part = dedup.ArrayPart(pa.table({"id": pa.array(ids.tolist(), pa.string())}), vectors)
+    meta, *batches = dedup.assign_part(part, 1000, centroids, EPS, batch_of)
+    assert meta.column("cluster").to_pylist() == cluster.tolist() and len(batches) == 4
+    members = np.concatenate([rows.index[rows.member] for rows in batches])
+    assert sorted(members.tolist()) == list(range(1000, 1000 + len(ids)))  # offset by the part's first row
+    for number, rows in enumerate(batches):
+        assert set(batch_of[rows.cluster].tolist()) == {number}
+        visitors = rows.index[~rows.member] - 1000
+        np.testing.assert_array_equal(second[visitors], rows.cluster[~rows.member])
+        np.testing.assert_array_equal(rows.unit, unit[rows.index - 1000])
+        assert int(rows.member.sum()) < len(ids) / 2
+    assert sum(int((~rows.member).sum()) for rows in batches) == int((second >= 0).sum()) > 0
+
+
+@pytest.mark.ray
+def test_many_parts_and_batches_on_ray_give_the_in_process_result(ray_cluster, tmp_path, monkeypatch):
+    """Files read in parts of 40 rows by Ray tasks, compared in 8 batches: the same dataset as one
+    in-process pass, which finds exactly the planted duplicates."""
+    ids, vectors, expected = synthetic(distinct=600)
+    write_embeddings(tmp_path / "out", ids, vectors)
+    spec = VideoCurationJobSpec.model_validate({"input": {"uri": "/in"}, "output": {"uri": str(tmp_path / "out")},
+                                                "embeddings": {"enabled": True}, "dedup": {"enabled": True, "eps": EPS}})
+    written = {}
+    for distributed in (False, True):
+        monkeypatch.setattr(dedup, "PART_ROWS", 40 if distributed else 100_000)
+        summary = dedup.dedup_output(spec, Storage(), distributed=distributed)
+        assert summary["distributed"] is distributed and summary["duplicates"] == len(expected)
+        written[distributed] = [(tmp_path / "out" / "dedup" / name).read_bytes()
+                                for name in (dedup.DUPLICATES_FILE, dedup.KEPT_FILE)]
+    assert written[True] == written[False]
+    duplicates = pq.read_table(tmp_path / "out" / "dedup" / dedup.DUPLICATES_FILE).to_pydict()
+    assert dict(zip(duplicates["id"], duplicates["duplicate_of"])) == expected
 
 
 # ---------------------------------------------------------------------------------------------
