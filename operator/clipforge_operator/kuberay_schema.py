@@ -112,9 +112,14 @@ def _fields(value: Any, schema: Mapping, path: str) -> Iterator[tuple[str, bool]
             yield (f"{path}.{key}" if path else key), False
 
 
+def field_paths(obj: Mapping, schema: Mapping) -> dict[str, bool]:
+    """Each field path `obj` sets (`[]` for list items, `*` for map values): whether `schema` has it."""
+    return dict(_fields(obj, schema, ""))
+
+
 def missing_fields(obj: Mapping, schema: Mapping) -> list[str]:
-    """The field paths `obj` sets that `schema` does not have (`[]` for list items), sorted."""
-    return sorted({path for path, known in _fields(obj, schema, "") if not known})
+    """The field paths `obj` sets that `schema` does not have, sorted."""
+    return sorted(path for path, known in field_paths(obj, schema).items() if not known)
 
 
 def refusal_message(missing: list[str]) -> str:
