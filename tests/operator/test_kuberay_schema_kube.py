@@ -2,7 +2,8 @@
 refuses a RayJob with a field the CRD lacks instead of pruning it (the operator asks for strict field validation).
 
 The session's KubeRay RayJob CRD is changed here to KubeRay 1.4's shape (no worker-group `resources`)
-and put back afterwards. The operator runs as the chart deploys it (harness/operator_process.py), with
+and put back after each test that needs it; against KubeRay's own CRD the operator starts and its
+writes (every one strict) create a job's children. The operator runs as the chart deploys it (harness/operator_process.py), with
 the chart's ServiceAccount and RBAC; its Event on its own pod is posted by the same start-up check, in
 this process, on a real Pod object (a process on the host has no pod of its own).
 """
@@ -23,6 +24,7 @@ from clipforge_operator import builders as b
 from clipforge_operator.kube import Kube, status_message
 from clipforge_operator.kuberay_schema import PROBE_JOB, RAY_OPENAPI_PATH, check_kuberay, rayjob_schema
 from harness.operator_process import ChartOperator, OperatorError
+from support.jobs import manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -48,9 +50,19 @@ def apply_crd(cp, crd: dict, *, resources: bool) -> None:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def old_kuberay(control_plane, tmp_path_factory):  # noqa: ANN001, ANN201
+def operator(control_plane, tmp_path_factory):  # noqa: ANN001, ANN201
+    """The chart's operator, not started, in a namespace of this module's."""
+    control_plane.create_namespace(NS)
+    op = ChartOperator(control_plane, tmp_path_factory.mktemp("operator"), namespace=NS)
+    yield op
+    op.stop()
+    control_plane.kubectl("delete", "namespace", NS, "--timeout=120s")
+
+
+@pytest.fixture
+def old_kuberay(control_plane, operator):  # noqa: ANN001, ANN201
+    """KubeRay's RayJob CRD as KubeRay 1.4 has it (no worker-group `resources`) while the test runs."""
     cp = control_plane
-    cp.create_namespace(NS)
     live = json.loads(cp.kubectl("get", "crd", CRD, "-o", "json").stdout)
     original = {"apiVersion": live["apiVersion"], "kind": live["kind"],
                 "metadata": {"name": CRD, "annotations": live["metadata"].get("annotations") or {}},
@@ -60,13 +72,11 @@ def old_kuberay(control_plane, tmp_path_factory):  # noqa: ANN001, ANN201
     spec = v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     del spec["rayClusterSpec"]["properties"]["workerGroupSpecs"]["items"]["properties"]["resources"]
     apply_crd(cp, older, resources=False)
-    operator = ChartOperator(cp, tmp_path_factory.mktemp("operator"), namespace=NS)
     try:
         yield cp, operator
     finally:
         operator.stop()
         apply_crd(cp, original, resources=True)
-        cp.kubectl("delete", "namespace", NS, "--timeout=120s")
 
 
 def operator_kube(operator: ChartOperator) -> Kube:
@@ -104,3 +114,25 @@ def test_the_api_server_refuses_a_rayjob_with_a_field_the_crd_lacks_instead_of_p
     assert refused.value.status == 400
     assert 'unknown field "spec.rayClusterSpec.workerGroupSpecs[0].resources"' in status_message(refused.value)
     assert cp.kubectl("-n", NS, "get", "rayjobs", "-o", "name").stdout.strip() == ""  # nothing created, pruned or not
+
+
+def test_against_kuberays_own_crd_the_operator_starts_and_its_strict_writes_pass(control_plane, operator):
+    cp = control_plane
+    assert served_has_group_resources(cp)
+    cp.kubectl("-n", NS, "apply", "-f", "-", input=json.dumps(manifest("s3://in/", "s3://out/", name="strict")))
+    operator.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ConfigMap, token Secret, NetworkPolicy and RayJob created, status patched: all strict
+            job = json.loads(cp.kubectl("-n", NS, "get", "vcj", "strict", "-o", "json").stdout)
+            submitted = [c for c in job.get("status", {}).get("conditions", []) if c["type"] == "Submitted"]
+            if submitted and submitted[0]["status"] == "True":
+                break
+            assert time.monotonic() < deadline, (job.get("status"), operator.log_text()[-3000:])
+            time.sleep(0.5)
+        rayjob = json.loads(cp.kubectl("-n", NS, "get", "rayjob", job["status"]["rayJobName"], "-o", "json").stdout)
+        assert all(group["resources"] for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"])
+        assert "Kubernetes API error" not in operator.log_text()
+    finally:
+        cp.kubectl("-n", NS, "delete", "vcj", "strict", "--timeout=60s")  # its finalizer needs the operator
+        operator.stop()
