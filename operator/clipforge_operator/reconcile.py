@@ -317,7 +317,8 @@ def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurat
     except ApiException as exc:
         if exc.status == 404:
             raise KubeRayUnusable("KubeRayNotInstalled", f"cannot create RayJob {name}: the API has no"
-                                  f" {b.RAY_GROUP}/{b.RAY_VERSION} RayJob resource; install the KubeRay operator") from None
+                                  f" {b.RAY_GROUP}/{b.RAY_VERSION} RayJob resource; install the KubeRay"
+                                  " operator") from None
         refusal = status_message(exc)
         if exc.status == 400 and "unknown field" in refusal:
             raise KubeRayUnusable(REFUSAL_REASON, f"cannot create RayJob {name}: {refusal}; install KubeRay"

@@ -29,8 +29,8 @@ from clipforge_operator.kuberay_schema import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-VERSIONS = dict(line.split("=", 1) for line in (REPO / "tests" / "harness" / "kube-versions.env").read_text().splitlines()
-                if line and not line.startswith("#"))
+VERSIONS = dict(line.split("=", 1) for line in (REPO / "tests" / "harness" / "kube-versions.env").read_text()
+                .splitlines() if line and not line.startswith("#"))
 TESTED_KUBERAY = VERSIONS["KUBERAY_VERSION"]
 GROUP_RESOURCES = "spec.rayClusterSpec.workerGroupSpecs[].resources"
 POD = {"name": "cf-operator-5d9f-abcde", "namespace": "clipforge-system", "uid": "0b7e6c1a-0000-4000-8000-000000000001"}

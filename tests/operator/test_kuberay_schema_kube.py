@@ -1,11 +1,13 @@
-"""An older KubeRay RayJob CRD on the real control plane: the operator refuses to start, and the API server
-refuses a RayJob with a field the CRD lacks instead of pruning it (the operator asks for strict field validation).
+"""An older KubeRay RayJob CRD on the real control plane: the operator refuses to start, and the API
+server refuses a RayJob with a field the CRD lacks instead of pruning it (the operator asks for strict
+field validation).
 
 The session's KubeRay RayJob CRD is changed here to KubeRay 1.4's shape (no worker-group `resources`)
 and put back after each test that needs it; against KubeRay's own CRD the operator starts and its
-writes (every one strict) create a job's children. The operator runs as the chart deploys it (harness/operator_process.py), with
-the chart's ServiceAccount and RBAC; its Event on its own pod is posted by the same start-up check, in
-this process, on a real Pod object (a process on the host has no pod of its own).
+writes (every one strict) create a job's children. The operator runs as the chart deploys it
+(harness/operator_process.py), with the chart's ServiceAccount and RBAC; its Event on its own pod is
+posted by the same start-up check, in this process, on a real Pod object (a process on the host has
+no pod of its own).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def apply_crd(cp, crd: dict, *, resources: bool) -> None:  # noqa: ANN001
                input=json.dumps(crd))
     deadline = time.monotonic() + 60
     while served_has_group_resources(cp) != resources:  # the API server republishes a changed CRD's schema
-        assert time.monotonic() < deadline, f"{RAY_OPENAPI_PATH} still {'lacks' if resources else 'has'} {GROUP_RESOURCES}"
+        state = "lacks" if resources else "has"
+        assert time.monotonic() < deadline, f"{RAY_OPENAPI_PATH} still {state} {GROUP_RESOURCES}"
         time.sleep(0.5)
 
 
