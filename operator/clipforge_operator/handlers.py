@@ -14,7 +14,6 @@ the one reconcile `Context` they share (`memo.context`) from it.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from clipforge_operator import metrics
 from clipforge_operator import reconcile as r
 from clipforge_operator import spec_updates
 from clipforge_operator.config import OperatorConfig
-from clipforge_operator.kube import Kube, load_config
+from clipforge_operator.kube import Kube, load_config, status_message
 from clipforge_operator.status import EventRecord
 
 log = logging.getLogger(__name__)
@@ -50,14 +49,6 @@ def connect(config: OperatorConfig) -> r.Context:
                      kuberay=config.kuberay, pipeline_image=config.pipeline_image)
 
 
-def _status_message(exc: ApiException) -> str:
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        return ""
-    return f": {message}" if isinstance(message, str) and message else ""
-
-
 def _run(handler: str, memo: kopf.Memo, fn: Any, namespace: str, name: str, **kwargs: Any) -> Any:
     try:
         result = metrics.timed(handler, fn, memo.context, namespace, name, **kwargs)
@@ -65,7 +56,8 @@ def _run(handler: str, memo: kopf.Memo, fn: Any, namespace: str, name: str, **kw
         # Transient API trouble (conflicts, throttling, 5xx): kopf retries the handler. The body of
         # an API error is a Status object; it never carries Secret data. Its message says what was
         # refused (for a 403: the user, verb, resource and namespace), which the operator's log needs.
-        raise kopf.TemporaryError(f"Kubernetes API error {exc.status} {exc.reason}{_status_message(exc)}",
+        message = status_message(exc)
+        raise kopf.TemporaryError(f"Kubernetes API error {exc.status} {exc.reason}{': ' + message if message else ''}",
                                   delay=10) from None
     if fn is r.reconcile:
         TRACKER.track(namespace, name, result)

@@ -4,6 +4,9 @@ Objects go in and come out as plain dicts (the manifests builders.py makes), so 
 request helper serves core and custom resources alike, with the client's configuration,
 authentication and TLS. Errors surface as `kubernetes.client.exceptions.ApiException`;
 `get_*` return None for 404, `create_*` raise AlreadyExists for 409.
+
+Every create and patch asks for strict field validation: a field the installed CRD (KubeRay's, or an
+older VideoCurationJob CRD) does not have is refused with its path (HTTP 400), never silently pruned.
 """
 
 from __future__ import annotations
@@ -21,10 +24,22 @@ from clipforge_operator.builders import LABEL_JOB_UID, RAY_GROUP, RAY_VERSION, R
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (5, 30)
+WRITE_METHODS = ("POST", "PUT", "PATCH")
+STRICT = {"fieldValidation": "Strict"}
 
 
 class AlreadyExists(Exception):
     """A create hit an existing object of the same name (HTTP 409)."""
+
+
+def status_message(exc: ApiException) -> str:
+    """What the API server said it refused and why: the message of the Status object an API error carries
+    ('' if none). A Status never carries Secret data."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return message if isinstance(message, str) else ""
 
 
 def load_config() -> None:
@@ -57,6 +72,8 @@ class Kube:
     def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
                 content_type: str = "application/json") -> dict:
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        if method in WRITE_METHODS:
+            query = {**(query or {}), **STRICT}
         method, url, headers, body, _ = self.api.param_serialize(
             method=method, resource_path=path, query_params=list((query or {}).items()) or None,
             header_params=headers, body=body, auth_settings=["BearerToken"],
@@ -85,6 +102,13 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+
+    def get_openapi(self, path: str) -> dict | None:
+        """An OpenAPI v3 document the API server publishes (/openapi/v3/...); None if it serves none there."""
+        return self._get(path)
+
+    def create_event(self, body: dict) -> dict:
+        return self.request("POST", _core(body["metadata"]["namespace"], "events"), body=body)
 
     # -- VideoCurationJob
 

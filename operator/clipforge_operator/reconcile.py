@@ -45,7 +45,8 @@ from clipforge_operator import builders as b
 from clipforge_operator import cluster_access as access
 from clipforge_operator.admission import PIN_STATUS_FIELD, SpecNotAdmitted, admitted_configmap, spec_hash
 from clipforge_operator.config import KubeRayPods
-from clipforge_operator.kube import AlreadyExists
+from clipforge_operator.kube import AlreadyExists, status_message
+from clipforge_operator.kuberay_schema import REFUSAL_REASON, REQUIRED_KUBERAY_VERSION
 from clipforge_operator.pipeline_pods import unmounted_paths, with_pipeline_image
 from clipforge_operator.policy import JobPolicy, namespace_refused, violations
 from clipforge_operator.progress import (
@@ -60,6 +61,7 @@ from clipforge_operator.status import (
     EventRecord,
     Observation,
     StatusEdit,
+    get_condition,
     observe_rayjob,
     parse_time,
     rfc3339,
@@ -109,8 +111,14 @@ class NameConflict(Exception):
     """A child's deterministic name is taken by an object this job does not own."""
 
 
-class KubeRayMissing(Exception):
-    """The API has no ray.io/v1 RayJob resource: KubeRay is not installed (yet)."""
+class KubeRayUnusable(Exception):
+    """No RayJob can be created now, until an administrator acts: the API has no ray.io/v1 RayJob resource
+    (reason KubeRayNotInstalled), or the installed RayJob CRD lacks a field the operator sends (KubeRayTooOld:
+    the API server's strict field validation refused it)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class Refused(Exception):
@@ -308,8 +316,13 @@ def _ensure_rayjob(ctx: Context, st: StatusEdit, namespace: str, job: VideoCurat
         return ctx.kube.create_rayjob(b.build_rayjob(job, namespace, uid, token_secret, attempt)), True
     except ApiException as exc:
         if exc.status == 404:
-            raise KubeRayMissing(f"cannot create RayJob {name}: the API has no {b.RAY_GROUP}/{b.RAY_VERSION}"
-                                 " RayJob resource; install the KubeRay operator") from None
+            raise KubeRayUnusable("KubeRayNotInstalled", f"cannot create RayJob {name}: the API has no"
+                                  f" {b.RAY_GROUP}/{b.RAY_VERSION} RayJob resource; install the KubeRay"
+                                  " operator") from None
+        refusal = status_message(exc)
+        if exc.status == 400 and "unknown field" in refusal:
+            raise KubeRayUnusable(REFUSAL_REASON, f"cannot create RayJob {name}: {refusal}; install KubeRay"
+                                  f" {REQUIRED_KUBERAY_VERSION} or later (its CRDs too)") from None
         raise
     except AlreadyExists:
         existing = ctx.kube.get_rayjob(namespace, name)
@@ -391,10 +404,11 @@ def _reconcile(ctx: Context, namespace: str, name: str, body: dict, poll_progres
     except AttemptLost as exc:
         return _attempt_ended(ctx, st, namespace, name, spec, attempt, {},
                               Observation(JobPhase.failed.value, "RayJobLost", str(exc), True))
-    except KubeRayMissing as exc:  # not fatal: the timer tries again once KubeRay is there
-        if not st.has_condition(ConditionType.submitted):
-            st.events.append(EventRecord("Warning", "KubeRayNotInstalled", str(exc)))
-        st.condition(ConditionType.submitted, False, "KubeRayNotInstalled", str(exc))
+    except KubeRayUnusable as exc:  # not fatal: the timer tries again, until KubeRay is there and fits
+        submitted = get_condition(st.new.get("conditions") or [], ConditionType.submitted)
+        if submitted is None or submitted.get("reason") != exc.reason:  # said once per cause, not every tick
+            st.events.append(EventRecord("Warning", exc.reason, str(exc)))
+        st.condition(ConditionType.submitted, False, exc.reason, str(exc))
         st.new["message"] = str(exc)
         return commit(ctx, namespace, name, st)
 

@@ -20,7 +20,7 @@ from clipforge.spec import TERMINAL_PHASES, JobPhase
 class ConditionType(str, Enum):
     """The conditions the operator sets on a VideoCurationJob."""
 
-    submitted = "Submitted"  # the attempt's RayJob exists (False: KubeRay is not installed)
+    submitted = "Submitted"  # the attempt's RayJob exists (False: KubeRay is not installed, or too old)
     running = "Running"  # running..cancelled: the current phase's True, the others False (phase_conditions)
     succeeded = "Succeeded"
     failed = "Failed"

@@ -365,3 +365,14 @@ def test_dockerfile_runs_the_operator_extra_as_non_root():
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert all(part.isdigit() and part != "0" for part in users[-1].split(":"))  # numeric: runAsNonRoot can check it
     assert 'ENTRYPOINT ["python", "-m", "clipforge_operator"]' in text
+
+
+def test_the_operator_pod_knows_itself_for_the_event_of_its_kuberay_check():
+    from clipforge_operator.kuberay_schema import POD_INFO_DIR
+
+    objects = render()
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (mount,) = [m for m in container(objects)["volumeMounts"] if m["mountPath"] == str(POD_INFO_DIR)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert {item["path"]: item["fieldRef"]["fieldPath"] for item in volume["downwardAPI"]["items"]} == {
+        "name": "metadata.name", "namespace": "metadata.namespace", "uid": "metadata.uid"}

@@ -615,6 +615,30 @@ def test_missing_kuberay_is_reported_and_retried(h: Harness):
     assert h.condition("Submitted")["status"] == "True" and h.rayjobs() == ["demo"]
 
 
+def test_a_rayjob_refused_by_strict_field_validation_says_kuberay_is_too_old(h: Harness):
+    from kubernetes.client.exceptions import ApiException
+
+    real_create = h.kube.create_rayjob
+    refusal = ('RayJob in version "v1" cannot be handled as a RayJob: strict decoding error: unknown field'
+               ' "spec.rayClusterSpec.workerGroupSpecs[0].resources"')
+
+    def old_crd(body: dict) -> dict:
+        exc = ApiException(status=400, reason="Bad Request")
+        exc.body = json.dumps({"kind": "Status", "status": "Failure", "reason": "BadRequest", "code": 400,
+                               "message": refusal})
+        raise exc
+
+    h.kube.create_rayjob = old_crd  # type: ignore[method-assign]
+    assert h.reconcile() == "Pending"
+    submitted = h.condition("Submitted")
+    assert (submitted["status"], submitted["reason"]) == ("False", "KubeRayTooOld")
+    assert refusal in submitted["message"] and "install KubeRay 1.5.0 or later" in submitted["message"]
+    h.reconcile()
+    assert h.reasons() == ["KubeRayTooOld"]  # reported once, not on every tick
+    h.kube.create_rayjob = real_create  # type: ignore[method-assign]
+    assert h.reconcile() == "Provisioning" and h.rayjobs() == ["demo"]
+
+
 # ------------------------------------------------------------------------- failed videos
 
 
