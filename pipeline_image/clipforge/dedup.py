@@ -65,9 +65,11 @@ KMEANS_ITERATIONS = 20
 KMEANS_SEED = 1234
 # Clips k-means is fitted on, per centroid (faiss asks for 39 at least and uses 256 at most).
 SAMPLE_PER_CENTROID = 128
-# Rows one task reads at once (1 KiB each at dim 256): a task's memory is about PART_ROWS KiB.
-PART_ROWS = 50_000
-# Comparison batches per CPU of the cluster: small enough that one slow batch does not idle the rest.
+# Rows one task reads at once, and clips (members) one comparison task holds, at most (1 KiB
+# each at dim 256): a task's memory stays at a few times this whatever the number of clips.
+PART_ROWS = 25_000
+BATCH_ROWS = 50_000
+# Comparison batches per CPU of the cluster, at least: one slow batch does not idle the rest.
 BATCHES_PER_CPU = 4
 META_COLUMNS = ("source_video", "span_start", "span_end")
 
@@ -149,7 +151,9 @@ def sample_part(part: Part, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     meta, vectors = part.load()
     ids = meta.column("id").to_numpy(zero_copy_only=False).astype(object)
     chosen = id_hashes(ids) < np.uint64(min(int(fraction * 2**64), 2**64 - 1)) if fraction < 1 else slice(None)
-    return ids[chosen], normalize(vectors[chosen]) if len(ids) else np.zeros((0, vectors.shape[1]), np.float32)
+    chosen_vectors = vectors[chosen]
+    del vectors  # the part's rows, when this task read them
+    return ids[chosen], normalize(chosen_vectors) if len(ids) else np.zeros((0, chosen_vectors.shape[1]), np.float32)
 
 
 def fit_centroids(ids: np.ndarray, unit: np.ndarray, k: int) -> np.ndarray:
@@ -211,6 +215,7 @@ def assign_part(part: Part, offset: int, centroids: np.ndarray, eps: float,
     """The part's metadata with each clip's cluster, then one Rows per batch (batch_of: cluster -> batch)."""
     meta, vectors = part.load()
     unit = normalize(vectors) if len(meta) else np.zeros((0, centroids.shape[1]), np.float32)
+    del vectors
     cluster, second = assign(unit, centroids, eps)
     rows = offset + np.arange(len(meta))
     visiting = np.flatnonzero(second >= 0)
@@ -363,7 +368,8 @@ def deduplicate_parts(parts: Sequence[Part], eps: float, n_clusters: int | None 
     sample = np.concatenate([unit for _, unit in sampled])
     del sampled
     centroids = fit_centroids(sample_ids, sample, min(k, len(sample_ids)))
-    batch_of = _batch_plan(assign(sample, centroids, 0.0)[0], len(centroids), BATCHES_PER_CPU * run.cpus)
+    batches = max(BATCHES_PER_CPU * run.cpus, math.ceil(n / BATCH_ROWS))
+    batch_of = _batch_plan(assign(sample, centroids, 0.0)[0], len(centroids), batches)
     del sample
     assigned = run.map(assign_part, [(part, offset, centroids, eps, batch_of) for part, offset in zip(parts, offsets)],
                        num_returns=int(batch_of.max()) + 2)
@@ -519,15 +525,17 @@ def embedding_rows(storage: Storage, uris: Sequence[str]) -> tuple[pa.Table, np.
     for name in META_COLUMNS:  # older or foreign files: keep the output schema fixed
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), pa.string() if name == "source_video" else pa.float64()))
-    embedding = table.column("embedding").combine_chunks()
+    embedding = table.column("embedding")
     table = table.drop_columns(["embedding"])
     if len(table) == 0:
         return table, np.zeros((0, 1), dtype=np.float32)
     lengths = pc.list_value_length(embedding).to_numpy(zero_copy_only=False)
     if lengths.min() != lengths.max():
         raise DedupError(f"embeddings in {uris[0]} .. {uris[-1]} have different lengths ({lengths.min()}..{lengths.max()})")
-    vectors = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1)
-    return table, vectors
+    # One copy, chunk by chunk: the part's memory is what bounds a task's.
+    values = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in embedding.chunks]
+    del embedding, tables
+    return table, np.concatenate(values, dtype=np.float32).reshape(len(table), -1)
 
 
 def file_parts(storage: Storage, uris: Sequence[str], counts: Sequence[int]) -> list[FilePart]:
