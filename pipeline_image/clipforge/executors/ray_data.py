@@ -18,6 +18,7 @@ ledger reads into the reason.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import faulthandler
 import logging
@@ -145,9 +146,30 @@ class _TimeLimit:
         os.unlink(self.dump.path)
 
 
+def _end_process() -> None:
+    """Ends this worker's process at once, without the interpreter's and its libraries' teardown.
+
+    Ray runs this when it is done with the worker: its core worker has shut down and told the
+    raylet so. That shutdown starts a thread (Ray 2.60: StatsExporter::ExportNow in its
+    disconnect constructs opencensus's DeltaProducer, whose harvester thread nothing stops
+    while metrics go by OpenTelemetry, Ray's default; disabling Ray's metrics still starts it)
+    that wakes 5 s later and runs opencensus code; a teardown still going then can end in
+    SIGSEGV in DeltaProducer::RunHarvesterLoop and "Fatal Python error" in the worker's log,
+    its work long done. That teardown lasts seconds (over 5 s on a busy machine); this, well
+    under one.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class _StageWorker:
     def __init__(self, stage_cls: type[Stage], pipeline: tuple[type[Stage], ...], spec: VideoCurationJobSpec,
                  attempts: ActorHandle, meter: ActorHandle | None):
+        # Exit handlers run last-registered first: this one before Ray's own, whose work in a
+        # worker (Python-side bookkeeping) is moot once its core worker has shut down.
+        atexit.register(_end_process)
         logs.configure_worker()
         self.attempts = attempts
         self.meter = meter  # the throughput allocator's StageMeter, told how long each task took
@@ -313,7 +335,9 @@ def run_ray(spec: VideoCurationJobSpec, tasks: Iterable[VideoTask], stages: list
     finally:
         feeder.stop.set()
         feeder.thread.join()
-        feeder.queue.shutdown()
+        # Killed, like the ledger and the meter: a graceful end would wait on the queue actor's
+        # teardown, in which Ray's metrics thread can crash it (_end_process).
+        feeder.queue.shutdown(force=True)
         ray.kill(attempts)
         if meter:
             ray.kill(meter)
@@ -360,10 +384,11 @@ def _stage_operator(ds: ray.data.Dataset, stage_cls: type[Stage], pipeline: tupl
             num_gpus=execution.gpus or None,
             resources={stage_resource_name(stage_cls.name): PINNED_RESOURCE_AMOUNT} if execution.pinned else None,
             # Restarts are bounded by the ledger: each task ends a bounded number of workers, and
-            # a stage whose workers die while starting fails the run. With restarts Ray logs, once
-            # per run, an E-level core_worker.cc line on "constructor arguments in the object
-            # store": Ray Data's own arguments (every pool's code and context go by reference;
-            # ray-project/ray#57733), put by this process, which holds them while the run lasts.
+            # a stage whose workers die while starting fails the run. With restarts (Ray Data's
+            # default too) Ray logs, once per run, an E-level core_worker.cc line on "constructor
+            # arguments in the object store": Ray Data's own arguments (every pool's code and
+            # context go by reference; ray-project/ray#57733), put by this process, which holds
+            # them while the run lasts. Only Ray Data could pass them otherwise.
             max_restarts=-1,
             max_task_retries=ray_task_retries(spec),
         )
