@@ -19,6 +19,7 @@ from clipforge import clip_index, layout
 from clipforge.cli import main
 from clipforge.samples import write_samples
 from clipforge.clip_index import CLIP_SCHEMA, VIDEO_SCHEMA
+from clipforge.clip_outputs import recorded_clip_ids
 from clipforge.storage import Storage
 from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, small_samples, write_manifest
 
@@ -188,8 +189,6 @@ def recorded_files(out: Path) -> set[str]:
 
 
 def recorded_clips(out: Path) -> set[str]:
-    from clipforge.clip_outputs import recorded_clip_ids
-
     return {clip_id for p in (out / "processed_clip_chunks").rglob("*.json") for clip_id in recorded_clip_ids(load_json(p))}
 
 
@@ -420,6 +419,35 @@ def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_
     assert {row["span_uuid"]: as_meta(row) for row in hf_clips} == metas
     assert {row["relative_path"] for row in hf_videos} == set(records_of(curated))
 
+
+
+@pytest.mark.s3
+def test_commits_on_s3_replace_or_add_whole_objects_and_touch_no_other(curated, s3_server, s3_bucket, s3_env, upload):
+    client = s3_server.client()
+    for part in ("metas", "processed_clip_chunks", "processed_videos", "index"):
+        upload(client, curated / part, s3_bucket, f"out/{part}")
+    output = f"s3://{s3_bucket}/out"
+    storage = Storage(endpoint=s3_server.endpoint, region=s3_server.region)
+    assert clip_index.is_current(storage, output)
+
+    def objects() -> dict[str, str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="out/index/")
+        return {item["Key"]: item["ETag"] for page in pages for item in page["Contents"]}
+
+    before = objects()
+    record = load_json(next((curated / "processed_clip_chunks").rglob("*.json")))
+    meta = load_json(curated / "metas" / "v0" / f"{recorded_clip_ids(record)[0]}.json")
+    redone = clip_index.commit_chunk(storage, output, record, [meta | {"span_uuid": "redone"}])
+    video = load_json(next((curated / "processed_videos").rglob("*.json"))) | {"relative_path": "added.mp4"}
+    added = clip_index.commit_video(storage, output, video)
+    after = objects()
+    redone_key, added_key = (uri.removeprefix(f"s3://{s3_bucket}/") for uri in (redone, added))
+    assert set(after) == set(before) | {added_key} and after[redone_key] != before[redone_key]
+    assert {key: tag for key, tag in after.items() if key not in (redone_key, added_key)} == \
+        {key: tag for key, tag in before.items() if key != redone_key}
+    clips = clip_index.read_table(storage, output, layout.CLIP_INDEX, ["span_uuid"]).column("span_uuid").to_pylist()
+    assert "redone" in clips and not set(clips) & set(recorded_clip_ids(record))
+    assert len(clips) == 4 - len(recorded_clip_ids(record)) + 1
 
 
 def test_status_outputs_name_what_the_run_wrote(curated):
