@@ -8,7 +8,7 @@
     index/videos/video-<video key>.parquet          one processed_videos/ record
 
 The index is committed as the output is written: the writer commits a chunk's file right after its
-chunk record (commit_chunk), the driver a video's right after its record (commit_video). Each file
+chunk record (commit_chunk), the driver a video's just before its record (commit_video). Each file
 is written whole under a hidden temporary name and renamed (one PUT on S3), and no commit touches
 another file, so a reader pointed at the folder, whatever it is, sees whole commits only; a commit
 killed part way leaves the last committed state. A chunk's file has the same name in every run:

@@ -293,8 +293,10 @@ class JobRun:
             record = video_record(chunks, clip_settings(self.spec))
             if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
                 write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
-            self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)
+            # Its index row before the record: a crash in between leaves the video not done, and
+            # the next run commits the row again; the other way round the row would stay missing.
             clip_index.commit_video(self.storage, self.root, record)
+            self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)
             self.resume.add(record)
             self._count(record)
             if on_progress is not None:
