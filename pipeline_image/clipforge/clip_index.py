@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from clipforge import layout
 from clipforge.clip_outputs import current_locations, recorded_clip_ids
-from clipforge.storage import Storage, StorageError
+from clipforge.storage import Listed, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +199,10 @@ def _parquet(rows: list[dict], schema: pa.Schema) -> bytes:
     return sink.getvalue()
 
 
-def commit_chunk(storage: Storage, root: str, record: dict, metas: list[dict]) -> str:
+def commit_chunk(storage: Storage, root: str, relative_path: str, chunk_index: int, metas: list[dict]) -> str:
     """Commits a recorded chunk's clips (their metas/v0 records, in the chunk record's order) as its
     index/clips file, in one atomic write; the file's URI."""
-    uri = layout.index_chunk(root, record["relative_path"], record["chunk_index"])
+    uri = layout.index_chunk(root, relative_path, chunk_index)
     storage.write_bytes(uri, _parquet([clip_row(meta) for meta in metas], CLIP_SCHEMA))
     return uri
 
@@ -235,14 +235,14 @@ def recorded_metas(storage: Storage, root: str, record: dict, unreadable: list[s
 
 
 def _rebuild(storage: Storage, root: str, directory: str, commit, unreadable: list[str]) -> tuple[set[str], int]:  # noqa: ANN001
-    """Commits `commit(record)` -> (uri, rows) for each JSON record under directory, READ_THREADS at a
-    time; (the URIs written, their rows)."""
+    """Commits `commit(record, its path relative to directory without .json)` -> (uri, rows) for each
+    JSON record under directory, READ_THREADS at a time; (the URIs written, their rows)."""
 
-    def one(uri: str) -> tuple[str, int] | None:
-        record = _read_json(storage, uri, unreadable)
-        return None if record is None else commit(record)
+    def one(listed: Listed) -> tuple[str, int] | None:
+        record = _read_json(storage, listed.uri, unreadable)
+        return None if record is None else commit(record, listed.relative.removesuffix(".json"))
 
-    uris = (listed.uri for listed in storage.list_files(layout.join(root, directory), ["*.json"], missing_ok=True))
+    uris = iter(storage.list_files(layout.join(root, directory), ["*.json"], missing_ok=True))
     written, rows = set(), 0
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         while batch := list(itertools.islice(uris, REBUILD_BATCH)):  # bounded: not one future per record at once
@@ -264,14 +264,16 @@ def write_index(storage: Storage, root: str) -> IndexResult:
     ClipForge's shards among them). Each file is replaced atomically, as a commit is."""
     unreadable: list[str] = []
 
-    def chunk(record: dict) -> tuple[str, int]:
+    def chunk(record: dict, name: str) -> tuple[str, int]:
+        # Named by its path (layout.chunk_record), which records of every version have.
+        relative_path, _, chunk_index = name.rpartition("_")
         metas = recorded_metas(storage, root, record, unreadable)
-        return commit_chunk(storage, root, record, metas), len(metas)
+        return commit_chunk(storage, root, relative_path, int(chunk_index), metas), len(metas)
 
     chunks, clips = _rebuild(storage, root, layout.PROCESSED_CHUNKS, chunk, unreadable)
     _delete_others(storage, root, layout.CLIP_INDEX, chunks)
     videos, count = _rebuild(storage, root, layout.PROCESSED_VIDEOS,
-                             lambda record: (commit_video(storage, root, record), 1), unreadable)
+                             lambda record, _: (commit_video(storage, root, record), 1), unreadable)
     _delete_others(storage, root, layout.VIDEO_INDEX, videos)
     return IndexResult(clips=clips, videos=count, unreadable=sorted(unreadable))
 

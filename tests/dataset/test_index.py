@@ -300,7 +300,7 @@ root, record, versions = sys.argv[1], json.loads(sys.argv[2]), json.load(open(sy
 print("committing", flush=True)
 n = 0
 while True:
-    clip_index.commit_chunk(Storage(), root, record, versions[n % 2])
+    clip_index.commit_chunk(Storage(), root, record["relative_path"], record["chunk_index"], versions[n % 2])
     n += 1
 """
 
@@ -321,7 +321,7 @@ def test_a_commit_killed_with_sigkill_leaves_a_consistent_index(curated_copy, tm
                  for i in range(size)] for tag, size in (("a", 30_000), ("b", 20_000))]
     (tmp_path / "versions.json").write_text(json.dumps(versions))
     chunk_file = out / layout.index_chunk("", record["relative_path"], record["chunk_index"])
-    clip_index.commit_chunk(Storage(), str(out), record, versions[1])
+    clip_index.commit_chunk(Storage(), str(out), record["relative_path"], record["chunk_index"], versions[1])
     others = {name: data for name, data in index_files(out).items() if (out / "index" / name) != chunk_file}
     other_rows = sum(pd.read_parquet(out / "index" / name).shape[0] for name in others if name.startswith("clips/"))
 
@@ -437,7 +437,8 @@ def test_commits_on_s3_replace_or_add_whole_objects_and_touch_no_other(curated, 
     before = objects()
     record = load_json(next((curated / "processed_clip_chunks").rglob("*.json")))
     meta = load_json(curated / "metas" / "v0" / f"{recorded_clip_ids(record)[0]}.json")
-    redone = clip_index.commit_chunk(storage, output, record, [meta | {"span_uuid": "redone"}])
+    redone = clip_index.commit_chunk(storage, output, record["relative_path"], record["chunk_index"],
+                                     [meta | {"span_uuid": "redone"}])
     video = load_json(next((curated / "processed_videos").rglob("*.json"))) | {"relative_path": "added.mp4"}
     added = clip_index.commit_video(storage, output, video)
     after = objects()

@@ -140,7 +140,7 @@ class WriteStage(Stage):
             task.chunk_record = json.loads(self.storage.read_bytes(record_uri))
             if not self.storage.exists(layout.index_chunk(self.root, task.relative_path, task.chunk_index)):
                 metas = clip_index.recorded_metas(self.storage, self.root, task.chunk_record, [])
-                clip_index.commit_chunk(self.storage, self.root, task.chunk_record, metas)
+                clip_index.commit_chunk(self.storage, self.root, task.relative_path, task.chunk_index, metas)
             return [task]
         manifest_uri = layout.chunk_manifest(self.root, task.relative_path, task.chunk_index)
         if task.clips:
@@ -173,7 +173,7 @@ class WriteStage(Stage):
         if task.clips:
             self.storage.write_json(record_uri, summary)
             self.storage.delete(manifest_uri)
-            clip_index.commit_chunk(self.storage, self.root, summary,
+            clip_index.commit_chunk(self.storage, self.root, task.relative_path, task.chunk_index,
                                     [metas[clip_id] for clip_id in recorded_clip_ids(summary)])
         light_clips = [replace(c, encoded=None, preview=None, window_previews={}, frames={}) for c in task.clips]
         return [replace(task, clips=light_clips, chunk_record=summary)]
