@@ -296,8 +296,9 @@ def is_current(storage: Storage, root: str) -> bool:
     """Whether root has an index this version commits: per-chunk and per-video files of CLIP_SCHEMA.
     An older ClipForge's (part-NNNNN.parquet shards, rewritten at the end of each run) has maps
     where this one has entries, and locations under the path its run was given; commits next to
-    it would list rows twice."""
-    clips, videos = parts(storage, root, layout.CLIP_INDEX), parts(storage, root, layout.VIDEO_INDEX)
+    it would list rows twice. One listing request a table: an older index has a videos shard,
+    and part- sorts before video-."""
+    clips, videos = (_first_page(storage, root, table) for table in (layout.CLIP_INDEX, layout.VIDEO_INDEX))
     if not clips and not videos or any(os.path.basename(uri).startswith("part-") for uri in clips + videos):
         return False
     if not clips:
@@ -305,6 +306,11 @@ def is_current(storage: Storage, root: str) -> bool:
     fs, path = storage.resolve(clips[0])
     schema = storage.retry(lambda: pq.read_schema(path, filesystem=fs), f"cannot read {clips[0]}")
     return schema.equals(CLIP_SCHEMA, check_metadata=False)
+
+
+def _first_page(storage: Storage, root: str, table: str) -> list[str]:
+    page = next(storage.list_pages(layout.join(root, table), ["*.parquet"], missing_ok=True), None)
+    return [listed.uri for listed in page.files] if page else []
 
 
 def parts(storage: Storage, root: str, table: str) -> list[str]:
