@@ -180,13 +180,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from clipforge.storage import StorageError
 
     storage = _output_storage(args)
+    index_dir = layout.join(args.output, layout.INDEX)
     try:
-        index = clip_index.write_output_index(storage, args.output)
+        # The runs' commits keep the index current; it is rebuilt from the records when asked, and
+        # when it is missing or an older ClipForge's.
+        rebuild = args.rebuild_index or not clip_index.is_current(storage, args.output)
+        index = clip_index.write_output_index(storage, args.output) if rebuild else None
         page = write_report(storage, args.output)
     except (clip_index.NotAnOutputError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"index: {index.clips} clips, {index.videos} videos in {layout.join(args.output, layout.INDEX)}")
+    if index is None:
+        print(f"index: {index_dir} (as the runs committed it; --rebuild-index rebuilds it from the records)")
+    else:
+        print(f"index: rebuilt, {index.clips} clips, {index.videos} videos in {index_dir}")
     print(f"report: {page}")
     return EXIT_OK
 
@@ -288,8 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("job", help=job_help)
     models.set_defaults(func=cmd_models)
 
-    report = command("report", "(re)write an output's clip index and report/index.html")
+    report = command("report", "(re)write an output's report/index.html from its clip index")
     report.add_argument("output", help="the job's output.uri: a local directory or s3:// URI")
+    report.add_argument("--rebuild-index", action="store_true",
+                        help="rebuild the clip index from the chunk and video records first (their source of truth)")
     _storage_options(report)
     report.set_defaults(func=cmd_report)
 

@@ -1,18 +1,25 @@
 """The clip index: parquet tables over everything an output holds, for dataframe and SQL tools.
 
-    index/clips/part-NNNNN.parquet    one row per clip a chunk record names (passed, filtered,
-                                      failed): every field of its metas/v0 JSON under the same
-                                      name (objects as structs, dicts such as stage -> message as
-                                      their entries), plus `status` and `duration_s`
-    index/videos/part-NNNNN.parquet   one row per processed_videos/ record
+    index/clips/chunk-<video key>-<chunk>.parquet   the clips of one recorded chunk (passed,
+                                                    filtered, failed): every field of their
+                                                    metas/v0 JSON under the same name (objects as
+                                                    structs, dicts such as stage -> message as
+                                                    their entries), plus `status` and `duration_s`
+    index/videos/video-<video key>.parquet          one processed_videos/ record
 
-Locations are relative to the output root (layout.py), older records' too (clip_outputs.current_locations),
-so the index of a copied or moved output resolves under the copy.
+The index is committed as the output is written: the writer commits a chunk's file right after its
+chunk record (commit_chunk), the driver a video's just before its record (commit_video). Each file
+is written whole under a hidden temporary name and renamed (one PUT on S3), and no commit touches
+another file, so a reader pointed at the folder, whatever it is, sees whole commits only; a commit
+killed part way leaves the last committed state. A chunk's file has the same name in every run:
+split deletes it with the chunk record it redoes, and the redo commits it again. Files are never
+merged: a merge is a change of several files at once, which a folder reader can see half done
+(docs/index-and-report.md, "The index", has the figures).
 
-The index is built from those records, not from the run's memory, so it covers whatever the
-output now holds, earlier runs included, and a rebuild over unchanged records writes the same
-bytes. Records are read concurrently and ROWS_PER_FILE at a time, so memory stays bounded; a
-rebuild deletes the shards it no longer needs. docs/index-and-report.md describes the schema.
+The chunk records stay the source of truth: write_index rebuilds every file from them (the same
+bytes the commits wrote) and deletes the files of chunks no record names. Locations are relative
+to the output root (layout.py), older records' too (clip_outputs.current_locations), so the index
+of a copied or moved output resolves under the copy. docs/index-and-report.md describes the schema.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,13 +38,12 @@ import pyarrow.parquet as pq
 
 from clipforge import layout
 from clipforge.clip_outputs import current_locations, recorded_clip_ids
-from clipforge.storage import Storage, StorageError
+from clipforge.storage import Listed, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_FILE = 100_000
 READ_THREADS = 32
-
+REBUILD_BATCH = 10_000
 
 
 def entries_type(value: pa.DataType) -> pa.DataType:
@@ -177,94 +182,100 @@ def video_row(record: dict) -> dict:
 class IndexResult:
     clips: int
     videos: int
-    unreadable: list[str]  # records skipped because they are not JSON (named in the log too)
+    unreadable: list[str]  # records skipped because they are missing or not JSON (named in the log too)
 
 
-def _read_json(storage: Storage, uris: Iterable[str], unreadable: list[str]) -> Iterator[list[dict]]:
-    """The JSON documents at `uris`, ROWS_PER_FILE at a time, in order; one that is missing or not
-    JSON is left out, named in the log and in `unreadable`."""
+_warned_fields: set[str] = set()
 
-    def read(uri: str) -> dict | None:
-        try:
-            return json.loads(storage.read_bytes(uri))
-        except StorageError as exc:
-            if not exc.missing:
-                raise
-        except ValueError:
-            pass
-        log.warning("index: %s is missing or not JSON; left out", uri)
-        unreadable.append(uri)
-        return None
 
-    uris = iter(uris)
+def _parquet(rows: list[dict], schema: pa.Schema) -> bytes:
+    """One index file's bytes; a record field the schema lacks is left out, and logged once."""
+    extra = {key for row in rows for key in row} - set(schema.names) - _warned_fields
+    if extra:
+        _warned_fields.update(extra)
+        log.warning("index: fields %s are not in the index schema and are left out", sorted(extra))
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
+    return sink.getvalue()
+
+
+def commit_chunk(storage: Storage, root: str, relative_path: str, chunk_index: int, metas: list[dict]) -> str:
+    """Commits a recorded chunk's clips (their metas/v0 records, in the chunk record's order) as its
+    index/clips file, in one atomic write; the file's URI."""
+    uri = layout.index_chunk(root, relative_path, chunk_index)
+    storage.write_bytes(uri, _parquet([clip_row(meta) for meta in metas], CLIP_SCHEMA))
+    return uri
+
+
+def commit_video(storage: Storage, root: str, record: dict) -> str:
+    """Commits a processed_videos/ record as its index/videos file, in one atomic write; the file's URI."""
+    uri = layout.index_video(root, record["relative_path"])
+    storage.write_bytes(uri, _parquet([video_row(record)], VIDEO_SCHEMA))
+    return uri
+
+
+def _read_json(storage: Storage, uri: str, unreadable: list[str]) -> dict | None:
+    """The JSON document at uri; None, named in the log and in `unreadable`, when missing or not JSON."""
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except StorageError as exc:
+        if not exc.missing:
+            raise
+    except ValueError:
+        pass
+    log.warning("index: %s is missing or not JSON; left out", uri)
+    unreadable.append(uri)
+    return None
+
+
+def recorded_metas(storage: Storage, root: str, record: dict, unreadable: list[str]) -> list[dict]:
+    """The metas/v0 records of the clips a chunk record names, in its order (missing ones left out)."""
+    metas = (_read_json(storage, layout.clip_meta(root, clip_id), unreadable) for clip_id in recorded_clip_ids(record))
+    return [meta for meta in metas if meta is not None]
+
+
+def _rebuild(storage: Storage, root: str, directory: str, commit, unreadable: list[str]) -> tuple[set[str], int]:  # noqa: ANN001
+    """Commits `commit(record, its path relative to directory without .json)` -> (uri, rows) for each
+    JSON record under directory, READ_THREADS at a time; (the URIs written, their rows)."""
+
+    def one(listed: Listed) -> tuple[str, int] | None:
+        record = _read_json(storage, listed.uri, unreadable)
+        return None if record is None else commit(record, listed.relative.removesuffix(".json"))
+
+    uris = iter(storage.list_files(layout.join(root, directory), ["*.json"], missing_ok=True))
+    written, rows = set(), 0
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        while batch := list(itertools.islice(uris, ROWS_PER_FILE)):
-            yield [doc for doc in pool.map(read, batch) if doc is not None]
+        while batch := list(itertools.islice(uris, REBUILD_BATCH)):  # bounded: not one future per record at once
+            for uri, count in filter(None, pool.map(one, batch)):
+                written.add(uri)
+                rows += count
+    return written, rows
 
 
-def _records(storage: Storage, directory: str, unreadable: list[str]) -> Iterator[list[dict]]:
-    """The JSON records under directory, ROWS_PER_FILE at a time, in path order."""
-    listing = storage.list_files(directory, ["*.json"], missing_ok=True)
-    return _read_json(storage, (listed.uri for listed in listing), unreadable)
-
-
-def _recorded_clip_metas(storage: Storage, root: str, unreadable: list[str]) -> Iterator[str]:
-    """The metas/v0 URIs of the clips chunk records name, in record order: a clip whose chunk
-    never recorded it (a chunk that failed part way) is not in the dataset."""
-    for batch in _records(storage, layout.join(root, layout.PROCESSED_CHUNKS), unreadable):
-        for record in batch:
-            for clip_id in recorded_clip_ids(record):
-                yield layout.clip_meta(root, clip_id)
-
-
-def _write_table(storage: Storage, root: str, table: str, schema: pa.Schema,
-                 batches: Iterator[list[dict]]) -> int:
-    """Writes one shard per batch, then deletes shards of an earlier, larger index; row count."""
-    rows = shards = 0
-    for batch in batches:
-        if not batch:
-            continue
-        sink = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(batch, schema=schema), sink)
-        storage.write_bytes(layout.index_part(root, table, shards), sink.getvalue())
-        rows += len(batch)
-        shards += 1
-    written = {os.path.basename(layout.index_part("", table, shard)) for shard in range(shards)}
-    for uri, relative, *_ in storage.list_files(layout.join(root, table), ["*.parquet"], missing_ok=True):
-        if relative not in written:
+def _delete_others(storage: Storage, root: str, table: str, keep: set[str]) -> None:
+    for uri in parts(storage, root, table):
+        if uri not in keep:
             storage.delete(uri)
-    return rows
-
-
-def _unknown_fields(batches: Iterator[list[dict]], known: set[str]) -> Iterator[list[dict]]:
-    """Passes batches on, warning once about record fields the schema lacks (they would be dropped)."""
-    warned: set[str] = set()
-    for batch in batches:
-        for row in batch:
-            extra = row.keys() - known - warned
-            if extra:
-                warned |= extra
-                log.warning("index: fields %s are not in the index schema and are left out", sorted(extra))
-        yield batch
 
 
 def write_index(storage: Storage, root: str) -> IndexResult:
-    """(Re)builds index/clips and index/videos from the metas/v0 of recorded chunks and from
-    processed_videos under root."""
+    """Rebuilds index/clips and index/videos from the chunk records (and the metas/v0 they name) and
+    the processed_videos/ records under root, and deletes index files no record names (an older
+    ClipForge's shards among them). Each file is replaced atomically, as a commit is."""
     unreadable: list[str] = []
-    metas = (
-        [clip_row(meta) for meta in batch]
-        for batch in _read_json(storage, _recorded_clip_metas(storage, root, unreadable), unreadable)
-    )
-    clips = _write_table(storage, root, layout.CLIP_INDEX, CLIP_SCHEMA,
-                         _unknown_fields(metas, set(CLIP_SCHEMA.names)))
-    records = (
-        [video_row(record) for record in batch]
-        for batch in _records(storage, layout.join(root, layout.PROCESSED_VIDEOS), unreadable)
-    )
-    videos = _write_table(storage, root, layout.VIDEO_INDEX, VIDEO_SCHEMA,
-                          _unknown_fields(records, set(VIDEO_SCHEMA.names)))
-    return IndexResult(clips=clips, videos=videos, unreadable=unreadable)
+
+    def chunk(record: dict, name: str) -> tuple[str, int]:
+        # Named by its path (layout.chunk_record), which records of every version have.
+        relative_path, _, chunk_index = name.rpartition("_")
+        metas = recorded_metas(storage, root, record, unreadable)
+        return commit_chunk(storage, root, relative_path, int(chunk_index), metas), len(metas)
+
+    chunks, clips = _rebuild(storage, root, layout.PROCESSED_CHUNKS, chunk, unreadable)
+    _delete_others(storage, root, layout.CLIP_INDEX, chunks)
+    videos, count = _rebuild(storage, root, layout.PROCESSED_VIDEOS,
+                             lambda record, _: (commit_video(storage, root, record), 1), unreadable)
+    _delete_others(storage, root, layout.VIDEO_INDEX, videos)
+    return IndexResult(clips=clips, videos=count, unreadable=sorted(unreadable))
 
 
 class NotAnOutputError(RuntimeError):
@@ -282,23 +293,33 @@ def write_output_index(storage: Storage, root: str) -> IndexResult:
 
 
 def is_current(storage: Storage, root: str) -> bool:
-    """Whether root has a clip index this version wrote (CLIP_SCHEMA). An older ClipForge's has
-    maps where this one has entries, and locations under the path its run was given."""
-    shards = parts(storage, root, layout.CLIP_INDEX)
-    if not shards:
+    """Whether root has an index this version commits: per-chunk and per-video files of CLIP_SCHEMA.
+    An older ClipForge's (part-NNNNN.parquet shards, rewritten at the end of each run) has maps
+    where this one has entries, and locations under the path its run was given; commits next to
+    it would list rows twice. One listing request a table: an older index has a videos shard,
+    and part- sorts before video-."""
+    clips, videos = (_first_page(storage, root, table) for table in (layout.CLIP_INDEX, layout.VIDEO_INDEX))
+    if not clips and not videos or any(os.path.basename(uri).startswith("part-") for uri in clips + videos):
         return False
-    fs, path = storage.resolve(shards[0])
-    schema = storage.retry(lambda: pq.read_schema(path, filesystem=fs), f"cannot read {shards[0]}")
+    if not clips:
+        return True
+    fs, path = storage.resolve(clips[0])
+    schema = storage.retry(lambda: pq.read_schema(path, filesystem=fs), f"cannot read {clips[0]}")
     return schema.equals(CLIP_SCHEMA, check_metadata=False)
 
 
+def _first_page(storage: Storage, root: str, table: str) -> list[str]:
+    page = next(storage.list_pages(layout.join(root, table), ["*.parquet"], missing_ok=True), None)
+    return [listed.uri for listed in page.files] if page else []
+
+
 def parts(storage: Storage, root: str, table: str) -> list[str]:
-    """URIs of the shards of an index table under root, in order (none before the first index)."""
-    return [listed.uri for listed in storage.list_files(layout.join(root, table), ["part-*.parquet"], missing_ok=True)]
+    """URIs of the files of an index table under root, in name order (none before the first commit)."""
+    return [listed.uri for listed in storage.list_files(layout.join(root, table), ["*.parquet"], missing_ok=True)]
 
 
 def read_table(storage: Storage, root: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    """An index table as written under root (no rows, same schema, when it has no shard)."""
+    """An index table as committed under root (no rows, same schema, when it has no file)."""
     import pyarrow.dataset as ds
 
     schema = CLIP_SCHEMA if table == layout.CLIP_INDEX else VIDEO_SCHEMA

@@ -8,6 +8,8 @@ copied or moved output, or one read from another machine, still finds its files.
 
 from __future__ import annotations
 
+import hashlib
+
 from clipforge.spec import INDEX_DIR, PROGRESS_FILE, REPORT_DIR, REPORT_PAGE, SUMMARY_FILE
 from clipforge.storage import join
 
@@ -30,7 +32,8 @@ PROGRESS = PROGRESS_FILE
 SUMMARY = SUMMARY_FILE
 # Claims of the runs writing this output (lease.py): one live at a time.
 LEASES = "leases"
-# Derived from the records above at the end of every run (clip_index.py, report.py): rebuildable.
+# Derived from the records above (clip_index.py, report.py), rebuildable: the index as each chunk
+# and video is recorded, the report at the end of every run.
 INDEX = INDEX_DIR
 CLIP_INDEX = f"{INDEX_DIR}/clips"
 VIDEO_INDEX = f"{INDEX_DIR}/videos"
@@ -93,9 +96,19 @@ def video_record(root: str, relative_path: str) -> str:
     return join(root, PROCESSED_VIDEOS, f"{relative_path}.json")
 
 
-def index_part(root: str, table: str, part: int) -> str:
-    """One shard of an index table (CLIP_INDEX or VIDEO_INDEX)."""
-    return join(root, table, f"part-{part:05d}.parquet")
+def _index_key(relative_path: str) -> str:
+    """A video's name in the index's flat folders: any relative path, as a fixed-length file name."""
+    return hashlib.sha1(relative_path.encode()).hexdigest()
+
+
+def index_chunk(root: str, relative_path: str, chunk_index: int) -> str:
+    """The index/clips file of one chunk's clips: the same name for every run, so a redo replaces it."""
+    return join(root, CLIP_INDEX, f"chunk-{_index_key(relative_path)}-{chunk_index:05d}.parquet")
+
+
+def index_video(root: str, relative_path: str) -> str:
+    """The index/videos file of one video's row."""
+    return join(root, VIDEO_INDEX, f"video-{_index_key(relative_path)}.parquet")
 
 
 def report_file(root: str, *parts: str) -> str:

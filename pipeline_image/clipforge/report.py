@@ -522,20 +522,18 @@ def _delete_stale(storage: Storage, root: str, keep: set[str]) -> None:
             storage.delete(uri)
 
 
-def write_index_and_report(storage: Storage, root: str) -> tuple[clip_index.IndexResult, str]:
-    """The index, then the report, over what the output now holds; (index counts, report URI)."""
-    result = clip_index.write_index(storage, root)
-    return result, write_report(storage, root)
-
-
 def publish(storage: Storage, root: str) -> str | None:
-    """write_index_and_report at the end of a run: the report's URI, or None after logging why not.
+    """The report at the end of a run, from the index its chunks and videos committed: the report's
+    URI, or None after logging why not. An output whose index is not current (none, or an older
+    ClipForge's) has it rebuilt from the records first, once.
 
     A failure here loses nothing: the run's clips and records are written, and
-    `clipforge report OUTPUT` writes the index and the report again.
+    `clipforge report OUTPUT` writes the report again (`--rebuild-index`: the index too).
     """
     try:
-        return write_index_and_report(storage, root)[1]
+        if not clip_index.is_current(storage, root):
+            clip_index.write_index(storage, root)
+        return write_report(storage, root)
     except (StorageError, OSError, pa.ArrowException) as exc:
-        log.error("index and report of %s not written: %s (`clipforge report %s` writes them)", root, exc, root)
+        log.error("report of %s not written: %s (`clipforge report %s` writes it)", root, exc, root)
         return None

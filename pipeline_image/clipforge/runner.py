@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from clipforge import layout, preflight
+from clipforge import clip_index, layout, preflight
 from clipforge.embedding_files import write_video_parquet
 from clipforge.input_manifest import ManifestEntry, ManifestError, manifest_pages
 from clipforge.lease import RENEW_S, OutputLease, OutputLocked
@@ -293,6 +293,9 @@ class JobRun:
             record = video_record(chunks, clip_settings(self.spec))
             if stage_enabled(self.spec, "embed"):  # before the record: a done video has its parquet
                 write_video_parquet(self.storage, self.root, self.spec.embeddings.algorithm, chunks)
+            # Its index row before the record: a crash in between leaves the video not done, and
+            # the next run commits the row again; the other way round the row would stay missing.
+            clip_index.commit_video(self.storage, self.root, record)
             self.storage.write_json(layout.video_record(self.root, chunk.relative_path), record)
             self.resume.add(record)
             self._count(record)
@@ -357,7 +360,7 @@ class JobRun:
         report = self.stats.report(state, output=self.root, failures=failures, reason=reason,
                                    message=(message or "") if reason else None, dedup=self.dedup)
         self.storage.write_json(layout.join(self.root, layout.SUMMARY), report.to_json())
-        publish(self.storage, self.root)  # the clip index and the report over what the output now holds
+        publish(self.storage, self.root)  # the report over what the output's index now holds
         return report
 
 

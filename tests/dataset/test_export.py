@@ -143,7 +143,7 @@ def test_an_output_without_an_index_gets_one(curated_copy, tmp_path):
     for part in (curated_copy / "index").rglob("*.parquet"):
         part.unlink()
     assert export(curated_copy, tmp_path / "shards") == 0
-    assert list((curated_copy / "index" / "clips").glob("part-*.parquet"))
+    assert list((curated_copy / "index" / "clips").glob("chunk-*.parquet"))
     assert len(read_shards(shard_files(tmp_path / "shards"))) == 3
 
 

@@ -15,10 +15,11 @@ import polars as pl
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from clipforge import clip_index
+from clipforge import clip_index, layout
 from clipforge.cli import main
 from clipforge.samples import write_samples
 from clipforge.clip_index import CLIP_SCHEMA, VIDEO_SCHEMA
+from clipforge.clip_outputs import recorded_clip_ids
 from clipforge.storage import Storage
 from support.jobs import FIVE_SECOND_CLIPS, load_json, manifest, small_samples, write_manifest
 
@@ -173,16 +174,37 @@ def test_ray_data_reads_the_local_index(curated, local_ray):
     assert dataset.filter(expr=col("status") == "passed").count() == 3
 
 
-def test_shards_are_bounded_and_a_rebuild_covers_what_is_there_now(curated_copy, monkeypatch, caplog):
-    out = curated_copy
-    storage = Storage()
-    monkeypatch.setattr(clip_index, "ROWS_PER_FILE", 3)
-    result = clip_index.write_index(storage, str(out))
-    assert (result.clips, result.videos) == (4, 3)
-    assert sorted(p.name for p in (out / "index" / "clips").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
-    assert [pd.read_parquet(p).shape[0] for p in sorted((out / "index" / "clips").iterdir())] == [3, 1]
-    assert pd.read_parquet(out / "index" / "clips").shape[0] == 4
+def index_files(out: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under out/index, relative: (mtime in ns, bytes)."""
+    return {p.relative_to(out / "index").as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in (out / "index").rglob("*") if p.is_file()}
 
+
+def recorded_files(out: Path) -> set[str]:
+    """The index files the output's chunk and video records call for, relative to out/index."""
+    chunks = [load_json(p) for p in (out / "processed_clip_chunks").rglob("*.json")]
+    videos = [load_json(p) for p in (out / "processed_videos").rglob("*.json")]
+    return ({layout.index_chunk("", c["relative_path"], c["chunk_index"]).removeprefix("index/") for c in chunks}
+            | {layout.index_video("", v["relative_path"]).removeprefix("index/") for v in videos})
+
+
+def recorded_clips(out: Path) -> set[str]:
+    return {clip_id for p in (out / "processed_clip_chunks").rglob("*.json") for clip_id in recorded_clip_ids(load_json(p))}
+
+
+def test_a_run_commits_one_file_per_chunk_record_and_video_record(curated):
+    assert set(index_files(curated)) == recorded_files(curated)
+    assert len([name for name in index_files(curated) if name.startswith("clips/")]) == 4  # clipsPerChunk 1
+
+
+def test_a_rebuild_covers_what_is_there_now(curated_copy, caplog):
+    out = curated_copy
+    clips_dir = out / "index" / "clips"
+    # Stale files: an older ClipForge's shard, and the file of a chunk no record names.
+    some_file = next(clips_dir.iterdir()).read_bytes()
+    (clips_dir / "part-00000.parquet").write_bytes(some_file)
+    (out / layout.index_chunk("", "gone.mp4", 0)).write_bytes(some_file)
+    assert not clip_index.is_current(Storage(), str(out))
     # What the output holds now: one clip's metas gone, one torn (not JSON), and the metas of a
     # clip no chunk record names (a chunk that failed part way): that one is not in the dataset.
     metas = sorted((out / "metas" / "v0").glob("*.json"))
@@ -190,43 +212,151 @@ def test_shards_are_bounded_and_a_rebuild_covers_what_is_there_now(curated_copy,
     metas[1].write_text("{not json")
     orphan = json.loads(metas[2].read_text()) | {"span_uuid": "orphan"}
     (out / "metas" / "v0" / "orphan.json").write_text(json.dumps(orphan))
-    monkeypatch.setattr(clip_index, "ROWS_PER_FILE", 100)
-    result = clip_index.write_index(storage, str(out))
-    assert result.clips == 2 and sorted(result.unreadable) == [str(metas[0]), str(metas[1])]
+
+    result = clip_index.write_index(Storage(), str(out))
+    assert (result.clips, result.videos) == (2, 3)
+    assert sorted(result.unreadable) == [str(metas[0]), str(metas[1])]
     assert f"{metas[1]} is missing or not JSON" in caplog.text
-    assert [p.name for p in (out / "index" / "clips").iterdir()] == ["part-00000.parquet"]  # part 1 removed
-    assert set(pd.read_parquet(out / "index" / "clips").span_uuid) == {p.stem for p in metas[2:]}
+    assert set(index_files(out)) == recorded_files(out)  # the stale files are gone
+    assert set(pd.read_parquet(clips_dir).span_uuid) == {p.stem for p in metas[2:]}
+    assert clip_index.is_current(Storage(), str(out))
 
 
-def test_rebuild_of_unchanged_records_writes_the_same_bytes(curated_copy):
-    index = curated_copy / "index"
-    before = {p: p.read_bytes() for p in index.rglob("*.parquet")}
+def test_report_reads_the_committed_index_and_rebuilds_it_only_when_asked(curated_copy, capsys):
+    committed = index_files(curated_copy)
     assert main(["report", str(curated_copy)]) == 0
-    assert {p: p.read_bytes() for p in index.rglob("*.parquet")} == before
+    assert index_files(curated_copy) == committed  # not rewritten
+    assert "--rebuild-index rebuilds it" in capsys.readouterr().out
+    assert main(["report", str(curated_copy), "--rebuild-index"]) == 0
+    assert "index: rebuilt, 4 clips, 3 videos" in capsys.readouterr().out
+    rebuilt = index_files(curated_copy)
+    # Rewritten from the records, to the bytes the run's commits wrote.
+    assert {name: data for name, (_, data) in rebuilt.items()} == {name: data for name, (_, data) in committed.items()}
+    assert all(rebuilt[name][0] != committed[name][0] for name in committed)
 
 
-def test_a_rerun_indexes_earlier_and_new_videos(tmp_path):
-    samples = tmp_path / "samples"
+def curate(samples: Path, out: Path, job: Path, *, limit: int = 0, splitting: dict = FIVE_SECOND_CLIPS) -> None:
+    document = manifest(str(samples), str(out), input={"uri": str(samples), "limit": limit},
+                        splitting=splitting, transcoding={"preset": "ultrafast"},
+                        embeddings={"enabled": False}, previews={"enabled": False},
+                        execution={"executor": "local", "clipsPerChunk": 1})
+    assert main(["run", str(write_manifest(job, document)), "--no-progress"]) == 0
+
+
+def no_rebuild(*_: object) -> None:
+    raise AssertionError("the index was rebuilt from the records")
+
+
+def test_an_added_video_adds_its_files_and_rewrites_none(tmp_path, monkeypatch):
+    samples, out = tmp_path / "samples", tmp_path / "out"
     write_samples(samples, small_samples())
-    out = tmp_path / "out"
-
-    def run(limit: int) -> None:
-        document = manifest(str(samples), str(out), input={"uri": str(samples), "limit": limit},
-                            splitting=FIVE_SECOND_CLIPS, transcoding={"preset": "ultrafast"},
-                            embeddings={"enabled": False}, previews={"enabled": False},
-                            execution={"executor": "local", "clipsPerChunk": 2})
-        assert main(["run", str(write_manifest(tmp_path / "job.yaml", document)), "--no-progress"]) == 0
-
-    run(1)
+    curate(samples, out, tmp_path / "job.yaml", limit=1)
     assert set(pd.read_parquet(out / "index" / "videos").relative_path) == {"moving_then_static.mp4"}
-    run(0)  # the first video is skipped as done; the index still has its clips
+    first = index_files(out)
+
+    monkeypatch.setattr(clip_index, "write_index", no_rebuild)  # nothing at the end of a run re-reads the records
+    curate(samples, out, tmp_path / "job.yaml")  # the first video is skipped as done
     assert load_json(out / "summary.json")["videos"]["skipped"] == 1
+    now = index_files(out)
+    assert {name: now[name] for name in first} == first  # same bytes, same mtimes
+    assert set(now) - set(first) and set(now) == recorded_files(out)
     assert set(pd.read_parquet(out / "index" / "videos").relative_path) == {"moving_then_static.mp4",
                                                                            "sub/three_scenes.mp4"}
-    assert set(pd.read_parquet(out / "index" / "clips").span_uuid) == set(metas_of(out))
+    assert set(pd.read_parquet(out / "index" / "clips").span_uuid) == set(metas_of(out)) == recorded_clips(out)
     assert len(metas_of(out)) == 4
 
 
+def test_a_redone_chunk_replaces_its_rows(tmp_path, monkeypatch):
+    samples, out = tmp_path / "samples", tmp_path / "out"
+    write_samples(samples, small_samples())
+    curate(samples, out, tmp_path / "job.yaml")
+    before = index_files(out)
+    old_clips = recorded_clips(out)
+    assert len([name for name in before if name.startswith("clips/")]) == 4  # two chunks a video
+
+    # Other settings redo both videos: 10 s clips, one chunk each. Their chunk 0 files are
+    # replaced, their chunk 1 files deleted with the chunk records split removes.
+    monkeypatch.setattr(clip_index, "write_index", no_rebuild)
+    ten_seconds = {"algorithm": "fixed-stride", "fixedStride": {"clipLengthS": 10, "strideS": 10, "minClipLengthS": 2}}
+    curate(samples, out, tmp_path / "job.yaml", splitting=ten_seconds)
+    after = index_files(out)
+    assert set(after) == recorded_files(out)
+    chunk_files = {name for name in after if name.startswith("clips/")}
+    assert len(chunk_files) == 2 and chunk_files < set(before)
+    assert all(after[name][1] != before[name][1] for name in chunk_files)
+    clips = pd.read_parquet(out / "index" / "clips")
+    assert set(clips.span_uuid) == recorded_clips(out) and not set(clips.span_uuid) & old_clips
+    assert len(clips) == 2 and set(clips.duration_s) == {10.0}
+
+
+# A committer killed mid-commit: it replaces one chunk's file over and over with one of two
+# versions (a chunk redone), each large enough that a commit takes a while.
+COMMITTER = """
+import json, sys
+from clipforge import clip_index, layout
+from clipforge.storage import Storage
+
+root, record, versions = sys.argv[1], json.loads(sys.argv[2]), json.load(open(sys.argv[3]))
+print("committing", flush=True)
+n = 0
+while True:
+    clip_index.commit_chunk(Storage(), root, record["relative_path"], record["chunk_index"], versions[n % 2])
+    n += 1
+"""
+
+
+def test_a_commit_killed_with_sigkill_leaves_a_consistent_index(curated_copy, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import duckdb
+
+    out = curated_copy
+    record = load_json(next((out / "processed_clip_chunks").rglob("*.json")))
+    meta = load_json(out / "metas" / "v0" / f"{record['clips'][0] if record['clips'] else record['filtered_clips'][0]}.json")
+    # Large files (a long caption a clip), so that a commit spends its time writing.
+    versions = [[meta | {"span_uuid": f"{tag}-{i:06d}", "windows": [{"caption": os.urandom(200).hex()}]}
+                 for i in range(size)] for tag, size in (("a", 30_000), ("b", 20_000))]
+    (tmp_path / "versions.json").write_text(json.dumps(versions))
+    chunk_file = out / layout.index_chunk("", record["relative_path"], record["chunk_index"])
+    clip_index.commit_chunk(Storage(), str(out), record["relative_path"], record["chunk_index"], versions[1])
+    others = {name: data for name, data in index_files(out).items() if (out / "index" / name) != chunk_file}
+    other_rows = sum(pd.read_parquet(out / "index" / name).shape[0] for name in others if name.startswith("clips/"))
+
+    def check() -> None:
+        """Every reader sees the other chunks' rows and one whole version of this chunk's."""
+        ids = pd.read_parquet(out / "index" / "clips").span_uuid
+        ours = ids[ids.str.match(r"[ab]-")].str[:2].value_counts().to_dict()
+        assert ours in ({"a-": 30_000}, {"b-": 20_000}) and len(ids) - sum(ours.values()) == other_rows, ours
+        clips = f"{out}/index/clips/*.parquet"
+        total = duckdb.sql(f"SELECT count(*) FROM read_parquet('{clips}')").fetchone()[0]
+        assert total - other_rows in (30_000, 20_000)
+        assert pl.read_parquet(clips).height == total
+
+    killed_mid_commit = 0
+    for _ in range(20):
+        child = subprocess.Popen([sys.executable, "-c", COMMITTER, str(out), json.dumps(record),
+                                  str(tmp_path / "versions.json")], stdout=subprocess.PIPE, env=os.environ)
+        assert child.stdout.readline() == b"committing\n"
+        reading = time.monotonic() + 1
+        while time.monotonic() < reading:  # readers while commits go on
+            check()
+        # Then the kill, as soon as a commit's temporary file is there (or a little after).
+        while not any(entry.name.startswith(".") for entry in os.scandir(chunk_file.parent)):
+            assert child.poll() is None
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        leftovers = [p for p in chunk_file.parent.iterdir() if p.name.startswith(".")]
+        killed_mid_commit += bool(leftovers)
+        check()
+        for leftover in leftovers:
+            leftover.unlink()
+        if killed_mid_commit >= 2:
+            break
+    assert killed_mid_commit >= 2  # killed while writing, its temporary file left behind, at least twice
+    assert {name: data for name, data in index_files(out).items() if (out / "index" / name) != chunk_file} == others
 # ---------------------------------------------------------------------------------------- S3
 
 
@@ -289,6 +419,36 @@ def test_every_reader_reads_the_index_from_s3(curated, s3_server, s3_bucket, s3_
     assert {row["span_uuid"]: as_meta(row) for row in hf_clips} == metas
     assert {row["relative_path"] for row in hf_videos} == set(records_of(curated))
 
+
+
+@pytest.mark.s3
+def test_commits_on_s3_replace_or_add_whole_objects_and_touch_no_other(curated, s3_server, s3_bucket, s3_env, upload):
+    client = s3_server.client()
+    for part in ("metas", "processed_clip_chunks", "processed_videos", "index"):
+        upload(client, curated / part, s3_bucket, f"out/{part}")
+    output = f"s3://{s3_bucket}/out"
+    storage = Storage(endpoint=s3_server.endpoint, region=s3_server.region)
+    assert clip_index.is_current(storage, output)
+
+    def objects() -> dict[str, str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="out/index/")
+        return {item["Key"]: item["ETag"] for page in pages for item in page["Contents"]}
+
+    before = objects()
+    record = load_json(next((curated / "processed_clip_chunks").rglob("*.json")))
+    meta = load_json(curated / "metas" / "v0" / f"{recorded_clip_ids(record)[0]}.json")
+    redone = clip_index.commit_chunk(storage, output, record["relative_path"], record["chunk_index"],
+                                     [meta | {"span_uuid": "redone"}])
+    video = load_json(next((curated / "processed_videos").rglob("*.json"))) | {"relative_path": "added.mp4"}
+    added = clip_index.commit_video(storage, output, video)
+    after = objects()
+    redone_key, added_key = (uri.removeprefix(f"s3://{s3_bucket}/") for uri in (redone, added))
+    assert set(after) == set(before) | {added_key} and after[redone_key] != before[redone_key]
+    assert {key: tag for key, tag in after.items() if key not in (redone_key, added_key)} == \
+        {key: tag for key, tag in before.items() if key != redone_key}
+    clips = clip_index.read_table(storage, output, layout.CLIP_INDEX, ["span_uuid"]).column("span_uuid").to_pylist()
+    assert "redone" in clips and not set(clips) & set(recorded_clip_ids(record))
+    assert len(clips) == 4 - len(recorded_clip_ids(record)) + 1
 
 
 def test_status_outputs_name_what_the_run_wrote(curated):

@@ -7,9 +7,9 @@ processed_clip_chunks/ by an interrupted earlier run, made the way this run woul
 (clipforge.provenance: the same settings, source and model weights) and holding exactly this
 chunk's clips, is passed on empty, marked resumed, so its clips are not redone. Any other chunk
 an earlier run recorded, any chunk under `--overwrite`, or one with failed clips under
-`--retry-failed`, is redone, and what it wrote (and any chunk past this run's last) is deleted
-first, so no stale clip stays in the dataset; so are the objects of chunks an earlier run began
-and never recorded (their pending_clip_chunks/ manifests name them).
+`--retry-failed`, is redone, and what it wrote (its clip index file too, and any chunk past this
+run's last) is deleted first, so no stale clip stays in the dataset; so are the objects of chunks
+an earlier run began and never recorded (their pending_clip_chunks/ manifests name them).
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ class SplitStage(Stage):
             chunks.append(chunk)
         for index, record in records.items():
             remove_chunk_outputs(self.storage, out_root, record)
+            # Its index file first: the index never lists a chunk no record names.
+            self.storage.delete(layout.index_chunk(out_root, task.relative_path, index))
             self.storage.delete(layout.chunk_record(out_root, task.relative_path, index))
         resumed = {chunk.chunk_index for chunk in chunks if chunk.resumed}
         for index, manifest in manifests.items():

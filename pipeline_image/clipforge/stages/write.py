@@ -4,7 +4,9 @@ A manifest naming the chunk's clips is written first and the chunk record last: 
 presence means every object of the chunk exists, which is what lets a rerun skip the chunk when
 it was made the way the rerun would make it (clipforge.provenance); a manifest without a record
 names the objects of a chunk that never finished, for split to remove. Every object is written
-atomically (see storage.py). The task passed on carries
+atomically (see storage.py). Right after the record, the chunk's clips are committed to the clip
+index (clip_index.commit_chunk); a resumed chunk whose commit was lost (a crash between the two)
+commits it then. The task passed on carries
 no clip bytes, so the driver only ever sees small records.
 """
 
@@ -14,12 +16,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 
-from clipforge import layout
+from clipforge import clip_index, layout
+from clipforge.clip_outputs import recorded_clip_ids
 from clipforge.embedding_files import embedding_pickle
 from clipforge.provenance import spans_digest
 from clipforge.spec import VideoCurationJobSpec, clip_settings
 from clipforge.stages.base import Stage
-from clipforge.storage import Storage
+from clipforge.storage import Storage, json_bytes
 from clipforge.tasks import Clip, VideoTask
 
 
@@ -135,11 +138,15 @@ class WriteStage(Stage):
         record_uri = layout.chunk_record(self.root, task.relative_path, task.chunk_index)
         if task.resumed:
             task.chunk_record = json.loads(self.storage.read_bytes(record_uri))
+            if not self.storage.exists(layout.index_chunk(self.root, task.relative_path, task.chunk_index)):
+                metas = clip_index.recorded_metas(self.storage, self.root, task.chunk_record, [])
+                clip_index.commit_chunk(self.storage, self.root, task.relative_path, task.chunk_index, metas)
             return [task]
         manifest_uri = layout.chunk_manifest(self.root, task.relative_path, task.chunk_index)
         if task.clips:
             manifest = {"clips": [c.uuid for c in task.clips], "num_chunks": task.num_chunks}
             self.storage.write_json(manifest_uri, manifest)
+        metas: dict[str, dict] = {}
         for clip in task.clips:
             if clip.encoded is not None:
                 uri = layout.clip_file(self.root, clip.uuid, clip.filtered_by is not None, clip.container)
@@ -159,11 +166,14 @@ class WriteStage(Stage):
                     layout.embedding_file(self.root, clip.embedding_algorithm, clip.uuid),
                     embedding_pickle(clip.embedding),
                 )
-            self.storage.write_json(layout.clip_meta(self.root, clip.uuid), clip_metadata(
-                task, clip, missing_outputs(self.pipeline, self.spec, clip)))
+            meta = json_bytes(clip_metadata(task, clip, missing_outputs(self.pipeline, self.spec, clip)))
+            self.storage.write_bytes(layout.clip_meta(self.root, clip.uuid), meta)
+            metas[clip.uuid] = json.loads(meta)  # as a rebuild reads it back: the index file's bytes are the same
         summary = chunk_summary(task, clip_settings(self.spec))
         if task.clips:
             self.storage.write_json(record_uri, summary)
             self.storage.delete(manifest_uri)
+            clip_index.commit_chunk(self.storage, self.root, task.relative_path, task.chunk_index,
+                                    [metas[clip_id] for clip_id in recorded_clip_ids(summary)])
         light_clips = [replace(c, encoded=None, preview=None, window_previews={}, frames={}) for c in task.clips]
         return [replace(task, clips=light_clips, chunk_record=summary)]
