@@ -22,7 +22,6 @@ import os
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench_worker_memory import PeakSampler  # every descendant's VmHWM, RssAnon and title
 from clipforge import dedup, layout
 from clipforge.spec import VideoCurationJobSpec
 from clipforge.storage import Storage
@@ -60,52 +60,6 @@ def write_embeddings(root: Path, clips: int, per_file: int, rng: np.random.Gener
             "span_end": np.arange(count, dtype=np.float64) * 5 + 5,
         })
         pq.write_table(table, folder / f"v{first // per_file:06d}.parquet")
-
-
-class WorkerPeaks:
-    """The peak resident set of every Ray worker process (VmHWM), and the peak of its private part
-    (RssAnon, sampled: the rest is mostly object-store pages it mapped), sampled until stopped."""
-
-    def __init__(self):
-        self.peaks: dict[int, tuple[str, int]] = {}
-        self.private: dict[int, int] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _parent(pid: int) -> int:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-    def _ours(self, pid: int) -> bool:
-        """Whether pid descends from this process (its Ray's workers do; another Ray's do not)."""
-        while pid > 1:
-            pid = self._parent(pid)
-            if pid == os.getpid():
-                return True
-        return False
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.5):
-            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-                try:
-                    title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                    if not title.startswith("ray::") or not self._ours(pid):
-                        continue
-                    status = Path(f"/proc/{pid}/status").read_text()
-                except OSError:
-                    continue
-                fields = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
-                          if line.startswith(("VmHWM:", "RssAnon:"))}
-                self.peaks[pid] = (title, max(fields.get("VmHWM", 0), self.peaks.get(pid, ("", 0))[1]))
-                self.private[pid] = max(fields.get("RssAnon", 0), self.private.get(pid, 0))
-
-    def __enter__(self) -> WorkerPeaks:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def brute_force_pairs(ids: np.ndarray, unit: np.ndarray) -> set[tuple[str, str]]:
@@ -145,7 +99,7 @@ def main() -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            with WorkerPeaks() as peaks:
+            with PeakSampler() as peaks:
                 started = time.perf_counter()
                 summary = dedup.dedup_output(spec, Storage(), distributed=True)
                 seconds = time.perf_counter() - started
@@ -166,9 +120,10 @@ def main() -> int:
         group = {i: root_of.get(i, i) for i in ids}
         found = grouped_pairs(ids, group)
 
-    worker_peak = max((rss for _, rss in peaks.peaks.values()), default=0) / 1024
-    private_peak = max(peaks.private.values(), default=0) / 1024
-    heaviest = max(peaks.peaks.values(), key=lambda p: p[1], default=("none", 0))[0]
+    workers = [pid for pid, title in peaks.titles.items() if title.startswith("ray::")]
+    worker_peak = max((peaks.peaks[pid] for pid in workers), default=0) / 2**20  # bytes
+    private_peak = max((peaks.anon[pid] for pid in workers), default=0) / 2**20
+    heaviest = peaks.titles[max(workers, key=peaks.peaks.get)] if workers else "none"
     results = [
         (f"peak RSS of the heaviest Ray worker ({heaviest}): {worker_peak:.0f} MiB (goal <= {WORKER_RSS_GOAL_MIB} MiB)",
          worker_peak <= WORKER_RSS_GOAL_MIB),
