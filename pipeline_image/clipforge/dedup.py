@@ -120,6 +120,7 @@ class FilePart:
 
     storage: Storage
     uris: tuple[str, ...]
+    rows: int  # from the files' footers
 
     def load(self) -> tuple[pa.Table, np.ndarray]:
         return embedding_rows(self.storage, self.uris)
@@ -340,17 +341,13 @@ class _OnRay:
         return self.ray.get(refs)
 
 
-def part_rows(parts: Sequence[Part]) -> list[int]:
-    return [len(p.meta) if isinstance(p, ArrayPart) else sum(_row_counts(p.storage, p.uris)) for p in parts]
-
-
 def deduplicate_parts(parts: Sequence[Part], eps: float, n_clusters: int | None = None,
                       distributed: bool = False) -> tuple[pa.Table, DedupResult]:
     """(every clip's metadata with its cluster, the duplicate groups) of the clips in `parts`."""
     if not 0 < eps < 1:
         raise DedupError(f"eps must be in (0, 1), got {eps}")
     run = _OnRay() if distributed else _InProcess()
-    sizes = part_rows(parts)
+    sizes = [len(p.meta) if isinstance(p, ArrayPart) else p.rows for p in parts]
     offsets = np.r_[0, np.cumsum(sizes)][:-1].tolist()
     n = int(sum(sizes))
     if n == 0:
@@ -543,12 +540,12 @@ def file_parts(storage: Storage, uris: Sequence[str], counts: Sequence[int]) -> 
     parts, group, rows = [], [], 0
     for uri, count in zip(uris, counts):
         if group and rows + count > PART_ROWS:
-            parts.append(FilePart(storage, tuple(group)))
+            parts.append(FilePart(storage, tuple(group), rows))
             group, rows = [], 0
         group.append(uri)
         rows += count
     if group:
-        parts.append(FilePart(storage, tuple(group)))
+        parts.append(FilePart(storage, tuple(group), rows))
     return parts
 
 
